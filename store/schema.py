@@ -1,0 +1,75 @@
+"""The probe store's shape: dimensions, variables and attrs (schema version 1).
+
+This module is the contract between the probe engine (writer), ranking, reports and the
+TUI (readers). See docs/store.md for the meaning of every variable.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import xarray as xr
+
+SCHEMA_VERSION = 1
+SPACES = ("embedding", "logit", "probability")
+LOCALITIES = ("local", "propagated")
+TIMINGS = ("teacher_forced", "free_running")
+KL_CONVENTION = "KL(p_dense || q_perturbed)"
+
+# variable -> dims (in order). Every per-unit variable leads with (method, unit).
+CELL = ("method", "unit", "locality", "timing")
+VARIABLES: dict[str, tuple[str, ...]] = {
+    "cos_dev": CELL + ("space", "temperature", "sample", "step"),  # measured 1-cos
+    "cos_dev_pred": CELL + ("space", "temperature", "sample", "step"),  # Taylor prediction
+    "rel_norm": CELL + ("space", "temperature", "sample", "step"),  # ||dx|| / ||x||
+    "kl": CELL + ("temperature", "sample", "step"),  # measured KL(p||q)
+    "kl_pred": CELL + ("temperature", "sample", "step"),  # Var_p(dz) / (2 T^2)
+    "top1_agree": CELL + ("sample", "step"),  # 1.0 / 0.0
+    "cand_kl": CELL + ("temperature", "sample", "step"),  # KL over renormalised candidates
+    "cand_top1_agree": CELL + ("temperature", "sample", "step"),
+    "cand_mass": CELL + ("temperature", "sample", "step"),  # candidates' mass in q
+    "cand_rank": CELL + ("temperature", "sample", "step"),  # best candidate rank in q (0 = top)
+    "free_tokens": ("method", "unit", "sample", "step"),  # tokens the perturbed model generated
+    "done": ("method", "unit"),
+}
+FLOAT_VARS = tuple(k for k in VARIABLES if k not in ("free_tokens", "done"))
+PER_UNIT_VARS = tuple(VARIABLES)
+
+
+def template(
+    methods: Sequence[str],
+    units: Sequence[str],
+    layers: Sequence[int],
+    kinds: Sequence[str],
+    samples: int,
+    steps: int,
+    temperatures: Sequence[float],
+    localities: Sequence[str] = LOCALITIES,
+    timings: Sequence[str] = TIMINGS,
+    attrs: dict[str, Any] | None = None,
+) -> xr.Dataset:
+    """An all-NaN dataset of the right shape (``done`` all False, ``free_tokens`` all -1)."""
+    sizes = {
+        "method": len(methods), "unit": len(units), "locality": len(localities), "timing": len(timings),
+        "space": len(SPACES), "temperature": len(temperatures), "sample": samples, "step": steps,
+    }
+    data_vars = {}
+    for name, dims in VARIABLES.items():
+        shape = tuple(sizes[d] for d in dims)
+        if name == "done":
+            arr = np.zeros(shape, dtype=bool)
+        elif name == "free_tokens":
+            arr = np.full(shape, -1, dtype=np.int64)
+        else:
+            arr = np.full(shape, np.nan, dtype=np.float32)
+        data_vars[name] = (dims, arr)
+    coords = {
+        "method": list(methods), "unit": list(units), "layer": ("unit", np.asarray(layers, dtype=np.int64)),
+        "kind": ("unit", list(kinds)), "locality": list(localities), "timing": list(timings), "space": list(SPACES),
+        "temperature": np.asarray(temperatures, dtype=np.float64), "sample": np.arange(samples), "step": np.arange(steps),
+    }
+    ds = xr.Dataset(data_vars, coords=coords)
+    ds.attrs.update({"schema_version": SCHEMA_VERSION, "kl_convention": KL_CONVENTION})
+    ds.attrs.update(attrs or {})
+    return ds

@@ -1,0 +1,1 @@
+"""The prunelens Textual app. Nothing under ``prunelens`` (the core) imports this package."""
