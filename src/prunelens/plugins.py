@@ -29,6 +29,7 @@ ENV_ALLOWLIST = "PRUNELENS_LOAD_PLUGINS"
 BUILTIN_MODULES = (
     "prunelens_plugins.architectures",
     "prunelens_plugins.magnitude",
+    "prunelens_plugins.rankers",
 )
 
 pm = pluggy.PluginManager("prunelens")

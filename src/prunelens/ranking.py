@@ -1,0 +1,201 @@
+"""Rank units by how safely they can be compressed (safest first).
+
+A ranking strategy is a ``Ranker`` class registered through the ``register_rankers`` hook.
+Store rankers read a probe store (``kl_pred``, ``kl``); dense rankers run one dense pass
+over calibration text (``block_influence``, ``angular``, ``llm_drop``). Every score is
+"lower = safer to compress".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .errors import PrunelensError
+from .methods import Param
+from .units import KINDS, Unit
+
+COLUMNS = ("unit", "layer", "kind", "score", "kl_pred", "kl", "cos_dev_embedding", "cos_dev_logit",
+           "cos_dev_probability", "rank")
+NEEDS = ("store", "dense")
+
+
+@dataclass
+class RankContext:
+    """Everything a ranker may look at."""
+
+    ds: Any  # xarray Dataset (probe store) or None
+    method: str | None
+    kind: str | None
+    temperature: float
+    locality: str = "propagated"
+    timing: str = "teacher_forced"
+    loaded: Any = None  # LoadedModel, loaded lazily from the store's model_id when a dense ranker needs it
+    units: list[Unit] = field(default_factory=list)
+
+    def model(self):
+        """The LoadedModel (loaded from the store's ``model_id`` on first use; its hash is checked)."""
+        if self.loaded is None:
+            if self.ds is None or "model_id" not in self.ds.attrs:
+                raise PrunelensError("this ranker needs the model: pass loaded=... (the store names no model_id)")
+            from .models import load_model
+
+            self.loaded = load_model(str(self.ds.attrs["model_id"]))
+        want = None if self.ds is None else self.ds.attrs.get("config_hash")
+        if want and want != self.loaded.config_hash:
+            raise PrunelensError(f"model config hash {self.loaded.config_hash} does not match the store's {want}")
+        return self.loaded
+
+
+class Ranker:
+    """Base class of a ranking strategy: ``score(ctx)`` maps unit names to scores (lower = safer)."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    needs: ClassVar[str] = "store"  # "store" | "dense"
+    unit_kinds: ClassVar[tuple[str, ...]] = KINDS
+    params: ClassVar[dict[str, Param]] = {}
+
+    def __init__(self, **values: Any):
+        unknown = set(values) - set(self.params)
+        if unknown:
+            raise PrunelensError(f"ranker {self.name!r} has no parameter {', '.join(sorted(unknown))}")
+        self.values = {k: p.coerce(k, values.get(k)) for k, p in self.params.items()}
+
+    def score(self, ctx: RankContext) -> dict[str, float]:
+        raise NotImplementedError
+
+
+def ranker_registry() -> dict[str, tuple[str, type[Ranker]]]:
+    """strategy name -> (plugin name, Ranker class) from every plugin."""
+    from .plugins import registry
+
+    return registry("register_rankers", key=lambda cls: cls.name)
+
+
+def get_ranker(by: str, **params: Any) -> Ranker:
+    reg = ranker_registry()
+    if by not in reg:
+        raise PrunelensError(f"unknown ranking strategy {by!r}; available: {', '.join(sorted(reg)) or 'none'}")
+    return reg[by][1](**params)
+
+
+# -- reading the store ---------------------------------------------------------------
+def pick_temperature(ds: Any, temperature: float) -> float:
+    """The store's temperature label equal to ``temperature`` (within 1e-6), or a clear error."""
+    temps = np.asarray(ds["temperature"].values, dtype=float)
+    hit = np.nonzero(np.isclose(temps, float(temperature), atol=1e-6, rtol=0))[0]
+    if not len(hit):
+        raise PrunelensError(f"temperature {temperature} is not in the store; it has {', '.join(f'{t:g}' for t in temps)}")
+    return float(temps[hit[0]])
+
+
+def _check_label(ds: Any, dim: str, value: str) -> None:
+    labels = [str(v) for v in ds[dim].values]
+    if value not in labels:
+        raise PrunelensError(f"{dim} {value!r} is not in the store; it has {', '.join(labels)}")
+
+
+def resolve_method(ds: Any, method: str | None) -> str:
+    """The store's method label for ``method`` (exact, or by name when one spec has that name)."""
+    labels = [str(v) for v in ds["method"].values]
+    if method is None:
+        if len(labels) == 1:
+            return labels[0]
+        raise PrunelensError(f"the store has several methods; choose one with --method: {', '.join(labels)}")
+    if method in labels:
+        return method
+    by_name = [lab for lab in labels if lab.split(":", 1)[0] == method]
+    if len(by_name) == 1:
+        return by_name[0]
+    raise PrunelensError(f"method {method!r} is not in the store; it has {', '.join(labels)}")
+
+
+def store_units(ds: Any, kind: str | None) -> list[Unit]:
+    """The store's units (in store order) of one kind, or all."""
+    if kind is not None and kind not in KINDS:
+        raise PrunelensError(f"unknown unit kind {kind!r}; choose from {', '.join(KINDS)}")
+    units = [Unit.parse(str(u)) for u in ds["unit"].values]
+    out = [u for u in units if kind is None or u.kind == kind]
+    if not out:
+        raise PrunelensError(f"the store has no {kind} units")
+    return out
+
+
+def store_means(ds: Any, *, method: str, temperature: float, locality: str, timing: str,
+                units: list[Unit]) -> dict[str, np.ndarray]:
+    """Per-unit means over samples and steps of kl_pred, kl and cos_dev per space (NaN-aware; NaN if missing)."""
+    for dim, val in (("locality", locality), ("timing", timing)):
+        _check_label(ds, dim, val)
+    t = pick_temperature(ds, temperature)
+    names = [u.name for u in units]
+    cell = ds.sel(method=method, locality=locality, timing=timing).sel(unit=names)
+    out: dict[str, np.ndarray] = {}
+    for var in ("kl_pred", "kl"):
+        out[var] = _nanmean(cell[var].sel(temperature=t).values)
+    cos = cell["cos_dev"].sel(temperature=t)
+    for space in ("embedding", "logit", "probability"):
+        out[f"cos_dev_{space}"] = _nanmean(cos.sel(space=space).values)
+    return out
+
+
+def _nanmean(a: np.ndarray) -> np.ndarray:
+    """Mean over every axis but the first (unit), ignoring NaN; all-NaN rows give NaN without warnings."""
+    a = np.asarray(a, dtype=np.float64).reshape(a.shape[0], -1)
+    finite = np.isfinite(a)
+    n = finite.sum(axis=1)
+    s = np.where(finite, a, 0.0).sum(axis=1)
+    return np.where(n > 0, s / np.maximum(n, 1), np.nan)
+
+
+# -- the public entry point ----------------------------------------------------------
+def rank_units(ds: Any, *, method: str, kind: str | None, temperature: float, by: str = "kl_pred",
+               locality: str = "propagated", timing: str = "teacher_forced", loaded: Any = None,
+               **ranker_params: Any) -> "pandas.DataFrame":  # noqa: F821
+    """Units of one kind (or all) sorted safest first, with store metrics averaged over samples and steps.
+
+    ``score`` is the chosen strategy's score (lower = safer); ties keep store order; units
+    without a score (cells not probed yet) come last with rank NaN.
+    """
+    import pandas as pd
+
+    ranker = get_ranker(by, **ranker_params)
+    if ds is None:
+        if loaded is None:
+            raise PrunelensError("rank_units needs a probe store or a loaded model")
+        from .units import all_units
+
+        units = all_units(loaded.adapter.num_layers, [kind] if kind else KINDS)
+        method_label = method
+        means = {c: np.full(len(units), np.nan) for c in COLUMNS[4:9]}
+    else:
+        method_label = resolve_method(ds, method)
+        units = store_units(ds, kind)
+        means = store_means(ds, method=method_label, temperature=temperature, locality=locality, timing=timing,
+                            units=units)
+    allowed = [u for u in units if u.kind in ranker.unit_kinds]
+    if not allowed:
+        raise PrunelensError(f"ranker {by!r} scores {', '.join(ranker.unit_kinds)} units, not {kind}")
+    keep = [u in set(allowed) for u in units]
+    units = allowed
+    means = {k: np.asarray(v)[keep] for k, v in means.items()}
+    ctx = RankContext(ds, method_label, kind, temperature, locality, timing, loaded, units)
+    scores = ranker.score(ctx)
+    score = np.array([scores.get(u.name, np.nan) for u in units], dtype=np.float64)
+    df = pd.DataFrame({"unit": [u.name for u in units], "layer": [u.layer for u in units],
+                       "kind": [u.kind for u in units], "score": score, **means})
+    order = sort_order(score)
+    df = df.iloc[order].reset_index(drop=True)
+    finite = np.isfinite(df["score"].to_numpy())
+    df["rank"] = pd.array([i + 1 if f else None for i, f in enumerate(finite)], dtype="Int64")
+    df.attrs.update({"by": by, "method": method_label, "temperature": float(temperature), "locality": locality,
+                     "timing": timing, "needs": ranker.needs})
+    return df[list(COLUMNS)]
+
+
+def sort_order(score: np.ndarray) -> np.ndarray:
+    """Ascending, stable, NaN last."""
+    key = np.where(np.isfinite(score), score, np.inf)
+    return np.argsort(key, kind="stable")
