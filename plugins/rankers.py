@@ -91,6 +91,8 @@ def row_cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def dense_ids(ctx: RankContext, samples: int, length: int, seed: int) -> torch.Tensor:
     from prunelens.data import token_windows
 
+    if ctx.calib_ids is not None:
+        return torch.as_tensor(ctx.calib_ids)
     loaded = ctx.model()
     return torch.as_tensor(token_windows(loaded.tokenizer, samples, length, split="calib", seed=seed))
 

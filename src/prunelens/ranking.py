@@ -34,6 +34,7 @@ class RankContext:
     timing: str = "teacher_forced"
     loaded: Any = None  # LoadedModel, loaded lazily from the store's model_id when a dense ranker needs it
     units: list[Unit] = field(default_factory=list)
+    calib_ids: Any = None  # token ids for dense rankers (default: calibration windows of real text)
 
     def model(self):
         """The LoadedModel (loaded from the store's ``model_id`` on first use; its hash is checked)."""
@@ -131,7 +132,7 @@ def store_means(ds: Any, *, method: str, temperature: float, locality: str, timi
         _check_label(ds, dim, val)
     t = pick_temperature(ds, temperature)
     names = [u.name for u in units]
-    cell = ds.sel(method=method, locality=locality, timing=timing).sel(unit=names)
+    cell = ds.sel({"method": method, "locality": locality, "timing": timing}).sel(unit=names)
     out: dict[str, np.ndarray] = {}
     for var in ("kl_pred", "kl"):
         out[var] = _nanmean(cell[var].sel(temperature=t).values)
@@ -153,7 +154,7 @@ def _nanmean(a: np.ndarray) -> np.ndarray:
 # -- the public entry point ----------------------------------------------------------
 def rank_units(ds: Any, *, method: str, kind: str | None, temperature: float, by: str = "kl_pred",
                locality: str = "propagated", timing: str = "teacher_forced", loaded: Any = None,
-               **ranker_params: Any) -> "pandas.DataFrame":  # noqa: F821
+               calib_ids: Any = None, **ranker_params: Any) -> "pandas.DataFrame":  # noqa: F821
     """Units of one kind (or all) sorted safest first, with store metrics averaged over samples and steps.
 
     ``score`` is the chosen strategy's score (lower = safer); ties keep store order; units
@@ -181,7 +182,7 @@ def rank_units(ds: Any, *, method: str, kind: str | None, temperature: float, by
     keep = [u in set(allowed) for u in units]
     units = allowed
     means = {k: np.asarray(v)[keep] for k, v in means.items()}
-    ctx = RankContext(ds, method_label, kind, temperature, locality, timing, loaded, units)
+    ctx = RankContext(ds, method_label, kind, temperature, locality, timing, loaded, units, calib_ids)
     scores = ranker.score(ctx)
     score = np.array([scores.get(u.name, np.nan) for u in units], dtype=np.float64)
     df = pd.DataFrame({"unit": [u.name for u in units], "layer": [u.layer for u in units],

@@ -1,0 +1,377 @@
+"""Plans: which units to compress, chosen from a ranking under a budget, as data.
+
+A plan is canonical JSON (schema version ``PLAN_SCHEMA_VERSION``): model id + config hash,
+method + params, the ordered units with their predicted KL (and, after ``apply`` +
+``validate``, the measured KL), temperature, budget, strategy, store path. Block drops also
+export as a mergekit ``passthrough`` config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .errors import PrunelensError
+from .units import Unit
+
+PLAN_SCHEMA_VERSION = 1
+REQUIRED = ("schema_version", "model_id", "config_hash", "method", "units", "temperature", "budget", "strategy")
+
+
+@dataclass
+class PlanUnit:
+    """One chosen unit, in plan order."""
+
+    unit: str
+    score: float | None = None  # the strategy's score (lower = safer)
+    predicted_kl: float | None = None  # single-unit predicted KL from the store
+    params: int | None = None  # parameters the unit holds
+    cumulative_predicted_kl: float | None = None  # sum of predicted KL of the plan's units up to here
+    cumulative_measured_kl: float | None = None  # measured KL with the plan's units up to here applied
+
+
+@dataclass
+class Plan:
+    model_id: str
+    config_hash: str
+    method: str
+    units: list[PlanUnit]
+    temperature: float
+    budget: int | float
+    strategy: str
+    method_params: dict[str, Any] = field(default_factory=dict)
+    kind: str | None = None
+    locality: str = "propagated"
+    timing: str = "teacher_forced"
+    iterative: bool = False
+    num_layers: int | None = None
+    store_path: str | None = None
+    prompts_hash: str | None = None
+    predicted_kl_total: float | None = None
+    measured_kl_total: float | None = None
+    measured: dict[str, Any] = field(default_factory=dict)  # validation details (checkpoint, agreement...)
+    eval: dict[str, Any] = field(default_factory=dict)  # task -> metrics, after apply + eval
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    schema_version: int = PLAN_SCHEMA_VERSION
+
+    # -- views ---------------------------------------------------------------------
+    def unit_objects(self) -> list[Unit]:
+        return [Unit.parse(u.unit) for u in self.units]
+
+    @property
+    def unit_names(self) -> list[str]:
+        return [u.unit for u in self.units]
+
+    def kept_layer_ranges(self) -> list[tuple[int, int]]:
+        """Half-open ``[start, end)`` ranges of the layers a block-drop plan keeps."""
+        if self.num_layers is None:
+            raise PrunelensError("the plan does not record the model's layer count")
+        units = self.unit_objects()
+        if any(u.kind != "block" for u in units):
+            raise PrunelensError("only block-drop plans map to layer ranges (this plan has sublayer units)")
+        dropped = {u.layer for u in units}
+        ranges: list[tuple[int, int]] = []
+        start = None
+        for i in range(self.num_layers + 1):
+            keep = i < self.num_layers and i not in dropped
+            if keep and start is None:
+                start = i
+            elif not keep and start is not None:
+                ranges.append((start, i))
+                start = None
+        return ranges
+
+    def to_mergekit_yaml(self) -> str:
+        """A mergekit ``passthrough`` config whose slices are the kept layer ranges (block drops only)."""
+        import yaml
+
+        if not self.method.split(":", 1)[0] == "drop":
+            raise PrunelensError(f"mergekit export is for drop plans; this plan uses {self.method!r}")
+        ranges = self.kept_layer_ranges()
+        if not ranges:
+            raise PrunelensError("the plan drops every layer; nothing to export")
+        config = {
+            "slices": [{"sources": [{"model": self.model_id, "layer_range": [a, b]}]} for a, b in ranges],
+            "merge_method": "passthrough",
+            "dtype": "float32",
+        }
+        header = (f"# prunelens plan: drop {', '.join(self.unit_names)} ({self.strategy}, T={self.temperature:g})\n"
+                  "# layer_range is half-open [start, end), as in mergekit\n")
+        return header + yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
+
+    # -- (de)serialisation ---------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return _clean(asdict(self))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write canonical JSON atomically (temp file in the same folder, then rename)."""
+        return atomic_write(path, self.to_json())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "plan") -> "Plan":
+        if not isinstance(d, dict):
+            raise PrunelensError(f"{source}: not a plan (expected a JSON object)")
+        version = d.get("schema_version")
+        if version != PLAN_SCHEMA_VERSION:
+            raise PrunelensError(f"{source}: plan schema version {version!r} is not supported "
+                                 f"(this prunelens reads version {PLAN_SCHEMA_VERSION})")
+        missing = [k for k in REQUIRED if k not in d]
+        if missing:
+            raise PrunelensError(f"{source}: plan is missing field(s) {', '.join(missing)}")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise PrunelensError(f"{source}: unknown plan field(s) {', '.join(unknown)}")
+        if not isinstance(d["units"], list) or not d["units"]:
+            raise PrunelensError(f"{source}: the plan has no units")
+        units = []
+        for item in d["units"]:
+            if isinstance(item, str):
+                item = {"unit": item}
+            if not isinstance(item, dict) or "unit" not in item:
+                raise PrunelensError(f"{source}: bad unit entry {item!r}")
+            bad = set(item) - set(PlanUnit.__dataclass_fields__)
+            if bad:
+                raise PrunelensError(f"{source}: unknown unit field(s) {', '.join(sorted(bad))}")
+            Unit.parse(str(item["unit"]))  # raises a clear error for a bad name
+            units.append(PlanUnit(**item))
+        return cls(**{**d, "units": units})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "Plan":
+        p = Path(path)
+        if not p.is_file():
+            raise PrunelensError(f"plan file not found: {path}")
+        try:
+            d = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise PrunelensError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        return cls.from_dict(d, source=str(path))
+
+    # -- checks --------------------------------------------------------------------
+    def validate_for(self, loaded: Any) -> None:
+        """The loaded model is the plan's model (config hash) and every unit exists in it."""
+        if loaded.config_hash != self.config_hash:
+            raise PrunelensError(f"the plan was made for {self.model_id!r} (config hash {self.config_hash}); "
+                                 f"the loaded model {loaded.model_id!r} has config hash {loaded.config_hash}")
+        n = loaded.adapter.num_layers
+        missing = [u.name for u in self.unit_objects() if not 0 <= u.layer < n]
+        if missing:
+            raise PrunelensError(f"plan unit(s) {', '.join(missing)} do not exist: the model has layers L0-L{n - 1}")
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe: NaN/inf -> None, tuples -> lists, numpy scalars -> Python."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def atomic_write(path: str | os.PathLike[str], text: str) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+# -- budgets -------------------------------------------------------------------------
+def parse_budget(value: Any) -> int | float:
+    """``4`` -> 4 units; ``0.25`` -> a quarter of the model's parameters."""
+    if isinstance(value, bool):
+        raise PrunelensError(f"bad budget {value!r}")
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                raise PrunelensError(f"bad budget {text!r}: a unit count (e.g. 4) or a parameter fraction (e.g. 0.1)") from None
+    if isinstance(value, float) and value.is_integer() and value >= 1:
+        value = int(value)
+    if isinstance(value, int):
+        if value < 1:
+            raise PrunelensError(f"budget {value} must be at least 1 unit")
+        return value
+    if isinstance(value, float) and 0.0 < value < 1.0:
+        return value
+    raise PrunelensError(f"bad budget {value!r}: a unit count >= 1 or a parameter fraction in (0, 1)")
+
+
+def unit_param_counts(model_id: str, units: list[Unit], loaded: Any = None) -> tuple[dict[str, int], int]:
+    """Parameters held by each unit and by the whole model (a meta model when not loaded: no weights read)."""
+    if loaded is not None:
+        model, adapter = loaded.model, loaded.adapter
+    else:
+        from accelerate import init_empty_weights
+        from transformers import AutoModelForCausalLM
+
+        from .adapters import get_adapter
+
+        config = model_config(model_id)
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(config)
+        adapter = get_adapter(model)
+    counts = {u.name: sum(p.numel() for p in adapter.module(u).parameters()) for u in units}
+    return counts, sum(p.numel() for p in model.parameters())
+
+
+def model_config(model_id: str) -> Any:
+    """The model's transformers config, without loading weights."""
+    from transformers import AutoConfig
+
+    from .models import _resolve
+
+    target, extra = _resolve(model_id)
+    try:
+        return AutoConfig.from_pretrained(target, **extra)
+    except (OSError, ValueError) as exc:
+        raise PrunelensError(f"cannot read the config of {model_id!r}: {str(exc).splitlines()[0]}") from None
+
+
+def select_units(ranked: list[str], budget: int | float, counts: dict[str, int] | None = None,
+                 total: int | None = None) -> list[str]:
+    """Take units safest first: ``budget`` of them, or while their parameters fit in ``budget × total``.
+
+    A unit overlapping one already taken (a block and a sublayer of the same layer) is skipped;
+    under a parameter budget a unit too large to fit is skipped and smaller ones still considered.
+    """
+    chosen: list[str] = []
+    used = 0
+    taken: dict[int, set[str]] = {}
+    for name in ranked:
+        u = Unit.parse(name)
+        kinds = taken.get(u.layer, set())
+        if "block" in kinds or (u.kind == "block" and kinds) or u.kind in kinds:
+            continue
+        if isinstance(budget, int):
+            if len(chosen) >= budget:
+                break
+        else:
+            assert counts is not None and total is not None
+            if used + counts[name] > budget * total:
+                continue
+            used += counts[name]
+        chosen.append(name)
+        taken.setdefault(u.layer, set()).add(u.kind)
+    return chosen
+
+
+# -- building plans ------------------------------------------------------------------
+def plan_from_store(ds: Any, *, method: str, kind: str | None, temperature: float, by: str, budget: int | float | str,
+                    locality: str = "propagated", timing: str = "teacher_forced", store_path: str | None = None,
+                    loaded: Any = None, consecutive: bool | None = None, **ranker_params: Any) -> Plan:
+    """One-shot plan: rank the store's units and take the safest under ``budget``.
+
+    With ``by="angular"`` on blocks and a unit-count budget n, ``consecutive`` (default on)
+    follows Gromov et al.: the n consecutive blocks starting at ``argmin_ℓ d(ℓ, n)``.
+    """
+    from .ranking import rank_units
+
+    budget = parse_budget(budget)
+    df = rank_units(ds, method=method, kind=kind, temperature=temperature, by=by, locality=locality, timing=timing,
+                    loaded=loaded, **ranker_params)
+    df = df[df["rank"].notna()]
+    if df.empty:
+        raise PrunelensError("no unit has a score (is the store's probe complete for this method?)")
+    model_id = str(ds.attrs.get("model_id")) if ds is not None else loaded.model_id
+    counts = total = None
+    if isinstance(budget, float):
+        counts, total = unit_param_counts(model_id, [Unit.parse(u) for u in df["unit"]], loaded)
+    if consecutive is None:
+        consecutive = by == "angular" and kind == "block" and isinstance(budget, int)
+    if consecutive:
+        chosen = _consecutive_blocks(ds, loaded, budget, ranker_params)
+    else:
+        chosen = select_units(list(df["unit"]), budget, counts, total)
+    rows = df.set_index("unit")
+    return make_plan(ds, chosen, rows, method=df.attrs["method"], kind=kind, temperature=temperature, by=by,
+                     budget=budget, locality=locality, timing=timing, store_path=store_path, loaded=loaded,
+                     counts=counts)
+
+
+def _consecutive_blocks(ds: Any, loaded: Any, n: Any, ranker_params: dict[str, Any]) -> list[str]:
+    import torch
+
+    from prunelens_plugins.rankers import angular_span
+
+    from .ranking import RankContext
+
+    if not isinstance(n, int):
+        raise PrunelensError("consecutive angular plans need a unit-count budget")
+    ctx = RankContext(ds, None, "block", 1.0, loaded=loaded)
+    model = ctx.model()
+    from .data import token_windows
+
+    ids = token_windows(model.tokenizer, int(ranker_params.get("samples", 8)), int(ranker_params.get("length", 128)),
+                        split="calib", seed=int(ranker_params.get("seed", 0)))
+    with torch.no_grad():
+        d = angular_span(model.adapter, torch.as_tensor(ids), n)
+    start = min(range(len(d)), key=d.__getitem__)
+    return [f"L{i}" for i in range(start, start + n)]
+
+
+def make_plan(ds: Any, chosen: list[str], rows: Any, *, method: str, kind: str | None, temperature: float, by: str,
+              budget: int | float, locality: str, timing: str, store_path: str | None, loaded: Any = None,
+              counts: dict[str, int] | None = None, iterative: bool = False) -> Plan:
+    """A Plan from chosen unit names and a ranking table indexed by unit."""
+    from .methods import parse_method
+
+    units, cum = [], 0.0
+    for name in chosen:
+        pred = _num(rows.loc[name, "kl_pred"]) if name in rows.index else None
+        cum = cum + pred if pred is not None and cum is not None else None
+        units.append(PlanUnit(unit=name, score=_num(rows.loc[name, "score"]) if name in rows.index else None,
+                              predicted_kl=pred, params=None if counts is None else counts.get(name),
+                              cumulative_predicted_kl=cum))
+    attrs = ds.attrs if ds is not None else {}
+    try:
+        params = dict(parse_method(method).values)
+    except PrunelensError:
+        params = {}
+    if loaded is not None:
+        num_layers = loaded.adapter.num_layers
+    else:
+        try:
+            num_layers = int(model_config(str(attrs["model_id"])).num_hidden_layers)
+        except (PrunelensError, KeyError, AttributeError):
+            num_layers = int(max(ds["layer"].values)) + 1  # the store's own units (all layers when probed whole)
+    return Plan(
+        model_id=str(attrs.get("model_id", getattr(loaded, "model_id", ""))),
+        config_hash=str(attrs.get("config_hash", getattr(loaded, "config_hash", ""))),
+        method=method, method_params=params, units=units, temperature=float(temperature), budget=budget,
+        strategy=by, kind=kind, locality=locality, timing=timing, iterative=iterative, num_layers=num_layers,
+        store_path=None if store_path is None else str(store_path),
+        prompts_hash=attrs.get("prompts_hash"), predicted_kl_total=cum if units else None,
+    )
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
