@@ -1,0 +1,5 @@
+"""``python -m prunelens``."""
+
+from .cli import main
+
+main()
