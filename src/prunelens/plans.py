@@ -375,3 +375,63 @@ def _num(v: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) else None
+
+
+def iterative_plan(ds: Any, *, method: str, kind: str | None, temperature: float, budget: int | float | str,
+                   store_path: str | None = None, loaded: Any = None,
+                   progress: Any = None) -> Plan:
+    """Greedy plan: take the unit of lowest predicted KL, re-probe the rest on the already-compressed model, repeat.
+
+    Each round replays the store's prompts (teacher-forced, propagated to the output) through
+    the model with the chosen units already perturbed (that model is the new reference) and
+    every remaining candidate perturbed on top, scoring ``Var_p(Δz)/(2T²)``. A unit's
+    ``predicted_kl`` is its increment when chosen; the cumulative sum is the plan's prediction.
+    Methods that need calibration statistics are not supported here (use the one-shot plan).
+    """
+    from .apply import PromptReplay, perturbed
+    from .methods import parse_method
+    from .models import load_model
+    from .ranking import resolve_method, store_units
+
+    budget = parse_budget(budget)
+    label = resolve_method(ds, method)
+    m = parse_method(label)
+    if m.calibration != "none":
+        raise PrunelensError(f"iterative plans support methods without calibration; {m.name!r} needs {m.calibration}")
+    if loaded is None:
+        loaded = load_model(str(ds.attrs["model_id"]))
+    if ds.attrs.get("config_hash") and ds.attrs["config_hash"] != loaded.config_hash:
+        raise PrunelensError("the store was made for another model (config hash differs)")
+    candidates = [u for u in store_units(ds, kind) if u.kind in m.unit_kinds]
+    counts = total = None
+    if isinstance(budget, float):
+        counts, total = unit_param_counts(loaded.model_id, candidates, loaded)
+    chosen: list[str] = []
+    increments: dict[str, float] = {}
+    rows: dict[str, dict[str, float]] = {}
+    while True:
+        remaining = [u for u in candidates if u.name not in chosen]
+        fits = [u for u in remaining if select_units(chosen + [u.name], budget if isinstance(budget, float) else len(chosen) + 1,
+                                                     counts, total) == chosen + [u.name]]
+        if not fits or (isinstance(budget, int) and len(chosen) >= budget):
+            break
+        with perturbed(m, loaded.adapter, [Unit.parse(c) for c in chosen]):
+            replay = PromptReplay(ds, loaded.model)
+            scores = {}
+            for u in fits:
+                if progress:
+                    progress(f"round {len(chosen) + 1}: {u.name}")
+                with m.perturb(loaded.adapter, u):
+                    scores[u.name] = replay.compare(loaded.model, temperature)
+        best = min(fits, key=lambda u: scores[u.name]["kl_pred"])
+        chosen.append(best.name)
+        increments[best.name] = scores[best.name]["kl_pred"]
+        rows[best.name] = {"score": scores[best.name]["kl_pred"], "kl_pred": scores[best.name]["kl_pred"]}
+    if not chosen:
+        raise PrunelensError("no unit fits the budget")
+    import pandas as pd
+
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    return make_plan(ds, chosen, table, method=label, kind=kind, temperature=temperature, by="kl_pred", budget=budget,
+                     locality="propagated", timing="teacher_forced", store_path=store_path, loaded=loaded,
+                     counts=counts, iterative=True)

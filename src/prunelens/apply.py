@@ -1,0 +1,157 @@
+"""Apply a plan to produce a real checkpoint, and measure what it really costs.
+
+``apply_plan`` loads the plan's model, checks it (config hash, units), compresses it with
+``prunelens.compress`` (drops, or a weight method sequentially layer by layer) and writes a
+checkpoint plain ``transformers`` loads. ``validate_plan`` replays the store's prompts
+(prompt + dense continuation, teacher-forced) through the dense model and the compressed one
+and compares the plan's predicted KL with the measured ``KL(p_dense ‖ q)`` at the plan's
+temperature: cumulatively unit by unit (reversible perturbations) and for the checkpoint.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from .errors import PrunelensError
+from .plans import Plan
+from .units import Unit
+
+
+def apply_plan(plan: Plan, out_dir: str | Path, *, loaded: Any = None, calib_samples: int = 32, calib_len: int = 256,
+               overwrite: bool = False, progress: bool = True) -> tuple[Path, dict]:
+    """Compress the plan's model in place (``loaded`` is consumed) and save it to ``out_dir``."""
+    from .compress import compress_model, save_checkpoint
+    from .methods import parse_method
+    from .models import load_model
+
+    if loaded is None:
+        loaded = load_model(plan.model_id)
+    plan.validate_for(loaded)
+    method = parse_method(plan.method)
+    units = plan.unit_objects()
+    for u in units:
+        method.check_unit(u)
+    calib_ids = None
+    if method.calibration != "none":
+        from .data import token_windows
+
+        calib_ids = torch.as_tensor(token_windows(loaded.tokenizer, calib_samples, calib_len, split="calib"))
+    summary = compress_model(loaded, method, units, calib_ids=calib_ids, progress=progress)
+    out = save_checkpoint(loaded, out_dir, {"plan": plan.to_dict(), "compress": summary}, overwrite=overwrite)
+    return out, summary
+
+
+# -- the store's prompts ---------------------------------------------------------------
+def store_prompts(ds: Any) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, int]:
+    """(ids [N, L] right-padded with 0, attention mask, prompt lengths, steps) from a probe store."""
+    for var in ("tokens", "prompt_len"):
+        if var not in ds:
+            raise PrunelensError(f"the store has no {var!r} variable (token ids of its prompts); cannot replay them")
+    tokens = np.asarray(ds["tokens"].values, dtype=np.int64)
+    plen = np.asarray(ds["prompt_len"].values, dtype=np.int64)
+    steps = int(ds.sizes["step"])
+    mask = tokens >= 0
+    ids = np.where(mask, tokens, 0)
+    lengths = mask.sum(axis=1)
+    if np.any(lengths < plen + steps - 1):
+        raise PrunelensError("the store's token ids are shorter than prompt + steps")
+    return torch.as_tensor(ids), torch.as_tensor(mask.astype(np.int64)), plen, steps
+
+
+@torch.no_grad()
+def step_logits(model: Any, ids: torch.Tensor, mask: torch.Tensor, plen: np.ndarray, steps: int) -> torch.Tensor:
+    """float32 logits [N, S, V]: row s of sample n predicts continuation token s (position plen-1+s)."""
+    device = next(model.parameters()).device
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+    pos = torch.as_tensor(plen[:, None] - 1 + np.arange(steps)[None, :], device=logits.device)
+    return logits.gather(1, pos[..., None].expand(-1, -1, logits.shape[-1])).float().cpu()
+
+
+def kl_between(z_dense: torch.Tensor, z_other: torch.Tensor, temperature: float) -> dict[str, np.ndarray]:
+    """Measured KL(p‖q), predicted Var_p(Δz)/(2T²) and top-1 agreement per (sample, step), float64."""
+    from .probe.metrics import probability_metrics
+
+    n, s, v = z_dense.shape
+    z, dz = z_dense.reshape(-1, v), (z_other - z_dense).reshape(-1, v)
+    m = probability_metrics(z, dz, temperature)
+    agree = (z.argmax(-1) == z_other.reshape(-1, v).argmax(-1)).double()
+    return {"kl": m["kl"].reshape(n, s).numpy(), "kl_pred": m["kl_pred"].reshape(n, s).numpy(),
+            "top1_agree": agree.reshape(n, s).numpy()}
+
+
+class PromptReplay:
+    """The store's prompts in batches, with the dense model's logits cached once."""
+
+    def __init__(self, ds: Any, dense_model: Any, batch: int = 8):
+        self.ids, self.mask, self.plen, self.steps = store_prompts(ds)
+        self.batch = batch
+        self.dense = [step_logits(dense_model, *b) for b in self._batches()]
+
+    def _batches(self) -> Iterator[tuple]:
+        for a in range(0, len(self.ids), self.batch):
+            sl = slice(a, a + self.batch)
+            yield self.ids[sl], self.mask[sl], self.plen[sl], self.steps
+
+    def compare(self, model: Any, temperature: float) -> dict[str, float]:
+        """Means over samples and steps of kl, kl_pred, top1_agree for ``model`` against the dense logits."""
+        parts = [kl_between(zd, step_logits(model, *b), temperature) for zd, b in zip(self.dense, self._batches())]
+        return {k: float(np.mean(np.concatenate([p[k] for p in parts]))) for k in parts[0]}
+
+
+def validate_plan(plan: Plan, ds: Any, *, dense: Any = None, checkpoint: str | Path | None = None,
+                  cumulative: bool = True, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Predicted vs measured KL on the store's prompts; fills the plan's measured fields and returns rows.
+
+    Rows: one per plan prefix (units 1..k perturbed together, reversible, dense weights
+    elsewhere) with cumulative predicted and measured KL, then one ``checkpoint`` row for the
+    applied model when ``checkpoint`` is given.
+    """
+    from .methods import parse_method
+    from .models import load_model
+
+    if plan.prompts_hash and ds.attrs.get("prompts_hash") and plan.prompts_hash != ds.attrs["prompts_hash"]:
+        raise PrunelensError("the store's prompts differ from the ones the plan was made with (prompts_hash)")
+    if dense is None:
+        dense = load_model(plan.model_id)
+    plan.validate_for(dense)
+    replay = PromptReplay(ds, dense.model)
+    rows: list[dict[str, Any]] = []
+    method = parse_method(plan.method)
+    if cumulative and method.calibration == "none":
+        with ExitStack() as stack:
+            for k, (pu, unit) in enumerate(zip(plan.units, plan.unit_objects()), start=1):
+                if progress:
+                    progress(f"{k}/{len(plan.units)} {pu.unit}")
+                stack.enter_context(method.perturb(dense.adapter, unit))
+                m = replay.compare(dense.model, plan.temperature)
+                pu.cumulative_measured_kl = m["kl"]
+                rows.append({"k": k, "unit": pu.unit, "predicted_kl": pu.predicted_kl,
+                             "cumulative_predicted_kl": pu.cumulative_predicted_kl, "measured_kl": m["kl"],
+                             "taylor_kl_of_set": m["kl_pred"], "top1_agree": m["top1_agree"]})
+    if checkpoint is not None:
+        applied = load_model(str(checkpoint))
+        m = replay.compare(applied.model, plan.temperature)
+        rows.append({"k": len(plan.units), "unit": "checkpoint", "predicted_kl": None,
+                     "cumulative_predicted_kl": plan.predicted_kl_total, "measured_kl": m["kl"],
+                     "taylor_kl_of_set": m["kl_pred"], "top1_agree": m["top1_agree"]})
+        plan.measured.update({"checkpoint": str(checkpoint), "top1_agree": m["top1_agree"],
+                              "taylor_kl_of_set": m["kl_pred"]})
+    if rows:
+        plan.measured_kl_total = rows[-1]["measured_kl"]
+        plan.measured.update({"samples": int(len(replay.ids)), "steps": replay.steps, "timing": "teacher_forced",
+                              "locality": "propagated"})
+    return rows
+
+
+@contextmanager
+def perturbed(method: Any, adapter: Any, units: list[Unit]) -> Iterator[None]:
+    """Every unit perturbed by ``method`` at once (reversible; restored on exit)."""
+    with ExitStack() as stack:
+        for u in units:
+            stack.enter_context(method.perturb(adapter, u))
+        yield
