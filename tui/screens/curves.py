@@ -1,0 +1,48 @@
+"""Layer curves: 1-cos in the three spaces and KL across layers, measured (line) beside predicted (dots)."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.widgets import Footer, Header, Static
+
+from .. import views
+from ..widgets.braille import Series
+from ..widgets.plot import Plot
+from .base import DataScreen, SelectionBar, switch_bindings
+
+FIELDS = ("method", "temperature", "locality", "timing", "kind")
+SPACE_COLOURS = {"1-cos embedding": "cyan", "1-cos logit": "green", "1-cos probability": "magenta", "KL": "yellow"}
+
+
+class CurvesScreen(DataScreen):
+    CSS_PATH = "curves.tcss"
+    FIELDS = FIELDS
+    BINDINGS = switch_bindings(FIELDS)
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield SelectionBar(id="selection")
+        with Horizontal(id="plots"):
+            yield Plot("1-cos by layer", id="cos")
+            yield Plot("KL by layer", id="kl")
+        yield Static(id="legend")
+        yield Footer()
+
+    def load(self, ds, sel) -> views.Curves:
+        return views.layer_curves(ds, sel)
+
+    def show(self, data: views.Curves) -> None:
+        cos, kl = [], []
+        for name, (measured, predicted) in data.series.items():
+            colour = SPACE_COLOURS[name]
+            target = kl if name == "KL" else cos
+            target.append(Series(name, data.layers, measured, colour, lines=True))
+            target.append(Series(name + " pred", data.layers, predicted, colour, lines=False))
+        self.query_one("#cos", Plot).plot(cos, title=f"1-cos by layer ({data.kind}, log y)", logy=True)
+        self.query_one("#kl", Plot).plot(kl, title=f"KL(p||q) by layer ({data.kind}, log y)", logy=True)
+        legend = Text("line = measured, dots = predicted   ")
+        for name, colour in SPACE_COLOURS.items():
+            legend.append(f"■ {name.replace('1-cos ', '')}  ", style=colour)
+        self.query_one("#legend", Static).update(legend)

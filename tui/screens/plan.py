@@ -1,0 +1,174 @@
+"""Rank & plan: choose strategy, kind, temperature and budget; rank in a worker; review; export."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import Button, DataTable, Footer, Header, Input, ProgressBar, Select, Static
+
+from prunelens.errors import PrunelensError
+
+from .. import backend
+from ..widgets.scale import fmt
+
+KINDS = (("block", "block"), ("attn", "attn"), ("mlp", "mlp"), ("all kinds", "all"))
+RESULT_COLUMNS = (("#", "rank"), ("unit", "unit"), ("score", "score"), ("kl_pred", "kl_pred"), ("kl", "kl"),
+                  ("1-cos p", "cos_p"), ("plan", "chosen"))
+
+
+@dataclass
+class Choices:
+    method: str
+    by: str
+    kind: str | None
+    temperature: float
+    budget: str
+    locality: str
+    timing: str
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return dict(method=self.method, kind=self.kind, temperature=self.temperature, by=self.by,
+                    locality=self.locality, timing=self.timing)
+
+
+class PlanScreen(Screen):
+    CSS_PATH = "plan.tcss"
+    BINDINGS = [Binding("r", "rank", "Rank"), Binding("e", "export", "Export"),
+                Binding("ctrl+r", "rank", "Rank", show=False), Binding("ctrl+e", "export", "Export", show=False)]
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.plan: Any = None
+        self.planned: Choices | None = None
+        self._store_id: int | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="choices"):
+            yield Select([], prompt="method", id="method", allow_blank=True)
+            yield Select([], prompt="strategy", id="by", allow_blank=True)
+            yield Select(KINDS, value="block", id="kind", allow_blank=False)
+            yield Select([], prompt="T", id="temperature", allow_blank=True)
+        with Horizontal(id="actions"):
+            yield Input("2", placeholder="budget: units (2) or fraction (0.25)", id="budget")
+            yield Input("plan.json", placeholder="export path", id="path")
+            yield Button("Rank", id="rank", variant="primary")
+            yield Button("Export", id="export")
+        with Horizontal(id="status-row"):
+            yield ProgressBar(total=2, show_eta=False, show_percentage=False, id="progress")
+            yield Static("choose, then Rank (r)", id="status")
+        yield DataTable(id="ranking", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        for label, key in RESULT_COLUMNS:
+            table.add_column(label, key=key)
+
+    def on_screen_resume(self) -> None:
+        ds = self.app.ds
+        if ds is None or id(ds) == self._store_id:
+            if ds is None:
+                self._status("no store open: press 1 for Runs and Enter on a store", "yellow")
+            return
+        self._store_id = id(ds)
+        methods = [str(m) for m in ds["method"].values]
+        self.query_one("#method", Select).set_options([(m, m) for m in methods])
+        self.query_one("#method", Select).value = self.app.selection.method
+        try:
+            strategies = backend.ranker_choices()
+        except PrunelensError as exc:
+            strategies = []
+            self._status(str(exc), "red")
+        by = self.query_one("#by", Select)
+        by.set_options([(name, name) for name, _ in strategies])
+        if strategies:
+            by.value = "kl_pred" if any(n == "kl_pred" for n, _ in strategies) else strategies[0][0]
+        temps = [float(t) for t in ds["temperature"].values]
+        temp = self.query_one("#temperature", Select)
+        temp.set_options([(f"T={t:g}", t) for t in temps])
+        temp.value = self.app.selection.temperature
+        self.query_one(DataTable).clear()
+        self.plan = None
+
+    def _status(self, message: str, style: str = "") -> None:
+        self.query_one("#status", Static).update(Text(message, style=style))
+
+    def choices(self) -> Choices:
+        values = {}
+        for name in ("method", "by", "kind", "temperature"):
+            value = self.query_one(f"#{name}", Select).value
+            if value is Select.NULL:
+                raise PrunelensError(f"choose a {name if name != 'by' else 'strategy'} first")
+            values[name] = value
+        sel = self.app.selection
+        kind = None if values["kind"] == "all" else values["kind"]
+        return Choices(values["method"], values["by"], kind, float(values["temperature"]),
+                       self.query_one("#budget", Input).value.strip(), sel.locality, sel.timing)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        {"rank": self.action_rank, "export": self.action_export}[event.button.id]()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        (self.action_rank if event.input.id == "budget" else self.action_export)()
+
+    def action_rank(self) -> None:
+        if self.app.ds is None:
+            self._status("no store open: press 1 for Runs and Enter on a store", "yellow")
+            return
+        try:
+            choices = self.choices()
+        except PrunelensError as exc:
+            self._status(str(exc), "red")
+            return
+        self.query_one(ProgressBar).update(progress=0)
+        self._status(f"ranking by {choices.by}…", "bold")
+        self._rank(self.app.ds, choices, str(self.app.store_path))
+
+    @work(thread=True, exclusive=True, group="rank")
+    def _rank(self, ds, choices: Choices, store_path: str) -> None:
+        call = self.app.call_from_thread
+        try:
+            df = backend.rank_units(ds, **choices.as_kwargs())
+            call(self.query_one(ProgressBar).advance, 1)
+            plan = backend.plan_from_store(ds, **choices.as_kwargs(), budget=choices.budget, store_path=store_path)
+            call(self.query_one(ProgressBar).advance, 1)
+        except Exception as exc:  # shown, never raised into the UI
+            call(self._status, str(exc) if isinstance(exc, PrunelensError) else f"{type(exc).__name__}: {exc}", "red")
+            return
+        call(self._show_ranking, df, plan, choices)
+
+    def _show_ranking(self, df, plan, choices: Choices) -> None:
+        self.plan, self.planned = plan, choices
+        chosen = set(backend.plan_unit_names(plan))
+        table = self.query_one(DataTable)
+        table.clear()
+        for row in df.itertuples(index=False):
+            mark = Text("✓ plan", style="bold green") if row.unit in chosen else Text("")
+            rank = "" if row.rank is None or str(row.rank) == "<NA>" else str(row.rank)
+            table.add_row(rank, row.unit, fmt(row.score), fmt(row.kl_pred), fmt(row.kl),
+                          fmt(row.cos_dev_probability), mark)
+        names = ", ".join(backend.plan_unit_names(plan))
+        self._status(f"plan: {names} ({choices.by}, T={choices.temperature:g}); e exports", "green")
+
+    def action_export(self) -> None:
+        if self.plan is None:
+            self._status("rank first (r), then export", "yellow")
+            return
+        path = self.query_one("#path", Input).value.strip()
+        mergekit = self.planned is not None and self.planned.kind == "block" and \
+            self.planned.method.split(":", 1)[0] == "drop"
+        try:
+            written = backend.save_plan(self.plan, path, mergekit=mergekit)
+        except Exception as exc:
+            self._status(f"export failed: {exc}", "red")
+            return
+        self._status("wrote " + " and ".join(str(p) for p in written), "bold green")
+        self.app.notify("wrote " + " and ".join(str(p) for p in written))

@@ -1,0 +1,103 @@
+"""Runs: every store given or found, with its provenance; Enter opens one."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from ..discover import StoreSummary, find_stores, provenance_lines, summarize
+
+COLUMNS = (("store", "store"), ("model", "model"), ("methods", "methods"), ("units", "units"),
+           ("samples x steps", "shape"), ("T", "temps"), ("status", "status"))
+
+
+class RunsScreen(Screen):
+    CSS_PATH = "runs.tcss"
+    BINDINGS = [Binding("enter", "open_selected", "Open", show=True), Binding("f5", "rescan", "Rescan")]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        yield Static("looking for stores…", id="details")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        for label, key in COLUMNS:
+            table.add_column(label, key=key)
+        table.focus()
+        self.action_rescan()
+
+    def action_rescan(self) -> None:
+        self.summaries: list[StoreSummary] = []
+        self.query_one(DataTable).clear()
+        self._scan(list(self.app.paths))
+
+    @work(thread=True, exclusive=True, group="scan")
+    def _scan(self, paths: list[str]) -> None:
+        stores = find_stores(paths)
+        if not stores:
+            self.app.call_from_thread(self._show_details, None)
+        for path in stores:
+            self.app.call_from_thread(self._add, summarize(path))
+        self.app.call_from_thread(self._scanned)
+
+    def _add(self, s: StoreSummary) -> None:
+        self.summaries.append(s)
+        status = Text(s.status, style="red" if s.error else "green" if s.status == "complete" else "yellow")
+        name = self.app.display_path(s.path)
+        if s.error:
+            row = (name, Text(s.error, style="red"), "", "", "", "", status)
+        else:
+            row = (name, s.model, ", ".join(s.methods), str(s.units), f"{s.samples} x {s.steps}",
+                   ",".join(f"{t:g}" for t in s.temperatures), status)
+        self.query_one(DataTable).add_row(*row, key=str(len(self.summaries) - 1))
+        if len(self.summaries) == 1:
+            self._show_details(s)
+
+    def _scanned(self) -> None:
+        ok = [s for s in self.summaries if not s.error]
+        for s in self.summaries:
+            if s.error:
+                self.app.notify(f"{self.app.display_path(s.path)}: {s.error}", severity="error", timeout=6)
+        if self.app.ds is None and len(ok) == 1:
+            self.app.open_store(ok[0].path)
+
+    def _show_details(self, s: StoreSummary | None) -> None:
+        details = self.query_one("#details", Static)
+        if s is None:
+            details.update(Text(f"no probe stores found under {', '.join(map(str, self.app.paths))}", style="yellow"))
+            return
+        text = Text()
+        for label, value in provenance_lines(s):
+            if label == "path":
+                value = self.app.display_path(s.path)
+            text.append(f"{label:>15} ", style="bold")
+            text.append(f"{value}\n", style="red" if label == "error" else "")
+        details.update(text.rstrip() or Text())
+
+    def _current(self) -> StoreSummary | None:
+        table = self.query_one(DataTable)
+        if not self.summaries or table.cursor_row is None or table.cursor_row >= len(self.summaries):
+            return None
+        return self.summaries[table.cursor_row]
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_details(self._current())
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_open_selected()
+
+    def action_open_selected(self) -> None:
+        s = self._current()
+        if s is None:
+            return
+        if s.error:
+            self.app.notify(s.error, severity="error")
+            return
+        if self.app.open_store(s.path):
+            self.app.switch_mode("heatmap")

@@ -1,0 +1,1 @@
+"""Widgets drawn with rich text: a heatmap grid and braille line/scatter plots."""

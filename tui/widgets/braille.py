@@ -1,0 +1,120 @@
+"""Line and scatter plots drawn with Unicode braille (2 x 4 dots per character)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from rich.text import Text
+
+from .scale import fmt
+
+_BITS = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))  # [dot row][dot col]
+Y_LABEL = 8
+
+
+@dataclass
+class Series:
+    label: str
+    x: np.ndarray
+    y: np.ndarray
+    colour: str = "white"
+    lines: bool = True  # join consecutive points; False draws points only
+
+
+class Canvas:
+    """A braille pixel grid of ``width x height`` characters with a colour per character."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.width, self.height = width, height
+        self.bits = np.zeros((height, width), dtype=np.int32)
+        self.colours: list[list[str | None]] = [[None] * width for _ in range(height)]
+
+    def dot(self, px: int, py: int, colour: str) -> None:
+        if 0 <= px < 2 * self.width and 0 <= py < 4 * self.height:
+            row, col = py // 4, px // 2
+            self.bits[row, col] |= _BITS[py % 4][px % 2]
+            self.colours[row][col] = colour
+
+    def line(self, x0: int, y0: int, x1: int, y1: int, colour: str) -> None:
+        n = max(abs(x1 - x0), abs(y1 - y0), 1)
+        for i in range(n + 1):
+            self.dot(round(x0 + (x1 - x0) * i / n), round(y0 + (y1 - y0) * i / n), colour)
+
+    def rows(self) -> list[Text]:
+        out = []
+        for r in range(self.height):
+            text = Text()
+            for c in range(self.width):
+                bits = int(self.bits[r, c])
+                text.append(chr(0x2800 + bits) if bits else " ", style=self.colours[r][c] or "")
+            out.append(text)
+        return out
+
+
+def _transform(v: np.ndarray, log: bool) -> np.ndarray:
+    v = np.asarray(v, dtype=float)
+    if log:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(v > 0, np.log10(np.where(v > 0, v, 1.0)), np.nan)
+    return v
+
+
+def _range(values: list[np.ndarray]) -> tuple[float, float]:
+    finite = np.concatenate([v[np.isfinite(v)] for v in values]) if values else np.zeros(0)
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo, hi = float(finite.min()), float(finite.max())
+    if hi - lo < 1e-12:
+        lo, hi = lo - 0.5, hi + 0.5
+    return lo, hi
+
+
+def render_plot(series: list[Series], width: int, height: int, *, logx: bool = False, logy: bool = False,
+                diagonal: bool = False) -> Text:
+    """A plot of ``series`` filling ``width x height`` characters, with axis labels.
+
+    ``diagonal`` draws y = x (dim), for predicted-vs-measured scatters on shared axes.
+    """
+    pw, ph = max(4, width - Y_LABEL - 1), max(2, height - 1)
+    xs = [_transform(s.x, logx) for s in series]
+    ys = [_transform(s.y, logy) for s in series]
+    x0, x1 = _range(xs)
+    y0, y1 = _range(ys)
+    if diagonal:
+        x0 = y0 = min(x0, y0)
+        x1 = y1 = max(x1, y1)
+    canvas = Canvas(pw, ph)
+
+    def px(v: float) -> int:
+        return round((v - x0) / (x1 - x0) * (2 * pw - 1))
+
+    def py(v: float) -> int:
+        return round((y1 - v) / (y1 - y0) * (4 * ph - 1))
+
+    if diagonal:
+        canvas.line(px(x0), py(y0), px(x1), py(y1), "bright_black")
+    for s, x, y in zip(series, xs, ys):
+        prev = None
+        for xv, yv in zip(x, y):
+            if not (math.isfinite(xv) and math.isfinite(yv)):
+                prev = None
+                continue
+            point = (px(xv), py(yv))
+            if s.lines and prev is not None:
+                canvas.line(*prev, *point, s.colour)
+            else:
+                canvas.dot(*point, s.colour)
+            prev = point
+    lines = []
+    for r, row in enumerate(canvas.rows()):
+        label = _axis_label(y1, logy) if r == 0 else _axis_label(y0, logy) if r == ph - 1 else ""
+        lines.append(Text(label.rjust(Y_LABEL) + "│", style="dim") + row)
+    lo, hi = _axis_label(x0, logx), _axis_label(x1, logx)
+    lines.append(Text(" " * (Y_LABEL + 1) + lo + hi.rjust(max(1, pw - len(lo))), style="dim"))
+    return Text("\n").join(lines)
+
+
+def _axis_label(v: float, log: bool) -> str:
+    return fmt(10**v) if log else fmt(v)
