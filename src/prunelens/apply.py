@@ -48,19 +48,32 @@ def apply_plan(plan: Plan, out_dir: str | Path, *, loaded: Any = None, calib_sam
 
 # -- the store's prompts ---------------------------------------------------------------
 def store_prompts(ds: Any) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, int]:
-    """(ids [N, L] right-padded with 0, attention mask, prompt lengths, steps) from a probe store."""
+    """(ids [N, L] right-padded with 0, attention mask, prompt lengths, steps) from a probe store.
+
+    The store keeps prompt (left-padded with -1) + dense continuation; each row is compacted
+    so that position ``prompt_len - 1 + s`` predicts continuation token ``s``.
+    """
     for var in ("tokens", "prompt_len"):
         if var not in ds:
             raise PrunelensError(f"the store has no {var!r} variable (token ids of its prompts); cannot replay them")
     tokens = np.asarray(ds["tokens"].values, dtype=np.int64)
     plen = np.asarray(ds["prompt_len"].values, dtype=np.int64)
     steps = int(ds.sizes["step"])
-    mask = tokens >= 0
-    ids = np.where(mask, tokens, 0)
-    lengths = mask.sum(axis=1)
-    if np.any(lengths < plen + steps - 1):
+    rows = [t[t >= 0] for t in tokens]
+    if any(len(r) < p + steps - 1 for r, p in zip(rows, plen)):
         raise PrunelensError("the store's token ids are shorter than prompt + steps")
-    return torch.as_tensor(ids), torch.as_tensor(mask.astype(np.int64)), plen, steps
+    width = max(len(r) for r in rows)
+    ids = np.zeros((len(rows), width), dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)], mask[i, : len(r)] = r, 1
+    return torch.as_tensor(ids), torch.as_tensor(mask), plen, steps
+
+
+def store_prompt_ids(ds: Any) -> list[list[int]]:
+    """The prompts alone (without the continuation), as token-id lists."""
+    ids, _, plen, _ = store_prompts(ds)
+    return [list(map(int, ids[i, : plen[i]])) for i in range(len(plen))]
 
 
 @torch.no_grad()

@@ -382,14 +382,19 @@ def iterative_plan(ds: Any, *, method: str, kind: str | None, temperature: float
                    progress: Any = None) -> Plan:
     """Greedy plan: take the unit of lowest predicted KL, re-probe the rest on the already-compressed model, repeat.
 
-    Each round replays the store's prompts (teacher-forced, propagated to the output) through
-    the model with the chosen units already perturbed (that model is the new reference) and
-    every remaining candidate perturbed on top, scoring ``Var_p(Δz)/(2T²)``. A unit's
+    Each round re-probes with the probe engine on the store's prompts: the model with the
+    chosen units already perturbed is the new reference (its own greedy continuation,
+    teacher-forced, propagated to the output) and every remaining candidate is perturbed on
+    top, scored by the mean ``Var_p(Δz)/(2T²)``. A unit's
     ``predicted_kl`` is its increment when chosen; the cumulative sum is the plan's prediction.
     Methods that need calibration statistics are not supported here (use the one-shot plan).
     """
-    from .apply import PromptReplay, perturbed
+    import numpy as np
+
+    from .apply import perturbed, store_prompt_ids
     from .methods import parse_method
+    from .probe.engine import ProbeEngine, ProbeSettings
+    from .probe.prompts import Prompts
     from .models import load_model
     from .ranking import resolve_method, store_units
 
@@ -406,6 +411,10 @@ def iterative_plan(ds: Any, *, method: str, kind: str | None, temperature: float
     counts = total = None
     if isinstance(budget, float):
         counts, total = unit_param_counts(loaded.model_id, candidates, loaded)
+    prompts = Prompts(store_prompt_ids(ds), source="store")
+    settings = ProbeSettings(steps=int(ds.sizes["step"]), temperatures=(float(temperature),), localities=("propagated",),
+                             timings=("teacher_forced",), readout=str(ds.attrs.get("readout", "norm")))
+    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer is not None and loaded.tokenizer.pad_token_id is not None else 0
     chosen: list[str] = []
     increments: dict[str, float] = {}
     rows: dict[str, dict[str, float]] = {}
@@ -416,13 +425,14 @@ def iterative_plan(ds: Any, *, method: str, kind: str | None, temperature: float
         if not fits or (isinstance(budget, int) and len(chosen) >= budget):
             break
         with perturbed(m, loaded.adapter, [Unit.parse(c) for c in chosen]):
-            replay = PromptReplay(ds, loaded.model)
+            engine = ProbeEngine(loaded.adapter, prompts, settings, pad_id=pad_id)
+            engine.prepare()  # the already-compressed model's own greedy continuation is the new reference
             scores = {}
             for u in fits:
                 if progress:
                     progress(f"round {len(chosen) + 1}: {u.name}")
-                with m.perturb(loaded.adapter, u):
-                    scores[u.name] = replay.compare(loaded.model, temperature)
+                kl_pred = engine.measure(m, u).arrays["kl_pred"]
+                scores[u.name] = {"kl_pred": float(np.nanmean(kl_pred))}
         best = min(fits, key=lambda u: scores[u.name]["kl_pred"])
         chosen.append(best.name)
         increments[best.name] = scores[best.name]["kl_pred"]

@@ -200,3 +200,23 @@ def sort_order(score: np.ndarray) -> np.ndarray:
     """Ascending, stable, NaN last."""
     key = np.where(np.isfinite(score), score, np.inf)
     return np.argsort(key, kind="stable")
+
+
+def load_store(path: Any) -> Any:
+    """Open a probe store lazily (``prunelens_store.open_store``; a plain Zarr open if the reader is absent)."""
+    from pathlib import Path
+
+    try:
+        from prunelens_store import open_store  # type: ignore[attr-defined]
+    except ImportError:
+        open_store = None
+    if open_store is not None:
+        return open_store(path)
+    import xarray as xr
+
+    if not Path(path).exists():
+        raise PrunelensError(f"store not found: {path}")
+    try:
+        return xr.open_zarr(path, consolidated=None)
+    except Exception as exc:  # noqa: BLE001 - any failure to open is a user error here
+        raise PrunelensError(f"{path} is not a probe store: {type(exc).__name__}: {exc}") from None

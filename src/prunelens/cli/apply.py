@@ -1,0 +1,39 @@
+"""``prunelens apply``: turn a plan into a checkpoint plain transformers loads."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("apply")
+@click.argument("plan_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Checkpoint directory to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing non-empty --out directory.")
+@click.option("--calib-samples", type=int, default=32, show_default=True, help="Calibration windows (wanda, sparsegpt, gptq).")
+@click.option("--calib-len", type=int, default=256, show_default=True, help="Tokens per calibration window.")
+@click.option("--validate", "validate_store", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Then compare predicted with measured KL on this store's prompts (and write it into the plan).")
+def command(plan_path, out, overwrite, calib_samples, calib_len, validate_store) -> None:
+    """Apply PLAN to its model and save the result to --out (safetensors + tokenizer + prunelens.json)."""
+    from rich.console import Console
+
+    from ..apply import apply_plan
+    from ..plans import Plan
+
+    console = Console()
+    plan = Plan.load(plan_path)
+    path, summary = apply_plan(plan, out, calib_samples=calib_samples, calib_len=calib_len, overwrite=overwrite)
+    console.print(f"applied {plan.method} to {', '.join(plan.unit_names)} -> {path}")
+    keep = {k: v for k, v in summary.items() if k in ("seconds", "dropped_blocks", "dropped_sublayers", "layers_after",
+                                                       "sparsity")}
+    if keep:
+        console.print(keep)
+    if validate_store:
+        from ..apply import validate_plan
+        from ..ranking import load_store
+        from .validate import validation_table
+
+        rows = validate_plan(plan, load_store(validate_store), checkpoint=path)
+        console.print(validation_table(plan, rows))
+        plan.save(plan_path)
+    console.print(f"load it with: AutoModelForCausalLM.from_pretrained({str(path)!r})")

@@ -1,0 +1,88 @@
+"""``prunelens rank``: units sorted safest first at your temperature, with every store metric beside."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+KIND_CHOICE = click.Choice(["attn", "mlp", "block", "all"])
+
+
+def store_options(f):
+    """The options shared by ``rank`` and ``plan``."""
+    for opt in reversed([
+        click.option("--method", default=None, help="Method label in the store (e.g. drop, wanda:sparsity=0.5)."),
+        click.option("--kind", type=KIND_CHOICE, default="all", show_default=True, help="Unit kind to rank."),
+        click.option("--temperature", "-T", type=float, default=1.0, show_default=True, help="Deployment temperature."),
+        click.option("--by", default="kl_pred", show_default=True,
+                     help="Strategy: kl_pred, kl, block_influence, angular, llm_drop (see --list-strategies)."),
+        click.option("--locality", type=click.Choice(["local", "propagated"]), default="propagated", show_default=True),
+        click.option("--timing", type=click.Choice(["teacher_forced", "free_running"]), default="teacher_forced",
+                     show_default=True),
+    ]):
+        f = opt(f)
+    return f
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return "-"
+    if f != f:
+        return "-"
+    return f"{f:.{digits}e}" if (abs(f) < 1e-2 or abs(f) >= 1e4) and f != 0 else f"{f:.{digits + 1}g}"
+
+
+def ranking_table(df: Any, title: str = "") -> Any:
+    from rich.table import Table
+
+    by = df.attrs.get("by", "kl_pred")
+    table = Table(title=title, title_justify="left")
+    for col in ("rank", "unit"):
+        table.add_column(col, justify="right" if col == "rank" else "left")
+    if by not in ("kl_pred", "kl"):
+        table.add_column(f"score ({by})", justify="right")
+    for col in ("predicted KL", "measured KL", "1-cos emb", "1-cos logit", "1-cos prob"):
+        table.add_column(col, justify="right")
+    for _, r in df.iterrows():
+        rank = "-" if r["rank"] is None or r["rank"] != r["rank"] else str(int(r["rank"]))
+        cells = [rank, str(r["unit"])]
+        if by not in ("kl_pred", "kl"):
+            cells.append(fmt(r["score"]))
+        cells += [fmt(r[c]) for c in ("kl_pred", "kl", "cos_dev_embedding", "cos_dev_logit", "cos_dev_probability")]
+        table.add_row(*cells)
+    return table
+
+
+@click.command("rank")
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@store_options
+@click.option("--top", type=int, default=None, help="Show only the N safest units.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Also write the table as CSV.")
+@click.option("--list-strategies", is_flag=True, help="List the ranking strategies and exit.")
+def command(store, method, kind, temperature, by, locality, timing, top, csv_path, list_strategies) -> None:
+    """Rank the units of a probe STORE, safest first (lower predicted KL = safer)."""
+    from rich.console import Console
+
+    from ..ranking import load_store, rank_units, ranker_registry
+
+    console = Console()
+    if list_strategies:
+        from rich.table import Table
+
+        t = Table("strategy", "needs", "plugin", "description")
+        for name, (owner, cls) in sorted(ranker_registry().items()):
+            t.add_row(name, cls.needs, owner, cls.description)
+        console.print(t)
+        return
+    ds = load_store(store)
+    df = rank_units(ds, method=method, kind=None if kind == "all" else kind, temperature=temperature, by=by,
+                    locality=locality, timing=timing)
+    if csv_path:
+        df.to_csv(csv_path, index=False)
+    shown = df if top is None else df.head(top)
+    title = (f"{df.attrs['method']} · {kind} · T={temperature:g} · by {by} · {locality}/{timing} "
+             f"(means over samples and steps; KL = KL(p_dense‖q))")
+    console.print(ranking_table(shown, title))
