@@ -29,6 +29,11 @@ ENV_ALLOWLIST = "PRUNELENS_LOAD_PLUGINS"
 BUILTIN_MODULES = (
     "prunelens_plugins.architectures",
     "prunelens_plugins.magnitude",
+    "prunelens_plugins.wanda",
+    "prunelens_plugins.sparsegpt",
+    "prunelens_plugins.drop",
+    "prunelens_plugins.rtn",
+    "prunelens_plugins.gptq",
     "prunelens_plugins.rankers",
 )
 

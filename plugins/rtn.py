@@ -1,0 +1,34 @@
+"""RTN: round-to-nearest weight fake-quantization (per channel or per group of columns)."""
+
+from __future__ import annotations
+
+import torch
+
+from prunelens.hookspecs import hookimpl
+from prunelens.methods import Param, WeightMethod
+from prunelens.quantizer import Grid, check_bits, check_group_size
+
+QUANT_PARAMS = {
+    "bits": Param(int, 4, "bits per weight (2..8)", check_bits),
+    "sym": Param(bool, False, "symmetric grid around zero (else asymmetric with a zero point)"),
+    "group_size": Param(int, 128, "columns sharing one scale; -1 = one scale per output channel", check_group_size),
+}
+
+
+class RTN(WeightMethod):
+    name = "rtn"
+    description = "Round-to-nearest weight fake-quant (2-8 bits, symmetric/asymmetric, per channel or per group)."
+    calibration = "none"
+    params = dict(QUANT_PARAMS)
+
+    @property
+    def grid(self) -> Grid:
+        return Grid(self.bits, self.sym, self.group_size)
+
+    def compress_weight(self, weight: torch.Tensor, stats=None) -> torch.Tensor:
+        return self.grid.fake_quant(weight)
+
+
+@hookimpl
+def register_methods(register):
+    register(RTN)

@@ -1,0 +1,37 @@
+"""SparseGPT: prune with Optimal Brain Surgeon updates of the remaining weights (Frantar & Alistarh 2023)."""
+
+from __future__ import annotations
+
+import torch
+
+from prunelens.hookspecs import hookimpl
+from prunelens.methods import Param, WeightMethod
+from prunelens.obs import obs_compress
+from prunelens.sparsity import check_sparsity, parse_pattern
+
+
+def _positive(v) -> str | None:
+    return None if v > 0 else "must be positive"
+
+
+class SparseGPT(WeightMethod):
+    name = "sparsegpt"
+    description = "SparseGPT: OBS pruning from the layer Hessian, blocks of columns, unstructured or N:M."
+    calibration = "hessian"
+    params = {
+        "sparsity": Param(float, 0.5, "fraction of weights set to zero (per block of columns)", check_sparsity),
+        "pattern": Param(str, None, "N:M semi-structured pattern: keep N of every M inputs, e.g. 2:4 (overrides sparsity)",
+                         check=lambda v: parse_pattern(v) and None),
+        "blocksize": Param(int, 128, "columns per OBS block", _positive),
+        "percdamp": Param(float, 0.01, "Hessian damping as a fraction of mean(diag H)", _positive),
+    }
+
+    def compress_weight(self, weight: torch.Tensor, stats) -> torch.Tensor:
+        nm = parse_pattern(self.pattern)
+        return obs_compress(weight, stats.value, sparsity=0.0 if nm else self.sparsity, nm=nm,
+                            blocksize=self.blocksize, percdamp=self.percdamp)
+
+
+@hookimpl
+def register_methods(register):
+    register(SparseGPT)

@@ -1,0 +1,145 @@
+"""Calibration statistics of linear-layer inputs, gathered with forward hooks.
+
+Two kinds, both accumulated in float32 and normalised by the number of calibration
+*sequences* N (as the reference Wanda and SparseGPT code do):
+
+- ``input_norms`` (Wanda): ``S_j = (1/N) Σ_tokens x_j²`` as a running mean
+  (``S *= n/(n+b); n += b; S += ||X_j||² / n`` for a batch of b sequences);
+- ``hessian`` (SparseGPT, GPTQ): ``H = (2/N) Σ_tokens x xᵀ``.
+
+Linears that read the very same input tensor (q/k/v; gate/up) share one statistic object.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from .errors import PrunelensError
+from .units import Unit
+
+STAT_KINDS = ("input_norms", "hessian")
+
+
+@dataclass
+class Stats:
+    """Running statistic of one linear input: ``value`` is S [in] or H [in, in]."""
+
+    kind: str
+    value: torch.Tensor
+    nsamples: int = 0
+    shared_with: list[str] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, kind: str, width: int, device: torch.device | str = "cpu") -> "Stats":
+        shape = (width,) if kind == "input_norms" else (width, width)
+        return cls(kind, torch.zeros(shape, dtype=torch.float32, device=device))
+
+    def add(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Accumulate one batch of inputs ``x`` [batch, seq, in] (or [tokens, in] = one sequence)."""
+        batch = x.shape[0] if x.dim() >= 3 else 1
+        x = x.reshape(-1, x.shape[-1]).float()
+        if mask is not None:
+            x = x[mask.reshape(-1).bool()]
+        self.value *= self.nsamples / (self.nsamples + batch)
+        self.nsamples += batch
+        if self.kind == "input_norms":
+            self.value += (x * x).sum(dim=0) / self.nsamples
+        else:
+            x = x * (2.0 / self.nsamples) ** 0.5
+            self.value += x.t() @ x
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in STAT_KINDS:
+        raise PrunelensError(f"unknown calibration kind {kind!r}; choose from {', '.join(STAT_KINDS)}")
+
+
+class StatsCollector:
+    """Forward pre-hooks on named linears that fill one ``Stats`` per distinct input."""
+
+    def __init__(self, linears: Mapping[str, nn.Module], kind: str):
+        _check_kind(kind)
+        self.kind = kind
+        self.linears = dict(linears)
+        self.stats: dict[str, Stats] = {}
+        self.mask: torch.Tensor | None = None  # token mask of the current batch (None = all tokens)
+        self._last: tuple[Any, Stats] | None = None  # (input tensor, its stats) of the previous call
+        self._owner: dict[str, bool] = {}
+
+    def _hook(self, name: str):
+        def hook(_mod: nn.Module, args: tuple) -> None:
+            x = args[0]
+            last = self._last
+            if name not in self.stats:
+                if last is not None and last[0] is x:  # same tensor as the previous linear: share
+                    self.stats[name] = last[1]
+                    last[1].shared_with.append(name)
+                    self._owner[name] = False
+                else:
+                    self.stats[name] = Stats.empty(self.kind, x.shape[-1], x.device)
+                    self._owner[name] = True
+            st = self.stats[name]
+            if self._owner[name]:
+                st.add(x.detach(), self.mask)
+            self._last = (x, st)
+
+        return hook
+
+    @contextmanager
+    def attached(self) -> Iterator["StatsCollector"]:
+        handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in self.linears.items()]
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+            self._last = None
+
+
+def _adapter_of(loaded_or_adapter: Any):
+    return getattr(loaded_or_adapter, "adapter", loaded_or_adapter)
+
+
+def unit_linears(adapter: Any, units: list[Unit]) -> dict[str, nn.Module]:
+    """Every linear of the given units, by qualified name (a block includes its sublayers')."""
+    out: dict[str, nn.Module] = {}
+    for u in units:
+        out.update(adapter.linears(u))
+    return out
+
+
+@torch.no_grad()
+def collect_stats(
+    loaded_or_adapter: Any,
+    units: list[Unit],
+    kind: str,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict[str, Stats]:
+    """One dense pass over ``input_ids`` [n, len]; statistics of every linear of ``units`` by name."""
+    _check_kind(kind)
+    adapter = _adapter_of(loaded_or_adapter)
+    input_ids = torch.as_tensor(input_ids)
+    if input_ids.dim() == 1:
+        input_ids = input_ids.unsqueeze(0)
+    device = next(adapter.model.parameters()).device
+    collector = StatsCollector(unit_linears(adapter, units), kind)
+    starts = range(0, input_ids.shape[0], batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=f"calibration ({kind})", unit="batch")
+    with collector.attached():
+        for s in starts:
+            ids = input_ids[s : s + batch_size].to(device)
+            mask = None if attention_mask is None else attention_mask[s : s + batch_size].to(device)
+            collector.mask = mask
+            adapter.model(input_ids=ids, attention_mask=mask, use_cache=False)
+    return collector.stats
