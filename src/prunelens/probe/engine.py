@@ -1,0 +1,224 @@
+"""The probe engine: measure one (method, unit) cell on cached dense passes.
+
+``ProbeEngine.prepare()`` makes, per batch of samples, the dense greedy continuation and one
+dense forward over prompt + continuation that caches every layer's input (teacher-forced).
+``measure(method, unit)`` then opens ``method.perturb`` and
+
+* local, teacher-forced: re-runs only layer ``i`` on its cached input;
+* propagated, teacher-forced: continues through the dense layers ``i+1..L-1``;
+* free-running: lets the perturbed model generate its own tokens with its own KV cache,
+  watching layer ``i`` (local) and the last layer (propagated) at each step's last position,
+  against the dense model on its own greedy history (= the teacher-forced sequence).
+
+Metrics (``metrics.row_metrics``) are computed on the step positions only, in float32/64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..adapters import Adapter
+from ..errors import PrunelensError
+from ..methods import Method
+from ..units import Unit
+from .capture import DenseBatch, capture_layers
+from .freerun import greedy_decode
+from .metrics import RowMetrics, row_metrics
+from .prompts import Prompts
+
+LOCALITIES = ("local", "propagated")
+TIMINGS = ("teacher_forced", "free_running")
+CELL_ARRAYS = ("cos_dev", "cos_dev_pred", "rel_norm", "kl", "kl_pred", "top1_agree",
+               "cand_kl", "cand_top1_agree", "cand_mass", "cand_rank")
+
+
+@dataclass
+class ProbeSettings:
+    """What to measure: steps, temperatures, localities, timings and the readout."""
+
+    steps: int = 32
+    temperatures: tuple[float, ...] = (1.0,)
+    localities: tuple[str, ...] = LOCALITIES
+    timings: tuple[str, ...] = TIMINGS
+    readout: str = "norm"
+    batch_size: int = 16  # samples per batch
+
+    def __post_init__(self) -> None:
+        self.temperatures = tuple(float(t) for t in self.temperatures)
+        self.localities = tuple(self.localities)
+        self.timings = tuple(self.timings)
+        if self.steps < 1:
+            raise PrunelensError("steps must be at least 1")
+        if not self.temperatures or any(not t > 0 for t in self.temperatures):
+            raise PrunelensError(f"temperatures must be positive: {self.temperatures}")
+        for name, vals, allowed in (("locality", self.localities, LOCALITIES), ("timing", self.timings, TIMINGS)):
+            bad = [v for v in vals if v not in allowed]
+            if bad or not vals or len(set(vals)) != len(vals):
+                raise PrunelensError(f"{name} must be a list of distinct values from {', '.join(allowed)}; got {', '.join(vals) or 'nothing'}")
+        if self.readout not in ("norm", "raw"):
+            raise PrunelensError(f"readout must be 'norm' or 'raw', not {self.readout!r}")
+        if self.batch_size < 1:
+            raise PrunelensError("batch size must be at least 1")
+
+
+class Readout:
+    """Logits in float32 (at least) from hidden states, whatever the model dtype."""
+
+    def __init__(self, adapter: Adapter, mode: str):
+        self.adapter = adapter
+        self.mode = mode
+        w = adapter.lm_head.weight
+        self.low_precision = w.dtype not in (torch.float32, torch.float64)
+        self._w32: torch.Tensor | None = None
+        self.cap = getattr(adapter.model.config, "final_logit_softcapping", None)
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        if not self.low_precision:
+            return self.adapter.readout(h, self.mode)
+        x = self.adapter.final_norm(h) if self.mode == "norm" else h
+        if self._w32 is None:
+            self._w32 = self.adapter.lm_head.weight.detach().float()
+        bias = getattr(self.adapter.lm_head, "bias", None)
+        z = F.linear(x.float(), self._w32, None if bias is None else bias.float())
+        return torch.tanh(z / self.cap) * self.cap if self.cap else z
+
+
+@dataclass
+class CellResult:
+    """One (method, unit) cell: arrays shaped like the store's variables without (method, unit)."""
+
+    arrays: dict[str, np.ndarray]
+    free_tokens: np.ndarray  # [sample, step], -1 where not run
+    nonfinite: int = 0
+
+
+@dataclass
+class ProbeEngine:
+    """Measure cells for one model and one prompt set."""
+
+    adapter: Adapter
+    prompts: Prompts
+    settings: ProbeSettings
+    pad_id: int = 0
+    batches: list[DenseBatch] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.readout = Readout(self.adapter, self.settings.readout)
+        self._dense_z: dict[tuple[int, int], torch.Tensor] = {}
+        self._dense_layer: int | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.adapter.model.parameters()).device
+
+    @torch.no_grad()
+    def prepare(self, progress: Callable[[int], Any] | None = None) -> None:
+        """Dense greedy continuations and one cached dense pass per batch of samples."""
+        ids, mask, padded = self.prompts.padded(self.pad_id)
+        cands = self.prompts.candidate_array()
+        steps, bs = self.settings.steps, self.settings.batch_size
+        self.batches = []
+        for lo in range(0, len(self.prompts), bs):
+            p_ids = ids[lo : lo + bs].to(self.device)
+            p_mask = mask[lo : lo + bs].to(self.device) if padded else None
+            cont = greedy_decode(self.adapter, p_ids, p_mask, steps).tokens
+            seq = torch.cat([p_ids, cont[:, :-1]], dim=1)
+            seq_mask = None if p_mask is None else torch.cat([p_mask, torch.ones_like(cont[:, :-1])], dim=1)
+            calls, final = capture_layers(self.adapter, seq, seq_mask)
+            cand = None if cands is None else torch.as_tensor(cands[lo : lo + bs], device=self.device)
+            self.batches.append(DenseBatch(p_ids, p_mask, cont, calls, final, cand))
+            if progress:
+                progress(len(p_ids))
+
+    # -- dense readouts, cached per layer ----------------------------------------
+    def _dense_logits(self, b: int, layer: int) -> torch.Tensor:
+        last = self.adapter.num_layers - 1
+        if layer != last and layer != self._dense_layer:  # keep one inner layer's logits (+ the last layer's)
+            self._dense_z = {k: v for k, v in self._dense_z.items() if k[1] == last}
+            self._dense_layer = layer
+        key = (b, layer)
+        if key not in self._dense_z:
+            batch = self.batches[b]
+            self._dense_z[key] = self.readout(batch.rows(batch.layer_output(layer)))
+        return self._dense_z[key]
+
+    def release(self) -> None:
+        """Drop cached dense logits."""
+        self._dense_z.clear()
+        self._dense_layer = None
+
+    # -- one cell --------------------------------------------------------------
+    @torch.no_grad()
+    def measure(self, method: Method, unit: Unit, stats: Mapping[str, Any] | None = None) -> CellResult:
+        """All requested localities × timings for ``method`` applied to ``unit`` alone."""
+        s = self.settings
+        method.check_unit(unit)
+        per: dict[tuple[str, str], list[RowMetrics]] = {}
+        free: list[torch.Tensor] = []
+        i, last = unit.layer, self.adapter.num_layers - 1
+        for b, batch in enumerate(self.batches):
+            cand = batch.candidate_rows()
+            if "teacher_forced" in s.timings:
+                with method.perturb(self.adapter, unit, stats):
+                    x = self.adapter.run_layer(i, batch.calls[i].hidden, batch.calls[i])
+                if "local" in s.localities:
+                    per.setdefault(("local", "teacher_forced"), []).append(
+                        self._compare(batch, b, i, batch.rows(x), cand))
+                if "propagated" in s.localities:
+                    for j in range(i + 1, self.adapter.num_layers):
+                        x = self.adapter.run_layer(j, x, batch.calls[j])
+                    per.setdefault(("propagated", "teacher_forced"), []).append(
+                        self._compare(batch, b, last, batch.rows(x), cand))
+                del x
+            if "free_running" in s.timings:
+                watch = sorted({i if loc == "local" else last for loc in s.localities})
+                with method.perturb(self.adapter, unit, stats):
+                    dec = greedy_decode(self.adapter, batch.prompt_ids, batch.prompt_mask, batch.steps, watch)
+                free.append(dec.tokens)
+                for loc in s.localities:
+                    layer = i if loc == "local" else last
+                    h2 = dec.watched[layer].reshape(-1, dec.watched[layer].shape[-1])
+                    per.setdefault((loc, "free_running"), []).append(self._compare(batch, b, layer, h2, cand))
+        return self._assemble(per, free)
+
+    def _compare(self, batch: DenseBatch, b: int, layer: int, h2: torch.Tensor, cand: torch.Tensor | None) -> RowMetrics:
+        h = batch.rows(batch.layer_output(layer))
+        z = self._dense_logits(b, layer)
+        z2 = self.readout(h2)
+        return row_metrics(h, h2.to(h.dtype) - h, z, z2, list(self.settings.temperatures), cand)
+
+    def _assemble(self, per: dict[tuple[str, str], list[RowMetrics]], free: list[torch.Tensor]) -> CellResult:
+        s = self.settings
+        n, steps, nt = len(self.prompts), s.steps, len(s.temperatures)
+        lead = (len(s.localities), len(s.timings))
+        shapes = {"cos_dev": (3, nt), "cos_dev_pred": (3, nt), "rel_norm": (3, nt), "top1_agree": ()}
+        arrays = {k: np.full(lead + shapes.get(k, (nt,)) + (n, steps), np.nan, dtype=np.float32) for k in CELL_ARRAYS}
+        nonfinite = 0
+        for (loc, tim), parts in per.items():
+            m = RowMetrics.cat(parts)
+            li, ti = s.localities.index(loc), s.timings.index(tim)
+            for k in CELL_ARRAYS:
+                v = getattr(m, k).cpu().numpy()
+                arrays[k][li, ti] = v.reshape(v.shape[:-1] + (n, steps))
+                if not k.startswith("cand_"):
+                    nonfinite += int((~np.isfinite(v)).sum())
+        tokens = torch.cat(free).cpu().numpy().astype(np.int64) if free else np.full((n, steps), -1, dtype=np.int64)
+        return CellResult(arrays, tokens, nonfinite)
+
+    def dense_tokens(self) -> np.ndarray:
+        """[N, P + S] prompt (left-padded with -1) + dense continuation."""
+        rows = []
+        for batch in self.batches:
+            p = batch.prompt_ids.clone()
+            if batch.prompt_mask is not None:
+                p[batch.prompt_mask == 0] = -1
+            rows.append(torch.cat([p, batch.continuation], dim=1))
+        return torch.cat(rows).cpu().numpy().astype(np.int64)
+
+    def dense_continuation(self) -> np.ndarray:
+        return torch.cat([b.continuation for b in self.batches]).cpu().numpy().astype(np.int64)
