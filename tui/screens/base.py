@@ -22,15 +22,17 @@ def switch_bindings(fields: tuple[str, ...]) -> list[Binding]:
 class SelectionBar(Static):
     """Shows the current choice of every switch this screen uses, with its key."""
 
-    def show(self, sel: S.Selection | None, fields: tuple[str, ...]) -> None:
+    def show(self, sel: S.Selection | None, fields: tuple[str, ...], dims: tuple[str, ...] = ()) -> None:
+        """``dims``: the shown metric's dims; a switch the metric does not have is drawn dim."""
         if sel is None:
             self.update(Text("no store open: press 1 for Runs and Enter on a store", style="bold yellow"))
             return
         text = Text()
-        for i, f in enumerate(fields):
+        for f in fields:
             value = getattr(sel, f)
-            text.append(f"{SWITCHES[f][0]}", style="bold reverse")
-            text.append(f" {value:g}  " if isinstance(value, float) else f" {value}  ")
+            unused = dims and f in ("space", "temperature") and f not in dims
+            text.append(f"{SWITCHES[f][0]}", style="dim" if unused else "bold reverse")
+            text.append(f" {value:g}  " if isinstance(value, float) else f" {value}  ", style="dim" if unused else "")
         self.update(text)
 
 
@@ -46,7 +48,8 @@ class DataScreen(Screen):
     def reload(self, force: bool = False) -> None:
         app = self.app
         bar = self.query_one(SelectionBar)
-        bar.show(app.selection, self.FIELDS)
+        dims = tuple(app.ds[app.selection.metric].dims) if app.ds is not None else ()
+        bar.show(app.selection, self.FIELDS, dims if "metric" in self.FIELDS else ())
         key = (id(app.ds), app.selection)
         if app.ds is None or (key == self._drawn and not force):
             if app.ds is None:

@@ -78,7 +78,8 @@ class RunsScreen(Screen):
                 value = self.app.display_path(s.path)
             text.append(f"{label:>15} ", style="bold")
             text.append(f"{value}\n", style="red" if label == "error" else "")
-        details.update(text.rstrip() or Text())
+        text.rstrip()
+        details.update(text)
 
     def _current(self) -> StoreSummary | None:
         table = self.query_one(DataTable)

@@ -104,8 +104,11 @@ def render_plot(series: list[Series], width: int, height: int, *, logx: bool = F
             point = (px(xv), py(yv))
             if s.lines and prev is not None:
                 canvas.line(*prev, *point, s.colour)
-            else:
+            elif s.lines:
                 canvas.dot(*point, s.colour)
+            else:  # a scatter marker: a 2 x 2 dot square, easy to see
+                for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+                    canvas.dot(point[0] - dx, point[1] - dy, s.colour)
             prev = point
     lines = []
     for r, row in enumerate(canvas.rows()):

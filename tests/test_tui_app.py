@@ -1,0 +1,185 @@
+"""Pilot tests: the app at 80x24 over fixture stores — every screen, switches, ranking and export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from prunelens_tui.app import SCREENS, PrunelensApp
+from prunelens_tui.screens.help import HelpScreen, binding_rows
+from prunelens_tui.synthetic import make_store, synthetic_dataset
+from prunelens_tui.widgets.heatmap import HeatmapGrid
+from prunelens_tui.widgets.scale import fmt
+
+KW = dict(methods=("drop", "magnitude:sparsity=0.5"), num_layers=4, samples=3, steps=8, temperatures=(0.7, 1.0))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("app") / "run.zarr", **KW)
+
+
+async def settle(pilot) -> None:
+    await pilot.pause()
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+async def test_every_screen_and_switches(store):
+    mem = synthetic_dataset(**KW)
+    app = PrunelensApp([store], cwd=store.parent)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        assert app.ds is not None and app.sub_title == "run.zarr"  # the one store opened itself
+        await pilot.press("2")
+        await settle(pilot)
+        grid = app.screen.query_one(HeatmapGrid)
+        # default view: kl_pred, drop, propagated, teacher_forced, T=1.0 (closest to 1)
+        np.testing.assert_allclose(grid.values, mem["kl_pred"].values[0, :, 1, 0, 1].mean(axis=1), rtol=1e-6)
+        await pilot.press("v", "v")  # kl_pred -> kl -> cos_dev
+        await pilot.press("s")  # probability -> embedding
+        await pilot.press("t")  # T=1.0 -> 0.7
+        await pilot.press("l")  # propagated -> local
+        await pilot.press("m")  # drop -> magnitude
+        await settle(pilot)
+        sel = app.selection
+        assert (sel.metric, sel.space, sel.temperature, sel.locality, sel.method) == \
+            ("cos_dev", "embedding", 0.7, "local", "magnitude:sparsity=0.5")
+        np.testing.assert_allclose(grid.values, mem["cos_dev"].values[1, :, 0, 0, 0, 0].mean(axis=1), rtol=1e-6)
+        await pilot.press("down", "down", "right")
+        await settle(pilot)
+        assert grid.cursor == (2, 1)
+        value_line = str(app.screen.query_one("#value").render())
+        assert value_line.startswith("L0.mlp  step 1") and f"cos_dev = {fmt(grid.values[2, 1])}" in value_line
+        await pilot.click(HeatmapGrid, offset=(9 + 3 * 4, 1 + 5))  # mouse: 4-wide cells, row 5 = L1.mlp
+        assert grid.cursor == (5, 3)
+        for key, name in (("3", "curves"), ("4", "theory"), ("5", "plan"), ("1", "runs")):
+            await pilot.press(key)
+            await settle(pilot)
+            assert isinstance(app.screen, SCREENS[name])
+        await pilot.press("3", "k")  # curves: kind all -> block
+        await settle(pilot)
+        cos_plot = app.screen.query_one("#cos")
+        assert cos_plot.series and "block" in cos_plot.title
+        await pilot.press("4")
+        await settle(pilot)
+        footer = app.screen.query_one("#kl").footer.plain
+        assert footer.startswith("Spearman rho = ") and "(n=4)" in footer  # kind=block: 4 units
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        await pilot.press("q")
+        await pilot.pause()
+    assert app.return_code == 0
+
+
+async def test_rank_and_export_equal_plan_from_store(store, tmp_path):
+    plans = pytest.importorskip("prunelens.plans", reason="prunelens.plans is not in the tree")
+    from prunelens_tui.backend import open_store
+    from textual.widgets import Input, Select
+
+    out = tmp_path / "plan.json"
+    app = PrunelensApp([store], cwd=store.parent)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("5")
+        await settle(pilot)
+        screen = app.screen
+        screen.query_one("#method", Select).value = "drop"
+        screen.query_one("#kind", Select).value = "block"
+        screen.query_one("#temperature", Select).value = 0.7
+        screen.query_one("#by", Select).value = "kl_pred"
+        budget = screen.query_one("#budget", Input)
+        await pilot.click("#budget")
+        budget.value = ""
+        await pilot.press("2", "enter")  # Enter in the budget box ranks
+        await settle(pilot)
+        assert screen.plan is not None, str(screen.query_one("#status").render())
+        table = screen.query_one("#ranking")
+        assert table.row_count == 4
+        path = screen.query_one("#path", Input)
+        path.value = ""
+        await pilot.click("#path")
+        await pilot.press(*str(out), "enter")  # typed path; Enter exports
+        await settle(pilot)
+    assert out.exists(), "the plan was not written"
+    expected = plans.plan_from_store(open_store(store), method="drop", kind="block", temperature=0.7, by="kl_pred",
+                                     budget=2, store_path=str(store))
+    got = json.loads(out.read_text())
+    want = json.loads(expected.to_json())
+    got.pop("created"), want.pop("created")  # a timestamp
+    assert got == want
+    assert len(got["units"]) == 2
+    assert out.with_suffix(".yaml").read_text() == expected.to_mergekit_yaml()
+
+
+async def test_ranking_runs_in_a_worker_and_errors_are_messages(store):
+    pytest.importorskip("prunelens.plans", reason="prunelens.plans is not in the tree")
+    from textual.widgets import Input
+
+    app = PrunelensApp([store], cwd=store.parent)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("5")
+        await settle(pilot)
+        app.screen.query_one("#budget", Input).value = "lots"
+        await pilot.press("r")
+        await settle(pilot)
+        status = str(app.screen.query_one("#status").render())
+        assert app.screen.plan is None and "budget" in status.lower()
+        await pilot.press("e")  # export before a successful ranking: a message, no file, no crash
+        await pilot.pause()
+        assert "rank first" in str(app.screen.query_one("#status").render())
+
+
+async def test_bad_stores_are_messages_not_crashes(tmp_path):
+    good = make_store(tmp_path / "good.zarr", **KW)
+    (tmp_path / "junk.zarr").mkdir()
+    (tmp_path / "junk.zarr" / "x.txt").write_text("not zarr")
+    newer = make_store(tmp_path / "newer.zarr", **KW)
+    meta = json.loads((newer / "zarr.json").read_text())
+    meta["attributes"]["schema_version"] = 99
+    (newer / "zarr.json").write_text(json.dumps(meta))
+    app = PrunelensApp([tmp_path, tmp_path / "missing.zarr"], cwd=tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        status = {s.path.name: s.status for s in screen.summaries}
+        assert status == {"good.zarr": "complete", "junk.zarr": "error", "newer.zarr": "error",
+                          "missing.zarr": "error"}
+        assert app.store_path == good  # the one good store opened
+        errors = [n for n in app._notifications if n.severity == "error"]
+        assert len(errors) == 3
+        junk_row = [s.path.name for s in screen.summaries].index("junk.zarr")
+        screen.query_one("#runs").move_cursor(row=junk_row)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, SCREENS["runs"]) and app.store_path == good
+        assert "junk.zarr" in str(screen.query_one("#details").render())
+
+
+async def test_empty_directory_and_data_screens_without_a_store(tmp_path):
+    app = PrunelensApp([tmp_path], cwd=tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        assert "no probe stores found" in str(app.screen.query_one("#details").render())
+        for key in "2345":
+            await pilot.press(key, "m", "r")
+            await settle(pilot)
+        assert app.ds is None
+
+
+def test_help_lists_every_binding():
+    app = PrunelensApp(["."])
+    groups = [("global", app.BINDINGS)] + [(n, c.BINDINGS) for n, c in SCREENS.items()]
+    rows = binding_rows(groups + [("heatmap grid", HeatmapGrid.BINDINGS)])
+    listed = {(where, key) for where, key, _ in rows}
+    for name, cls in SCREENS.items():
+        for b in cls.BINDINGS:
+            assert (name, b.key.replace("question_mark", "?").replace("enter", "Enter")) in listed
+    for key in ("m", "v", "s", "t", "l", "g", "k"):
+        assert ("heatmap", key) in listed
+    assert ("global", "?") in listed and ("global", "q") in listed and ("global", "5") in listed
