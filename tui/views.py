@@ -6,7 +6,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from .selection import Selection
 
@@ -19,11 +18,11 @@ def _nanmean(a: np.ndarray, axis) -> np.ndarray:
         return np.nanmean(a, axis=axis)
 
 
-def cell(ds, var: str, sel: Selection, units=None, space: str | None = None):
+def cell(ds, var: str, sel: Selection, units=None, space: str | None = None, all_spaces: bool = False):
     """``ds[var]`` narrowed to the selection's method/locality/timing (+space, temperature); lazy."""
     da = ds[var]
     idx = {"method": sel.method, "locality": sel.locality, "timing": sel.timing}
-    if "space" in da.dims:
+    if "space" in da.dims and not all_spaces:
         idx["space"] = space or sel.space
     if "temperature" in da.dims:
         temps = np.asarray(ds["temperature"].values, dtype=float)
@@ -89,9 +88,13 @@ def layer_curves(ds, sel: Selection) -> Curves:
     units = units_of(ds, kind)
     layers = np.asarray(ds["layer"].sel(unit=units).values)
     series = {}
-    for space in SPACES:
-        series[f"1-cos {space}"] = (unit_means(ds, "cos_dev", sel, units, space),
-                                    unit_means(ds, "cos_dev_pred", sel, units, space))
+    by_space = {}
+    for var in ("cos_dev", "cos_dev_pred"):  # one read of each chunk for all three spaces
+        da = cell(ds, var, sel, units=units, all_spaces=True).sel(space=list(SPACES))
+        by_space[var] = _nanmean(np.asarray(da.transpose("unit", "space", "sample", "step").values,
+                                            dtype=np.float64), axis=(2, 3))
+    for i, space in enumerate(SPACES):
+        series[f"1-cos {space}"] = (by_space["cos_dev"][:, i], by_space["cos_dev_pred"][:, i])
     series["KL"] = (unit_means(ds, "kl", sel, units), unit_means(ds, "kl_pred", sel, units))
     return Curves(kind, layers, series)
 
@@ -103,6 +106,8 @@ def spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
     n = int(ok.sum())
     if n < 3:
         return float("nan"), n
+    import pandas as pd  # lazily: keeps the first paint free of pandas
+
     return float(pd.Series(x[ok]).corr(pd.Series(y[ok]), method="spearman")), n
 
 

@@ -11,8 +11,8 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from ..discover import StoreSummary, find_stores, provenance_lines, summarize
 
-COLUMNS = (("store", "store"), ("model", "model"), ("methods", "methods"), ("units", "units"),
-           ("samples x steps", "shape"), ("T", "temps"), ("status", "status"))
+COLUMNS = (("store", "store"), ("status", "status"), ("model", "model"), ("units", "units"),
+           ("samples x steps", "shape"), ("T", "temps"), ("methods", "methods"))
 
 
 class RunsScreen(Screen):
@@ -51,10 +51,10 @@ class RunsScreen(Screen):
         status = Text(s.status, style="red" if s.error else "green" if s.status == "complete" else "yellow")
         name = self.app.display_path(s.path)
         if s.error:
-            row = (name, Text(s.error, style="red"), "", "", "", "", status)
+            row = (name, status, Text(s.error, style="red"), "", "", "", "")
         else:
-            row = (name, s.model, ", ".join(s.methods), str(s.units), f"{s.samples} x {s.steps}",
-                   ",".join(f"{t:g}" for t in s.temperatures), status)
+            row = (name, status, s.model, str(s.units), f"{s.samples} x {s.steps}",
+                   ",".join(f"{t:g}" for t in s.temperatures), ", ".join(s.methods))
         self.query_one(DataTable).add_row(*row, key=str(len(self.summaries) - 1))
         if len(self.summaries) == 1:
             self._show_details(s)

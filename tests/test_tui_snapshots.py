@@ -1,0 +1,85 @@
+"""Snapshot tests of every screen at 80x24 over a deterministic synthetic store.
+
+Regenerate after an intended change: pytest tests/test_tui_snapshots.py --snapshot-update
+(then look at the SVGs under tests/__snapshots__/ before committing them).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from prunelens_tui.app import PrunelensApp
+from prunelens_tui.synthetic import make_store
+
+SIZE = (80, 24)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("snap") / "run.zarr", methods=("drop", "wanda:sparsity=0.5"),
+                      num_layers=6, samples=4, steps=16, temperatures=(0.5, 0.7, 1.0))
+
+
+def make_app(store) -> PrunelensApp:
+    return PrunelensApp([store], cwd=store.parent)  # paths shown relative to cwd: stable across machines
+
+
+async def settle(pilot) -> None:
+    await pilot.pause()
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+def test_runs(snap_compare, store):
+    assert snap_compare(make_app(store), terminal_size=SIZE, run_before=settle)
+
+
+def test_heatmap_switched(snap_compare, store):
+    async def go(pilot):
+        await settle(pilot)
+        await pilot.press("2")
+        await settle(pilot)
+        await pilot.press("v", "v", "s", "s", "down", "down", "down", "right", "right")  # cos_dev, logit
+        await settle(pilot)
+
+    assert snap_compare(make_app(store), terminal_size=SIZE, run_before=go)
+
+
+def test_curves(snap_compare, store):
+    async def go(pilot):
+        await settle(pilot)
+        await pilot.press("3")
+        await settle(pilot)
+
+    assert snap_compare(make_app(store), terminal_size=SIZE, run_before=go)
+
+
+def test_theory(snap_compare, store):
+    async def go(pilot):
+        await settle(pilot)
+        await pilot.press("4", "t")  # T=1.0 -> 0.5
+        await settle(pilot)
+
+    assert snap_compare(make_app(store), terminal_size=SIZE, run_before=go)
+
+
+def test_plan_after_ranking(snap_compare, store):
+    pytest.importorskip("prunelens.plans", reason="prunelens.plans is not in the tree")
+
+    async def go(pilot):
+        await settle(pilot)
+        await pilot.press("5")
+        await settle(pilot)
+        await pilot.press("r")
+        await settle(pilot)
+
+    assert snap_compare(make_app(store), terminal_size=SIZE, run_before=go)
+
+
+def test_help(snap_compare, store):
+    async def go(pilot):
+        await settle(pilot)
+        await pilot.press("question_mark")
+        await pilot.pause()
+
+    assert snap_compare(make_app(store), terminal_size=SIZE, run_before=go)
