@@ -2,7 +2,7 @@
 
 The grid follows the GPTQ reference: per row (and per group of columns), the range
 ``[min(x, 0), max(x, 0)]`` is cut into ``2**bits - 1`` steps of size ``scale``.
-Symmetric grids centre the range on zero (``zero = 2**(bits-1)``). Every value inside
+Symmetric grids use ``[-max|x|, max|x|]`` with ``zero = 2**(bits-1)``. Every value inside
 the range is within ``scale / 2`` of its quantized value.
 """
 
@@ -46,7 +46,7 @@ class Grid:
         xmax = torch.clamp(w.max(dim=1).values, min=0)
         if self.sym:
             xmax = torch.maximum(xmin.abs(), xmax)
-            xmin = torch.where(xmin < 0, -xmax, xmin)
+            xmin = -xmax  # (the GPTQ reference keeps xmin = 0 for all-positive rows and then clips half the range)
         flat = (xmin == 0) & (xmax == 0)
         xmin = torch.where(flat, torch.full_like(xmin, -1.0), xmin)
         xmax = torch.where(flat, torch.full_like(xmax, 1.0), xmax)

@@ -1,0 +1,130 @@
+"""``prunelens compress``: compress a whole model with one method and write a checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+# option name -> method parameter; an option given for a method without that parameter is an error
+PARAM_OPTIONS = ("sparsity", "pattern", "bits", "group_size", "sym")
+
+
+def method_from_options(method: str, options: dict, extra: tuple[str, ...]) -> "object":
+    """``--method wanda:sparsity=0.5`` plus ``--sparsity``/``--param k=v`` -> a validated method.
+
+    Options override values written in the spec; unknown parameters are reported by the method.
+    """
+    from ..errors import PrunelensError
+    from ..methods import parse_method
+
+    name, _, rest = method.partition(":")
+    values: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, val = item.partition("=")
+        if not eq:
+            raise PrunelensError(f"bad method parameter {item!r}: expected key=value")
+        values[key.strip()] = val.strip()
+    for item in extra:
+        key, eq, val = item.partition("=")
+        if not eq:
+            raise PrunelensError(f"bad --param {item!r}: expected key=value")
+        values[key.strip()] = val.strip()
+    for key in PARAM_OPTIONS:
+        if options.get(key) is not None:
+            values[key] = str(options[key])
+    spec = name + (":" + ",".join(f"{k}={v}" for k, v in values.items()) if values else "")
+    return parse_method(spec)
+
+
+@click.command("compress")
+@click.option("--model", "model_spec", required=True, help="Bundled alias (smollm2-135m), HF directory, .gguf or hub id.")
+@click.option("--method", required=True, help="Method name or spec, e.g. wanda or wanda:sparsity=0.5,pattern=2:4.")
+@click.option("--sparsity", type=float, default=None, help="Fraction of weights set to zero (pruning methods).")
+@click.option("--pattern", default=None, help="N:M semi-structured pattern, keep N of every M (e.g. 2:4).")
+@click.option("--bits", type=int, default=None, help="Bits per weight (rtn, gptq).")
+@click.option("--group-size", "group_size", type=int, default=None, help="Columns sharing a scale; -1 = per channel (rtn, gptq).")
+@click.option("--sym/--asym", "sym", default=None, help="Symmetric or asymmetric quantization grid (rtn, gptq).")
+@click.option("--param", "extra", multiple=True, metavar="KEY=VALUE", help="Any other method parameter (repeatable).")
+@click.option("--units", default=None, help="Units to compress: all, attn, mlp, L0-5.mlp,L7 ... (default: every block; required for drop).")
+@click.option("--calib-samples", type=int, default=32, show_default=True, help="Calibration windows (split=calib).")
+@click.option("--calib-len", type=int, default=256, show_default=True, help="Tokens per calibration window.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration windows.")
+@click.option("--dtype", default="float32", show_default=True, help="Model dtype: float32, bfloat16, float16, auto.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 or auto.")
+@click.option("--eval-ppl", "eval_ppl", type=int, default=0, show_default=True,
+              help="Also report held-out perplexity before and after on this many 256-token windows (0 = skip).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Checkpoint directory to write.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def command(model_spec, method, sparsity, pattern, bits, group_size, sym, extra, units, calib_samples, calib_len, seed,
+            dtype, device, eval_ppl, out_dir, overwrite, as_json) -> None:
+    """Compress a whole model with one method (sequentially, layer by layer) and save a checkpoint.
+
+    \b
+    Examples:
+      prunelens compress --model smollm2-135m --method wanda --sparsity 0.5 --out out/wanda50
+      prunelens compress --model smollm2-135m --method sparsegpt --pattern 2:4 --out out/sgpt24
+      prunelens compress --model smollm2-135m --method gptq --bits 4 --group-size 128 --out out/gptq4
+      prunelens compress --model smollm2-135m --method drop --units L20,L22.attn,L25.mlp --out out/drop3
+
+    The checkpoint (safetensors + tokenizer + prunelens.json) loads with plain
+    transformers AutoModelForCausalLM.from_pretrained.
+    """
+    from pathlib import Path
+
+    from ..errors import PrunelensError
+
+    m = method_from_options(method, {"sparsity": sparsity, "pattern": pattern, "bits": bits,
+                                     "group_size": group_size, "sym": sym}, extra)
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise PrunelensError(f"{out} exists and is not empty (use --overwrite to replace it)")
+    if calib_samples < 1 or calib_len < 2:
+        raise PrunelensError("--calib-samples must be >= 1 and --calib-len >= 2")
+
+    import torch
+
+    from ..compress import compress_model, save_checkpoint
+    from ..models import load_model
+    from ..units import select_units
+
+    loaded = load_model(model_spec, dtype=dtype, device=device)
+    unit_list = select_units(units, loaded.adapter.num_layers) if units else None
+    if unit_list is None and not hasattr(m, "compress_weight"):
+        raise PrunelensError(f"method {m.name!r} needs --units (e.g. --units L20,L22.attn)")
+    for u in unit_list or []:
+        m.check_unit(u)
+    ppl_ids = None
+    before = None
+    if eval_ppl:
+        from ..data import token_windows
+        from ..perplexity import perplexity
+
+        ppl_ids = torch.as_tensor(token_windows(loaded.tokenizer, eval_ppl, 256, split="heldout", seed=seed))
+        before = perplexity(loaded, ppl_ids)
+    calib_ids = None
+    if m.calibration != "none":
+        from ..data import token_windows
+
+        calib_ids = torch.as_tensor(token_windows(loaded.tokenizer, calib_samples, calib_len, split="calib", seed=seed))
+    summary = compress_model(loaded, m, unit_list, calib_ids=calib_ids, progress=True)
+    if ppl_ids is not None:
+        from ..perplexity import perplexity
+
+        summary["heldout_ppl_before"] = before
+        summary["heldout_ppl_after"] = perplexity(loaded, ppl_ids)
+    meta = {"method": m.spec, "units": units or "all blocks", "calib_samples": calib_samples if calib_ids is not None else 0,
+            "calib_len": calib_len if calib_ids is not None else 0, "seed": seed, "compress": summary}
+    path = save_checkpoint(loaded, out, meta, overwrite=overwrite)
+    if as_json:
+        click.echo(json.dumps({"out": str(path), **summary}, indent=2, default=str))
+        return
+    line = f"{m.spec}: wrote {path} in {summary['seconds']:.1f}s"
+    if "sparsity" in summary and summary.get("layers"):
+        line += f"; sparsity of compressed linears {summary['sparsity']:.3f}"
+    if "layers_after" in summary:
+        line += f"; layers {summary['layers_before']} -> {summary['layers_after']}"
+    if before is not None:
+        line += f"; held-out perplexity {before:.2f} -> {summary['heldout_ppl_after']:.2f}"
+    click.echo(line)
