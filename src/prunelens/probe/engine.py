@@ -187,9 +187,11 @@ class ProbeEngine:
         return self._assemble(per, free)
 
     def _compare(self, batch: DenseBatch, b: int, layer: int, h2: torch.Tensor, cand: torch.Tensor | None) -> RowMetrics:
-        h = batch.rows(batch.layer_output(layer))
         z = self._dense_logits(b, layer)
         z2 = self.readout(h2)
+        h = batch.rows(batch.layer_output(layer))
+        if h.dtype not in (torch.float32, torch.float64):  # bf16/fp16 model: differences in float32
+            h = h.float()
         return row_metrics(h, h2.to(h.dtype) - h, z, z2, list(self.settings.temperatures), cand)
 
     def _assemble(self, per: dict[tuple[str, str], list[RowMetrics]], free: list[torch.Tensor]) -> CellResult:

@@ -1,0 +1,126 @@
+"""``prunelens probe``: replace each unit alone with each method and measure it into a Zarr store."""
+
+from __future__ import annotations
+
+import click
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@click.command("probe")
+@click.option("--model", required=True, help="Bundled alias (smollm2-135m), local HF directory, .gguf file or hub id.")
+@click.option("--method", "methods", multiple=True, required=True,
+              help="Compression method spec, e.g. drop or wanda:sparsity=0.5 (repeatable).")
+@click.option("--units", default="all", show_default=True, help="all, attn, mlp, block, L3, L0-5.mlp, ... (comma-separated).")
+@click.option("--samples", default=16, show_default=True, type=click.IntRange(1), help="Prompts (held-out Shakespeare unless --prompts).")
+@click.option("--steps", default=32, show_default=True, type=click.IntRange(1), help="Decoding steps per prompt.")
+@click.option("--prompt-len", default=32, show_default=True, type=click.IntRange(1), help="Prompt length in tokens.")
+@click.option("--temperature", "temperatures", default="0.5,0.7,1.0", show_default=True, help="Deployment temperatures (comma-separated).")
+@click.option("--locality", default="local,propagated", show_default=True, help="local and/or propagated.")
+@click.option("--timing", default="teacher_forced,free_running", show_default=True, help="teacher_forced and/or free_running.")
+@click.option("--readout", default="norm", show_default=True, type=click.Choice(["norm", "raw"]),
+              help="norm: z = lm_head(final_norm(h)) (logit lens); raw: z = lm_head(h).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Store directory (*.zarr); rerun to resume.")
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
+              help="Prompts file: .txt (one per line) or .jsonl with prompt/ids and optional candidates.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for prompt and calibration sampling.")
+@click.option("--dtype", default="float32", show_default=True, help="Model dtype: float32, bfloat16, float16, auto.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, or auto (accelerate device_map).")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1), help="Samples per forward pass.")
+@click.option("--calib-samples", default=32, show_default=True, type=click.IntRange(1), help="Calibration windows (wanda, sparsegpt, gptq).")
+@click.option("--calib-len", default=256, show_default=True, type=click.IntRange(2), help="Calibration window length in tokens.")
+@click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
+def command(model, methods, units, samples, steps, prompt_len, temperatures, locality, timing, readout, out, prompts_file,
+            seed, dtype, device, batch_size, calib_samples, calib_len, quiet) -> None:
+    """Probe every unit (block, attention, MLP) of MODEL with each method, one unit at a time.
+
+    Measures 1-cos in embedding, logit and probability space, KL(p_dense||q_perturbed) and
+    top-1 agreement next to their Taylor predictions, locally and propagated, teacher-forced
+    and free-running, and writes them into a resumable Zarr store. Run it again with the
+    same arguments to resume; under torchrun or accelerate launch the units are shared
+    among the processes.
+    """
+    from ..errors import PrunelensError
+    from ..methods import parse_method
+    from ..models import load_model
+    from ..probe.distributed import init_ranks
+    from ..probe.engine import ProbeSettings
+    from ..probe.prompts import load_prompts, shakespeare_prompts
+    from ..probe.run import run_probe
+    from ..units import select_units
+
+    try:
+        temps = tuple(float(t) for t in _csv(temperatures))
+    except ValueError:
+        raise PrunelensError(f"--temperature must be numbers separated by commas, not {temperatures!r}") from None
+    settings = ProbeSettings(steps=steps, temperatures=temps, localities=tuple(_csv(locality)), timings=tuple(_csv(timing)),
+                             readout=readout, batch_size=batch_size)
+    parsed = [parse_method(m) for m in methods]
+    specs = [m.spec for m in parsed]
+    if len(set(specs)) != len(specs):
+        raise PrunelensError(f"the same method is given twice: {', '.join(specs)}")
+    ranks = init_ranks()
+    try:
+        if device.startswith("cuda") and ranks.world > 1 and ":" not in device:
+            device = f"cuda:{ranks.local_rank}"
+        loaded = load_model(model, dtype=dtype, device=device)
+        chosen = select_units(units, loaded.adapter.num_layers)
+        if prompts_file:
+            prompts = load_prompts(prompts_file, loaded.tokenizer, prompt_len, samples)
+        else:
+            if loaded.tokenizer is None:
+                raise PrunelensError("the model has no tokenizer: give --prompts with token ids")
+            prompts = shakespeare_prompts(loaded.tokenizer, samples, prompt_len, seed)
+        attrs = run_probe(loaded, parsed, chosen, prompts, settings, out, seed=seed, dtype=dtype, device=device,
+                          calib_samples=calib_samples, calib_len=calib_len, ranks=ranks, progress=not quiet)
+        if ranks.is_main and not quiet:
+            print_summary(out, attrs)
+    finally:
+        ranks.close()
+
+
+def print_summary(path: str, attrs: dict) -> None:
+    """Means over units, samples and steps per method / locality / timing / T, and Spearman(pred, measured KL)."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from prunelens_store import open_store
+
+    ds = open_store(path, allow_incomplete=True)
+    rho = json.loads(attrs.get("spearman_kl_pred_vs_kl") or ds.attrs.get("spearman_kl_pred_vs_kl", "{}"))
+    means = {v: ds[v].mean(dim=("unit", "sample", "step"), skipna=True).compute()
+             for v in ("cos_dev", "kl", "kl_pred", "top1_agree")}
+    table = Table(title="means over units, samples and steps", title_justify="left")
+    for col in ("method", "where", "timing", "T", "1-cos h", "1-cos z", "1-cos p", "KL", "KL pred", "top-1", "ρ(pred,KL)"):
+        table.add_column(col, justify="left" if col in ("method", "where", "timing") else "right")
+    short = {"teacher_forced": "forced", "free_running": "free", "propagated": "prop.", "local": "local"}
+    for m in ds["method"].values:
+        for loc in ds["locality"].values:
+            for tim in ds["timing"].values:
+                sel = {"method": m, "locality": loc, "timing": tim}
+                cos = means["cos_dev"].sel(sel)
+                for k, t in enumerate(ds["temperature"].values):
+                    r = rho.get(str(m), {}).get(str(loc), {}).get(str(tim), {}).get(f"{float(t):g}")
+                    first = k == 0
+                    table.add_row(
+                        str(m) if first else "", short[str(loc)] if first else "", short[str(tim)] if first else "",
+                        f"{float(t):g}",
+                        f"{float(cos.sel(space='embedding').isel(temperature=k)):.2e}" if first else "",
+                        f"{float(cos.sel(space='logit').isel(temperature=k)):.2e}" if first else "",
+                        f"{float(cos.sel(space='probability').isel(temperature=k)):.2e}",
+                        f"{float(means['kl'].sel(sel).isel(temperature=k)):.2e}",
+                        f"{float(means['kl_pred'].sel(sel).isel(temperature=k)):.2e}",
+                        f"{float(means['top1_agree'].sel(sel)):.3f}" if first else "",
+                        "-" if r is None else f"{r:.3f}",
+                    )
+    console = Console() if Console().is_terminal else Console(width=132)
+    console.print(table)
+    console.print(f"{path}: {attrs.get('cells_done')}/{attrs.get('cells_total')} cells, "
+                  f"non-finite cells: {attrs.get('nonfinite_cells', 0)}, complete: {attrs.get('complete')}. "
+                  "ρ = Spearman across units of mean predicted vs measured KL.")
+    if not attrs.get("complete"):
+        console.print("[yellow]the store is incomplete; rerun the same command to finish it[/yellow]")

@@ -1,0 +1,65 @@
+"""Ranks for a sharded probe: torchrun / ``accelerate launch`` (gloo), or a single process."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass
+class Ranks:
+    """This process's place among the workers (rank 0 creates and finalises the store)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    initialised_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def shard(self, items: Sequence[T]) -> list[T]:
+        """Round-robin share of ``items`` for this rank (balances early and late layers)."""
+        return list(items[self.rank :: self.world])
+
+    def broadcast_ok(self, ok: bool) -> bool:
+        """True only if every rank says ``ok`` (so a failing rank 0 does not leave others waiting)."""
+        if self.world == 1:
+            return ok
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([1 if ok else 0], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return bool(t.item())
+
+    def close(self) -> None:
+        if self.initialised_here:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+            self.initialised_here = False
+
+
+def init_ranks() -> Ranks:
+    """Join the process group announced by the launcher's environment (WORLD_SIZE > 1), else one rank."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Ranks()
+    import torch.distributed as dist
+
+    here = False
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+        here = True
+    return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), here)

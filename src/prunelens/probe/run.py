@@ -1,0 +1,199 @@
+"""A whole probe run: dense pass, cells sharded over ranks, written into a resumable store."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import PrunelensError
+from ..methods import Method
+from ..units import Unit
+from .distributed import Ranks
+from .engine import ProbeEngine, ProbeSettings
+from .prompts import Prompts
+
+
+def versions() -> dict[str, str]:
+    import torch
+    import transformers
+    import xarray
+    import zarr
+
+    from .. import __version__
+
+    return {"prunelens": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "xarray": xarray.__version__, "zarr": zarr.__version__, "python": platform.python_version()}
+
+
+def prompts_hash(prompts: Prompts) -> str:
+    from ..data import hash_tokens
+
+    rows = [list(r) for r in prompts.ids]
+    if prompts.candidates is not None:
+        rows += [[-7] + list(c) for c in prompts.candidates]
+    return hash_tokens(rows)
+
+
+def run_identity(loaded: Any, methods: list[Method], units: list[Unit], prompts: Prompts, settings: ProbeSettings,
+                 seed: int, dtype: str, calibration: dict[str, Any]) -> dict[str, Any]:
+    """What a store must match for a run to resume into it."""
+    from prunelens_store.schema import KL_CONVENTION, SCHEMA_VERSION
+
+    ident = {
+        "schema_version": SCHEMA_VERSION, "model_id": loaded.model_id, "config_hash": loaded.config_hash, "dtype": dtype,
+        "readout": settings.readout, "kl_convention": KL_CONVENTION, "prompts_hash": prompts_hash(prompts), "seed": seed,
+        "samples": len(prompts), "steps": settings.steps, "temperatures": list(settings.temperatures),
+        "localities": list(settings.localities), "timings": list(settings.timings),
+        "methods": [m.spec for m in methods], "units": [u.name for u in units],
+    }
+    if any(m.calibration != "none" for m in methods):
+        ident["calibration"] = calibration
+    return ident
+
+
+class StatsCache:
+    """Calibration statistics per kind, gathered once (one dense pass over calibration text)."""
+
+    def __init__(self, loaded: Any, units: list[Unit], samples: int, length: int, seed: int):
+        self.loaded, self.units, self.samples, self.length, self.seed = loaded, units, samples, length, seed
+        self._by_kind: dict[str, Any] = {}
+
+    def for_method(self, method: Method) -> Any:
+        if method.calibration == "none":
+            return None
+        if method.calibration not in self._by_kind:
+            try:
+                from ..calibration import collect_stats
+            except ImportError as exc:  # pragma: no cover - calibration ships with the core
+                raise PrunelensError(f"method {method.name!r} needs calibration, and prunelens.calibration is unavailable ({exc})") from exc
+            import torch
+
+            from ..data import token_windows
+
+            tok = self.loaded.tokenizer
+            if tok is None:
+                raise PrunelensError(f"method {method.name!r} needs calibration text, and the model has no tokenizer")
+            ids = torch.as_tensor(token_windows(tok, self.samples, self.length, split="calib", seed=self.seed))
+            self._by_kind[method.calibration] = collect_stats(self.loaded, self.units, method.calibration, ids)
+        return self._by_kind[method.calibration]
+
+
+def run_probe(
+    loaded: Any,
+    methods: list[Method],
+    units: list[Unit],
+    prompts: Prompts,
+    settings: ProbeSettings,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    dtype: str = "float32",
+    device: str = "cpu",
+    calib_samples: int = 32,
+    calib_len: int = 256,
+    ranks: Ranks | None = None,
+    progress: bool = True,
+    on_cell: Callable[[str, str], None] | None = None,
+) -> dict[str, Any]:
+    """Probe every (method, unit) cell not yet done in the store at ``out``; return the final attrs.
+
+    Rank 0 creates (or validates) the store; every rank measures its round-robin share of
+    the cells and writes them; rank 0 finalises. Re-running resumes.
+    """
+    from prunelens_store.writer import StoreWriter, build_template, create_store
+
+    ranks = ranks or Ranks()
+    out = Path(out)
+    t0 = time.time()
+    for m in methods:
+        for u in units:
+            if u.kind not in m.unit_kinds:
+                raise PrunelensError(f"method {m.name!r} cannot act on {u.kind} units ({u}); choose units of kind "
+                                     f"{', '.join(m.unit_kinds)}")
+    calibration = {"samples": calib_samples, "length": calib_len, "split": "calib", "seed": seed}
+    identity = run_identity(loaded, methods, units, prompts, settings, seed, dtype, calibration)
+    tok = loaded.tokenizer
+    pad_id = getattr(tok, "pad_token_id", None) if tok is not None else None
+    engine = ProbeEngine(loaded.adapter, prompts, settings, pad_id=0 if pad_id is None else int(pad_id))
+    engine.prepare()
+    tokens, cont = engine.dense_tokens(), engine.dense_continuation()
+
+    error: Exception | None = None
+    if ranks.is_main:
+        try:
+            if out.exists():
+                writer = StoreWriter.open_for_resume(out, identity)
+                stored = np.asarray(writer.group["tokens"][:])
+                if stored.shape != tokens.shape or not np.array_equal(stored, tokens):
+                    raise PrunelensError(f"{out}: the dense continuation differs from the store's (different weights or device?); "
+                                         "refusing to mix results; use another --out")
+            else:
+                attrs = {
+                    "model_id": loaded.model_id, "config_hash": loaded.config_hash, "dtype": dtype, "device": device,
+                    "versions": json.dumps(versions()), "readout": settings.readout, "prompts_hash": identity["prompts_hash"],
+                    "prompts_source": prompts.source, "seed": seed,
+                    "methods": json.dumps({m.spec: {"name": m.name, **m.values} for m in methods}, default=str),
+                    "calibration": json.dumps(calibration), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "step_convention": "step s = prediction of continuation token s, at position prompt_len - 1 + s",
+                    "readout_convention": "norm: z = lm_head(final_norm(h)); raw: z = lm_head(h)",
+                    "local_convention": "local = output of the unit's layer i read out through the readout",
+                    "world_size": ranks.world,
+                }
+                ds = build_template(
+                    [m.spec for m in methods], [u.name for u in units], [u.layer for u in units], [u.kind for u in units],
+                    len(prompts), settings.steps, list(settings.temperatures), list(settings.localities), list(settings.timings),
+                    tokens=tokens, prompt_len=np.asarray([len(r) for r in prompts.ids]), dense_free_tokens=cont,
+                    candidates=prompts.candidate_array(), attrs=attrs,
+                )
+                create_store(out, ds, identity)
+        except Exception as exc:  # tell the other ranks before raising
+            error = exc
+    if not ranks.broadcast_ok(error is None):
+        raise error if error is not None else PrunelensError("rank 0 could not prepare the store")
+    ranks.barrier()
+
+    writer = StoreWriter(out)
+    done = writer.done()
+    cells = [(mi, ui) for ui in range(len(units)) for mi in range(len(methods))]  # layer order: dense logits reused
+    mine = [c for c in ranks.shard(cells) if not done[c]]
+    stats = StatsCache(loaded, units, calib_samples, calib_len, seed)
+    bar = _progress(len(mine), ranks, progress, skipped=int(done.sum()))
+    try:
+        for mi, ui in mine:
+            m, u = methods[mi], units[ui]
+            if bar is not None:
+                bar.set_postfix_str(f"{m.spec} {u.name}")
+            cell = engine.measure(m, u, stats.for_method(m))
+            writer.write_cell(mi, ui, cell.arrays, cell.free_tokens, cell.nonfinite)
+            if on_cell:
+                on_cell(m.spec, u.name)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    engine.release()
+    ranks.barrier()
+    result: dict[str, Any] = {}
+    if ranks.is_main:
+        result = writer.finalise({"seconds_last_run": round(time.time() - t0, 2)})
+    ranks.barrier()
+    return result
+
+
+def _progress(total: int, ranks: Ranks, enabled: bool, skipped: int) -> Any:
+    if not enabled or not ranks.is_main:
+        return None
+    from tqdm.auto import tqdm
+
+    desc = "probe" + (f" (rank 0 of {ranks.world})" if ranks.world > 1 else "")
+    if skipped:
+        desc += f", {skipped} cells already done"
+    return tqdm(total=total, desc=desc, unit="cell", dynamic_ncols=True, disable=os.environ.get("PRUNELENS_NO_PROGRESS") == "1")

@@ -1,0 +1,55 @@
+"""Open a probe store as a lazy ``xarray.Dataset``, with clear errors for what is not a usable store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prunelens.errors import PrunelensError
+
+from .schema import SCHEMA_VERSION, VARIABLES
+from .writer import quiet
+
+
+def open_store(path: str | Path, allow_incomplete: bool = False) -> Any:
+    """The store at ``path`` (lazy, dask-backed).
+
+    Raises ``PrunelensError`` when ``path`` is not a prunelens store, was written by a newer
+    schema, or is half-written (a probe still running or interrupted; ``allow_incomplete``
+    opens it anyway: cells with ``done`` False are NaN).
+    """
+    import xarray as xr
+    import zarr
+
+    path = Path(path)
+    if not path.exists():
+        raise PrunelensError(f"{path}: no such store")
+    if not (path / "zarr.json").is_file():
+        raise PrunelensError(f"{path} is not a prunelens store (no zarr.json)")
+    try:
+        with quiet():
+            group = zarr.open_group(str(path), mode="r", zarr_format=3)
+            attrs = dict(group.attrs)
+    except Exception as exc:
+        raise PrunelensError(f"{path} is not a readable Zarr v3 store ({type(exc).__name__}: {exc})") from None
+    if "schema_version" not in attrs:
+        raise PrunelensError(f"{path} is a Zarr store but not a prunelens probe store (no schema_version)")
+    version = int(attrs["schema_version"])
+    if version > SCHEMA_VERSION:
+        raise PrunelensError(f"{path} has store schema version {version}, newer than this prunelens reads ({SCHEMA_VERSION}); upgrade prunelens")
+    missing = [v for v in VARIABLES if v not in group]
+    if missing:
+        raise PrunelensError(f"{path} is damaged or half-created: missing {', '.join(missing)}")
+    if not attrs.get("complete", False) and not allow_incomplete:
+        import numpy as np
+
+        done = np.asarray(group["done"][:], dtype=bool)
+        raise PrunelensError(f"{path} is half-written: {int(done.sum())} of {done.size} (method, unit) cells done; "
+                             "rerun the same prunelens probe command to finish it")
+    consolidated = "consolidated_metadata" in json.loads((path / "zarr.json").read_text()) and attrs.get("complete", False)
+    try:
+        with quiet():
+            return xr.open_zarr(str(path), consolidated=bool(consolidated), zarr_format=3)
+    except Exception as exc:
+        raise PrunelensError(f"{path}: cannot read the store ({type(exc).__name__}: {exc})") from None

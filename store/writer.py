@@ -1,0 +1,209 @@
+"""Write a probe store: create it atomically from the schema template, fill (method, unit) cells, finalise.
+
+* ``create_store`` writes metadata and the per-sample variables; per-unit variables are
+  lazy (dask, ``compute=False``) so no data chunk exists until a cell is written. The store
+  is built in a temporary directory and renamed into place: it either exists whole or not.
+* ``StoreWriter.write_cell`` writes one cell's whole chunks (chunks are ``method=1, unit=1``),
+  then ``done[method, unit]``; a run killed mid-cell leaves ``done`` False and the cell is
+  simply written again on resume.
+* ``open_for_resume`` refuses a store made for another model, prompts or settings and says
+  which setting differs.
+* ``finalise`` counts non-finite values, stores the Spearman correlation of predicted vs
+  measured KL across units, marks the store complete and consolidates the metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from prunelens.errors import PrunelensError
+
+from .schema import SCHEMA_VERSION, VARIABLES, template
+
+EXTRA_CELL_VARS = {"nonfinite": ("method", "unit")}  # count of non-finite measured values per cell
+IDENTITY_ATTR = "identity"  # JSON of what must match for a resume
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Silence zarr v3's warnings about string dtypes and consolidated metadata."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(unstable|consolidated|Consolidated).*")
+        warnings.filterwarnings("ignore", category=UserWarning, module="zarr")
+        warnings.filterwarnings("ignore", category=FutureWarning, module="zarr")
+        yield
+
+
+def _encoding(ds: Any) -> dict[str, dict[str, Any]]:
+    from zarr.codecs import ZstdCodec
+
+    enc: dict[str, dict[str, Any]] = {}
+    for name in ds.data_vars:
+        dims = ds[name].dims
+        chunks = tuple(1 if d in ("method", "unit") else ds.sizes[d] for d in dims)
+        enc[name] = {"chunks": chunks, "compressors": (ZstdCodec(level=3),)}
+    enc["free_tokens"]["fill_value"] = -1
+    enc["nonfinite"]["fill_value"] = 0
+    return enc
+
+
+def build_template(
+    methods: list[str], units: list[str], layers: list[int], kinds: list[str], samples: int, steps: int,
+    temperatures: list[float], localities: list[str], timings: list[str], *, tokens: np.ndarray,
+    prompt_len: np.ndarray, dense_free_tokens: np.ndarray, candidates: np.ndarray | None, attrs: dict[str, Any],
+) -> Any:
+    """The schema ``template`` plus the per-sample variables and ``nonfinite``."""
+    ds = template(methods, units, layers, kinds, samples, steps, temperatures, localities, timings, attrs)
+    for name, dims in EXTRA_CELL_VARS.items():
+        ds[name] = (dims, np.zeros(tuple(ds.sizes[d] for d in dims), dtype=np.int64))
+    ds["tokens"] = (("sample", "position"), np.asarray(tokens, dtype=np.int64))
+    ds["prompt_len"] = (("sample",), np.asarray(prompt_len, dtype=np.int64))
+    ds["dense_free_tokens"] = (("sample", "step"), np.asarray(dense_free_tokens, dtype=np.int64))
+    if candidates is not None:
+        ds["candidates"] = (("sample", "candidate"), np.asarray(candidates, dtype=np.int64))
+    return ds
+
+
+def create_store(path: str | Path, ds: Any, identity: Mapping[str, Any]) -> None:
+    """Write ``ds``'s metadata and per-sample variables to a new store at ``path`` (atomically)."""
+    path = Path(path)
+    if path.exists():
+        raise PrunelensError(f"{path} already exists")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        lazy = ds.copy()
+        lazy.attrs[IDENTITY_ATTR] = json.dumps(dict(identity), sort_keys=True)
+        lazy.attrs["complete"] = False
+        per_unit = list(VARIABLES) + list(EXTRA_CELL_VARS)
+        for name in per_unit:
+            lazy[name] = lazy[name].chunk({"method": 1, "unit": 1})
+        with quiet():
+            lazy.to_zarr(tmp / "store.zarr", mode="w", compute=False, consolidated=False, zarr_format=3, encoding=_encoding(lazy))
+        os.replace(tmp / "store.zarr", path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def identity_mismatch(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """The settings that differ between a store and a run, as readable lines."""
+    out = []
+    for key in sorted(set(stored) | set(wanted)):
+        a, b = stored.get(key), wanted.get(key)
+        if a != b:
+            out.append(f"{key}: store has {_short(a)}, this run has {_short(b)}")
+    return out
+
+
+def _short(v: Any) -> str:
+    s = json.dumps(v) if not isinstance(v, str) else v
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+class StoreWriter:
+    """Cell writes into an existing store (any process; each cell is its own set of chunks)."""
+
+    def __init__(self, path: str | Path):
+        import zarr
+
+        self.path = Path(path)
+        with quiet():
+            self.group = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
+        self.attrs = dict(self.group.attrs)
+        self.methods = [str(m) for m in self.group["method"][:]]
+        self.units = [str(u) for u in self.group["unit"][:]]
+
+    @classmethod
+    def open_for_resume(cls, path: str | Path, identity: Mapping[str, Any]) -> "StoreWriter":
+        """Open an existing store for this run, or raise ``PrunelensError`` saying what differs."""
+        path = Path(path)
+        if not (path / "zarr.json").is_file():
+            raise PrunelensError(f"{path} exists and is not a prunelens store; choose another --out")
+        try:
+            writer = cls(path)
+        except Exception as exc:
+            raise PrunelensError(f"{path} exists but cannot be opened as a store ({type(exc).__name__}: {exc})") from exc
+        version = writer.attrs.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise PrunelensError(f"{path} has store schema version {version}, this prunelens writes {SCHEMA_VERSION}; choose another --out")
+        stored = json.loads(writer.attrs.get(IDENTITY_ATTR, "{}"))
+        diff = identity_mismatch(stored, identity)
+        if diff:
+            raise PrunelensError(f"{path} was made for another run; refusing to mix results ({'; '.join(diff)}). "
+                                 "Use another --out, or rerun with the store's settings to resume")
+        return writer
+
+    def done(self) -> np.ndarray:
+        return np.asarray(self.group["done"][:], dtype=bool)
+
+    def write_cell(self, m: int, u: int, arrays: Mapping[str, np.ndarray], free_tokens: np.ndarray, nonfinite: int) -> None:
+        """Write every per-unit variable of cell (m, u) (whole chunks), then mark it done."""
+        with quiet():
+            for name, dims in VARIABLES.items():
+                if name in ("done", "free_tokens"):
+                    continue
+                arr = self.group[name]
+                value = np.asarray(arrays[name], dtype=arr.dtype)
+                if value.shape != arr.shape[2:]:
+                    raise ValueError(f"{name}: cell shape {value.shape} != store {arr.shape[2:]}")
+                arr[m, u] = value
+            self.group["free_tokens"][m, u] = np.asarray(free_tokens, dtype=np.int64)
+            self.group["nonfinite"][m, u] = int(nonfinite)
+            self.group["done"][m, u] = True
+
+    def finalise(self, extra_attrs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Summaries into attrs (non-finite count, Spearman), ``complete``, consolidated metadata."""
+        import zarr
+
+        done = self.done()
+        nonfinite = np.asarray(self.group["nonfinite"][:])
+        attrs = {
+            "nonfinite_cells": int((nonfinite[done] > 0).sum()),
+            "nonfinite_values": int(nonfinite[done].sum()),
+            "cells_done": int(done.sum()),
+            "cells_total": int(done.size),
+            "spearman_kl_pred_vs_kl": json.dumps(spearman_table(self.path)),
+            "complete": bool(done.all()),
+        }
+        attrs.update(extra_attrs or {})
+        with quiet():
+            self.group.attrs.update(attrs)
+            zarr.consolidate_metadata(str(self.path), zarr_format=3)
+        return attrs
+
+
+def spearman_table(path: str | Path) -> dict[str, Any]:
+    """Spearman rank correlation across units of mean predicted vs mean measured KL.
+
+    Nested ``{method: {locality: {timing: {temperature: rho}}}}``; units not done (or with too
+    few finite values) are left out; ``None`` when fewer than 3 units remain.
+    """
+    import xarray as xr
+    from scipy.stats import spearmanr
+
+    with quiet():
+        ds = xr.open_zarr(str(path), consolidated=False, zarr_format=3)
+    done = ds["done"].values
+    kl = ds["kl"].mean(dim=("sample", "step"), skipna=True).values  # [m, u, loc, tim, T]
+    pred = ds["kl_pred"].mean(dim=("sample", "step"), skipna=True).values
+    out: dict[str, Any] = {}
+    for mi, m in enumerate(ds["method"].values):
+        for li, loc in enumerate(ds["locality"].values):
+            for ti, tim in enumerate(ds["timing"].values):
+                for k, t in enumerate(ds["temperature"].values):
+                    a, b = pred[mi, :, li, ti, k], kl[mi, :, li, ti, k]
+                    ok = done[mi] & np.isfinite(a) & np.isfinite(b)
+                    rho = None
+                    if ok.sum() >= 3 and np.ptp(a[ok]) > 0 and np.ptp(b[ok]) > 0:
+                        rho = round(float(spearmanr(a[ok], b[ok]).statistic), 6)
+                    out.setdefault(str(m), {}).setdefault(str(loc), {}).setdefault(str(tim), {})[f"{float(t):g}"] = rho
+    return out
