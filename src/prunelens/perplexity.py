@@ -12,7 +12,7 @@ import torch.nn.functional as F
 @torch.no_grad()
 def mean_nll(loaded_or_model: Any, input_ids: Any, batch_size: int = 4) -> float:
     """Mean NLL (nats) of every token after the first in each window of ``input_ids`` [n, len]."""
-    model = getattr(loaded_or_model, "model", loaded_or_model)
+    model = loaded_or_model.model if hasattr(loaded_or_model, "adapter") else loaded_or_model  # LoadedModel or nn.Module
     ids = torch.as_tensor(input_ids)
     if ids.dim() == 1:
         ids = ids.unsqueeze(0)
