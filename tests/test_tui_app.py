@@ -183,3 +183,62 @@ def test_help_lists_every_binding():
     for key in ("m", "v", "s", "t", "l", "g", "k"):
         assert ("heatmap", key) in listed
     assert ("global", "?") in listed and ("global", "q") in listed and ("global", "5") in listed
+
+
+@pytest.fixture(scope="module")
+def real_store(tmp_path_factory):
+    """A store written by the real probe engine (drop, every unit of a tiny 2-layer llama)."""
+    pytest.importorskip("prunelens.probe.run", reason="the probe engine is not in the tree")
+    from conftest import make_tiny_model
+    from prunelens.adapters import get_adapter
+    from prunelens.methods import parse_method
+    from prunelens.models import LoadedModel
+    from prunelens.probe.engine import ProbeSettings
+    from prunelens.probe.prompts import Prompts
+    from prunelens.probe.run import run_probe
+    from prunelens.units import all_units
+
+    model = make_tiny_model("llama", layers=2)
+    loaded = LoadedModel(model, None, get_adapter(model), "tiny-llama", "tiny-hash")
+    prompts = Prompts([[(7 * i + 3 * j) % 90 + 2 for j in range(5)] for i in range(2)])
+    out = tmp_path_factory.mktemp("real") / "probe.zarr"
+    settings = ProbeSettings(steps=3, temperatures=(0.7, 1.0), timings=("teacher_forced",))
+    run_probe(loaded, [parse_method("drop")], all_units(2), prompts, settings, out, progress=False)
+    return out
+
+
+async def test_real_probe_store_every_screen_and_plan(real_store, tmp_path):
+    plans = pytest.importorskip("prunelens.plans", reason="prunelens.plans is not in the tree")
+    from prunelens_tui.backend import open_store
+    from textual.widgets import Input
+
+    ds = open_store(real_store)
+    out = tmp_path / "real-plan.json"
+    app = PrunelensApp([real_store.parent], cwd=real_store.parent)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        assert [s.status for s in app.screen.summaries] == ["complete"]
+        assert app.screen.summaries[0].model == "tiny-llama"
+        await pilot.press("2")
+        await settle(pilot)
+        grid = app.screen.query_one(HeatmapGrid)
+        expected = ds["kl_pred"].sel({"method": "drop", "locality": "propagated", "timing": "teacher_forced",
+                                      "temperature": 1.0}).values.mean(axis=1)  # [unit, step]
+        np.testing.assert_allclose(grid.values, expected, rtol=1e-6)
+        for key in "34":
+            await pilot.press(key)
+            await settle(pilot)
+        assert app.screen.query_one("#kl").footer.plain.startswith("Spearman rho = ")
+        await pilot.press("5")
+        await settle(pilot)
+        app.screen.query_one("#budget", Input).value = "1"
+        app.screen.query_one("#path", Input).value = str(out)
+        await pilot.press("r")
+        await settle(pilot)
+        await pilot.press("e")
+        await settle(pilot)
+    want = plans.plan_from_store(ds, method="drop", kind="block", temperature=1.0, by="kl_pred", budget=1,
+                                 store_path=str(real_store))
+    got, want = json.loads(out.read_text()), json.loads(want.to_json())
+    got.pop("created"), want.pop("created")
+    assert got == want and len(got["units"]) == 1

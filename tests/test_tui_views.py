@@ -154,7 +154,16 @@ def test_find_and_summarize_stores(tmp_path):
     assert by_name["two.zarr"].status == "resumable 6/24"
     assert by_name["bad.zarr"].error and by_name["bad.zarr"].status == "error"
     missing = summarize(tmp_path / "nope.zarr")
-    assert "no such file" in missing.error
+    assert "no such" in missing.error
+
+
+def test_half_created_store_is_an_error(tmp_path):
+    import shutil
+
+    path = make_store(tmp_path / "cut.zarr", **KW)
+    shutil.rmtree(path / "kl_pred")  # as if the writer died while creating the arrays
+    s = summarize(path)
+    assert s.status == "error" and "kl_pred" in s.error
 
 
 def test_newer_schema_is_an_error(tmp_path):

@@ -22,40 +22,19 @@ def _import(module: str, what: str):
 
 
 def open_store(path: str | Path):
-    """The probe store at ``path`` as a lazy ``xarray.Dataset`` (errors are ``PrunelensError``)."""
-    path = Path(path)
-    if not path.exists():
-        raise PrunelensError(f"{path}: no such file or directory")
+    """The probe store at ``path`` as a lazy ``xarray.Dataset`` (errors are ``PrunelensError``).
+
+    A half-written store (a probe still running or interrupted) opens too: its cells not
+    done yet are NaN, and the Runs screen says how many are done.
+    """
+    from prunelens_store.reader import open_store as read
+
     try:
-        reader = importlib.import_module("prunelens_store.reader")
-    except ImportError:
-        return _fallback_open(path)
-    try:
-        return reader.open_store(path)
+        return read(Path(path), allow_incomplete=True)
     except PrunelensError:
         raise
     except Exception as exc:  # a damaged store must not crash the UI
         raise PrunelensError(f"{path}: cannot read the store ({type(exc).__name__}: {exc})") from exc
-
-
-def _fallback_open(path: Path):
-    """Minimal checks used only until ``prunelens_store.reader`` exists."""
-    import xarray as xr
-
-    from prunelens_store.schema import SCHEMA_VERSION
-
-    if not (path / "zarr.json").exists():
-        raise PrunelensError(f"{path}: not a prunelens store (no zarr.json)")
-    try:
-        ds = xr.open_zarr(path, consolidated=False, zarr_format=3)
-    except Exception as exc:
-        raise PrunelensError(f"{path}: half-written or damaged store ({type(exc).__name__}: {exc})") from exc
-    version = int(ds.attrs.get("schema_version", -1))
-    if version > SCHEMA_VERSION:
-        raise PrunelensError(f"{path}: store schema version {version} is newer than this prunelens ({SCHEMA_VERSION})")
-    if "done" not in ds:
-        raise PrunelensError(f"{path}: half-written store (no done mask)")
-    return ds
 
 
 def ranker_choices() -> list[tuple[str, str]]:

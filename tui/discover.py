@@ -94,6 +94,9 @@ def provenance_lines(s: StoreSummary) -> list[tuple[str, str]]:
             ("samples x steps", f"{s.samples} x {s.steps}"),
             ("temperatures", ", ".join(f"{t:g}" for t in s.temperatures)),
             ("created", s.created or "?"), ("status", s.status)]
+    if s.done < s.cells or not s.complete:
+        rows.append(("note", "half-written: rerun the same prunelens probe command to finish it; "
+                             "cells not done yet show as ·"))
     for key in ("readout", "dtype", "device", "seed", "kl_convention"):
         if key in s.attrs:
             rows.append((key, str(s.attrs[key])))

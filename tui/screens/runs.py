@@ -17,7 +17,7 @@ COLUMNS = (("store", "store"), ("status", "status"), ("model", "model"), ("units
 
 class RunsScreen(Screen):
     CSS_PATH = "runs.tcss"
-    BINDINGS = [Binding("enter", "open_selected", "Open", show=True), Binding("f5", "rescan", "Rescan")]
+    BINDINGS = [Binding("enter", "open_selected", "Open", show=True), Binding("f5", "rescan", "Rescan", show=False)]
 
     def compose(self) -> ComposeResult:
         yield Header()
