@@ -1,0 +1,42 @@
+"""``prunelens report``: a Markdown report with PNG plots for a probe store (and a plan)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .rank import KIND_CHOICE
+
+
+@click.command("report")
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--plan", "plan_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Include this plan (predicted vs measured KL, task results).")
+@click.option("--eval", "eval_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Task results JSON (from prunelens eval --json) to tabulate.")
+@click.option("--method", default=None, help="Method label in the store (default: the plan's, or the only one).")
+@click.option("--kind", type=KIND_CHOICE, default="all", show_default=True)
+@click.option("--temperature", "-T", type=float, default=None, help="Default: the plan's, else 1.0 if probed.")
+@click.option("--by", default="kl_pred", show_default=True, help="Ranking strategy for the table.")
+@click.option("--locality", type=click.Choice(["local", "propagated"]), default="propagated", show_default=True)
+@click.option("--timing", type=click.Choice(["teacher_forced", "free_running"]), default="teacher_forced", show_default=True)
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Report directory.")
+def command(store, plan_path, eval_path, method, kind, temperature, by, locality, timing, out) -> None:
+    """Write OUT/report.md with plots: 1-cos per layer, predicted vs measured KL, step-wise divergence, ranking."""
+    from ..errors import PrunelensError
+    from ..plans import Plan
+    from ..ranking import load_store
+    from ..report import write_report
+
+    plan = Plan.load(plan_path) if plan_path else None
+    results = None
+    if eval_path:
+        try:
+            results = json.loads(open(eval_path, encoding="utf-8").read())
+        except json.JSONDecodeError as exc:
+            raise PrunelensError(f"{eval_path}: not valid JSON ({exc.msg})") from None
+    path = write_report(load_store(store), out, method=method, kind=None if kind == "all" else kind,
+                        temperature=temperature, locality=locality, timing=timing, by=by, plan=plan,
+                        eval_results=results, store_path=store)
+    click.echo(f"wrote {path} (+ {', '.join(p.name for p in sorted(path.parent.glob('*.png')))})")

@@ -1,0 +1,134 @@
+"""The end-to-end demo on the bundled model: probe → rank → plan → apply → validate → eval → report.
+
+Every step is the same public API (or CLI) a user would call; outputs land in one folder:
+``probe.zarr``, ``plan.json``, ``model/`` (the applied checkpoint), ``eval.json``,
+``report/report.md`` with its PNGs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import PrunelensError
+
+
+@dataclass
+class DemoSettings:
+    model: str = "smollm2-135m"
+    method: str = "drop"
+    units: str = "attn,mlp"
+    kind: str = "attn"
+    budget: str = "4"
+    samples: int = 8
+    steps: int = 16
+    prompt_len: int = 32
+    temperatures: str = "0.7,1.0"
+    temperature: float = 0.7
+    timing: str = "teacher_forced,free_running"
+    eval_samples: int = 24
+
+
+def probe_command(s: DemoSettings, store: Path) -> list[str]:
+    return [sys.executable, "-m", "prunelens", "probe", "--model", s.model, "--method", s.method, "--units", s.units,
+            "--samples", str(s.samples), "--steps", str(s.steps), "--prompt-len", str(s.prompt_len),
+            "--temperature", s.temperatures, "--locality", "local,propagated", "--timing", s.timing, "--out", str(store)]
+
+
+def eval_tasks(s: DemoSettings) -> list[str]:
+    n = s.eval_samples
+    return [f"perplexity:n_samples={max(4, n // 3)},length=128", f"mc_nextline:n_samples={n}",
+            f"mc_letters:n_samples={n}", f"gen_agreement:n_samples={max(4, n // 3)},steps=24"]
+
+
+def run_demo(out: str | Path, settings: DemoSettings | None = None, say: Callable[[Any], None] = print,
+             overwrite: bool = False) -> dict[str, Any]:
+    """Run every step into ``out``; returns paths and headline numbers. A rerun resumes the probe."""
+    from .apply import apply_plan, validate_plan
+    from .evaluation import run_tasks
+    from .models import load_model
+    from .plans import plan_from_store
+    from .ranking import load_store, rank_units
+    from .report import write_report
+
+    s = settings or DemoSettings()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    store, plan_path, model_dir, report_dir = out / "probe.zarr", out / "plan.json", out / "model", out / "report"
+    timings: dict[str, float] = {}
+
+    def step(name: str) -> Callable[[], None]:
+        t0 = time.perf_counter()
+        say(f"\n[bold cyan]== {name}[/]")
+        return lambda: timings.__setitem__(name, round(time.perf_counter() - t0, 1))
+
+    done = step("1/7 probe")
+    cmd = probe_command(s, store)
+    say("$ " + " ".join(["prunelens"] + cmd[3:]))
+    if subprocess.run(cmd).returncode != 0:
+        raise PrunelensError(f"the probe step failed; rerun `prunelens {' '.join(cmd[3:])}` to see why")
+    done()
+
+    done = step("2/7 rank")
+    ds = load_store(store)
+    df = rank_units(ds, method=s.method, kind=s.kind, temperature=s.temperature, by="kl_pred")
+    from .cli.rank import ranking_table
+
+    say(ranking_table(df.head(10), f"{s.kind} units by predicted KL at T={s.temperature:g} (10 safest)"))
+    done()
+
+    done = step("3/7 plan")
+    plan = plan_from_store(ds, method=s.method, kind=s.kind, temperature=s.temperature, by="kl_pred", budget=s.budget,
+                           store_path=str(store))
+    plan.save(plan_path)
+    say(f"plan: {s.method} {', '.join(plan.unit_names)} (predicted KL {plan.predicted_kl_total:.4g}) -> {plan_path}")
+    done()
+
+    done = step("4/7 apply")
+    path, _ = apply_plan(plan, model_dir, overwrite=True, progress=False)
+    say(f"checkpoint -> {path} (loads with AutoModelForCausalLM.from_pretrained)")
+    done()
+
+    done = step("5/7 validate: predicted vs measured KL on the store's prompts")
+    dense = load_model(s.model)
+    rows = validate_plan(plan, ds, dense=dense, checkpoint=path)
+    from .cli.validate import validation_table
+
+    say(validation_table(plan, rows))
+    done()
+
+    done = step("6/7 eval: dense vs applied")
+    applied = load_model(str(path))
+    tasks = eval_tasks(s)
+    dense = load_model(s.model)  # the replay above left it intact, but load fresh: a clean reference
+    results = {"dense": run_tasks(dense, [t for t in tasks if not t.startswith("gen_agreement")]),
+               "plan": run_tasks(applied, tasks, reference=dense)}
+    plan.eval = results
+    plan.save(plan_path)
+    (out / "eval.json").write_text(json.dumps(results, indent=2))
+    say(_eval_table(results))
+    done()
+
+    done = step("7/7 report")
+    md = write_report(ds, report_dir, plan=plan, eval_results=results, store_path=str(store), kind=None)
+    say(f"report -> {md}")
+    done()
+    say(f"\nDone in {sum(timings.values()):.0f} s ({', '.join(f'{k.split()[0]} {v:.0f}s' for k, v in timings.items())}).")
+    say(f"Browse the probe store:  [bold]prunelens tui {store}[/]")
+    return {"store": str(store), "plan": str(plan_path), "model": str(path), "report": str(md), "timings": timings,
+            "predicted_kl": plan.predicted_kl_total, "measured_kl": plan.measured_kl_total, "eval": results}
+
+
+def _eval_table(results: dict[str, dict[str, dict[str, float]]]) -> Any:
+    from rich.table import Table
+
+    cols = sorted({(t, m) for r in results.values() for t, ms in r.items() for m in ms if m != "n"})
+    table = Table("model", *[f"{t}\n{m}" for t, m in cols], title="tasks", title_justify="left")
+    for label, r in results.items():
+        table.add_row(label, *[("-" if m not in r.get(t, {}) else f"{r[t][m]:.4g}") for t, m in cols])
+    return table

@@ -1,0 +1,226 @@
+"""A Markdown report with PNG plots for a probe store (and optionally a plan and task results).
+
+Plots (matplotlib, Agg): 1-cos per layer in the three spaces (measured and predicted),
+predicted vs measured KL per unit, step-wise divergence of the safest and riskiest units.
+Then the ranking table, the plan with predicted vs measured KL, and the task table.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import PrunelensError
+from .ranking import pick_temperature, rank_units, resolve_method
+
+SPACES = ("embedding", "logit", "probability")
+COLORS = {"embedding": "tab:blue", "logit": "tab:orange", "probability": "tab:red"}
+KIND_MARKERS = {"block": "s", "attn": "o", "mlp": "^"}
+
+
+def _cell(ds: Any, method: str, locality: str, timing: str) -> Any:
+    return ds.sel({"method": method, "locality": locality, "timing": timing})
+
+
+def _mean_over(a: Any, dims: tuple[str, ...]) -> np.ndarray:
+    return np.asarray(a.astype("float64").mean(dim=[d for d in dims if d in a.dims], skipna=True).values)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3:
+        return float("nan")
+    return float(spearmanr(a[ok], b[ok]).statistic)
+
+
+def plot_cos_curves(ds: Any, path: Path, *, method: str, locality: str, timing: str, temperature: float) -> Path:
+    import matplotlib.pyplot as plt
+
+    cell = _cell(ds, method, locality, timing).sel(temperature=temperature)
+    kinds = [k for k in ("block", "attn", "mlp") if k in set(map(str, ds["kind"].values))]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.2 * len(kinds), 4), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        sel = cell.isel(unit=np.nonzero(np.asarray(ds["kind"].values) == kind)[0])
+        layers = np.asarray(sel["layer"].values)
+        for space in SPACES:
+            meas = _mean_over(sel["cos_dev"].sel(space=space), ("sample", "step"))
+            pred = _mean_over(sel["cos_dev_pred"].sel(space=space), ("sample", "step"))
+            ax.plot(layers, meas, "-o", ms=3, color=COLORS[space], label=f"{space} measured")
+            ax.plot(layers, pred, "--", color=COLORS[space], alpha=0.7, label=f"{space} predicted")
+        ax.set_yscale("log")
+        ax.set_xlabel("layer")
+        ax.set_title(f"{kind} · {method}")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("mean 1 − cos")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"1 − cos per layer in three spaces ({locality}, {timing}, T={temperature:g})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_kl_scatter(df: Any, path: Path, *, title: str, plan_units: list[str] | None = None) -> tuple[Path, float]:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    rho = spearman(df["kl_pred"].to_numpy(), df["kl"].to_numpy())
+    for kind, sub in df.groupby("kind"):
+        ax.scatter(sub["kl_pred"], sub["kl"], s=22, marker=KIND_MARKERS.get(kind, "o"), label=kind, alpha=0.8)
+    if plan_units:
+        sub = df[df["unit"].isin(plan_units)]
+        ax.scatter(sub["kl_pred"], sub["kl"], s=90, facecolors="none", edgecolors="k", label="in plan")
+    vals = np.concatenate([df["kl_pred"].to_numpy(float), df["kl"].to_numpy(float)])
+    vals = vals[np.isfinite(vals) & (vals > 0)]
+    if len(vals):
+        lo, hi = vals.min() / 2, vals.max() * 2
+        ax.plot([lo, hi], [lo, hi], "k:", lw=1, label="y = x")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set_xlabel("predicted KL  Var_p(Δz)/(2T²)")
+    ax.set_ylabel("measured KL(p_dense ‖ q)")
+    ax.set_title(f"{title}\nSpearman ρ = {rho:.3f}", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path, rho
+
+
+def plot_steps(ds: Any, df: Any, path: Path, *, method: str, locality: str, temperature: float, n: int = 4) -> Path:
+    import matplotlib.pyplot as plt
+
+    ranked = df[df["rank"].notna()]
+    chosen = list(ranked["unit"].head(n)) + [u for u in ranked["unit"].tail(n) if u not in set(ranked["unit"].head(n))]
+    timings = [str(t) for t in ds["timing"].values]
+    fig, axes = plt.subplots(1, len(timings), figsize=(5.5 * len(timings), 4), squeeze=False)
+    for ax, timing in zip(axes[0], timings):
+        cell = _cell(ds, method, locality, timing).sel(temperature=temperature)
+        for k, unit in enumerate(chosen):
+            curve = _mean_over(cell["kl"].sel(unit=unit), ("sample",))
+            if not np.isfinite(curve).any():
+                continue
+            style = "-" if k < n else "--"
+            ax.plot(np.arange(len(curve)), curve, style, label=f"{unit} ({'safe' if k < n else 'risky'})")
+        ax.set_yscale("log")
+        ax.set_xlabel("decoding step")
+        ax.set_ylabel("mean KL(p‖q)")
+        ax.set_title(f"{timing} · {locality} · T={temperature:g}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("step-wise divergence: the safest and the riskiest units")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _f(v: Any) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return "-"
+    if not math.isfinite(f):
+        return "-"
+    return f"{f:.3e}" if f != 0 and (abs(f) < 1e-2 or abs(f) >= 1e4) else f"{f:.4g}"
+
+
+def write_report(ds: Any, out_dir: str | Path, *, method: str | None = None, kind: str | None = None,
+                 temperature: float | None = None, locality: str = "propagated", timing: str = "teacher_forced",
+                 by: str = "kl_pred", plan: Any = None, eval_results: dict | None = None,
+                 store_path: str | None = None) -> Path:
+    """Write ``report.md`` and its PNGs into ``out_dir``; returns the Markdown path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if plan is not None:
+        method = method or plan.method
+        temperature = plan.temperature if temperature is None else temperature
+    method = resolve_method(ds, method)
+    temps = [float(t) for t in ds["temperature"].values]
+    if temperature is None:
+        temperature = 1.0 if any(abs(t - 1.0) < 1e-9 for t in temps) else temps[len(temps) // 2]
+    temperature = pick_temperature(ds, temperature)
+    if locality not in set(map(str, ds["locality"].values)):
+        raise PrunelensError(f"locality {locality!r} is not in the store")
+    df = rank_units(ds, method=method, kind=kind, temperature=temperature, by=by, locality=locality, timing=timing)
+    plan_units = plan.unit_names if plan is not None else None
+    cos_png = plot_cos_curves(ds, out / "cos_curves.png", method=method, locality=locality, timing=timing,
+                              temperature=temperature)
+    scatter_png, rho = plot_kl_scatter(df, out / "kl_scatter.png", plan_units=plan_units,
+                                       title=f"{method} · {kind or 'all units'} · {locality}/{timing} · T={temperature:g}")
+    steps_png = plot_steps(ds, df, out / "steps.png", method=method, locality=locality, temperature=temperature)
+    a = ds.attrs
+    md = [f"# prunelens report: {a.get('model_id', '?')}", ""]
+    md += [f"- store: `{store_path or '?'}` · config hash `{a.get('config_hash', '?')}` · readout `{a.get('readout', '?')}` "
+           f"· {a.get('kl_convention', 'KL(p_dense || q_perturbed)')}",
+           f"- {ds.sizes.get('sample', '?')} samples × {ds.sizes.get('step', '?')} steps · temperatures "
+           f"{', '.join(f'{t:g}' for t in temps)} · method `{method}`",
+           f"- ranking: by `{by}`, {locality}, {timing}, T = {temperature:g}, kind = {kind or 'all'}",
+           f"- Spearman ρ(predicted KL, measured KL) across {int(df['kl'].notna().sum())} units: **{rho:.3f}**", ""]
+    md += ["## 1 − cos per layer in three spaces", "",
+           "Solid: measured; dashed: the Taylor prediction. Embedding and logit deviations stay small while the "
+           "probability deviation (temperature-dependent) is what generation feels.", "",
+           f"![1-cos per layer]({cos_png.name})", ""]
+    md += ["## Predicted vs measured KL", "", f"![predicted vs measured KL]({scatter_png.name})", ""]
+    md += ["## Step-wise divergence", "", f"![step-wise divergence]({steps_png.name})", ""]
+    md += ["## Ranking (safest first)", ""]
+    rows = [[("-" if r["rank"] is None or r["rank"] != r["rank"] else str(int(r["rank"]))), str(r["unit"]), _f(r["score"]),
+             _f(r["kl_pred"]), _f(r["kl"]), _f(r["cos_dev_embedding"]), _f(r["cos_dev_logit"]),
+             _f(r["cos_dev_probability"])] for _, r in df.iterrows()]
+    md += [_md_table(["rank", "unit", f"score ({by})", "predicted KL", "measured KL", "1-cos emb", "1-cos logit",
+                      "1-cos prob"], rows), ""]
+    if plan is not None:
+        md += _plan_section(plan)
+    results = dict(eval_results or {})
+    if plan is not None and plan.eval and not results:
+        results = plan.eval
+    if results:
+        md += _task_section(results)
+    path = out / "report.md"
+    path.write_text("\n".join(md) + "\n", encoding="utf-8")
+    return path
+
+
+def _plan_section(plan: Any) -> list[str]:
+    md = ["## Plan", "",
+          f"`{plan.method}` on {len(plan.units)} unit(s) chosen by `{plan.strategy}`"
+          f"{' (iterative)' if plan.iterative else ''} at T = {plan.temperature:g}, budget {plan.budget}.", ""]
+    rows = [[str(i), u.unit, _f(u.predicted_kl), _f(u.cumulative_predicted_kl), _f(u.cumulative_measured_kl)]
+            for i, u in enumerate(plan.units, 1)]
+    md += [_md_table(["#", "unit", "predicted KL", "Σ predicted KL", "measured KL (units 1..k applied)"], rows), ""]
+    if plan.measured_kl_total is not None:
+        pred = plan.predicted_kl_total
+        ratio = plan.measured_kl_total / pred if pred else float("nan")
+        md += [f"Whole plan: predicted KL (sum of single-unit predictions) **{_f(pred)}**, measured KL "
+               f"**{_f(plan.measured_kl_total)}** (ratio {_f(ratio)}), top-1 agreement "
+               f"{_f(plan.measured.get('top1_agree'))} on the store's prompts.", ""]
+    return md
+
+
+def _task_section(results: dict) -> list[str]:
+    """``results``: {model label: {task: {metric: value}}} or {task: {metric: value}}."""
+    first = next(iter(results.values()))
+    if isinstance(first, dict) and first and all(isinstance(v, dict) for v in first.values()):
+        by_model = results
+    else:
+        by_model = {"model": results}
+    cols = sorted({(t, m) for res in by_model.values() for t, ms in res.items() for m in ms})
+    header = ["model"] + [f"{t}.{m}" for t, m in cols]
+    rows = [[label] + [_f(res.get(t, {}).get(m)) for t, m in cols] for label, res in by_model.items()]
+    return ["## Tasks", "", _md_table(header, rows), ""]
