@@ -1,0 +1,145 @@
+"""Evaluation tasks: the ``Task`` base class, the task registry and the runner.
+
+A task is a class registered through the ``register_tasks`` hook. It declares its
+parameters with ``Param`` (shared ones: ``n_samples``, ``seed``, ``batch_size``) and
+implements ``run(loaded, reference=None) -> {metric: float}``.
+
+    from prunelens.evaluation import run_tasks
+    run_tasks(loaded, ["perplexity", "mc_nextline:n_samples=50"], reference=dense, seed=0)
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar, Iterable, Sequence
+
+from .errors import PrunelensError
+from .methods import Param
+
+COMMON_PARAMS = ("n_samples", "seed", "batch_size")
+
+
+class Task:
+    """Base class of every evaluation task."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    needs_reference: ClassVar[bool] = False
+    params: ClassVar[dict[str, Param]] = {}
+
+    def __init__(self, **values: Any):
+        unknown = set(values) - set(self.params)
+        if unknown:
+            known = ", ".join(self.params) or "none"
+            raise PrunelensError(f"task {self.name!r} has no parameter {', '.join(sorted(unknown))} (parameters: {known})")
+        self.values: dict[str, Any] = {}
+        for pname, p in self.params.items():
+            v = p.coerce(pname, values.get(pname))
+            if p.check is not None and v is not None and (err := p.check(v)):
+                raise PrunelensError(f"task {self.name!r}: {pname}={v!r}: {err}")
+            self.values[pname] = v
+        self.show_progress = False
+
+    def __getattr__(self, item: str) -> Any:
+        values = self.__dict__.get("values", {})
+        if item in values:
+            return values[item]
+        raise AttributeError(item)
+
+    @property
+    def spec(self) -> str:
+        """Canonical text form, e.g. ``perplexity:n_samples=8`` (only non-default values)."""
+        parts = [f"{k}={v}" for k, v in self.values.items() if v != self.params[k].default]
+        return self.name + (":" + ",".join(parts) if parts else "")
+
+    def __repr__(self) -> str:
+        return f"<Task {self.spec}>"
+
+    def progress(self, iterable: Iterable[Any], total: int, desc: str) -> Iterable[Any]:
+        """Wrap a loop in a progress bar (with ETA) when the runner asks for one."""
+        if not self.show_progress:
+            return iterable
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, desc=f"{self.name}: {desc}", leave=False, dynamic_ncols=True)
+
+    def run(self, loaded: Any, reference: Any | None = None) -> dict[str, float]:
+        """Evaluate ``loaded`` (a ``LoadedModel``); ``reference`` is the dense model when a task compares."""
+        raise NotImplementedError
+
+
+def positive(v: Any) -> str | None:
+    return None if v > 0 else "must be positive"
+
+
+def task_registry() -> dict[str, tuple[str, type[Task]]]:
+    """task name -> (plugin name, class) from every plugin."""
+    from .plugins import registry
+
+    return registry("register_tasks", key=lambda cls: cls.name)
+
+
+def parse_task(text: str, **defaults: Any) -> Task:
+    """``mc_nextline:n_samples=50`` -> a validated ``Task``; ``defaults`` apply where the task has that parameter
+    and the text does not set it."""
+    name, _, rest = text.strip().partition(":")
+    reg = task_registry()
+    if name not in reg:
+        raise PrunelensError(f"unknown task {name!r}; available: {', '.join(sorted(reg)) or 'none'}")
+    cls = reg[name][1]
+    values = {k: v for k, v in defaults.items() if k in cls.params and v is not None}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, val = item.partition("=")
+        if not eq:
+            raise PrunelensError(f"bad task parameter {item!r} in {text!r}: expected key=value")
+        values[key.strip()] = val.strip()
+    return cls(**values)
+
+
+def split_task_list(text: str) -> list[str]:
+    """``perplexity,mc_nextline:n_samples=8,seed=1,gsm8k`` -> task specs (a ``k=v`` item belongs to the task before it)."""
+    specs: list[str] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if "=" in part and ":" not in part and specs:
+            specs[-1] += ("," if ":" in specs[-1] else ":") + part
+        else:
+            specs.append(part)
+    return specs
+
+
+def build_tasks(tasks: Sequence[str | Task], **params: Any) -> list[Task]:
+    """Task specs (or instances) -> tasks; ``params`` go to every task that declares them."""
+    reg = task_registry()
+    given = {k for k, v in params.items() if v is not None}
+    names = [t.name if isinstance(t, Task) else t.split(":", 1)[0].strip() for t in tasks]
+    accepted = {p for n in names if n in reg for p in reg[n][1].params}
+    unused = given - accepted
+    if unused and all(n in reg for n in names):
+        raise PrunelensError(f"no selected task takes parameter(s) {', '.join(sorted(unused))}")
+    return [t if isinstance(t, Task) else parse_task(t, **params) for t in tasks]
+
+
+def run_tasks(loaded: Any, tasks: Sequence[str | Task], reference: Any | None = None, progress: bool = False,
+              timings: dict[str, float] | None = None, **params: Any) -> dict[str, dict[str, float]]:
+    """Run tasks on ``loaded``; return ``{task name: {metric: value}}``.
+
+    ``params`` (e.g. ``n_samples=20, seed=0``) apply to every task that has them; a task
+    spec's own ``name:k=v`` values win. ``timings``, if given, receives seconds per task.
+    """
+    built = build_tasks(tasks, **params)
+    missing = [t.name for t in built if t.needs_reference and reference is None]
+    if missing:
+        raise PrunelensError(f"task(s) {', '.join(missing)} compare against the dense model: pass a reference (--reference MODEL)")
+    results: dict[str, dict[str, float]] = {}
+    for task in built:
+        task.show_progress = progress
+        t0 = time.perf_counter()
+        import torch
+
+        with torch.no_grad():
+            metrics = task.run(loaded, reference=reference)
+        key = task.name if task.name not in results else task.spec  # the same task twice: key by spec
+        results[key] = {k: float(v) for k, v in metrics.items()}
+        if timings is not None:
+            timings[key] = time.perf_counter() - t0
+    return results
