@@ -88,6 +88,13 @@ async def test_rank_and_export_equal_plan_from_store(store, tmp_path):
         await pilot.press("5")
         await settle(pilot)
         screen = app.screen
+        screen.query_one("#budget", Input).value = "lots"
+        await pilot.press("r")
+        await settle(pilot)
+        assert screen.plan is None and "budget" in str(screen.query_one("#status").render()).lower()
+        await pilot.press("e")  # export before a successful ranking: a message, no file, no crash
+        await pilot.pause()
+        assert "rank first" in str(screen.query_one("#status").render())
         screen.query_one("#method", Select).value = "drop"
         screen.query_one("#kind", Select).value = "block"
         screen.query_one("#temperature", Select).value = 0.7
@@ -114,25 +121,6 @@ async def test_rank_and_export_equal_plan_from_store(store, tmp_path):
     assert got == want
     assert len(got["units"]) == 2
     assert out.with_suffix(".yaml").read_text() == expected.to_mergekit_yaml()
-
-
-async def test_ranking_runs_in_a_worker_and_errors_are_messages(store):
-    pytest.importorskip("prunelens.plans", reason="prunelens.plans is not in the tree")
-    from textual.widgets import Input
-
-    app = PrunelensApp([store], cwd=store.parent)
-    async with app.run_test(size=(80, 24)) as pilot:
-        await settle(pilot)
-        await pilot.press("5")
-        await settle(pilot)
-        app.screen.query_one("#budget", Input).value = "lots"
-        await pilot.press("r")
-        await settle(pilot)
-        status = str(app.screen.query_one("#status").render())
-        assert app.screen.plan is None and "budget" in status.lower()
-        await pilot.press("e")  # export before a successful ranking: a message, no file, no crash
-        await pilot.pause()
-        assert "rank first" in str(app.screen.query_one("#status").render())
 
 
 async def test_bad_stores_are_messages_not_crashes(tmp_path):
@@ -166,9 +154,9 @@ async def test_empty_directory_and_data_screens_without_a_store(tmp_path):
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         assert "no probe stores found" in str(app.screen.query_one("#details").render())
-        for key in "2345":
-            await pilot.press(key, "m", "r")
-            await settle(pilot)
+        await pilot.press("2", "m", "5", "r")
+        await settle(pilot)
+        assert "no store open" in str(app.screen.query_one("#status").render())
         assert app.ds is None
 
 
