@@ -101,6 +101,32 @@ class StatsCollector:
             self._last = None
 
 
+class _StopForward(Exception):
+    """Raised by ``stop_before`` to end a forward pass early."""
+
+
+@contextmanager
+def stop_before(module: nn.Module) -> Iterator[None]:
+    """End any forward pass when it reaches ``module`` (e.g. the final norm: no LM head, no logits)."""
+
+    def hook(_mod: nn.Module, _args: tuple) -> None:
+        raise _StopForward
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        yield
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+
+
+def run_decoder(adapter: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
+    """Run the model's layers on ``input_ids`` and stop at the final norm (skips the LM head)."""
+    with stop_before(adapter.final_norm):
+        adapter.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+
+
 def _adapter_of(loaded_or_adapter: Any):
     return getattr(loaded_or_adapter, "adapter", loaded_or_adapter)
 
@@ -141,5 +167,5 @@ def collect_stats(
             ids = input_ids[s : s + batch_size].to(device)
             mask = None if attention_mask is None else attention_mask[s : s + batch_size].to(device)
             collector.mask = mask
-            adapter.model(input_ids=ids, attention_mask=mask, use_cache=False)
+            run_decoder(adapter, ids, mask)
     return collector.stats

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .adapters import Adapter, _get, _set, is_linear, linear_weight, set_linear_weight
+from .calibration import run_decoder
 from .errors import PrunelensError
 from .methods import Method, WeightMethod
 from .units import Unit
@@ -59,7 +60,7 @@ def capture_layer_calls(adapter: Adapter, input_ids: torch.Tensor) -> tuple[torc
     for i in range(len(originals)):
         adapter.layers[i] = _Recorder(sink)
     try:
-        adapter.model(input_ids=input_ids, use_cache=False)
+        run_decoder(adapter, input_ids)
     finally:
         for i, layer in enumerate(originals):
             adapter.layers[i] = layer
