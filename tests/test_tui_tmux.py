@@ -58,7 +58,7 @@ def test_launch_heatmap_export_and_quit(tmp_path):
         tmux.keys("v")
         tmux.wait_for("kl T=1 ·")
         tmux.keys("5")
-        tmux.wait_for("Export", "plan.json")
+        tmux.wait_for("Export", "plan.json", "kl_pred", "choose, then Rank", timeout=60)
         tmux.keys("r")
         tmux.wait_for("✓ plan", timeout=60)
         tmux.keys("e")

@@ -79,24 +79,36 @@ class PlanScreen(Screen):
                 self._status("no store open: press 1 for Runs and Enter on a store", "yellow")
             return
         self._store_id = id(ds)
+        self._status("loading the ranking strategies…", "dim")
+        self._warm_up()
         methods = [str(m) for m in ds["method"].values]
         self.query_one("#method", Select).set_options([(m, m) for m in methods])
         self.query_one("#method", Select).value = self.app.selection.method
-        try:
-            strategies = backend.ranker_choices()
-        except PrunelensError as exc:
-            strategies = []
-            self._status(str(exc), "red")
-        by = self.query_one("#by", Select)
-        by.set_options([(name, name) for name, _ in strategies])
-        if strategies:
-            by.value = "kl_pred" if any(n == "kl_pred" for n, _ in strategies) else strategies[0][0]
         temps = [float(t) for t in ds["temperature"].values]
         temp = self.query_one("#temperature", Select)
         temp.set_options([(f"T={t:g}", t) for t in temps])
         temp.value = self.app.selection.temperature
         self.query_one(DataTable).clear()
         self.plan = None
+
+    @work(thread=True, group="warm")
+    def _warm_up(self) -> None:
+        """List the strategies (this imports the planning code: torch, plugins) off the UI thread."""
+        try:
+            strategies = backend.ranker_choices()
+            import prunelens.plans  # noqa: F401  (so the first ranking starts at once)
+        except Exception as exc:
+            self.app.call_from_thread(self._status, str(exc), "red")
+            return
+        self.app.call_from_thread(self._set_strategies, strategies)
+
+    def _set_strategies(self, strategies: list[tuple[str, str]]) -> None:
+        by = self.query_one("#by", Select)
+        by.set_options([(name, name) for name, _ in strategies])
+        if strategies:
+            by.value = "kl_pred" if any(n == "kl_pred" for n, _ in strategies) else strategies[0][0]
+        if self.plan is None:
+            self._status("choose, then Rank (r)")
 
     def _status(self, message: str, style: str = "") -> None:
         self.query_one("#status", Static).update(Text(message, style=style))
