@@ -77,25 +77,19 @@ def eos_id_of(tokenizer: Any, model: Any | None = None) -> int | None:
 
 
 # -- perplexity ------------------------------------------------------------------------
-@torch.no_grad()
-def token_nll(model: Any, ids: torch.Tensor) -> torch.Tensor:
-    """Per-token negative log-likelihood [batch, len-1] of equal-length windows (float32)."""
-    ids = ids.to(model_device(model))
-    logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-    return torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
-    ).view(ids.shape[0], -1)
-
-
 def perplexity(model: Any, windows: np.ndarray | torch.Tensor, batch_size: int = 4,
                progress: Progress = _no_progress) -> dict[str, float]:
-    """``exp(mean NLL)`` over every predicted token of the windows [n, len]."""
+    """``exp(mean NLL)`` over every predicted token of equal-length windows [n, len]
+    (``prunelens.perplexity.mean_nll`` batch by batch, so a progress bar can follow)."""
+    from .perplexity import mean_nll
+
     windows = torch.as_tensor(np.asarray(windows), dtype=torch.long)
     total, count = 0.0, 0
     for rng in progress(batches(len(windows), batch_size), -(-len(windows) // batch_size), "perplexity"):
-        nll = token_nll(model, windows[rng.start:rng.stop]).double()
-        total += float(nll.sum())
-        count += nll.numel()
+        chunk = windows[rng.start:rng.stop]
+        n = chunk[:, 1:].numel()
+        total += mean_nll(model, chunk, batch_size) * n
+        count += n
     mean = total / count
     return {"ppl": float(np.exp(mean)), "nll": mean, "tokens": float(count)}
 
@@ -154,7 +148,7 @@ def grouped_logprobs(model: Any, contexts: Sequence[Sequence[int]], choices: Seq
         ids, mask = pad_left([contexts[i] for i in rng], pad_id)
         first = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions(mask).to(device),
                       use_cache=True, logits_to_keep=1)
-        cache = first.past_key_values
+        cache = getattr(first, "cache", None) or first.past_key_values
         cache.batch_repeat_interleave(k)
         last = torch.log_softmax(first.logits[:, -1].float(), dim=-1).repeat_interleave(k, dim=0)  # [B*k, V]
         rows = [list(r) for i in rng for r in choices[i]]
@@ -168,7 +162,7 @@ def grouped_logprobs(model: Any, contexts: Sequence[Sequence[int]], choices: Seq
         full_mask = torch.cat([mask.repeat_interleave(k, dim=0), cmask], dim=1)
         pos = ctx_len + torch.arange(width)[None, :]
         logits = model(input_ids=cont.to(device), attention_mask=full_mask.to(device), position_ids=pos.to(device),
-                       past_key_values=cache, use_cache=True).logits.float()
+                       cache=cache, use_cache=True).logits.float()
         logp = torch.log_softmax(logits, dim=-1)  # position j predicts token j+1
         for j, r in enumerate(rows):
             target = torch.as_tensor(r, device=device)
