@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -221,3 +222,36 @@ def test_real_model_drop_checkpoint(smollm2, tmp_path):
     assert torch.allclose(_logits(reloaded, ids), expected, atol=1e-4)
     text = smollm2.tokenizer.decode(reloaded.generate(ids, max_new_tokens=6, do_sample=False)[0])
     assert text.startswith("To be, or not to be") and len(text) > len("To be, or not to be")
+
+
+def test_third_party_method_file_works_everywhere(tmp_path):
+    """The docs' example method, loaded from a file, works in perturb and compress_model."""
+    from prunelens.methods import method_registry
+    from prunelens.plugins import load_plugin_file
+
+    src = (Path(__file__).parents[1] / "docs" / "methods.md").read_text()
+    code = src.split("## Writing a method", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    (tmp_path / "ternary_method.py").write_text(code)
+    load_plugin_file(tmp_path / "ternary_method.py")
+    try:
+        _check_ternary()
+    finally:  # leave the plugin manager as other tests expect it
+        from prunelens import plugins
+
+        plugins.pm.unregister(name="ternary_method")
+        plugins._sources.pop("ternary_method", None)
+    assert "ternary" not in method_registry()
+
+
+def _check_ternary():
+    from prunelens.methods import method_registry
+
+    assert "ternary" in method_registry()
+    method = parse_method("ternary:scale=2")
+    model = make_tiny_model("llama")
+    w = model.model.layers[1].mlp.down_proj.weight.detach().clone()
+    with method.perturb(get_adapter(model), Unit(1, "mlp")):
+        assert torch.equal(model.model.layers[1].mlp.down_proj.weight, torch.sign(w) * w.abs().mean(1, keepdim=True) * 2)
+    assert torch.equal(model.model.layers[1].mlp.down_proj.weight, w)
+    compress_model(loaded_of(model), method, units=[Unit(1, "mlp")], progress=False)
+    assert torch.equal(model.model.layers[1].mlp.down_proj.weight, torch.sign(w) * w.abs().mean(1, keepdim=True) * 2)
