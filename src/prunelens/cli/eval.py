@@ -11,7 +11,7 @@ DEFAULT_TASKS = "perplexity,mc_nextline,mc_letters"
 
 
 @click.command("eval")
-@click.argument("model")
+@click.argument("model", required=False)
 @click.option("--tasks", "task_list", default=None,
               help=f"Comma-separated tasks, each optionally NAME:k=v (default: {DEFAULT_TASKS}, plus gen_agreement "
                    "with --reference). See --list.")
@@ -24,7 +24,7 @@ DEFAULT_TASKS = "perplexity,mc_nextline,mc_letters"
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the results (and run details) to this JSON file; '-' prints JSON only.")
 @click.option("--list", "list_only", is_flag=True, help="List the available tasks and their parameters, then exit.")
-def command(model: str, task_list: str | None, reference: str | None, samples: int | None, seed: int | None,
+def command(model: str | None, task_list: str | None, reference: str | None, samples: int | None, seed: int | None,
             batch_size: int | None, dtype: str, device: str, json_path: str | None, list_only: bool) -> None:
     """Evaluate MODEL (a bundled alias, a checkpoint directory or a .gguf file) on offline tasks.
 
@@ -39,12 +39,19 @@ def command(model: str, task_list: str | None, reference: str | None, samples: i
     if list_only:
         _print_tasks(task_registry())
         return
+    from ..errors import PrunelensError
     from ..evaluation import build_tasks, run_tasks
     from ..models import load_model
+
+    if not model:
+        raise PrunelensError("name a model to evaluate (a bundled alias such as smollm2-135m, or a checkpoint directory)")
 
     specs = split_task_list(task_list or DEFAULT_TASKS + (",gen_agreement" if reference and not task_list else ""))
     params = {"n_samples": samples, "seed": seed, "batch_size": batch_size}
     tasks = build_tasks(specs, **params)  # validate names and parameters before loading anything
+    needs = [t.name for t in tasks if t.needs_reference]
+    if needs and not reference:
+        raise PrunelensError(f"{', '.join(needs)} compares against the dense model: add --reference MODEL")
     loaded = load_model(model, dtype=dtype, device=device)
     ref = load_model(reference, dtype=dtype, device=device) if reference else None
     if ref is not None and ref.config_hash != loaded.config_hash:
