@@ -50,9 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ks", default="4,8", help="numbers of sublayers to drop (comma-separated)")
     ap.add_argument("--kinds", default="attn,mlp")
     ap.add_argument("--rule", default="last", help="'last' or a dense ranking strategy (llm_drop, block_influence)")
-    ap.add_argument("--samples", type=int, default=60, help="MC items per MC task")
-    ap.add_argument("--ppl-windows", type=int, default=16)
-    ap.add_argument("--gen-prompts", type=int, default=16)
+    ap.add_argument("--samples", type=int, default=40, help="MC items per MC task")
+    ap.add_argument("--letters", action="store_true", help="also the lettered MC format (near chance for 135M)")
+    ap.add_argument("--ppl-windows", type=int, default=8)
+    ap.add_argument("--gen-prompts", type=int, default=12)
     ap.add_argument("--gen-steps", type=int, default=32)
     ap.add_argument("--gsm8k", type=int, default=0, help="also GSM8K with this many questions (slow; 0 = off)")
     ap.add_argument("--seed", type=int, default=0)
@@ -68,9 +69,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    tasks = [f"mc_nextline:n_samples={args.samples}", f"mc_letters:n_samples={args.samples}",
-             f"perplexity:n_samples={args.ppl_windows}",
+    tasks = [f"mc_nextline:n_samples={args.samples}", f"perplexity:n_samples={args.ppl_windows}",
              f"gen_agreement:n_samples={args.gen_prompts},steps={args.gen_steps}"]
+    if args.letters:
+        tasks.insert(1, f"mc_letters:n_samples={args.samples}")
     if args.gsm8k:
         tasks.append(f"gsm8k:n_samples={args.gsm8k}")
     dense = load_model(args.model)
