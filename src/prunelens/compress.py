@@ -125,6 +125,8 @@ def compress_model(
     if units is None:
         units = [Unit(i, "block") for i in range(adapter.num_layers)] if "block" in method.unit_kinds \
             else adapter.units(method.unit_kinds)
+    if not units:
+        raise PrunelensError("no units to compress")
     _validate_units(adapter, method, units)
     by_layer: dict[int, list[Unit]] = {}
     for u in units:
