@@ -35,9 +35,10 @@ def main() -> None:
     ap.add_argument("--store", required=True)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--locality", default="propagated")
-    ap.add_argument("--gen-samples", type=int, default=16)
-    ap.add_argument("--gen-steps", type=int, default=32)
-    ap.add_argument("--mc-samples", type=int, default=60)
+    ap.add_argument("--gen-samples", type=int, default=8)
+    ap.add_argument("--gen-steps", type=int, default=24)
+    ap.add_argument("--mc-samples", type=int, default=24)
+    ap.add_argument("--context-lines", type=int, default=2, help="mc_nextline context (shorter = faster)")
     ap.add_argument("--kinds", default="attn,mlp")
     ap.add_argument("--limit", type=int, default=None, help="Only the first N units (a quick check).")
     ap.add_argument("--out", default=None, help="Write per-unit rows and correlations as JSON here.")
@@ -73,7 +74,8 @@ def main() -> None:
     t_rank = time.perf_counter() - t0
 
     tasks = [f"gen_agreement:n_samples={args.gen_samples},steps={args.gen_steps}",
-             f"mc_nextline:n_samples={args.mc_samples}", f"mc_letters:n_samples={args.mc_samples}"]
+             f"mc_nextline:n_samples={args.mc_samples},context_lines={args.context_lines}",
+             f"mc_letters:n_samples={args.mc_samples}"]
     base = run_tasks(dense, tasks[1:])
     drop = parse_method("drop")
     rows = []

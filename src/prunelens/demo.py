@@ -25,13 +25,13 @@ class DemoSettings:
     units: str = "attn,mlp"
     kind: str = "attn"
     budget: str = "4"
-    samples: int = 8
+    samples: int = 6
     steps: int = 16
-    prompt_len: int = 32
+    prompt_len: int = 24
     temperatures: str = "0.7,1.0"
     temperature: float = 0.7
-    timing: str = "teacher_forced,free_running"
-    eval_samples: int = 24
+    timing: str = "teacher_forced"
+    eval_samples: int = 16
 
 
 def probe_command(s: DemoSettings, store: Path) -> list[str]:
@@ -42,8 +42,8 @@ def probe_command(s: DemoSettings, store: Path) -> list[str]:
 
 def eval_tasks(s: DemoSettings) -> list[str]:
     n = s.eval_samples
-    return [f"perplexity:n_samples={max(4, n // 3)},length=128", f"mc_nextline:n_samples={n}",
-            f"mc_letters:n_samples={n}", f"gen_agreement:n_samples={max(4, n // 3)},steps=24"]
+    return [f"perplexity:n_samples={max(4, n // 2)},length=128", f"mc_nextline:n_samples={n},context_lines=3",
+            f"mc_letters:n_samples={n}", f"gen_agreement:n_samples={max(4, n // 2)},steps=24"]
 
 
 def run_demo(out: str | Path, settings: DemoSettings | None = None, say: Callable[[Any], None] = print,
