@@ -31,9 +31,11 @@ def _csv(value: str) -> list[str]:
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1), help="Samples per forward pass.")
 @click.option("--calib-samples", default=32, show_default=True, type=click.IntRange(1), help="Calibration windows (wanda, sparsegpt, gptq).")
 @click.option("--calib-len", default=256, show_default=True, type=click.IntRange(2), help="Calibration window length in tokens.")
+@click.option("--compile/--no-compile", "compile_metrics", default=None,
+              help="Fuse the metric kernels with torch.compile (default: on for vocabularies >= 4096).")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
 def command(model, methods, units, samples, steps, prompt_len, temperatures, locality, timing, readout, out, prompts_file,
-            seed, dtype, device, batch_size, calib_samples, calib_len, quiet) -> None:
+            seed, dtype, device, batch_size, calib_samples, calib_len, compile_metrics, quiet) -> None:
     """Probe every unit (block, attention, MLP) of MODEL with each method, one unit at a time.
 
     Measures 1-cos in embedding, logit and probability space, KL(p_dense||q_perturbed) and
@@ -56,7 +58,7 @@ def command(model, methods, units, samples, steps, prompt_len, temperatures, loc
     except ValueError:
         raise PrunelensError(f"--temperature must be numbers separated by commas, not {temperatures!r}") from None
     settings = ProbeSettings(steps=steps, temperatures=temps, localities=tuple(_csv(locality)), timings=tuple(_csv(timing)),
-                             readout=readout, batch_size=batch_size)
+                             readout=readout, batch_size=batch_size, compile=compile_metrics)
     parsed = [parse_method(m) for m in methods]
     specs = [m.spec for m in parsed]
     if len(set(specs)) != len(specs):

@@ -35,6 +35,7 @@ LOCALITIES = ("local", "propagated")
 TIMINGS = ("teacher_forced", "free_running")
 CELL_ARRAYS = ("cos_dev", "cos_dev_pred", "rel_norm", "kl", "kl_pred", "top1_agree",
                "cand_kl", "cand_top1_agree", "cand_mass", "cand_rank")
+COMPILE_MIN_VOCAB = 4096  # below this the metric kernels are cheap and compiling is not worth it
 
 
 @dataclass
@@ -47,6 +48,7 @@ class ProbeSettings:
     timings: tuple[str, ...] = TIMINGS
     readout: str = "norm"
     batch_size: int = 16  # samples per batch
+    compile: bool | None = None  # fuse the metric kernels with torch.compile; None = auto (real vocabularies)
 
     def __post_init__(self) -> None:
         self.temperatures = tuple(float(t) for t in self.temperatures)
@@ -111,6 +113,8 @@ class ProbeEngine:
         self.readout = Readout(self.adapter, self.settings.readout)
         self._dense_z: dict[tuple[int, int], torch.Tensor] = {}
         self._dense_layer: int | None = None
+        vocab = self.adapter.lm_head.weight.shape[0]
+        self.compiled = self.settings.compile if self.settings.compile is not None else vocab >= COMPILE_MIN_VOCAB
 
     @property
     def device(self) -> torch.device:
@@ -192,7 +196,7 @@ class ProbeEngine:
         h = batch.rows(batch.layer_output(layer))
         if h.dtype not in (torch.float32, torch.float64):  # bf16/fp16 model: differences in float32
             h = h.float()
-        return row_metrics(h, h2.to(h.dtype) - h, z, z2, list(self.settings.temperatures), cand)
+        return row_metrics(h, h2.to(h.dtype) - h, z, z2, list(self.settings.temperatures), cand, compiled=self.compiled)
 
     def _assemble(self, per: dict[tuple[str, str], list[RowMetrics]], free: list[torch.Tensor]) -> CellResult:
         s = self.settings

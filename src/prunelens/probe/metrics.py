@@ -15,7 +15,9 @@ in float64. Nothing of size [rows × vocab] outlives a chunk except the caller's
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 
@@ -74,7 +76,7 @@ class RowMetrics:
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Row-wise dot product without a [rows x vocab] temporary."""
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+    return torch.linalg.vecdot(a, b)
 
 
 def probability_metrics(z: torch.Tensor, dz: torch.Tensor, temperature: float) -> dict[str, torch.Tensor]:
@@ -85,34 +87,74 @@ def probability_metrics(z: torch.Tensor, dz: torch.Tensor, temperature: float) -
     ``H = E_p[expm1(b) - b]`` (all terms O(b²)); ``q - p = p (g - m)/(1 + m)`` with
     ``g = expm1(b)``, ``m = E_p[g]``.
     """
-    inv_t = 1.0 / temperature
+    inv_t = torch.tensor(1.0 / temperature, dtype=z.dtype, device=z.device)
+    return _finish(*_probability_sums(z, dz, inv_t))
+
+
+def _probability_sums(z: torch.Tensor, dz: torch.Tensor, inv_t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The vocab-sized work: row sums in the input dtype (one fused kernel when compiled)."""
     zs = z - z.amax(-1, keepdim=True)
     e = torch.exp(zs * inv_t)
     s = e.sum(-1)
     mu = _dot(e, dz) / s
     b = (dz - mu.unsqueeze(-1)) * inv_t
     g = torch.expm1(b)
-    eb, eh, ebb = _dot(e, b), _dot(e, g - b), _dot(e, b * b)
     w = e * e
-    sw, wb, wbb = w.sum(-1), _dot(w, b), _dot(w, b * b)
-    sd = s.double()
+    return (s, _dot(e, b), _dot(e, g - b), _dot(e, b * b), w.sum(-1), _dot(w, b), _dot(w, b * b), _dot(w, g), _dot(w, g * g))
+
+
+def _finish(s, eb, eh, ebb, sw, wb, wbb, wg, wgg) -> dict[str, torch.Tensor]:
+    """Combine the row sums in float64."""
+    sd, sw_ = s.double(), sw.double()
     delta, h_mean, var_p = eb.double() / sd, eh.double() / sd, ebb.double() / sd
     m = delta + h_mean
     kl = torch.log1p(m) - delta
     kl_pred = (var_p - delta * delta) / 2
-    d = g - m.to(g.dtype).unsqueeze(-1)
-    swd, swdd = _dot(w, d).double(), _dot(w, d * d).double()
-    sw_ = sw.double()
-    # p = e/s, so Σp² = sw/s², p·Δp = swd/(s²(1+m)), ‖Δp‖² = swdd/(s²(1+m)²)
+    # d = g - m: Σw d = Σwg - mΣw, Σw d² = Σwg² - 2mΣwg + m²Σw
+    swd = wg.double() - m * sw_
+    swdd = wgg.double() - 2 * m * wg.double() + m * m * sw_
+    # p = e/s, so Σp² = sw/s², p·Δp = Σw d/(s²(1+m)), ‖Δp‖² = Σw d²/(s²(1+m)²)
     pp = sw_ / (sd * sd)
     p_dp = swd / (sd * sd * (1 + m))
-    dpdp = swdd / (sd * sd * (1 + m) ** 2)
+    dpdp = (swdd / (sd * sd * (1 + m) ** 2)).clamp_min(0)
     norm_p = pp.sqrt()
     perp_sq = (dpdp - p_dp * p_dp / pp).clamp_min(0)
     cos_dev = one_minus_cos(norm_p, p_dp / norm_p, perp_sq)
     r_mean = wb.double() / sw_
     cos_pred = (wbb.double() / sw_ - r_mean * r_mean) / 2
     return {"cos_dev": cos_dev, "cos_dev_pred": cos_pred, "rel_norm": dpdp.sqrt() / norm_p, "kl": kl, "kl_pred": kl_pred}
+
+
+_compiled: Any = None
+
+
+def _sums_fn(compiled: bool) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """``_probability_sums``, compiled with torch.compile when asked and possible (eager otherwise)."""
+    global _compiled
+    if not compiled or _compiled is False:
+        return _probability_sums
+    if _compiled is None:
+        _compiled = torch.compile(_probability_sums, dynamic=False)
+    return _compiled
+
+
+def _probability_chunk(z: torch.Tensor, dz: torch.Tensor, temperature: float, rows: int, compiled: bool) -> dict[str, torch.Tensor]:
+    """``probability_metrics`` on a chunk padded to ``rows`` rows when compiled (one kernel shape)."""
+    global _compiled
+    n = z.shape[0]
+    inv_t = torch.tensor(1.0 / temperature, dtype=z.dtype, device=z.device)
+    if compiled and _compiled is not False:
+        if n < rows:
+            pad = z.new_zeros(rows - n, z.shape[1])
+            z, dz = torch.cat([z, pad]), torch.cat([dz, pad])
+        try:
+            sums = _sums_fn(True)(z, dz, inv_t)
+            return _finish(*(x[:n] for x in sums))
+        except Exception as exc:  # no compiler, unsupported backend: stay correct, just slower
+            warnings.warn(f"torch.compile of the probe metrics failed ({type(exc).__name__}); using eager mode", stacklevel=2)
+            _compiled = False
+            z, dz = z[:n], dz[:n]
+    return _finish(*_probability_sums(z, dz, inv_t))
 
 
 def candidate_metrics(z: torch.Tensor, z2: torch.Tensor, cands: torch.Tensor, temperatures: list[float]) -> dict[str, torch.Tensor]:
@@ -151,8 +193,13 @@ def row_metrics(
     z2: torch.Tensor,
     temperatures: list[float],
     candidates: torch.Tensor | None = None,
+    compiled: bool = False,
 ) -> RowMetrics:
-    """All metrics for rows of dense ``h`` [R, d], its change ``dh``, dense logits ``z`` and perturbed ``z2`` [R, V]."""
+    """All metrics for rows of dense ``h`` [R, d], its change ``dh``, dense logits ``z`` and perturbed ``z2`` [R, V].
+
+    ``compiled`` fuses the per-temperature vocab work with ``torch.compile`` (≈10x faster on
+    CPU for real vocabularies; the first call compiles; falls back to eager if it cannot).
+    """
     rows = h.shape[0]
     nt = len(temperatures)
     ce_h, cp_h, rn_h = vector_metrics(h, dh)
@@ -165,7 +212,7 @@ def row_metrics(
         z2c = z2[lo : lo + chunk].to(zc.dtype)
         dz = z2c - zc
         parts_z.append(_vector_metrics_fast(zc, dz))
-        per_t = [probability_metrics(zc, dz, t) for t in temperatures]
+        per_t = [_probability_chunk(zc, dz, t, chunk, compiled) for t in temperatures]
         parts_p.append({k: torch.stack([d[k] for d in per_t]) for k in per_t[0]})
         top1.append((zc.argmax(-1) == z2c.argmax(-1)).double())
     ce_z, cp_z, rn_z = (torch.cat([p[i] for p in parts_z]) for i in range(3))
