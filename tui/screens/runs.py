@@ -30,7 +30,7 @@ class RunsScreen(Screen):
         for label, key in COLUMNS:
             table.add_column(label, key=key)
         table.focus()
-        self.action_rescan()
+        self.call_after_refresh(self.action_rescan)  # paint first, then read stores
 
     def action_rescan(self) -> None:
         self.summaries: list[StoreSummary] = []
