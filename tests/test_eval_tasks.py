@@ -184,3 +184,17 @@ def test_task_specs_and_errors(tiny):
         run_tasks(tiny, ["gen_agreement"])
     with pytest.raises(PrunelensError, match="positive"):
         parse_task("perplexity:n_samples=0")
+
+
+@pytest.mark.real_model
+def test_smollm2_grouped_scoring_and_self_agreement(smollm2):
+    """On the real model: shared-context MC scores equal per-choice forwards; greedy agreement with itself is 1."""
+    tok = smollm2.tokenizer
+    item = T.nextline_items(1, seed=11)[0]
+    ctx = T.encode(tok, item.context, special=True)
+    conts = [T.encode(tok, c) for c in item.choices]
+    got = T.grouped_logprobs(smollm2.model, [ctx], [conts], pad_id=T.pad_id_of(tok))[0]
+    for cont, value in zip(conts, got):
+        assert value == pytest.approx(_brute_loglik(smollm2.model, ctx, cont), abs=2e-3)
+    same = run_tasks(smollm2, ["gen_agreement:n_samples=2,steps=8,prompt_len=16"], reference=smollm2)["gen_agreement"]
+    assert same["token_match"] == 1.0 and same["first_divergence"] == 8.0
