@@ -21,7 +21,8 @@ KIND_SCALE = {"block": 3.0, "attn": 0.6, "mlp": 1.2}
 SPACE_SCALE = {"embedding": 0.01, "logit": 0.02, "probability": 0.1}
 
 
-def unit_names(num_layers: int, kinds: Sequence[str] = ("block", "attn", "mlp")) -> tuple[list[str], list[int], list[str]]:
+def unit_names(num_layers: int, kinds: Sequence[str] = ("block", "attn", "mlp")
+               ) -> tuple[list[str], list[int], list[str]]:
     """Store unit labels, layers and kinds, ordered by layer then kind."""
     names, layers, out_kinds = [], [], []
     for i in range(num_layers):

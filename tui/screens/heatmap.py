@@ -47,5 +47,5 @@ class HeatmapScreen(DataScreen):
         metric = self.app.selection.metric if self.app.selection else ""
         samples = self.app.ds.sizes.get("sample", 0) if self.app.ds is not None else 0
         self.query_one("#value", Static).update(
-            Text.assemble((f"{event.unit}", "bold"), f"  step {event.step}  ", (f"{metric} = {fmt(event.value)}", "bold"),
-                          f"  (mean of {samples} samples)"))
+            Text.assemble((f"{event.unit}", "bold"), f"  step {event.step}  ",
+                          (f"{metric} = {fmt(event.value)}", "bold"), f"  (mean of {samples} samples)"))

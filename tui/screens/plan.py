@@ -84,6 +84,8 @@ class PlanScreen(Screen):
         methods = [str(m) for m in ds["method"].values]
         self.query_one("#method", Select).set_options([(m, m) for m in methods])
         self.query_one("#method", Select).value = self.app.selection.method
+        present = {str(k) for k in ds["kind"].values}
+        self.query_one("#kind", Select).value = next((k for k in ("block", "attn", "mlp") if k in present), "all")
         temps = [float(t) for t in ds["temperature"].values]
         temp = self.query_one("#temperature", Select)
         temp.set_options([(f"T={t:g}", t) for t in temps])
