@@ -1,0 +1,195 @@
+"""Probe engine speed against naive protocols, side by side in one run, with peak RSS.
+
+    python bench/probe_bench.py [--samples 16] [--steps 32] [--units L2.attn,...] [--temperature 1.0]
+
+(a) local probe vs a hook-based naive probe (the full model re-run per unit, metrics from
+    its hidden states)                                                 target >= 2.5x
+(b) teacher-forced local vs the paper's protocol (the prefix re-run at every step)
+                                                                       target >= S/2 x
+(c) local probe vs its lower bound (one dense pass + one pass of each unit alone + one
+    LM-head projection per unit, bare ops, no metrics)                 target <= 1.3x
+(d) propagated probe vs the naive full re-run                          target >= 1.5x
+
+Every protocol computes the same metrics (``row_metrics``) on the same rows, except the
+lower bound, which computes none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+
+def reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux)
+    except OSError:
+        pass
+
+
+def peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(fn):
+    reset_peak()
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, peak_rss_mib(), out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--method", default="drop")
+    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--units", default="L2.attn,L2.mlp,L14.attn,L14.mlp,L27.attn,L27.mlp")
+    ap.add_argument("--temperature", default="1.0")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--no-compile", action="store_true", help="eager metric kernels")
+    ap.add_argument("--skip-paper", action="store_true", help="skip (b)'s slow prefix re-run protocol")
+    args = ap.parse_args()
+    os.environ.setdefault("PRUNELENS_LOAD_PLUGINS", "")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from prunelens.methods import parse_method
+    from prunelens.models import load_model
+    from prunelens.probe.engine import ProbeEngine, ProbeSettings
+    from prunelens.probe.metrics import row_metrics
+    from prunelens.probe.prompts import shakespeare_prompts
+    from prunelens.units import select_units
+
+    loaded = load_model(args.model)
+    ad, model = loaded.adapter, loaded.model
+    units = select_units(args.units, ad.num_layers)
+    method = parse_method(args.method)
+    temps = [float(t) for t in args.temperature.split(",")]
+    prompts = shakespeare_prompts(loaded.tokenizer, args.samples, args.prompt_len)
+    S = args.steps
+    compiled = not args.no_compile
+
+    def engine(locality: str) -> ProbeEngine:
+        st = ProbeSettings(steps=S, temperatures=tuple(temps), localities=(locality,), timings=("teacher_forced",),
+                           batch_size=args.samples, compile=compiled)
+        e = ProbeEngine(ad, prompts, st)
+        e.prepare()
+        return e
+
+    eng_local = engine("local")
+    batch = eng_local.batches[0]
+    seq = torch.cat([batch.prompt_ids, batch.continuation[:, :-1]], 1)
+    pos = batch.step_positions
+    print(f"{args.model}: {ad.num_layers} layers, {args.samples} samples x {S} steps, prompt {args.prompt_len}, "
+          f"units {len(units)} ({args.units}), method {method.spec}, T={temps}, threads {torch.get_num_threads()}, "
+          f"compiled metrics {compiled}")
+    eng_local.measure(method, units[0])  # warm-up (compiles the metric kernel once)
+
+    def metrics(h, h2):
+        return row_metrics(h, h2 - h, ad.readout(h), ad.readout(h2), temps, compiled=compiled)
+
+    # -- the probes ------------------------------------------------------------------
+    def run_engine(e: ProbeEngine):
+        """The dense pass that caches every layer's input, then each unit's cell (the continuation is given)."""
+        def go():
+            e.release()
+            b = e.batches[0]
+            from prunelens.probe.capture import capture_layers
+
+            b.calls, b.final = capture_layers(ad, seq)
+            for u in units:
+                e.measure(method, u)
+        return go
+
+    @torch.no_grad()
+    def naive(locality: str):
+        """Hook-based: the full model per unit; layer outputs caught by forward hooks."""
+        def outputs(layer: int):
+            caught = {}
+            h = ad.layers[layer].register_forward_hook(lambda m, a, o: caught.__setitem__("x", o[0] if isinstance(o, tuple) else o))
+            try:
+                model(input_ids=seq, use_cache=False)
+            finally:
+                h.remove()
+            return caught["x"][:, pos].reshape(-1, caught["x"].shape[-1])
+
+        last = ad.num_layers - 1
+        dense = {}
+        for u in units:
+            layer = u.layer if locality == "local" else last
+            if layer not in dense:
+                dense[layer] = outputs(layer)  # the naive probe also runs the dense model once per layer it needs
+            with method.perturb(ad, u, None):
+                # a swapped block is a new module: hook whatever sits at the layer now
+                h2 = outputs(layer)
+            metrics(dense[layer], h2)
+
+    @torch.no_grad()
+    def paper():
+        """The paper's protocol: for each step, re-run the whole prefix (dense and perturbed)."""
+        for u in units:
+            hs, h2s = [], []
+            for s in range(S):
+                prefix = seq[:, : int(pos[s]) + 1]
+                for store, ctx in ((hs, None), (h2s, u)):
+                    caught = {}
+                    mod = ad.layers[u.layer]
+                    if ctx is not None:
+                        cm = method.perturb(ad, u, None)
+                        cm.__enter__()
+                        mod = ad.layers[u.layer]
+                    h = mod.register_forward_hook(lambda m, a, o: caught.__setitem__("x", o[0] if isinstance(o, tuple) else o))
+                    try:
+                        model(input_ids=prefix, use_cache=False)
+                    finally:
+                        h.remove()
+                        if ctx is not None:
+                            cm.__exit__(None, None, None)
+                    store.append(caught["x"][:, -1])
+            metrics(torch.stack(hs, 1).reshape(-1, hs[0].shape[-1]), torch.stack(h2s, 1).reshape(-1, hs[0].shape[-1]))
+
+    @torch.no_grad()
+    def lower_bound():
+        """One dense pass + each unit's layer alone + one LM-head projection per unit; no metrics."""
+        calls, _ = ad.capture(seq)
+        for u in units:
+            with method.perturb(ad, u, None):
+                x = ad.run_layer(u.layer, calls[u.layer].hidden, calls[u.layer])
+            ad.readout(x[:, pos].reshape(-1, x.shape[-1]))
+
+    eng_prop = engine("propagated")
+    rows = []
+    t_local, m_local, _ = timed(run_engine(eng_local))
+    t_naive_l, m_naive_l, _ = timed(lambda: naive("local"))
+    t_lb, m_lb, _ = timed(lower_bound)
+    t_prop, m_prop, _ = timed(run_engine(eng_prop))
+    t_naive_p, m_naive_p, _ = timed(lambda: naive("propagated"))
+    if not args.skip_paper:
+        t_paper, m_paper, _ = timed(paper)
+    rows.append(("(a) local probe vs naive full re-run", t_local, m_local, t_naive_l, m_naive_l, t_naive_l / t_local, ">= 2.5x"))
+    if not args.skip_paper:
+        rows.append(("(b) teacher-forced local vs prefix re-run", t_local, m_local, t_paper, m_paper, t_paper / t_local, f">= {S / 2:g}x"))
+    rows.append(("(c) local probe / lower bound", t_local, m_local, t_lb, m_lb, t_local / t_lb, "<= 1.3x"))
+    rows.append(("(d) propagated probe vs naive full re-run", t_prop, m_prop, t_naive_p, m_naive_p, t_naive_p / t_prop, ">= 1.5x"))
+    print(f"{'comparison':44s} {'ours s':>8s} {'RSS MiB':>8s} {'other s':>8s} {'RSS MiB':>8s} {'ratio':>7s}  target")
+    for name, a, ma, b, mb, r, target in rows:
+        print(f"{name:44s} {a:8.2f} {ma:8.0f} {b:8.2f} {mb:8.0f} {r:7.2f}  {target}")
+    print("(every protocol is given the dense greedy continuation; ours includes its one cached dense pass)")
+
+
+if __name__ == "__main__":
+    main()
