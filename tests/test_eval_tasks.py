@@ -85,7 +85,7 @@ def test_nextline_items_are_real_and_seeded():
     for it in items:
         assert len(set(it.choices)) == 4 and 0 <= it.answer < 4
         assert (it.context + it.choices[it.answer]) in texts[it.work]  # the true line really follows its context
-        for j, c in enumerate(it.choices):
+        for c in it.choices:
             assert c in texts[it.work]
     assert len({it.answer for it in items}) > 1
 

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Iterable, Sequence
 from .errors import PrunelensError
 from .methods import Param
 
-COMMON_PARAMS = ("n_samples", "seed", "batch_size")
+COMMON_PARAMS = ("n_samples", "seed", "batch_size")  # what --samples, --seed, --batch-size set
 
 
 class Task:
@@ -130,12 +130,12 @@ def run_tasks(loaded: Any, tasks: Sequence[str | Task], reference: Any | None = 
     missing = [t.name for t in built if t.needs_reference and reference is None]
     if missing:
         raise PrunelensError(f"task(s) {', '.join(missing)} compare against the dense model: pass a reference (--reference MODEL)")
+    import torch
+
     results: dict[str, dict[str, float]] = {}
     for task in built:
         task.show_progress = progress
         t0 = time.perf_counter()
-        import torch
-
         with torch.no_grad():
             metrics = task.run(loaded, reference=reference)
         key = task.name if task.name not in results else task.spec  # the same task twice: key by spec
