@@ -11,10 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .errors import PrunelensError
-from .ranking import pick_temperature, rank_units, resolve_method
 
 SPACES = ("embedding", "logit", "probability")
 COLORS = {"embedding": "tab:blue", "logit": "tab:orange", "probability": "tab:red"}
@@ -25,11 +22,15 @@ def _cell(ds: Any, method: str, locality: str, timing: str) -> Any:
     return ds.sel({"method": method, "locality": locality, "timing": timing})
 
 
-def _mean_over(a: Any, dims: tuple[str, ...]) -> np.ndarray:
+def _mean_over(a: Any, dims: tuple[str, ...]) -> Any:
+    import numpy as np
+
     return np.asarray(a.astype("float64").mean(dim=[d for d in dims if d in a.dims], skipna=True).values)
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
+def spearman(a: Any, b: Any) -> float:
+    """Spearman rank correlation over the pairs where both are finite (NaN if fewer than 3)."""
+    import numpy as np
     from scipy.stats import spearmanr
 
     a, b = np.asarray(a, float), np.asarray(b, float)
@@ -41,6 +42,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def plot_cos_curves(ds: Any, path: Path, *, method: str, locality: str, timing: str, temperature: float) -> Path:
     import matplotlib.pyplot as plt
+    import numpy as np
 
     cell = _cell(ds, method, locality, timing).sel(temperature=temperature)
     kinds = [k for k in ("block", "attn", "mlp") if k in set(map(str, ds["kind"].values))]
@@ -68,6 +70,7 @@ def plot_cos_curves(ds: Any, path: Path, *, method: str, locality: str, timing: 
 
 def plot_kl_scatter(df: Any, path: Path, *, title: str, plan_units: list[str] | None = None) -> tuple[Path, float]:
     import matplotlib.pyplot as plt
+    import numpy as np
 
     fig, ax = plt.subplots(figsize=(5.5, 5))
     rho = spearman(df["kl_pred"].to_numpy(), df["kl"].to_numpy())
@@ -96,6 +99,7 @@ def plot_kl_scatter(df: Any, path: Path, *, title: str, plan_units: list[str] | 
 
 def plot_steps(ds: Any, df: Any, path: Path, *, method: str, locality: str, temperature: float, n: int = 4) -> Path:
     import matplotlib.pyplot as plt
+    import numpy as np
 
     ranked = df[df["rank"].notna()]
     chosen = list(ranked["unit"].head(n)) + [u for u in ranked["unit"].tail(n) if u not in set(ranked["unit"].head(n))]
@@ -128,14 +132,19 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _f(v: Any) -> str:
+def fmt(v: Any, digits: int = 3) -> str:
+    """A number for tables: scientific when tiny or huge, '-' when missing or not finite."""
     try:
         f = float(v)
     except (TypeError, ValueError):
         return "-"
     if not math.isfinite(f):
         return "-"
-    return f"{f:.3e}" if f != 0 and (abs(f) < 1e-2 or abs(f) >= 1e4) else f"{f:.4g}"
+    return f"{f:.{digits}e}" if f != 0 and (abs(f) < 1e-2 or abs(f) >= 1e4) else f"{f:.{digits + 1}g}"
+
+
+def rank_label(v: Any) -> str:
+    return "-" if v is None or v != v else str(int(v))
 
 
 def write_report(ds: Any, out_dir: str | Path, *, method: str | None = None, kind: str | None = None,
@@ -144,6 +153,8 @@ def write_report(ds: Any, out_dir: str | Path, *, method: str | None = None, kin
                  store_path: str | None = None) -> Path:
     """Write ``report.md`` and its PNGs into ``out_dir``; returns the Markdown path."""
     import matplotlib
+
+    from .ranking import pick_temperature, rank_units, resolve_method
 
     matplotlib.use("Agg")
     out = Path(out_dir)
@@ -180,9 +191,9 @@ def write_report(ds: Any, out_dir: str | Path, *, method: str | None = None, kin
     md += ["## Predicted vs measured KL", "", f"![predicted vs measured KL]({scatter_png.name})", ""]
     md += ["## Step-wise divergence", "", f"![step-wise divergence]({steps_png.name})", ""]
     md += ["## Ranking (safest first)", ""]
-    rows = [[("-" if r["rank"] is None or r["rank"] != r["rank"] else str(int(r["rank"]))), str(r["unit"]), _f(r["score"]),
-             _f(r["kl_pred"]), _f(r["kl"]), _f(r["cos_dev_embedding"]), _f(r["cos_dev_logit"]),
-             _f(r["cos_dev_probability"])] for _, r in df.iterrows()]
+    rows = [[rank_label(r["rank"]), str(r["unit"]), fmt(r["score"]),
+             fmt(r["kl_pred"]), fmt(r["kl"]), fmt(r["cos_dev_embedding"]), fmt(r["cos_dev_logit"]),
+             fmt(r["cos_dev_probability"])] for _, r in df.iterrows()]
     md += [_md_table(["rank", "unit", f"score ({by})", "predicted KL", "measured KL", "1-cos emb", "1-cos logit",
                       "1-cos prob"], rows), ""]
     if plan is not None:
@@ -201,15 +212,15 @@ def _plan_section(plan: Any) -> list[str]:
     md = ["## Plan", "",
           f"`{plan.method}` on {len(plan.units)} unit(s) chosen by `{plan.strategy}`"
           f"{' (iterative)' if plan.iterative else ''} at T = {plan.temperature:g}, budget {plan.budget}.", ""]
-    rows = [[str(i), u.unit, _f(u.predicted_kl), _f(u.cumulative_predicted_kl), _f(u.cumulative_measured_kl)]
+    rows = [[str(i), u.unit, fmt(u.predicted_kl), fmt(u.cumulative_predicted_kl), fmt(u.cumulative_measured_kl)]
             for i, u in enumerate(plan.units, 1)]
     md += [_md_table(["#", "unit", "predicted KL", "Σ predicted KL", "measured KL (units 1..k applied)"], rows), ""]
     if plan.measured_kl_total is not None:
         pred = plan.predicted_kl_total
         ratio = plan.measured_kl_total / pred if pred else float("nan")
-        md += [f"Whole plan: predicted KL (sum of single-unit predictions) **{_f(pred)}**, measured KL "
-               f"**{_f(plan.measured_kl_total)}** (ratio {_f(ratio)}), top-1 agreement "
-               f"{_f(plan.measured.get('top1_agree'))} on the store's prompts.", ""]
+        md += [f"Whole plan: predicted KL (sum of single-unit predictions) **{fmt(pred)}**, measured KL "
+               f"**{fmt(plan.measured_kl_total)}** (ratio {fmt(ratio)}), top-1 agreement "
+               f"{fmt(plan.measured.get('top1_agree'))} on the store's prompts.", ""]
     return md
 
 
@@ -222,5 +233,5 @@ def _task_section(results: dict) -> list[str]:
         by_model = {"model": results}
     cols = sorted({(t, m) for res in by_model.values() for t, ms in res.items() for m in ms})
     header = ["model"] + [f"{t}.{m}" for t, m in cols]
-    rows = [[label] + [_f(res.get(t, {}).get(m)) for t, m in cols] for label, res in by_model.items()]
+    rows = [[label] + [fmt(res.get(t, {}).get(m)) for t, m in cols] for label, res in by_model.items()]
     return ["## Tasks", "", _md_table(header, rows), ""]

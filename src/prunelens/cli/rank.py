@@ -6,6 +6,8 @@ from typing import Any
 
 import click
 
+from ..report import fmt
+
 KIND_CHOICE = click.Choice(["attn", "mlp", "block", "all"])
 
 
@@ -25,18 +27,10 @@ def store_options(f):
     return f
 
 
-def fmt(v: Any, digits: int = 3) -> str:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return "-"
-    if f != f:
-        return "-"
-    return f"{f:.{digits}e}" if (abs(f) < 1e-2 or abs(f) >= 1e4) and f != 0 else f"{f:.{digits + 1}g}"
-
-
 def ranking_table(df: Any, title: str = "") -> Any:
     from rich.table import Table
+
+    from ..report import rank_label
 
     by = df.attrs.get("by", "kl_pred")
     table = Table(title=title, title_justify="left")
@@ -47,8 +41,7 @@ def ranking_table(df: Any, title: str = "") -> Any:
     for col in ("predicted KL", "measured KL", "1-cos emb", "1-cos logit", "1-cos prob"):
         table.add_column(col, justify="right")
     for _, r in df.iterrows():
-        rank = "-" if r["rank"] is None or r["rank"] != r["rank"] else str(int(r["rank"]))
-        cells = [rank, str(r["unit"])]
+        cells = [rank_label(r["rank"]), str(r["unit"])]
         if by not in ("kl_pred", "kl"):
             cells.append(fmt(r["score"]))
         cells += [fmt(r[c]) for c in ("kl_pred", "kl", "cos_dev_embedding", "cos_dev_logit", "cos_dev_probability")]
