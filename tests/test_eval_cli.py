@@ -77,3 +77,20 @@ def test_eval_cli_list():
     assert res.exit_code == 0
     for name in ("perplexity", "mc_nextline", "mc_letters", "gen_agreement", "gsm8k"):
         assert name in res.output
+
+
+def test_docs_plugin_example_registers_and_runs(tiny_dir, tmp_path):
+    """The task plugin example in docs/eval.md loads through --plugin and runs."""
+    import re
+    from pathlib import Path
+
+    from prunelens.evaluation import run_tasks
+    from test_eval_tasks import _loaded
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "eval.md").read_text()
+    code = next(b for b in re.findall(r"```python\n(.*?)```", doc, flags=re.S) if "class FirstToken" in b)
+    (tmp_path / "doc_first_token.py").write_text(code)
+    res = CliRunner().invoke(main, ["--plugin", str(tmp_path / "doc_first_token.py"), "eval", "--list"])
+    assert res.exit_code == 0 and "first_token" in res.output
+    tiny = _loaded(tiny_dir[1])
+    assert run_tasks(tiny, ["first_token"], reference=tiny, n_samples=3) == {"first_token": {"match": 1.0}}
