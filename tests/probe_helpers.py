@@ -66,10 +66,10 @@ def naive_metrics(h, h2, z, z2, temps):
         q = np.exp(z2 / t - np.max(z2 / t)); q /= q.sum()
         w = p**2 / (p**2).sum()
         out["cos_p"].append(one_minus_cos(p, q))
-        out["pred_p"].append((w @ dz**2 - (w @ dz) ** 2) / (2 * t * t))
+        out["pred_p"].append((w @ (dz - w @ dz) ** 2) / (2 * t * t))
         out["rel_p"].append(np.linalg.norm(q - p) / np.linalg.norm(p))
         out["kl"].append(np.sum(p * (np.log(p) - np.log(q))))
-        out["kl_pred"].append((p @ dz**2 - (p @ dz) ** 2) / (2 * t * t))
+        out["kl_pred"].append((p @ (dz - p @ dz) ** 2) / (2 * t * t))
     return out
 
 

@@ -52,7 +52,7 @@ def expected_cells(adapter, method, unit, pr: Prompts, steps, temps):
 
 
 def check_against_naive(adapter, method, unit, pr, rtol=1e-4):
-    settings = ProbeSettings(steps=STEPS, temperatures=TEMPS, batch_size=2)  # 2 batches: 2 + 1 samples
+    settings = ProbeSettings(steps=STEPS, temperatures=TEMPS, batch_size=2, compile=False)  # 2 batches: 2 + 1 samples
     eng = ProbeEngine(adapter, pr, settings)
     eng.prepare()
     cell = eng.measure(method, unit)
@@ -135,3 +135,13 @@ def test_engine_taylor_limit(locality):
         errs.append(max(np.abs(r - 1).max() for r in (r_h, r_p, r_kl)))
     assert errs[-1] < 1e-2, errs
     assert errs[0] > errs[1] > errs[2], errs
+
+
+@pytest.mark.real_model
+def test_engine_matches_naive_on_smollm2(smollm2):
+    """The real model (30 layers, vocab 49152): one attention drop, both localities and timings."""
+    from prunelens.methods import parse_method
+
+    pr = Prompts([smollm2.tokenizer("To be, or not to be, that is the question:")["input_ids"][-7:],
+                  smollm2.tokenizer("Now is the winter of our discontent")["input_ids"][-7:]])
+    check_against_naive(smollm2.adapter, parse_method("drop"), Unit(5, "attn"), pr, rtol=1e-3)

@@ -88,7 +88,7 @@ def probability_metrics(z: torch.Tensor, dz: torch.Tensor, temperature: float) -
     ``g = expm1(b)``, ``m = E_p[g]``.
     """
     inv_t = torch.tensor(1.0 / temperature, dtype=z.dtype, device=z.device)
-    return _finish(*_probability_sums(z, dz, inv_t))
+    return _with_direct_rows(_finish(*_probability_sums(z, dz, inv_t)), z, dz, inv_t)
 
 
 def _probability_sums(z: torch.Tensor, dz: torch.Tensor, inv_t: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -100,11 +100,15 @@ def _probability_sums(z: torch.Tensor, dz: torch.Tensor, inv_t: torch.Tensor) ->
     b = (dz - mu.unsqueeze(-1)) * inv_t
     g = torch.expm1(b)
     w = e * e
-    return (s, _dot(e, b), _dot(e, g - b), _dot(e, b * b), w.sum(-1), _dot(w, b), _dot(w, b * b), _dot(w, g), _dot(w, g * g))
+    return (s, _dot(e, b), _dot(e, g - b), _dot(e, b * b), w.sum(-1), _dot(w, b), _dot(w, b * b), _dot(w, g), _dot(w, g * g),
+            b.amax(-1))
 
 
-def _finish(s, eb, eh, ebb, sw, wb, wbb, wg, wgg) -> dict[str, torch.Tensor]:
-    """Combine the row sums in float64."""
+LARGE_B = 30.0  # beyond this exp(b)² may overflow float32: such rows are recomputed directly
+
+
+def _finish(s, eb, eh, ebb, sw, wb, wbb, wg, wgg, bmax) -> dict[str, torch.Tensor]:
+    """Combine the row sums in float64 (``bmax`` marks rows for ``_with_direct_rows``)."""
     sd, sw_ = s.double(), sw.double()
     delta, h_mean, var_p = eb.double() / sd, eh.double() / sd, ebb.double() / sd
     m = delta + h_mean
@@ -122,7 +126,37 @@ def _finish(s, eb, eh, ebb, sw, wb, wbb, wg, wgg) -> dict[str, torch.Tensor]:
     cos_dev = one_minus_cos(norm_p, p_dp / norm_p, perp_sq)
     r_mean = wb.double() / sw_
     cos_pred = (wbb.double() / sw_ - r_mean * r_mean) / 2
-    return {"cos_dev": cos_dev, "cos_dev_pred": cos_pred, "rel_norm": dpdp.sqrt() / norm_p, "kl": kl, "kl_pred": kl_pred}
+    return {"cos_dev": cos_dev, "cos_dev_pred": cos_pred, "rel_norm": dpdp.sqrt() / norm_p, "kl": kl, "kl_pred": kl_pred,
+            "_large": bmax.double() > LARGE_B}
+
+
+def _probability_direct(z: torch.Tensor, dz: torch.Tensor, inv_t: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The same metrics from p and q themselves: exact for large perturbations (no small-Δ expansions)."""
+    z, dz = z.double(), dz.double()
+    t = inv_t.double()
+    lp, lq = torch.log_softmax(z * t, -1), torch.log_softmax((z + dz) * t, -1)
+    p, q = lp.exp(), lq.exp()
+    kl = (p * (lp - lq)).sum(-1)
+    cos_dev, _, rel = vector_metrics(p, q - p)
+    mu = (p * dz).sum(-1, keepdim=True)
+    b = (dz - mu) * t
+    r = p * p / (p * p).sum(-1, keepdim=True)
+    br = b - (r * b).sum(-1, keepdim=True)
+    return {"cos_dev": cos_dev, "cos_dev_pred": (r * br * br).sum(-1) / 2, "rel_norm": rel,
+            "kl": kl, "kl_pred": (p * b * b).sum(-1) / 2}
+
+
+def _with_direct_rows(out: dict[str, torch.Tensor], z: torch.Tensor, dz: torch.Tensor, inv_t: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Recompute rows with a large perturbation (or a non-finite result) directly."""
+    large = out.pop("_large")
+    bad = large | ~torch.isfinite(out["kl"]) | ~torch.isfinite(out["cos_dev"])
+    if bool(bad.any()):
+        idx = bad.nonzero().view(-1)
+        direct = _probability_direct(z[idx], dz[idx], inv_t)
+        for k in out:
+            out[k] = out[k].clone()
+            out[k][idx] = direct[k].to(out[k].dtype)
+    return out
 
 
 _compiled: Any = None
@@ -149,12 +183,12 @@ def _probability_chunk(z: torch.Tensor, dz: torch.Tensor, temperature: float, ro
             z, dz = torch.cat([z, pad]), torch.cat([dz, pad])
         try:
             sums = _sums_fn(True)(z, dz, inv_t)
-            return _finish(*(x[:n] for x in sums))
+            return _with_direct_rows(_finish(*(x[:n] for x in sums)), z[:n], dz[:n], inv_t)
         except Exception as exc:  # no compiler, unsupported backend: stay correct, just slower
             warnings.warn(f"torch.compile of the probe metrics failed ({type(exc).__name__}); using eager mode", stacklevel=2)
             _compiled = False
             z, dz = z[:n], dz[:n]
-    return _finish(*_probability_sums(z, dz, inv_t))
+    return _with_direct_rows(_finish(*_probability_sums(z, dz, inv_t)), z, dz, inv_t)
 
 
 def candidate_metrics(z: torch.Tensor, z2: torch.Tensor, cands: torch.Tensor, temperatures: list[float]) -> dict[str, torch.Tensor]:
