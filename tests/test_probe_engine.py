@@ -51,12 +51,12 @@ def expected_cells(adapter, method, unit, pr: Prompts, steps, temps):
     return out, d_tok, p_tok
 
 
-def check_against_naive(adapter, method, unit, pr, rtol=1e-4):
-    settings = ProbeSettings(steps=STEPS, temperatures=TEMPS, batch_size=2, compile=False)  # 2 batches: 2 + 1 samples
+def check_against_naive(adapter, method, unit, pr, rtol=1e-4, steps=STEPS):
+    settings = ProbeSettings(steps=steps, temperatures=TEMPS, batch_size=2, compile=False)  # 2 batches: 2 + 1 samples
     eng = ProbeEngine(adapter, pr, settings)
     eng.prepare()
     cell = eng.measure(method, unit)
-    exp, d_tok, p_tok = expected_cells(adapter, method, unit, pr, STEPS, TEMPS)
+    exp, d_tok, p_tok = expected_cells(adapter, method, unit, pr, steps, TEMPS)
     np.testing.assert_array_equal(eng.dense_continuation(), d_tok.numpy())
     np.testing.assert_array_equal(cell.free_tokens, p_tok.numpy())
     a = cell.arrays
@@ -144,4 +144,4 @@ def test_engine_matches_naive_on_smollm2(smollm2):
 
     pr = Prompts([smollm2.tokenizer("To be, or not to be, that is the question:")["input_ids"][-7:],
                   smollm2.tokenizer("Now is the winter of our discontent")["input_ids"][-7:]])
-    check_against_naive(smollm2.adapter, parse_method("drop"), Unit(5, "attn"), pr, rtol=1e-3)
+    check_against_naive(smollm2.adapter, parse_method("drop"), Unit(5, "attn"), pr, rtol=1e-3, steps=3)
