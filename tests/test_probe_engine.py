@@ -145,3 +145,19 @@ def test_engine_matches_naive_on_smollm2(smollm2):
     pr = Prompts([smollm2.tokenizer("To be, or not to be, that is the question:")["input_ids"][-7:],
                   smollm2.tokenizer("Now is the winter of our discontent")["input_ids"][-7:]])
     check_against_naive(smollm2.adapter, parse_method("drop"), Unit(5, "attn"), pr, rtol=1e-3, steps=3)
+
+
+def test_bfloat16_model_is_read_out_in_float32():
+    """A bf16 model: metrics come out float and close to the float32 model's (bf16 rounding, ~1e-2)."""
+    pr = prompts(n=2)
+    settings = ProbeSettings(steps=3, temperatures=(1.0,), timings=("teacher_forced",))
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model = make_tiny_model("llama", layers=3).to(dtype)
+        eng = ProbeEngine(get_adapter(model), pr, settings)
+        eng.prepare()
+        out[dtype] = eng.measure(ZeroOutput(), Unit(1, "mlp")).arrays
+    assert eng.readout(eng.batches[0].final[:, :1]).dtype == torch.float32
+    for k in ("kl", "cos_dev"):
+        assert np.isfinite(out[torch.bfloat16][k]).all()
+        np.testing.assert_allclose(out[torch.bfloat16][k], out[torch.float32][k], rtol=0.15, atol=1e-6, err_msg=k)
