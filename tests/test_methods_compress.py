@@ -173,7 +173,16 @@ def test_cli_drop_checkpoints_generate(tiny_dir, tmp_path, units, layers):
     assert model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False).shape == (1, 7)
 
 
-def test_cli_weight_method_with_options(tiny_dir, tmp_path):
+def test_cli_weight_method_with_options(tiny_dir, tmp_path, monkeypatch):
+    import prunelens.data
+
+    seen = {}
+
+    def fake_windows(tok, n, length, split="calib", seed=0):  # skip tokenizing all of Shakespeare
+        seen.update(n=n, length=length, split=split)
+        return torch.randint(2, 96, (n, length), generator=torch.Generator().manual_seed(seed)).numpy()
+
+    monkeypatch.setattr(prunelens.data, "token_windows", fake_windows)
     out = tmp_path / "w"
     res = _cli("compress", "--model", str(tiny_dir), "--method", "wanda", "--pattern", "2:4", "--units", "mlp",
                "--calib-samples", "4", "--calib-len", "16", "--out", str(out), "--json")
@@ -182,6 +191,7 @@ def test_cli_weight_method_with_options(tiny_dir, tmp_path):
     assert summary["method"] == "wanda:pattern=2:4" and summary["sparsity"] == pytest.approx(0.5)
     meta = json.loads((out / "prunelens.json").read_text())
     assert meta["calib_samples"] == 4 and meta["compress"]["units"] == [f"L{i}.mlp" for i in range(4)]
+    assert seen == {"n": 4, "length": 16, "split": "calib"}
 
 
 @pytest.mark.parametrize("args,needle", [
