@@ -84,9 +84,10 @@ def run_one(spec: str, args) -> dict:
         method = parse_method(spec)
         calib = torch.as_tensor(token_windows(loaded.tokenizer, args.calib_samples, args.calib_len, split="calib"))
         with PeakRSS() as mem:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             summary = compress_model(loaded, method, calib_ids=calib, progress=False)
             row["seconds"] = time.perf_counter() - t0
+            row["cpu_seconds"] = time.process_time() - c0
         row["sparsity"] = summary["sparsity"]
         row["peak_rss_delta_mb"] = (mem.peak - mem.start) / 2**20
         row["stats_mb"] = largest_layer_stats_mb(loaded, method)
@@ -110,10 +111,17 @@ def main() -> None:
     ap.add_argument("--ppl-len", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--rows", nargs="*", default=None, help="print the table from saved 'RESULT {json}' lines in these files")
     args = ap.parse_args()
     os.environ.setdefault("PRUNELENS_LOAD_PLUGINS", "")
     if args.one:
         print("RESULT " + json.dumps(run_one(args.one.replace(";", ","), args)), flush=True)
+        return
+    if args.rows is not None:
+        rows = [json.loads(ln[7:]) for f in args.rows for ln in open(f) if ln.startswith("RESULT ")]
+        order = args.methods.split(",")
+        rows.sort(key=lambda r: order.index(r["method"]) if r["method"] in order else len(order))
+        print_table(rows, args)
         return
     rows = []
     for spec in args.methods.split(","):
@@ -129,18 +137,24 @@ def main() -> None:
         row = json.loads(lines[-1][7:])
         rows.append(row)
         print(f"  {spec}: ppl {row['ppl']:.2f} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
+    print_table(rows, args)
+
+
+def print_table(rows: list[dict], args) -> None:
     print(f"\nSmolLM2-135M, whole-model compression; calibration {args.calib_samples} x {args.calib_len} tokens (calib split); "
           f"perplexity on {args.ppl_samples} x {args.ppl_len} held-out tokens; {args.threads} threads")
-    header = f"{'method':28s} {'ppl':>10s} {'x dense':>8s} {'sparsity':>8s} {'time s':>8s} {'peak RSS +MB':>12s} {'1-layer stats MB':>16s}"
+    header = (f"{'method':28s} {'ppl':>10s} {'x dense':>8s} {'sparsity':>8s} {'time s':>8s} {'cpu s':>8s} "
+              f"{'peak RSS +MB':>12s} {'1-layer stats MB':>16s}")
     print(header)
     print("-" * len(header))
     dense = next((r["ppl"] for r in rows if r["method"] == "dense"), None)
     for r in rows:
         ratio = f"{r['ppl'] / dense:8.2f}" if dense else f"{'-':>8s}"
         if r["method"] == "dense":
-            print(f"{r['method']:28s} {r['ppl']:10.2f} {ratio} {'-':>8s} {'-':>8s} {'-':>12s} {'-':>16s}")
+            print(f"{r['method']:28s} {r['ppl']:10.2f} {ratio} {'-':>8s} {'-':>8s} {'-':>8s} {'-':>12s} {'-':>16s}")
         else:
-            print(f"{r['method']:28s} {r['ppl']:10.2f} {ratio} {r['sparsity']:8.3f} {r['seconds']:8.1f} "
+            cpu = f"{r['cpu_seconds']:8.1f}" if "cpu_seconds" in r else f"{'-':>8s}"
+            print(f"{r['method']:28s} {r['ppl']:10.2f} {ratio} {r['sparsity']:8.3f} {r['seconds']:8.1f} {cpu} "
                   f"{r['peak_rss_delta_mb']:12.0f} {r['stats_mb']:16.1f}")
 
 
