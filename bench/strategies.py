@@ -14,7 +14,9 @@ each of those, per kind and over all units. Positive = the strategy orders units
 
     prunelens probe --model smollm2-135m --method drop --units attn,mlp --samples 16 --steps 32 \\
         --temperature 0.7,1.0 --locality local,propagated --timing teacher_forced --out runs/bench/probe.zarr
-    python bench/strategies.py --store runs/bench/probe.zarr --temperature 1.0
+    python bench/strategies.py --store runs/bench/probe.zarr --temperature 1.0 --truth runs/bench/truth.json
+
+(``--truth-only --truth FILE`` measures and caches the ground truth first; it needs no store.)
 """
 
 from __future__ import annotations
@@ -25,19 +27,74 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 STRATEGIES = ("kl_pred", "kl", "block_influence", "angular", "llm_drop")
 
 
+def ground_truth(model_id: str, kinds: list[str], args) -> dict:
+    """Per single drop: generation degradation and multiple-choice accuracy drops (cached as JSON)."""
+    from tqdm import tqdm
+
+    from prunelens.evaluation import run_tasks
+    from prunelens.methods import parse_method
+    from prunelens.models import load_model
+
+    cache = Path(args.truth) if args.truth else None
+    truth: dict = {"model_id": model_id, "rows": [], "seconds": 0.0}
+    if cache is not None and cache.is_file():
+        truth = json.loads(cache.read_text())
+        if truth.get("complete"):
+            return truth
+    dense, work = load_model(model_id), load_model(model_id)
+    units = [u for u in work.adapter.units(kinds)][: args.limit]
+    tasks = [f"gen_agreement:n_samples={args.gen_samples},steps={args.gen_steps}",
+             f"mc_letters:n_samples={args.mc_samples}"]
+    if args.nextline:
+        tasks.append(f"mc_nextline:n_samples={args.mc_samples},context_lines={args.context_lines}")
+    if truth.get("tasks", tasks) != tasks:
+        raise SystemExit(f"{cache} was measured with other task settings; delete it or match them")
+    truth["tasks"] = tasks
+    t0 = time.perf_counter() - truth["seconds"]
+    if "dense" not in truth:
+        truth["dense"] = run_tasks(dense, tasks[1:])
+    base = truth["dense"]
+    drop = parse_method("drop")
+    done = {r["unit"] for r in truth["rows"]}
+    for u in tqdm(units, desc="single drops", unit="unit", initial=len(done)):
+        if u.name in done:
+            continue
+        with drop.perturb(work.adapter, u):
+            r = run_tasks(work, tasks, reference=dense)
+        row = {"unit": u.name, "kind": u.kind, "layer": u.layer,
+               "gen_degradation": 1.0 - r["gen_agreement"]["token_match"],
+               "first_divergence": r["gen_agreement"]["first_divergence"],
+               "mc_letters_drop": base["mc_letters"]["acc"] - r["mc_letters"]["acc"],
+               "letters_mass_drop": base["mc_letters"]["candidate_mass"] - r["mc_letters"]["candidate_mass"]}
+        if args.nextline:
+            row["mc_nextline_drop"] = base["mc_nextline"]["acc"] - r["mc_nextline"]["acc"]
+        truth["rows"].append(row)
+        truth["seconds"] = round(time.perf_counter() - t0, 1)
+        if cache is not None:  # after every unit: an interrupted run resumes
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(truth, indent=2))
+    truth["complete"] = len(truth["rows"]) == len(units)
+    if cache is not None:
+        cache.write_text(json.dumps(truth, indent=2))
+    return truth
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--store", required=True)
-    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--store", default=None, help="Probe store with drop on attn/mlp (needed for the comparison).")
+    ap.add_argument("--model", default="smollm2-135m", help="Model for --truth-only (else the store's).")
+    ap.add_argument("--truth", default=None, help="Cache of the ground truth (JSON): read if present, else written.")
+    ap.add_argument("--truth-only", action="store_true", help="Only measure the ground truth (no store needed).")
+    ap.add_argument("--temperature", "-T", type=float, default=1.0)
     ap.add_argument("--locality", default="propagated")
     ap.add_argument("--gen-samples", type=int, default=8)
-    ap.add_argument("--gen-steps", type=int, default=24)
-    ap.add_argument("--mc-samples", type=int, default=24)
+    ap.add_argument("--gen-steps", type=int, default=16)
+    ap.add_argument("--mc-samples", type=int, default=16)
+    ap.add_argument("--nextline", action="store_true", help="Also mc_nextline (4 scored continuations per item: slow).")
     ap.add_argument("--context-lines", type=int, default=2, help="mc_nextline context (shorter = faster)")
     ap.add_argument("--kinds", default="attn,mlp")
     ap.add_argument("--limit", type=int, default=None, help="Only the first N units (a quick check).")
@@ -46,56 +103,42 @@ def main() -> None:
 
     from rich.console import Console
     from rich.table import Table
-    from tqdm import tqdm
 
-    from prunelens.evaluation import run_tasks
-    from prunelens.methods import parse_method
     from prunelens.models import load_model
-    from prunelens.ranking import load_store, rank_units, store_units
+    from prunelens.ranking import load_store, rank_units
     from prunelens.report import spearman
 
-    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     console = Console()
+    kinds = args.kinds.split(",")
+    if args.truth_only:
+        truth = ground_truth(args.model, kinds, args)
+        console.print(f"ground truth for {len(truth['rows'])} units in {truth['seconds']} s")
+        return
+    if not args.store:
+        raise SystemExit("--store is required (or --truth-only)")
     ds = load_store(args.store)
     model_id = str(ds.attrs["model_id"])
-    dense, work = load_model(model_id), load_model(model_id)
-    kinds = args.kinds.split(",")
-    units = [u for k in kinds for u in store_units(ds, k)][: args.limit]
-    names = [u.name for u in units]
-
+    truth = ground_truth(model_id, kinds, args)
+    base, rows = truth["dense"], truth["rows"]
+    dense = load_model(model_id)
     t0 = time.perf_counter()
-    scores: dict[str, dict[str, float]] = {}
     for by in STRATEGIES:
-        scores[by] = {}
+        scores: dict[str, float] = {}
         for k in kinds:
             df = rank_units(ds, method="drop", kind=k, temperature=args.temperature, by=by, locality=args.locality,
                             timing="teacher_forced", loaded=dense)
-            scores[by].update(dict(zip(df["unit"], df["score"])))
+            scores.update(dict(zip(df["unit"], df["score"])))
+        for r in rows:
+            r[f"score_{by}"] = scores.get(r["unit"], float("nan"))
     t_rank = time.perf_counter() - t0
 
-    tasks = [f"gen_agreement:n_samples={args.gen_samples},steps={args.gen_steps}",
-             f"mc_nextline:n_samples={args.mc_samples},context_lines={args.context_lines}",
-             f"mc_letters:n_samples={args.mc_samples}"]
-    base = run_tasks(dense, tasks[1:])
-    drop = parse_method("drop")
-    rows = []
-    t1 = time.perf_counter()
-    for u in tqdm(units, desc="single drops", unit="unit"):
-        with drop.perturb(work.adapter, u):
-            r = run_tasks(work, tasks, reference=dense)
-        rows.append({
-            "unit": u.name, "kind": u.kind, "layer": u.layer,
-            "gen_degradation": 1.0 - r["gen_agreement"]["token_match"],
-            "first_divergence": r["gen_agreement"]["first_divergence"],
-            "mc_nextline_drop": base["mc_nextline"]["acc"] - r["mc_nextline"]["acc"],
-            "mc_letters_drop": base["mc_letters"]["acc"] - r["mc_letters"]["acc"],
-            "letters_mass_drop": base["mc_letters"]["candidate_mass"] - r["mc_letters"]["candidate_mass"],
-            **{f"score_{by}": scores[by].get(u.name, float("nan")) for by in STRATEGIES},
-        })
-    t_truth = time.perf_counter() - t1
-
-    targets = [("gen_degradation", "1 − token agreement"), ("mc_nextline_drop", "MC next-line acc drop"),
+    targets = [("gen_degradation", "1 − token agreement"), ("early_divergence", "steps − first divergence"),
                ("mc_letters_drop", "MC letters acc drop"), ("letters_mass_drop", "letters mass drop")]
+    if args.nextline:
+        targets.append(("mc_nextline_drop", "MC next-line acc drop"))
+    steps = int(truth["tasks"][0].split("steps=")[1].split(",")[0])
+    for r in rows:  # an earlier first divergence is more harm
+        r["early_divergence"] = steps - r["first_divergence"]
     groups = [(k, [r for r in rows if r["kind"] == k]) for k in kinds] + [("all", rows)]
     corr: dict[str, dict[str, dict[str, float]]] = {}
     for gname, grows in groups:
@@ -111,8 +154,8 @@ def main() -> None:
             corr[gname][by] = vals
             t.add_row(by, *[f"{vals[key]:+.3f}" for key, _ in targets])
         console.print(t)
-    console.print(f"dense: mc_nextline acc {base['mc_nextline']['acc']:.3f}, mc_letters acc {base['mc_letters']['acc']:.3f}; "
-                  f"rankings {t_rank:.1f} s, ground truth {t_truth:.1f} s for {len(units)} units")
+    console.print(f"dense: mc_letters acc {base['mc_letters']['acc']:.3f}; "
+                  f"rankings {t_rank:.1f} s, ground truth {truth['seconds']} s for {len(rows)} units")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"args": vars(args), "dense": base, "rows": rows, "spearman": corr},
