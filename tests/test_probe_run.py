@@ -197,3 +197,20 @@ def test_two_processes_gloo_equal_one_process(tiny_dir, reference_store, tmp_pat
     assert res.returncode == 0, res.stderr[-3000:]
     assert_same_store(one, two)
     assert zarr.open_group(str(two), mode="r").attrs["world_size"] == 2
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--locality", "nearby"], "locality must be a list of distinct values from local, propagated"),
+    (["--temperature", "0.7,hot"], "--temperature must be numbers"),
+    (["--temperature", "0"], "temperatures must be positive"),
+    (["--method", "nosuch"], "unknown method 'nosuch'"),
+])
+def test_cli_user_errors_are_one_line(args, message, tmp_path):
+    from click.testing import CliRunner
+
+    from prunelens.cli import main
+
+    base = ["probe", "--model", "none", "--method", "drop", "--out", str(tmp_path / "x.zarr")]
+    res = CliRunner().invoke(main, base + args)
+    assert res.exit_code == 1
+    assert message in res.output and "Traceback" not in res.output

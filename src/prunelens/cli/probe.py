@@ -36,7 +36,7 @@ def _csv(value: str) -> list[str]:
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
 def command(model, methods, units, samples, steps, prompt_len, temperatures, locality, timing, readout, out, prompts_file,
             seed, dtype, device, batch_size, calib_samples, calib_len, compile_metrics, quiet) -> None:
-    """Probe every unit (block, attention, MLP) of MODEL with each method, one unit at a time.
+    """Probe every unit (block, attention, MLP) of a model with each method, one unit at a time.
 
     Measures 1-cos in embedding, logit and probability space, KL(p_dense||q_perturbed) and
     top-1 agreement next to their Taylor predictions, locally and propagated, teacher-forced
