@@ -21,6 +21,7 @@ import time
 
 COLUMNS = [  # (task, metric, header, format)
     ("mc_nextline", "acc", "MC acc", "{:.3f}"),
+    ("mc_nextline", "acc_stderr", "± se", "{:.3f}"),
     ("mc_nextline", "acc_norm", "MC acc_norm", "{:.3f}"),
     ("mc_letters", "acc", "letters acc", "{:.3f}"),
     ("perplexity", "ppl", "ppl", "{:.2f}"),

@@ -53,7 +53,8 @@ class NextLine(Task):
         for it, scores in zip(items, ll):
             acc += T.choose(scores) == it.answer
             acc_norm += T.choose(scores, [len(c) for c in it.choices]) == it.answer
-        return {"acc": acc / len(items), "acc_norm": acc_norm / len(items), "n": len(items)}
+        n = len(items)
+        return {"acc": acc / n, "acc_norm": acc_norm / n, "acc_stderr": T.binomial_stderr(acc / n, n), "n": n}
 
 
 class Lettered(Task):

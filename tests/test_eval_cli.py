@@ -37,7 +37,7 @@ def test_eval_cli_json_matches_direct_perplexity(tiny_dir, tmp_path):
     assert "perplexity" in res.output and "mc_nextline" in res.output
     record = json.loads(out.read_text())
     assert record["tasks"]["perplexity"]["n_samples"] == 2 and record["tasks"]["perplexity"]["length"] == 10
-    assert set(record["results"]["mc_nextline"]) == {"acc", "acc_norm", "n"}
+    assert set(record["results"]["mc_nextline"]) == {"acc", "acc_norm", "acc_stderr", "n"}
     from transformers import AutoModelForCausalLM
 
     from prunelens.data import token_windows

@@ -7,6 +7,7 @@ can reuse them. Log-probabilities are computed in float32 whatever the model dty
 from __future__ import annotations
 
 import copy
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
@@ -171,6 +172,11 @@ def grouped_logprobs(model: Any, contexts: Sequence[Sequence[int]], choices: Seq
                 out.append([])
             out[-1].append(float(total))
     return out
+
+
+def binomial_stderr(p: float, n: int) -> float:
+    """Standard error of an accuracy ``p`` over ``n`` items (sample formula, as lm-eval reports)."""
+    return math.sqrt(p * (1.0 - p) / (n - 1)) if n > 1 else float("nan")
 
 
 def choose(loglik: Sequence[float], lengths: Sequence[int] | None = None) -> int:
