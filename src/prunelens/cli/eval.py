@@ -21,16 +21,17 @@ DEFAULT_TASKS = "perplexity,mc_nextline,mc_letters"
 @click.option("--batch-size", type=int, default=None, help="Sequences per forward pass for every task.")
 @click.option("--dtype", default="float32", show_default=True, help="float32, bfloat16, float16 or auto.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 or auto.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the results (and run details) to this JSON file; '-' prints JSON only.")
 @click.option("--list", "list_only", is_flag=True, help="List the available tasks and their parameters, then exit.")
 def command(model: str | None, task_list: str | None, reference: str | None, samples: int | None, seed: int | None,
-            batch_size: int | None, dtype: str, device: str, json_path: str | None, list_only: bool) -> None:
+            batch_size: int | None, dtype: str, device: str, threads: int | None, json_path: str | None, list_only: bool) -> None:
     """Evaluate MODEL (a bundled alias, a checkpoint directory or a .gguf file) on offline tasks.
 
     \b
     Examples:
-      prunelens eval smollm2-135m
+      prunelens eval smollm2-135m --threads 1
       prunelens eval out/pruned --reference smollm2-135m --tasks perplexity,mc_nextline,gen_agreement
       prunelens eval smollm2-135m --tasks gsm8k:n_samples=10,max_new_tokens=128 --json gsm.json
     """
@@ -52,6 +53,10 @@ def command(model: str | None, task_list: str | None, reference: str | None, sam
     needs = [t.name for t in tasks if t.needs_reference]
     if needs and not reference:
         raise PrunelensError(f"{', '.join(needs)} compares against the dense model: add --reference MODEL")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     loaded = load_model(model, dtype=dtype, device=device)
     ref = load_model(reference, dtype=dtype, device=device) if reference else None
     if ref is not None and ref.config_hash != loaded.config_hash:
