@@ -9,8 +9,9 @@ then score held-out Shakespeare windows (split="heldout"). Printed side by side 
     .venv/bin/python bench/methods_bench.py --one wanda:sparsity=0.5   # one row as JSON
 
 Memory: ``peak_rss_delta`` is the peak resident set size while compressing minus the RSS just
-before (sampled every 5 ms from /proc/self/statm): model weights are excluded, calibration
-activations + statistics + temporaries included. ``stats_mb`` is the largest statistic held at
+before (sampled every 5 ms from /proc/self/statm). The weights are copied out of the
+memory-mapped checkpoint first, so the delta is calibration activations + statistics +
+temporaries, not the paging-in of the model. ``stats_mb`` is the largest statistic held at
 once by design (one layer's input norms or Hessians, float32).
 """
 
@@ -83,6 +84,8 @@ def run_one(spec: str, args) -> dict:
     if spec != "dense":
         method = parse_method(spec)
         calib = torch.as_tensor(token_windows(loaded.tokenizer, args.calib_samples, args.calib_len, split="calib"))
+        for p in loaded.model.parameters():  # the checkpoint is memory-mapped: page every weight in before measuring
+            p.data = p.data.clone()
         with PeakRSS() as mem:
             t0, c0 = time.perf_counter(), time.process_time()
             summary = compress_model(loaded, method, calib_ids=calib, progress=False)
