@@ -132,3 +132,13 @@ def test_angular_span_matches_numpy(tiny_llama):
     for ell in range(2):
         c = _np_cos(states[ell][:, -1], states[ell + 2][:, -1])
         assert d[ell] == pytest.approx(float(np.mean(np.arccos(c) / np.pi)), rel=1e-4)
+
+
+def test_infinite_measurements_rank_last_but_ranked():
+    ds = synthetic_store(num_layers=4, kinds=("mlp",))
+    ds["kl"].values[0, 0, 1, 0, 0, 0, 0] = np.inf  # L0.mlp overflowed once (propagated, teacher-forced, T=0.7)
+    ds["kl"].values[0, 3] = np.nan  # L3.mlp not probed
+    df = rank_units(ds, method="drop", kind="mlp", temperature=0.7, by="kl")
+    assert list(df["unit"])[-2:] == ["L0.mlp", "L3.mlp"]
+    assert df["rank"].iloc[-2] == 3 and pd_isna(df["rank"].iloc[-1])
+    assert np.isinf(df.set_index("unit").loc["L0.mlp", "kl"])

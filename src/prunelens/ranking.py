@@ -143,11 +143,11 @@ def store_means(ds: Any, *, method: str, temperature: float, locality: str, timi
 
 
 def _nanmean(a: np.ndarray) -> np.ndarray:
-    """Mean over every axis but the first (unit), ignoring NaN; all-NaN rows give NaN without warnings."""
+    """Mean over every axis but the first (unit), ignoring NaN (missing); an inf stays inf; all-NaN rows give NaN."""
     a = np.asarray(a, dtype=np.float64).reshape(a.shape[0], -1)
-    finite = np.isfinite(a)
-    n = finite.sum(axis=1)
-    s = np.where(finite, a, 0.0).sum(axis=1)
+    present = ~np.isnan(a)
+    n = present.sum(axis=1)
+    s = np.where(present, a, 0.0).sum(axis=1)
     return np.where(n > 0, s / np.maximum(n, 1), np.nan)
 
 
@@ -157,8 +157,9 @@ def rank_units(ds: Any, *, method: str, kind: str | None, temperature: float, by
                calib_ids: Any = None, **ranker_params: Any) -> "pandas.DataFrame":  # noqa: F821
     """Units of one kind (or all) sorted safest first, with store metrics averaged over samples and steps.
 
-    ``score`` is the chosen strategy's score (lower = safer); ties keep store order; units
-    without a score (cells not probed yet) come last with rank NaN.
+    ``score`` is the chosen strategy's score (lower = safer); ties keep store order; a unit
+    whose measurement overflowed (inf) ranks after every finite one; units without a score
+    (cells not probed yet: NaN) come last with no rank.
     """
     import pandas as pd
 
@@ -189,17 +190,17 @@ def rank_units(ds: Any, *, method: str, kind: str | None, temperature: float, by
                        "kind": [u.kind for u in units], "score": score, **means})
     order = sort_order(score)
     df = df.iloc[order].reset_index(drop=True)
-    finite = np.isfinite(df["score"].to_numpy())
-    df["rank"] = pd.array([i + 1 if f else None for i, f in enumerate(finite)], dtype="Int64")
+    scored = ~np.isnan(df["score"].to_numpy(dtype=np.float64))
+    df["rank"] = pd.array([i + 1 if f else None for i, f in enumerate(scored)], dtype="Int64")
     df.attrs.update({"by": by, "method": method_label, "temperature": float(temperature), "locality": locality,
                      "timing": timing, "needs": ranker.needs})
     return df[list(COLUMNS)]
 
 
 def sort_order(score: np.ndarray) -> np.ndarray:
-    """Ascending, stable, NaN last."""
-    key = np.where(np.isfinite(score), score, np.inf)
-    return np.argsort(key, kind="stable")
+    """Ascending and stable; +inf after every finite score, NaN (unscored) last."""
+    score = np.asarray(score, dtype=np.float64)
+    return np.lexsort((np.where(np.isnan(score), np.inf, score), np.isnan(score)))
 
 
 def load_store(path: Any) -> Any:
