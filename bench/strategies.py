@@ -47,8 +47,9 @@ def ground_truth(model_id: str, kinds: list[str], args) -> dict:
             return truth
     dense, work = load_model(model_id), load_model(model_id)
     units = [u for u in work.adapter.units(kinds)][: args.limit]
-    tasks = [f"gen_agreement:n_samples={args.gen_samples},steps={args.gen_steps}",
-             f"mc_letters:n_samples={args.mc_samples}"]
+    tasks = [f"gen_agreement:n_samples={args.gen_samples},steps={args.gen_steps}"]
+    if args.mc_samples:
+        tasks.append(f"mc_letters:n_samples={args.mc_samples}")
     if args.nextline:
         tasks.append(f"mc_nextline:n_samples={args.mc_samples},context_lines={args.context_lines}")
     if truth.get("tasks", tasks) != tasks:
@@ -56,7 +57,7 @@ def ground_truth(model_id: str, kinds: list[str], args) -> dict:
     truth["tasks"] = tasks
     t0 = time.perf_counter() - truth["seconds"]
     if "dense" not in truth:
-        truth["dense"] = run_tasks(dense, tasks[1:])
+        truth["dense"] = run_tasks(dense, tasks[1:]) if len(tasks) > 1 else {}
     base = truth["dense"]
     drop = parse_method("drop")
     done = {r["unit"] for r in truth["rows"]}
@@ -67,9 +68,10 @@ def ground_truth(model_id: str, kinds: list[str], args) -> dict:
             r = run_tasks(work, tasks, reference=dense)
         row = {"unit": u.name, "kind": u.kind, "layer": u.layer,
                "gen_degradation": 1.0 - r["gen_agreement"]["token_match"],
-               "first_divergence": r["gen_agreement"]["first_divergence"],
-               "mc_letters_drop": base["mc_letters"]["acc"] - r["mc_letters"]["acc"],
-               "letters_mass_drop": base["mc_letters"]["candidate_mass"] - r["mc_letters"]["candidate_mass"]}
+               "first_divergence": r["gen_agreement"]["first_divergence"]}
+        if "mc_letters" in r:
+            row["mc_letters_drop"] = base["mc_letters"]["acc"] - r["mc_letters"]["acc"]
+            row["letters_mass_drop"] = base["mc_letters"]["candidate_mass"] - r["mc_letters"]["candidate_mass"]
         if args.nextline:
             row["mc_nextline_drop"] = base["mc_nextline"]["acc"] - r["mc_nextline"]["acc"]
         truth["rows"].append(row)
@@ -89,11 +91,13 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m", help="Model for --truth-only (else the store's).")
     ap.add_argument("--truth", default=None, help="Cache of the ground truth (JSON): read if present, else written.")
     ap.add_argument("--truth-only", action="store_true", help="Only measure the ground truth (no store needed).")
+    ap.add_argument("--partial", action="store_true",
+                    help="Use whatever units the --truth cache holds (no new measurements).")
     ap.add_argument("--temperature", "-T", type=float, default=1.0)
     ap.add_argument("--locality", default="propagated")
     ap.add_argument("--gen-samples", type=int, default=8)
     ap.add_argument("--gen-steps", type=int, default=16)
-    ap.add_argument("--mc-samples", type=int, default=16)
+    ap.add_argument("--mc-samples", type=int, default=16, help="mc_letters items (0: skip multiple choice)")
     ap.add_argument("--nextline", action="store_true", help="Also mc_nextline (4 scored continuations per item: slow).")
     ap.add_argument("--context-lines", type=int, default=2, help="mc_nextline context (shorter = faster)")
     ap.add_argument("--kinds", default="attn,mlp")
@@ -118,9 +122,27 @@ def main() -> None:
         raise SystemExit("--store is required (or --truth-only)")
     ds = load_store(args.store)
     model_id = str(ds.attrs["model_id"])
-    truth = ground_truth(model_id, kinds, args)
-    base, rows = truth["dense"], truth["rows"]
+    truth = {"rows": [], "dense": {}, "tasks": [], "seconds": 0}
+    if args.truth and (args.partial or Path(args.truth).is_file()):
+        truth = json.loads(Path(args.truth).read_text()) if Path(args.truth).is_file() else truth
+        if not truth.get("complete") and not args.partial:
+            truth = ground_truth(model_id, kinds, args)
+    elif args.truth or not args.partial:
+        truth = ground_truth(model_id, kinds, args)
+    base = truth.get("dense", {})
+    measured = {r["unit"]: r for r in truth["rows"]}
     dense = load_model(model_id)
+    from prunelens.ranking import store_means, store_units
+
+    units = [u for k in kinds for u in store_units(ds, k)]
+    means = store_means(ds, method="drop", temperature=args.temperature, locality=args.locality,
+                        timing="teacher_forced", units=units)
+    agree = ds["top1_agree"].sel({"method": "drop", "locality": args.locality, "timing": "teacher_forced"})
+    agree = agree.sel(unit=[u.name for u in units]).astype("float64").mean(dim=["sample", "step"]).values
+    rows = []
+    for i, u in enumerate(units):  # the store's own measurements of each dropped model, next to the bench's
+        rows.append({"unit": u.name, "kind": u.kind, "layer": u.layer, "store_kl": float(means["kl"][i]),
+                     "store_top1_disagree": 1.0 - float(agree[i]), **measured.get(u.name, {})})
     t0 = time.perf_counter()
     for by in STRATEGIES:
         scores: dict[str, float] = {}
@@ -132,13 +154,15 @@ def main() -> None:
             r[f"score_{by}"] = scores.get(r["unit"], float("nan"))
     t_rank = time.perf_counter() - t0
 
-    targets = [("gen_degradation", "1 − token agreement"), ("early_divergence", "steps − first divergence"),
-               ("mc_letters_drop", "MC letters acc drop"), ("letters_mass_drop", "letters mass drop")]
-    if args.nextline:
-        targets.append(("mc_nextline_drop", "MC next-line acc drop"))
-    steps = int(truth["tasks"][0].split("steps=")[1].split(",")[0])
+    targets = [("store_kl", "store: measured KL"), ("store_top1_disagree", "store: 1 − top-1 agree"),
+               ("gen_degradation", "1 − greedy token agreement"), ("early_divergence", "steps − first divergence"),
+               ("mc_letters_drop", "MC letters acc drop"), ("letters_mass_drop", "letters mass drop"),
+               ("mc_nextline_drop", "MC next-line acc drop")]
+    steps = int(truth["tasks"][0].split("steps=")[1].split(",")[0]) if truth["tasks"] else 0
     for r in rows:  # an earlier first divergence is more harm
-        r["early_divergence"] = steps - r["first_divergence"]
+        if "first_divergence" in r:
+            r["early_divergence"] = steps - r["first_divergence"]
+    targets = [t for t in targets if any(t[0] in r for r in rows)]
     groups = [(k, [r for r in rows if r["kind"] == k]) for k in kinds] + [("all", rows)]
     corr: dict[str, dict[str, dict[str, float]]] = {}
     for gname, grows in groups:
@@ -150,12 +174,13 @@ def main() -> None:
         corr[gname] = {}
         for by in STRATEGIES:
             s = np.array([r[f"score_{by}"] for r in grows])
-            vals = {key: spearman(s, np.array([r[key] for r in grows])) for key, _ in targets}
+            vals = {key: spearman(s, np.array([r.get(key, np.nan) for r in grows])) for key, _ in targets}
             corr[gname][by] = vals
             t.add_row(by, *[f"{vals[key]:+.3f}" for key, _ in targets])
         console.print(t)
-    console.print(f"dense: mc_letters acc {base['mc_letters']['acc']:.3f}; "
-                  f"rankings {t_rank:.1f} s, ground truth {truth['seconds']} s for {len(rows)} units")
+    n_gen = sum("gen_degradation" in r for r in rows)
+    console.print(f"units: {len(rows)} with store measurements, {n_gen} with measured generation; dense {json.dumps(base)}; "
+                  f"rankings {t_rank:.1f} s, ground truth {truth['seconds']} s")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"args": vars(args), "dense": base, "rows": rows, "spearman": corr},
