@@ -416,7 +416,6 @@ def iterative_plan(ds: Any, *, method: str, kind: str | None, temperature: float
                              timings=("teacher_forced",), readout=str(ds.attrs.get("readout", "norm")))
     pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer is not None and loaded.tokenizer.pad_token_id is not None else 0
     chosen: list[str] = []
-    increments: dict[str, float] = {}
     rows: dict[str, dict[str, float]] = {}
     while True:
         remaining = [u for u in candidates if u.name not in chosen]
@@ -435,7 +434,6 @@ def iterative_plan(ds: Any, *, method: str, kind: str | None, temperature: float
                 scores[u.name] = {"kl_pred": float(np.nanmean(kl_pred))}
         best = min(fits, key=lambda u: scores[u.name]["kl_pred"])
         chosen.append(best.name)
-        increments[best.name] = scores[best.name]["kl_pred"]
         rows[best.name] = {"score": scores[best.name]["kl_pred"], "kl_pred": scores[best.name]["kl_pred"]}
     if not chosen:
         raise PrunelensError("no unit fits the budget")
