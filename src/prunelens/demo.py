@@ -125,10 +125,11 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, say: Callabl
 
 
 def _eval_table(results: dict[str, dict[str, dict[str, float]]]) -> Any:
+    """One row per task metric, one column per model."""
     from rich.table import Table
 
-    cols = sorted({(t, m) for r in results.values() for t, ms in r.items() for m in ms if m != "n"})
-    table = Table("model", *[f"{t}\n{m}" for t, m in cols], title="tasks", title_justify="left")
-    for label, r in results.items():
-        table.add_row(label, *[("-" if m not in r.get(t, {}) else f"{r[t][m]:.4g}") for t, m in cols])
+    rows = sorted({(t, m) for r in results.values() for t, ms in r.items() for m in ms if m not in ("n", "tokens")})
+    table = Table("task", "metric", *results, title="tasks (dense vs applied plan)", title_justify="left")
+    for t, m in rows:
+        table.add_row(t, m, *[("-" if m not in r.get(t, {}) else f"{r[t][m]:.4g}") for r in results.values()])
     return table

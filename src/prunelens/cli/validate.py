@@ -13,10 +13,11 @@ def validation_table(plan: Any, rows: list[dict]) -> Any:
     from rich.table import Table
 
     t = Table(title=f"predicted vs measured KL(p_dense‖q) · {plan.method} · T={plan.temperature:g} · "
-                    "store prompts, teacher-forced, at the output", title_justify="left")
-    for col in ("k", "unit added", "predicted KL (unit)", "Σ predicted KL", "measured KL", "measured / Σ predicted",
-                "Taylor KL of the set", "top-1 agree"):
-        t.add_column(col, justify="left" if col == "unit added" else "right")
+                    "store prompts, teacher-forced, at the output", title_justify="left",
+              caption="row k: units 1..k applied together; pred KL: the unit alone (store); Σ pred: sum so far; "
+                      "Taylor(set): Var_p(Δz)/(2T²) of the set", caption_justify="left")
+    for col in ("k", "unit", "pred KL", "Σ pred KL", "measured KL", "meas/Σpred", "Taylor(set)", "top-1"):
+        t.add_column(col, justify="left" if col == "unit" else "right", no_wrap=True)
     for r in rows:
         pred, meas = r["cumulative_predicted_kl"], r["measured_kl"]
         ratio = meas / pred if pred else None
