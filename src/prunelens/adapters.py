@@ -139,7 +139,9 @@ class Adapter:
 
     # -- capture ---------------------------------------------------------------
     @torch.no_grad()
-    def capture(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> tuple[list[LayerCall], torch.Tensor]:
+    def capture(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None
+    ) -> tuple[list[LayerCall], torch.Tensor]:
         """One dense forward; return every layer's call and the last layer's output (pre-norm)."""
         calls: list[LayerCall | None] = [None] * self.num_layers
         final: list[torch.Tensor] = []
@@ -156,7 +158,8 @@ class Adapter:
         handles = [layer.register_forward_pre_hook(pre_hook(i), with_kwargs=True) for i, layer in enumerate(self.layers)]
         handles.append(self.layers[-1].register_forward_hook(post_hook, with_kwargs=True))
         try:
-            self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            extra = {} if position_ids is None else {"position_ids": position_ids}
+            self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
         finally:
             for h in handles:
                 h.remove()

@@ -14,46 +14,23 @@ import time
 from typing import Any, ClassVar, Iterable, Sequence
 
 from .errors import PrunelensError
-from .methods import Param
+from .params import Param, Parameterized
 
 COMMON_PARAMS = ("n_samples", "seed", "batch_size")  # what --samples, --seed, --batch-size set
 
 
-class Task:
+class Task(Parameterized):
     """Base class of every evaluation task."""
 
+    kind = "task"
     name: ClassVar[str]
     description: ClassVar[str] = ""
     needs_reference: ClassVar[bool] = False
     params: ClassVar[dict[str, Param]] = {}
 
     def __init__(self, **values: Any):
-        unknown = set(values) - set(self.params)
-        if unknown:
-            known = ", ".join(self.params) or "none"
-            raise PrunelensError(f"task {self.name!r} has no parameter {', '.join(sorted(unknown))} (parameters: {known})")
-        self.values: dict[str, Any] = {}
-        for pname, p in self.params.items():
-            v = p.coerce(pname, values.get(pname))
-            if p.check is not None and v is not None and (err := p.check(v)):
-                raise PrunelensError(f"task {self.name!r}: {pname}={v!r}: {err}")
-            self.values[pname] = v
+        super().__init__(**values)
         self.show_progress = False
-
-    def __getattr__(self, item: str) -> Any:
-        values = self.__dict__.get("values", {})
-        if item in values:
-            return values[item]
-        raise AttributeError(item)
-
-    @property
-    def spec(self) -> str:
-        """Canonical text form, e.g. ``perplexity:n_samples=8`` (only non-default values)."""
-        parts = [f"{k}={v}" for k, v in self.values.items() if v != self.params[k].default]
-        return self.name + (":" + ",".join(parts) if parts else "")
-
-    def __repr__(self) -> str:
-        return f"<Task {self.spec}>"
 
     def progress(self, iterable: Iterable[Any], total: int, desc: str) -> Iterable[Any]:
         """Wrap a loop in a progress bar (with ETA) when the runner asks for one."""

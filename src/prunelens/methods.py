@@ -9,79 +9,27 @@ bit-for-bit on exit.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterator, Mapping
+from typing import Any, ClassVar, Iterator, Mapping
 
 import torch
 
 from .adapters import Adapter, linear_weight, set_linear_weight
 from .errors import PrunelensError
+from .params import Param, Parameterized  # noqa: F401  (Param is re-exported for plugins)
 from .units import KINDS, Unit
 
 CALIBRATIONS = ("none", "input_norms", "hessian")
 
 
-@dataclass(frozen=True)
-class Param:
-    """One method parameter: its type, default, help and an optional check (returns an error or None)."""
-
-    type: Callable[[str], Any]
-    default: Any
-    help: str = ""
-    check: Callable[[Any], str | None] | None = None
-
-    def coerce(self, name: str, value: Any) -> Any:
-        if value is None or value == "":
-            return None if self.default is None else self.default
-        try:
-            if self.type is bool and isinstance(value, str):
-                if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("1", "true", "yes")
-            return self.type(value)
-        except (TypeError, ValueError):
-            raise PrunelensError(f"parameter {name}={value!r}: expected {getattr(self.type, '__name__', self.type)}") from None
-
-
-class Method:
+class Method(Parameterized):
     """Base class of every compression method."""
 
+    kind = "method"
     name: ClassVar[str]
     description: ClassVar[str] = ""
     unit_kinds: ClassVar[tuple[str, ...]] = KINDS
     calibration: ClassVar[str] = "none"  # "none" | "input_norms" | "hessian"
     params: ClassVar[dict[str, Param]] = {}
-
-    def __init__(self, **values: Any):
-        unknown = set(values) - set(self.params)
-        if unknown:
-            known = ", ".join(self.params) or "none"
-            raise PrunelensError(f"method {self.name!r} has no parameter {', '.join(sorted(unknown))} (parameters: {known})")
-        self.values: dict[str, Any] = {}
-        for pname, p in self.params.items():
-            v = p.coerce(pname, values.get(pname))
-            if p.check is not None and v is not None and (err := p.check(v)):
-                raise PrunelensError(f"method {self.name!r}: {pname}={v!r}: {err}")
-            self.values[pname] = v
-        self.validate()
-
-    def validate(self) -> None:
-        """Cross-parameter checks; raise ``PrunelensError``."""
-
-    def __getattr__(self, item: str) -> Any:
-        values = self.__dict__.get("values", {})
-        if item in values:
-            return values[item]
-        raise AttributeError(item)
-
-    @property
-    def spec(self) -> str:
-        """Canonical text form, e.g. ``wanda:sparsity=0.5`` (only non-default values)."""
-        parts = [f"{k}={v}" for k, v in self.values.items() if v != self.params[k].default]
-        return self.name + (":" + ",".join(parts) if parts else "")
-
-    def __repr__(self) -> str:
-        return f"<Method {self.spec}>"
 
     def check_unit(self, unit: Unit) -> None:
         if unit.kind not in self.unit_kinds:

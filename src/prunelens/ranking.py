@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .errors import PrunelensError
-from .methods import Param
+from .params import Param, Parameterized
 from .units import KINDS, Unit
 
 COLUMNS = ("unit", "layer", "kind", "score", "kl_pred", "kl", "cos_dev_embedding", "cos_dev_logit",
@@ -50,20 +50,15 @@ class RankContext:
         return self.loaded
 
 
-class Ranker:
+class Ranker(Parameterized):
     """Base class of a ranking strategy: ``score(ctx)`` maps unit names to scores (lower = safer)."""
 
+    kind = "ranker"
     name: ClassVar[str]
     description: ClassVar[str] = ""
     needs: ClassVar[str] = "store"  # "store" | "dense"
     unit_kinds: ClassVar[tuple[str, ...]] = KINDS
     params: ClassVar[dict[str, Param]] = {}
-
-    def __init__(self, **values: Any):
-        unknown = set(values) - set(self.params)
-        if unknown:
-            raise PrunelensError(f"ranker {self.name!r} has no parameter {', '.join(sorted(unknown))}")
-        self.values = {k: p.coerce(k, values.get(k)) for k, p in self.params.items()}
 
     def score(self, ctx: RankContext) -> dict[str, float]:
         raise NotImplementedError

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..adapters import Adapter, LayerCall, _first
+from ..adapters import Adapter, LayerCall
 
 
 def position_ids_for(mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -16,34 +16,11 @@ def position_ids_for(mask: torch.Tensor | None) -> torch.Tensor | None:
     return (mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
-@torch.no_grad()
 def capture_layers(
     adapter: Adapter, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
 ) -> tuple[list[LayerCall], torch.Tensor]:
-    """One dense forward (``Adapter.capture`` that also passes positions for left-padded rows)."""
-    if attention_mask is None:
-        return adapter.capture(input_ids)
-    calls: list[LayerCall | None] = [None] * adapter.num_layers
-    final: list[torch.Tensor] = []
-
-    def pre_hook(i: int):
-        def hook(_mod, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            calls[i] = LayerCall(hidden.detach(), tuple(args[1:]), {k: v for k, v in kwargs.items() if k != "hidden_states"})
-        return hook
-
-    def post_hook(_mod, _args, _kwargs, out):
-        final.append(_first(out).detach())
-
-    handles = [layer.register_forward_pre_hook(pre_hook(i), with_kwargs=True) for i, layer in enumerate(adapter.layers)]
-    handles.append(adapter.layers[-1].register_forward_hook(post_hook, with_kwargs=True))
-    try:
-        adapter.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask),
-                      use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-    return calls, final[-1]  # type: ignore[return-value]
+    """One dense forward (``Adapter.capture`` with positions that skip left padding)."""
+    return adapter.capture(input_ids, attention_mask, position_ids=position_ids_for(attention_mask))
 
 
 @dataclass

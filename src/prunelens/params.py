@@ -1,0 +1,69 @@
+"""Declared, validated parameters: shared by methods, tasks and rankers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+from .errors import PrunelensError
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter: its type, default, help and an optional check (returns an error or None)."""
+
+    type: Callable[[str], Any]
+    default: Any
+    help: str = ""
+    check: Callable[[Any], str | None] | None = None
+
+    def coerce(self, name: str, value: Any) -> Any:
+        if value is None or value == "":
+            return None if self.default is None else self.default
+        try:
+            if self.type is bool and isinstance(value, str):
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("1", "true", "yes")
+            return self.type(value)
+        except (TypeError, ValueError):
+            raise PrunelensError(f"parameter {name}={value!r}: expected {getattr(self.type, '__name__', self.type)}") from None
+
+
+class Parameterized:
+    """A named plugin object whose ``params`` are validated on construction and read as attributes."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str] = "plugin"  # "method", "task", "ranker": used in error messages
+    params: ClassVar[dict[str, Param]] = {}
+
+    def __init__(self, **values: Any):
+        unknown = set(values) - set(self.params)
+        if unknown:
+            known = ", ".join(self.params) or "none"
+            raise PrunelensError(f"{self.kind} {self.name!r} has no parameter {', '.join(sorted(unknown))} (parameters: {known})")
+        self.values: dict[str, Any] = {}
+        for pname, p in self.params.items():
+            v = p.coerce(pname, values.get(pname))
+            if p.check is not None and v is not None and (err := p.check(v)):
+                raise PrunelensError(f"{self.kind} {self.name!r}: {pname}={v!r}: {err}")
+            self.values[pname] = v
+        self.validate()
+
+    def validate(self) -> None:
+        """Cross-parameter checks; raise ``PrunelensError``."""
+
+    def __getattr__(self, item: str) -> Any:
+        values = self.__dict__.get("values", {})
+        if item in values:
+            return values[item]
+        raise AttributeError(item)
+
+    @property
+    def spec(self) -> str:
+        """Canonical text form, e.g. ``wanda:sparsity=0.5`` (only non-default values)."""
+        parts = [f"{k}={v}" for k, v in self.values.items() if v != self.params[k].default]
+        return self.name + (":" + ",".join(parts) if parts else "")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.spec}>"
