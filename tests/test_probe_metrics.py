@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from prunelens.probe.metrics import row_metrics, vector_metrics
+from probe_helpers import one_minus_cos, perp_pred
 
 TEMPS = [0.5, 1.0, 2.0]
 
@@ -15,23 +16,12 @@ def naive(h, h2, z, z2, temps, cands=None):
     """Textbook formulas, float64, one row at a time."""
     h, h2, z, z2 = (np.asarray(a, dtype=np.float64) for a in (h, h2, z, z2))
     out = {k: [] for k in ("cos", "cos_pred", "rel", "kl", "kl_pred", "top1", "ckl", "cagree", "cmass", "crank")}
-
-    def cos1(a, b):  # 1 - cos = |a^ - b^|^2 / 2 (no cancellation)
-        d = a / np.linalg.norm(a) - b / np.linalg.norm(b)
-        return d @ d / 2
-
-    def perp_pred(a, b):
-        d = b - a
-        u = a / np.linalg.norm(a)
-        dp = d - (d @ u) * u
-        return dp @ dp / (2 * a @ a)
-
     for r in range(len(h)):
         cos, pred, rel = [], [], []
-        cos.append([cos1(h[r], h2[r])] * len(temps))
+        cos.append([one_minus_cos(h[r], h2[r])] * len(temps))
         pred.append([perp_pred(h[r], h2[r])] * len(temps))
         rel.append([np.linalg.norm(h2[r] - h[r]) / np.linalg.norm(h[r])] * len(temps))
-        cos.append([cos1(z[r], z2[r])] * len(temps))
+        cos.append([one_minus_cos(z[r], z2[r])] * len(temps))
         pred.append([perp_pred(z[r], z2[r])] * len(temps))
         rel.append([np.linalg.norm(z2[r] - z[r]) / np.linalg.norm(z[r])] * len(temps))
         pc, pp, pr, kl, klp, ck, ca, cm, cr = [], [], [], [], [], [], [], [], []
@@ -39,7 +29,7 @@ def naive(h, h2, z, z2, temps, cands=None):
         for t in temps:
             p = np.exp(z[r] / t - np.max(z[r] / t)); p /= p.sum()
             q = np.exp(z2[r] / t - np.max(z2[r] / t)); q /= q.sum()
-            pc.append(cos1(p, q))
+            pc.append(one_minus_cos(p, q))
             w = p**2 / (p**2).sum()
             pp.append((w @ (dz - w @ dz) ** 2) / (2 * t * t))
             pr.append(np.linalg.norm(q - p) / np.linalg.norm(p))
