@@ -5,24 +5,17 @@ from __future__ import annotations
 import torch
 
 from prunelens.hookspecs import hookimpl
-from prunelens.methods import Param, WeightMethod
-from prunelens.obs import obs_compress
+from prunelens.methods import WeightMethod
+from prunelens.obs import OBS_PARAMS, obs_compress
 from prunelens.quantizer import Grid
 from prunelens_plugins.rtn import QUANT_PARAMS
-
-
-def _positive(v) -> str | None:
-    return None if v > 0 else "must be positive"
 
 
 class GPTQ(WeightMethod):
     name = "gptq"
     description = "GPTQ: Hessian-aware quantization on the same grid as rtn (bits, sym, group_size)."
     calibration = "hessian"
-    params = dict(QUANT_PARAMS, **{
-        "blocksize": Param(int, 128, "columns per OBS block (rounded to a multiple of group_size)", _positive),
-        "percdamp": Param(float, 0.01, "Hessian damping as a fraction of mean(diag H)", _positive),
-    })
+    params = {**QUANT_PARAMS, **OBS_PARAMS}
 
     @property
     def grid(self) -> Grid:

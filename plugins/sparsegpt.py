@@ -6,12 +6,8 @@ import torch
 
 from prunelens.hookspecs import hookimpl
 from prunelens.methods import Param, WeightMethod
-from prunelens.obs import obs_compress
+from prunelens.obs import OBS_PARAMS, obs_compress
 from prunelens.sparsity import check_sparsity, parse_pattern
-
-
-def _positive(v) -> str | None:
-    return None if v > 0 else "must be positive"
 
 
 class SparseGPT(WeightMethod):
@@ -22,8 +18,7 @@ class SparseGPT(WeightMethod):
         "sparsity": Param(float, 0.5, "fraction of weights set to zero (per block of columns)", check_sparsity),
         "pattern": Param(str, None, "N:M semi-structured pattern: keep N of every M inputs, e.g. 2:4 (overrides sparsity)",
                          check=lambda v: parse_pattern(v) and None),
-        "blocksize": Param(int, 128, "columns per OBS block", _positive),
-        "percdamp": Param(float, 0.01, "Hessian damping as a fraction of mean(diag H)", _positive),
+        **OBS_PARAMS,
     }
 
     def compress_weight(self, weight: torch.Tensor, stats) -> torch.Tensor:

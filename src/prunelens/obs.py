@@ -15,6 +15,18 @@ from typing import Callable
 import torch
 
 from .errors import PrunelensError
+from .params import Param
+
+
+def _positive(v) -> str | None:
+    return None if v > 0 else "must be positive"
+
+
+# The solver's own parameters, shared by every method built on obs_compress (sparsegpt, gptq).
+OBS_PARAMS = {
+    "blocksize": Param(int, 128, "columns per OBS block (gptq: rounded to a multiple of group_size)", _positive),
+    "percdamp": Param(float, 0.01, "Hessian damping as a fraction of mean(diag H)", _positive),
+}
 
 # quantize(column_block_of_current_weights, global_column_index) hook: see obs_compress
 Quantize = Callable[[torch.Tensor, int], torch.Tensor]
