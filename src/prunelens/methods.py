@@ -87,3 +87,50 @@ def parse_method(text: str) -> Method:
             raise PrunelensError(f"bad method parameter {item!r} in {text!r}: expected key=value")
         values[key.strip()] = val.strip()
     return reg[name][1](**values)
+
+
+def expand_method_specs(text: str) -> list[str]:
+    """A level sweep -> one spec per level: ``wanda:sparsity=0.3,0.5`` -> ``["wanda:sparsity=0.3", "wanda:sparsity=0.5"]``.
+
+    A comma-separated item without ``=`` is another value of the parameter before it; only
+    numeric (int/float) parameters sweep. Several swept parameters give their cartesian
+    product (in the order written). A spec without a sweep comes back unchanged (one item).
+    """
+    import itertools
+
+    name, _, rest = text.strip().partition(":")
+    reg = method_registry()
+    if name not in reg:
+        raise PrunelensError(f"unknown method {name!r}; available: {', '.join(sorted(reg)) or 'none'}")
+    params = reg[name][1].params
+    keys: list[str] = []
+    values: dict[str, list[str]] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, val = item.partition("=")
+        if eq:
+            key = key.strip()
+            if key in values:
+                raise PrunelensError(f"parameter {key!r} is given twice in {text!r}")
+            keys.append(key)
+            values[key] = [val.strip()]
+        elif keys:
+            last = keys[-1]
+            p = params.get(last)
+            if p is None or p.type not in (int, float):
+                raise PrunelensError(f"only numeric parameters sweep over several values; {name}:{last} is not numeric "
+                                     f"(in {text!r})")
+            values[last].append(item)
+        else:
+            raise PrunelensError(f"bad method parameter {item!r} in {text!r}: expected key=value")
+    if not keys:
+        return [name]
+    for key in keys:
+        if len(set(values[key])) != len(values[key]):
+            raise PrunelensError(f"a level is repeated in {key}={','.join(values[key])} (in {text!r})")
+    return [name + ":" + ",".join(f"{k}={v}" for k, v in zip(keys, combo))
+            for combo in itertools.product(*(values[k] for k in keys))]
+
+
+def expand_methods(text: str) -> list[Method]:
+    """``parse_method`` on every spec of a level sweep (see ``expand_method_specs``)."""
+    return [parse_method(spec) for spec in expand_method_specs(text)]

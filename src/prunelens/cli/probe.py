@@ -12,7 +12,8 @@ def _csv(value: str) -> list[str]:
 @click.command("probe")
 @click.option("--model", required=True, help="Bundled alias (smollm2-135m), local HF directory, .gguf file or hub id.")
 @click.option("--method", "methods", multiple=True, required=True,
-              help="Compression method spec, e.g. drop or wanda:sparsity=0.5 (repeatable).")
+              help="Compression method spec, e.g. drop or wanda:sparsity=0.5 (repeatable); a numeric parameter "
+                   "may list levels, e.g. wanda:sparsity=0.3,0.5,0.7 (one method per level).")
 @click.option("--units", default="all", show_default=True, help="all, attn, mlp, block, L3, L0-5.mlp, ... (comma-separated).")
 @click.option("--samples", default=16, show_default=True, type=click.IntRange(1), help="Prompts (held-out Shakespeare unless --prompts).")
 @click.option("--steps", default=32, show_default=True, type=click.IntRange(1), help="Decoding steps per prompt.")
@@ -45,7 +46,7 @@ def command(model, methods, units, samples, steps, prompt_len, temperatures, loc
     among the processes.
     """
     from ..errors import PrunelensError
-    from ..methods import parse_method
+    from ..methods import expand_methods
     from ..models import load_model
     from ..probe.distributed import init_ranks
     from ..probe.engine import ProbeSettings
@@ -59,7 +60,7 @@ def command(model, methods, units, samples, steps, prompt_len, temperatures, loc
         raise PrunelensError(f"--temperature must be numbers separated by commas, not {temperatures!r}") from None
     settings = ProbeSettings(steps=steps, temperatures=temps, localities=tuple(_csv(locality)), timings=tuple(_csv(timing)),
                              readout=readout, batch_size=batch_size, compile=compile_metrics)
-    parsed = [parse_method(m) for m in methods]
+    parsed = [m for text in methods for m in expand_methods(text)]
     specs = [m.spec for m in parsed]
     if len(set(specs)) != len(specs):
         raise PrunelensError(f"the same method is given twice: {', '.join(specs)}")
