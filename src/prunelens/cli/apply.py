@@ -15,12 +15,12 @@ import click
               help="Then compare predicted with measured KL on this store's prompts (and write it into the plan).")
 def command(plan_path, out, overwrite, calib_samples, calib_len, validate_store) -> None:
     """Apply PLAN to its model and save the result to --out (safetensors + tokenizer + prunelens.json)."""
-    from rich.console import Console
+    from ..console import make_console
 
     from ..apply import apply_plan
     from ..plans import Plan
 
-    console = Console()
+    console = make_console()
     plan = Plan.load(plan_path)
     path, summary = apply_plan(plan, out, calib_samples=calib_samples, calib_len=calib_len, overwrite=overwrite)
     console.print(f"applied {plan.method} to {', '.join(plan.unit_names)} -> {path}")

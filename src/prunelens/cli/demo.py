@@ -16,7 +16,7 @@ import click
 @click.option("--eval-samples", type=int, default=16, show_default=True, help="Items per evaluation task.")
 def command(out, kind, budget, temperature, samples, steps, free_running, eval_samples) -> None:
     """Probe → rank → plan → apply → validate → eval → report on SmolLM2-135M (about 10 minutes on 2 cores)."""
-    from rich.console import Console
+    from ..console import make_console
 
     from ..demo import DemoSettings, run_demo
 
@@ -24,5 +24,5 @@ def command(out, kind, budget, temperature, samples, steps, free_running, eval_s
     settings = DemoSettings(kind=kind, budget=budget, temperature=temperature, samples=samples, steps=steps,
                             eval_samples=eval_samples, temperatures=",".join(f"{t:g}" for t in temps),
                             timing="teacher_forced,free_running" if free_running else "teacher_forced")
-    console = Console()
+    console = make_console()
     run_demo(out, settings, say=console.print)

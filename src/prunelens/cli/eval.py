@@ -77,7 +77,7 @@ def command(model: str | None, task_list: str | None, reference: str | None, sam
 
 
 def _print_results(model: str, results: dict[str, dict[str, float]], timings: dict[str, float]) -> None:
-    from rich.console import Console
+    from ..console import make_console
     from rich.table import Table
 
     table = Table("task", "metric", "value", "seconds", title=f"prunelens eval: {model}")
@@ -85,15 +85,15 @@ def _print_results(model: str, results: dict[str, dict[str, float]], timings: di
         for i, (metric, value) in enumerate(metrics.items()):
             shown = f"{value:.0f}" if metric == "n" or metric == "tokens" else f"{value:.4f}"
             table.add_row(task if i == 0 else "", metric, shown, f"{timings.get(task, 0):.1f}" if i == 0 else "")
-    Console().print(table)
+    make_console().print(table)
 
 
 def _print_tasks(reg: dict) -> None:
-    from rich.console import Console
+    from ..console import make_console
     from rich.table import Table
 
     table = Table("task", "plugin", "parameters (default)", "description")
     for name, (owner, cls) in sorted(reg.items()):
         params = ", ".join(f"{k}={p.default}" for k, p in cls.params.items())
         table.add_row(name, owner, params, cls.description + (" [needs --reference]" if cls.needs_reference else ""))
-    Console().print(table)
+    make_console().print(table)

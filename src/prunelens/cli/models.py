@@ -22,13 +22,13 @@ def list_cmd(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
+    from ..console import make_console
     from rich.table import Table
 
     table = Table("alias", "prepared", "path", "description")
     for r in rows:
         table.add_row(r["alias"], "yes" if r["prepared"] else "no", r["path"], r["description"])
-    Console().print(table)
+    make_console().print(table)
 
 
 @command.command("prepare")

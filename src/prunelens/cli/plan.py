@@ -18,13 +18,13 @@ from .rank import fmt, store_options
               help="Also write a mergekit passthrough YAML (block drops only).")
 def command(store, method, kind, temperature, by, locality, timing, budget, iterative, out, mergekit) -> None:
     """Write a plan: the safest units of STORE under --budget, at --temperature."""
-    from rich.console import Console
+    from ..console import make_console
     from rich.table import Table
 
     from ..plans import atomic_write, iterative_plan, plan_from_store
     from ..ranking import load_store
 
-    console = Console()
+    console = make_console()
     ds = load_store(store)
     kind_ = None if kind == "all" else kind
     if iterative:

@@ -18,7 +18,7 @@ def command(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(i) for i in infos], indent=2))
         return
-    from rich.console import Console
+    from ..console import make_console
     from rich.table import Table
 
     table = Table("plugin", "version", "source", "hooks", "registers")
@@ -26,4 +26,4 @@ def command(as_json: bool) -> None:
         regs = "; ".join(f"{k}: {', '.join(v)}" for k, v in
                          (("methods", i.methods), ("architectures", i.architectures), ("tasks", i.tasks), ("rankers", i.rankers)) if v)
         table.add_row(i.name, i.version or "-", i.source, ", ".join(i.hooks), regs if not i.error else f"[red]error: {i.error}")
-    Console().print(table)
+    make_console().print(table)

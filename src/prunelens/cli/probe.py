@@ -88,7 +88,7 @@ def print_summary(path: str, attrs: dict) -> None:
     """Means over units, samples and steps per method / locality / timing / T, and Spearman(pred, measured KL)."""
     import json
 
-    from rich.console import Console
+    from ..console import make_console
     from rich.table import Table
 
     from prunelens_store import open_store
@@ -120,7 +120,7 @@ def print_summary(path: str, attrs: dict) -> None:
                         f"{float(means['top1_agree'].sel(sel)):.3f}" if first else "",
                         "-" if r is None else f"{r:.3f}",
                     )
-    console = Console() if Console().is_terminal else Console(width=132)
+    console = make_console()
     console.print(table)
     console.print(f"{path}: {attrs.get('cells_done')}/{attrs.get('cells_total')} cells, "
                   f"non-finite cells: {attrs.get('nonfinite_cells', 0)}, complete: {attrs.get('complete')}. "

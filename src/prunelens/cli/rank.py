@@ -57,11 +57,11 @@ def ranking_table(df: Any, title: str = "") -> Any:
 @click.option("--list-strategies", is_flag=True, help="List the ranking strategies and exit.")
 def command(store, method, kind, temperature, by, locality, timing, top, csv_path, list_strategies) -> None:
     """Rank the units of a probe STORE, safest first (lower predicted KL = safer)."""
-    from rich.console import Console
+    from ..console import make_console
 
     from ..ranking import load_store, rank_units, ranker_registry
 
-    console = Console()
+    console = make_console()
     if list_strategies:
         from rich.table import Table
 

@@ -36,14 +36,14 @@ def validation_table(plan: Any, rows: list[dict]) -> Any:
 @click.option("--no-write", is_flag=True, help="Do not write the measured KL back into the plan file.")
 def command(plan_path, store, checkpoint, no_cumulative, no_write) -> None:
     """Compare PLAN's predicted KL with the measured KL (cumulatively and for the applied checkpoint)."""
-    from rich.console import Console
+    from ..console import make_console
 
     from ..apply import validate_plan
     from ..errors import PrunelensError
     from ..plans import Plan
     from ..ranking import load_store
 
-    console = Console()
+    console = make_console()
     plan = Plan.load(plan_path)
     store = store or plan.store_path
     if not store:
