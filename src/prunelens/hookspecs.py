@@ -24,3 +24,8 @@ def register_tasks(register):
 @hookspec
 def register_rankers(register):
     """Register unit-ranking strategies: ``register(RankerSubclass)``."""
+
+
+@hookspec
+def register_allocators(register):
+    """Register budget allocators: ``register(AllocatorSubclass)`` (see ``prunelens.allocation``)."""

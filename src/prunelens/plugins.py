@@ -35,6 +35,7 @@ BUILTIN_MODULES = (
     "prunelens_plugins.rtn",
     "prunelens_plugins.gptq",
     "prunelens_plugins.rankers",
+    "prunelens_plugins.allocators",
     "prunelens_plugins.tasks",
 )
 
