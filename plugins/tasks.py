@@ -26,13 +26,23 @@ def _batch(default: int) -> Param:
 
 class Perplexity(Task):
     name = "perplexity"
-    description = "Token-level perplexity exp(mean NLL) on held-out Shakespeare windows."
+    description = ("Perplexity on held-out Shakespeare windows: per token exp(mean NLL), and per word and per byte "
+                   "of the predicted text (word_perplexity, byte_perplexity, bits_per_byte, as lm-eval reports).")
     params = {"n_samples": _n(32), "seed": SEED, "batch_size": _batch(4),
               "length": Param(int, 256, "tokens per window", positive)}
 
     def run(self, loaded: Any, reference: Any = None) -> dict[str, float]:
         windows = token_windows(loaded.tokenizer, self.n_samples, self.length, split="heldout", seed=self.seed)
-        return T.perplexity(loaded.model, windows, self.batch_size, self.progress)
+        out = T.perplexity(loaded.model, windows, self.batch_size, self.progress)
+        text = loaded.tokenizer.batch_decode(np.asarray(windows)[:, 1:].tolist()) if loaded.tokenizer else None
+        if text is not None:  # the same total NLL spread over the predicted text's words and UTF-8 bytes
+            total = out["nll"] * out["tokens"]
+            words = sum(len(t.split()) for t in text)
+            nbytes = sum(len(t.encode("utf-8")) for t in text)
+            out.update(word_perplexity=float(np.exp(total / max(words, 1))),
+                       byte_perplexity=float(np.exp(total / max(nbytes, 1))),
+                       bits_per_byte=float(total / max(nbytes, 1) / np.log(2)))
+        return out
 
 
 class NextLine(Task):
@@ -50,11 +60,16 @@ class NextLine(Task):
         ll = T.grouped_logprobs(loaded.model, contexts, choices, T.pad_id_of(tok, loaded.model), self.batch_size,
                                 self.progress)
         acc = acc_norm = 0
-        for it, scores in zip(items, ll):
-            acc += T.choose(scores) == it.answer
-            acc_norm += T.choose(scores, [len(c) for c in it.choices]) == it.answer
+        for i, (it, scores) in enumerate(zip(items, ll)):
+            hit = T.choose(scores) == it.answer
+            hit_norm = T.choose(scores, [len(c) for c in it.choices]) == it.answer
+            acc += hit
+            acc_norm += hit_norm
+            self.samples.append({"doc_id": i, "target": it.answer, "choices": list(it.choices),
+                                 "resps": [float(x) for x in scores], "acc": float(hit), "acc_norm": float(hit_norm)})
         n = len(items)
-        return {"acc": acc / n, "acc_norm": acc_norm / n, "acc_stderr": T.binomial_stderr(acc / n, n), "n": n}
+        return {"acc": acc / n, "acc_stderr": T.binomial_stderr(acc / n, n),
+                "acc_norm": acc_norm / n, "acc_norm_stderr": T.binomial_stderr(acc_norm / n, n), "n": n}
 
 
 class Lettered(Task):
@@ -72,7 +87,10 @@ class Lettered(Task):
         probs = torch.softmax(logits.double(), dim=-1)
         picked = logits[:, candidates].argmax(-1).numpy()
         top1 = logits.argmax(-1).numpy()
-        return {"acc": float(np.mean(picked == np.asarray(answers))),
+        hits = picked == np.asarray(answers)
+        self.samples += [{"doc_id": i, "target": int(a), "pred": int(p), "acc": float(h)}
+                         for i, (a, p, h) in enumerate(zip(answers, picked, hits))]
+        return {"acc": float(np.mean(hits)), "acc_stderr": T.binomial_stderr(float(np.mean(hits)), len(hits)),
                 "candidate_mass": float(probs[:, candidates].sum(-1).mean()),
                 "top1_is_candidate": float(np.isin(top1, candidates).mean()),
                 "n": len(prompts)}

@@ -36,8 +36,13 @@ def test_eval_cli_json_matches_direct_perplexity(tiny_dir, tmp_path):
     assert res.exit_code == 0, res.output
     assert "perplexity" in res.output and "mc_nextline" in res.output
     record = json.loads(out.read_text())
-    assert record["tasks"]["perplexity"]["n_samples"] == 2 and record["tasks"]["perplexity"]["length"] == 10
-    assert set(record["results"]["mc_nextline"]) == {"acc", "acc_norm", "acc_stderr", "n"}
+    assert record["configs"]["perplexity"]["n_samples"] == 2 and record["configs"]["perplexity"]["length"] == 10
+    assert set(record["results"]["mc_nextline"]) == {"alias", "acc,none", "acc_stderr,none", "acc_norm,none",
+                                                     "acc_norm_stderr,none"}
+    assert record["n-samples"]["mc_nextline"] == {"original": 2, "effective": 2}
+    assert isinstance(record["n-samples"]["mc_nextline"]["effective"], int)
+    assert record["versions"]["mc_nextline"] == "1" and record["config"]["model"] == str(path)
+    assert "samples" not in record
     from transformers import AutoModelForCausalLM
 
     from prunelens.data import token_windows
@@ -47,7 +52,66 @@ def test_eval_cli_json_matches_direct_perplexity(tiny_dir, tmp_path):
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=windows).logits.double(), -1)
     nll = -logp[:, :-1].gather(-1, windows[:, 1:, None]).mean()
-    assert record["results"]["perplexity"]["ppl"] == pytest.approx(math.exp(float(nll)), rel=1e-5)
+    ppl = record["results"]["perplexity"]
+    assert ppl["ppl,none"] == pytest.approx(math.exp(float(nll)), rel=1e-5)
+    # word and byte perplexity: the same total NLL over the words / UTF-8 bytes of the predicted text
+    text = tok.batch_decode(windows[:, 1:].tolist())
+    total = float(nll) * windows[:, 1:].numel()
+    words, nbytes = sum(len(t.split()) for t in text), sum(len(t.encode()) for t in text)
+    assert ppl["word_perplexity,none"] == pytest.approx(math.exp(total / words), rel=1e-5)
+    assert ppl["byte_perplexity,none"] == pytest.approx(math.exp(total / nbytes), rel=1e-5)
+    assert ppl["bits_per_byte,none"] == pytest.approx(total / nbytes / math.log(2), rel=1e-5)
+
+
+def test_report_reads_what_eval_json_writes(tiny_dir, tmp_path):
+    """Issue 11 item 4: `report --eval` on the file `eval --json` wrote (it crashed with AttributeError)."""
+    from rank_helpers import synthetic_store
+
+    path, _ = tiny_dir
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(main, ["eval", str(path), "--tasks", "mc_nextline", "--samples", "3", "--json", str(out),
+                                    "--log-samples"])
+    assert res.exit_code == 0, res.output
+    record = json.loads(out.read_text())
+    logs = record["samples"]["mc_nextline"]
+    assert len(logs) == 3 and sum(x["acc"] for x in logs) / 3 == pytest.approx(record["results"]["mc_nextline"]["acc,none"])
+    store = tmp_path / "s.zarr"
+    synthetic_store(num_layers=2, attrs={"model_id": "tiny", "config_hash": "abc", "complete": True}).to_zarr(
+        store, mode="w", consolidated=False, zarr_format=3)
+    res = CliRunner().invoke(main, ["report", str(store), "--eval", str(out), "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "rep" / "report.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| model |"))
+    row = next(line for line in md.splitlines() if line.startswith(f"| {path} |"))
+    cells = dict(zip(header.split("|"), row.split("|")))
+    assert float(cells[" mc_nextline.acc "]) == pytest.approx(record["results"]["mc_nextline"]["acc,none"], abs=1e-3)
+    assert float(cells[" mc_nextline.n "]) == 3
+
+
+def test_eval_results_reader_accepts_old_and_by_model_shapes():
+    from prunelens.errors import PrunelensError
+    from prunelens.eval_results import read_results
+
+    old = {"model": "m", "results": {"mc_nextline": {"acc": 0.5, "n": 4.0}}}
+    assert read_results(old) == {"m": {"mc_nextline": {"acc": 0.5, "n": 4.0}}}
+    by_model = {"dense": {"perplexity": {"ppl": 10.0}}, "plan": {"perplexity": {"ppl": 12.0}}}
+    assert read_results(by_model)["plan"] == {"perplexity": {"ppl": 12.0}}
+    assert read_results({"perplexity": {"ppl": 3.0}}) == {"model": {"perplexity": {"ppl": 3.0}}}
+    with pytest.raises(PrunelensError, match="unrecognised shape"):
+        read_results({"a": 1})
+    with pytest.raises(PrunelensError, match="expected metric"):
+        read_results({"results": {"t": "oops"}})
+
+
+def test_eval_lm_eval_without_lm_eval_installed_is_one_line(tiny_dir, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval -> ImportError
+    path, _ = tiny_dir
+    res = CliRunner().invoke(main, ["eval", str(path), "--lm-eval", "arc_easy"])
+    assert res.exit_code == 1
+    assert "pip install 'prunelens[lm-eval]'" in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
 
 
 def test_eval_cli_reference_json_stdout(tiny_dir):
@@ -56,8 +120,8 @@ def test_eval_cli_reference_json_stdout(tiny_dir):
                                     "gen_agreement:steps=4,prompt_len=6", "--samples", "2", "--json", "-"])
     assert res.exit_code == 0, res.output
     record = json.loads(res.output[res.output.index("{"):])
-    assert record["results"]["gen_agreement"]["token_match"] == 1.0
-    assert record["results"]["gen_agreement"]["first_divergence"] == 4.0
+    assert record["results"]["gen_agreement"]["token_match,none"] == 1.0
+    assert record["results"]["gen_agreement"]["first_divergence,none"] == 4.0
 
 
 @pytest.mark.parametrize("args,message", [

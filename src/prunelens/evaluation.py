@@ -14,7 +14,7 @@ import time
 from typing import Any, ClassVar, Iterable, Sequence
 
 from .errors import PrunelensError
-from .params import Param, Parameterized
+from .params import Param, Parameterized, parse_spec
 
 COMMON_PARAMS = ("n_samples", "seed", "batch_size")  # what --samples, --seed, --batch-size set
 
@@ -27,10 +27,12 @@ class Task(Parameterized):
     description: ClassVar[str] = ""
     needs_reference: ClassVar[bool] = False
     params: ClassVar[dict[str, Param]] = {}
+    version: ClassVar[str] = "1"  # bump when a task's items or scoring change (recorded in results files)
 
     def __init__(self, **values: Any):
         super().__init__(**values)
         self.show_progress = False
+        self.samples: list[dict[str, Any]] = []  # per-item logs a task may fill (written with --log-samples)
 
     def progress(self, iterable: Iterable[Any], total: int, desc: str) -> Iterable[Any]:
         """Wrap a loop in a progress bar (with ETA) when the runner asks for one."""
@@ -59,17 +61,13 @@ def task_registry() -> dict[str, tuple[str, type[Task]]]:
 def parse_task(text: str, **defaults: Any) -> Task:
     """``mc_nextline:n_samples=50`` -> a validated ``Task``; ``defaults`` apply where the task has that parameter
     and the text does not set it."""
-    name, _, rest = text.strip().partition(":")
+    name, given = parse_spec(text, "task")
     reg = task_registry()
     if name not in reg:
         raise PrunelensError(f"unknown task {name!r}; available: {', '.join(sorted(reg)) or 'none'}")
     cls = reg[name][1]
     values = {k: v for k, v in defaults.items() if k in cls.params and v is not None}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, val = item.partition("=")
-        if not eq:
-            raise PrunelensError(f"bad task parameter {item!r} in {text!r}: expected key=value")
-        values[key.strip()] = val.strip()
+    values.update(given)
     return cls(**values)
 
 

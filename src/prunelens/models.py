@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -79,26 +80,81 @@ def prepare(alias: str, force: bool = False) -> Path:
     dest = prepared_path(alias)
     if is_prepared(alias) and not force:
         return dest
+    gguf = bundled_gguf(alias)
+    _convert_gguf(gguf, dest, {"alias": alias, "source": str(gguf.name)})
+    return dest
+
+
+def _convert_gguf(gguf: Path, dest: Path, info: dict[str, Any]) -> None:
+    """Dequantize a GGUF file into a float32 safetensors checkpoint at ``dest`` (atomically: temp dir, rename)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = bundled_gguf(alias)
     t0 = time.time()
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                     trust_remote_code=False)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PrunelensError(f"cannot convert {gguf}: {first}") from None
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the prepared checkpoint gets mkdir's mode
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        (tmp / _MARKER).write_text(json.dumps({"alias": alias, "source": str(gguf.name), "seconds": round(time.time() - t0, 1)}))
+        (tmp / _MARKER).write_text(json.dumps({**info, "seconds": round(time.time() - t0, 1)}))
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)  # atomic: a half-written checkpoint is never visible
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- GGUF files the user names: converted once, cached by content hash -----------------
+def gguf_cache_dir() -> Path:
+    return models_dir() / "gguf"
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, remembered per (path, size, mtime) so an unchanged file is hashed once."""
+    st = path.stat()
+    index_path = gguf_cache_dir() / "hashes.json"
+    key = str(path.resolve())
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        index = {}
+    hit = index.get(key) if isinstance(index, dict) else None
+    if isinstance(hit, dict) and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
+        return str(hit["sha256"])
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    index = index if isinstance(index, dict) else {}
+    index[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+    try:
+        index_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = index_path.with_name(f".hashes.{os.getpid()}.json")
+        tmp.write_text(json.dumps(index, indent=1), encoding="utf-8")
+        os.replace(tmp, index_path)
+    except OSError:  # a read-only cache only costs a re-hash next time
+        pass
+    return digest
+
+
+def gguf_checkpoint(path: Path) -> Path:
+    """The cached safetensors checkpoint of a GGUF file (converted on first use), keyed by the file's SHA-256:
+    the same file under another name or path reuses it; a changed file is converted again."""
+    digest = file_sha256(path)
+    dest = gguf_cache_dir() / digest[:16]
+    if not ((dest / _MARKER).is_file() and (dest / "model.safetensors").is_file()):
+        _convert_gguf(path, dest, {"source": path.name, "source_path": str(path.resolve()), "sha256": digest})
     return dest
 
 
@@ -118,7 +174,7 @@ def _resolve(spec: str) -> tuple[str, dict[str, Any]]:
     if p.suffix == ".gguf":
         if not p.is_file():
             raise PrunelensError(f"model file not found: {spec}")
-        return str(p.parent), {"gguf_file": p.name}
+        return str(gguf_checkpoint(p)), {}
     if p.exists():
         if not p.is_dir() or not (p / "config.json").is_file():
             raise PrunelensError(f"{spec} is not a model directory (no config.json)")
@@ -157,9 +213,28 @@ def load_model(spec: str, dtype: str = "float32", device: str = "cpu", trust_rem
     return LoadedModel(model, tokenizer, adapter, spec, config_hash(model.config))
 
 
+def _umask() -> int:
+    from .fileio import current_umask
+
+    return current_umask()
+
+
 def list_models() -> list[dict[str, Any]]:
-    """The bundled aliases and whether each is prepared."""
-    return [
+    """The bundled aliases (and whether each is prepared), then every GGUF file converted into the cache."""
+    rows = [
         {"alias": b.alias, "prepared": is_prepared(b.alias), "path": str(prepared_path(b.alias)), "description": b.description}
         for b in BUNDLED.values()
     ]
+    root = gguf_cache_dir()
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        marker = d / _MARKER
+        if not marker.is_file():
+            continue
+        try:
+            info = json.loads(marker.read_text(encoding="utf-8"))
+        except ValueError:
+            info = {}
+        rows.append({"alias": str(info.get("source", d.name)), "prepared": (d / "model.safetensors").is_file(),
+                     "path": str(d), "description": f"converted from {info.get('source_path', '?')} "
+                                                     f"(sha256 {str(info.get('sha256', '?'))[:16]})"})
+    return rows

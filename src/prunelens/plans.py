@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +19,8 @@ from typing import Any
 from .errors import PrunelensError
 from .units import Unit
 
-PLAN_SCHEMA_VERSION = 1
+PLAN_SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)  # version 1: one method for every unit; 2: each unit may carry its own
 REQUIRED = ("schema_version", "model_id", "config_hash", "method", "units", "temperature", "budget", "strategy")
 
 
@@ -34,6 +34,7 @@ class PlanUnit:
     params: int | None = None  # parameters the unit holds
     cumulative_predicted_kl: float | None = None  # sum of predicted KL of the plan's units up to here
     cumulative_measured_kl: float | None = None  # measured KL with the plan's units up to here applied
+    method: str | None = None  # schema 2: this unit's own method spec (None: the plan's method)
 
 
 @dataclass
@@ -43,7 +44,7 @@ class Plan:
     method: str
     units: list[PlanUnit]
     temperature: float
-    budget: int | float
+    budget: int | float | str  # schema 2 also: "sparsity=0.6", "bits=3.5", "bytes=...", "units=4"
     strategy: str
     method_params: dict[str, Any] = field(default_factory=dict)
     kind: str | None = None
@@ -57,12 +58,21 @@ class Plan:
     measured_kl_total: float | None = None
     measured: dict[str, Any] = field(default_factory=dict)  # validation details (checkpoint, agreement...)
     eval: dict[str, Any] = field(default_factory=dict)  # task -> metrics, after apply + eval
+    allocation: dict[str, Any] = field(default_factory=dict)  # schema 2: allocator, budget reached, optimality gap...
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = PLAN_SCHEMA_VERSION
 
     # -- views ---------------------------------------------------------------------
     def unit_objects(self) -> list[Unit]:
         return [Unit.parse(u.unit) for u in self.units]
+
+    def unit_methods(self) -> list[tuple[Unit, str]]:
+        """Each unit with its effective method spec (its own, else the plan's), in plan order."""
+        return [(Unit.parse(u.unit), u.method or self.method) for u in self.units]
+
+    @property
+    def is_mixed(self) -> bool:
+        return len({spec for _, spec in self.unit_methods()}) > 1
 
     @property
     def unit_names(self) -> list[str]:
@@ -91,18 +101,22 @@ class Plan:
         """A mergekit ``passthrough`` config whose slices are the kept layer ranges (block drops only)."""
         import yaml
 
-        if not self.method.split(":", 1)[0] == "drop":
-            raise PrunelensError(f"mergekit export is for drop plans; this plan uses {self.method!r}")
+        specs = sorted({spec for _, spec in self.unit_methods()})
+        if any(spec.split(":", 1)[0] != "drop" for spec in specs):
+            raise PrunelensError(f"mergekit export is for drop plans; this plan uses {', '.join(specs)}")
         ranges = self.kept_layer_ranges()
         if not ranges:
             raise PrunelensError("the plan drops every layer; nothing to export")
+        source = mergekit_source(self.model_id)
         config = {
-            "slices": [{"sources": [{"model": self.model_id, "layer_range": [a, b]}]} for a, b in ranges],
+            "slices": [{"sources": [{"model": source, "layer_range": [a, b]}]} for a, b in ranges],
             "merge_method": "passthrough",
             "dtype": "float32",
         }
         header = (f"# prunelens plan: drop {', '.join(self.unit_names)} ({self.strategy}, T={self.temperature:g})\n"
-                  "# layer_range is half-open [start, end), as in mergekit\n")
+                  + (f"# model: {source} is the checkpoint of prunelens model {self.model_id!r}\n"
+                     if source != self.model_id else "")
+                  + "# layer_range is half-open [start, end), as in mergekit\n")
         return header + yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
 
     # -- (de)serialisation ---------------------------------------------------------
@@ -121,9 +135,9 @@ class Plan:
         if not isinstance(d, dict):
             raise PrunelensError(f"{source}: not a plan (expected a JSON object)")
         version = d.get("schema_version")
-        if version != PLAN_SCHEMA_VERSION:
+        if version not in READABLE_SCHEMA_VERSIONS:
             raise PrunelensError(f"{source}: plan schema version {version!r} is not supported "
-                                 f"(this prunelens reads version {PLAN_SCHEMA_VERSION})")
+                                 f"(this prunelens reads versions {', '.join(map(str, READABLE_SCHEMA_VERSIONS))})")
         missing = [k for k in REQUIRED if k not in d]
         if missing:
             raise PrunelensError(f"{source}: plan is missing field(s) {', '.join(missing)}")
@@ -143,8 +157,11 @@ class Plan:
             if bad:
                 raise PrunelensError(f"{source}: unknown unit field(s) {', '.join(sorted(bad))}")
             Unit.parse(str(item["unit"]))  # raises a clear error for a bad name
+            if item.get("method") is not None and not isinstance(item["method"], str):
+                raise PrunelensError(f"{source}: unit {item['unit']}: method must be a spec string")
             units.append(PlanUnit(**item))
-        return cls(**{**d, "units": units})
+        # a version-1 plan is a version-2 plan whose units all use the plan's method
+        return cls(**{**d, "units": units, "schema_version": PLAN_SCHEMA_VERSION})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "Plan":
@@ -155,7 +172,9 @@ class Plan:
             d = json.loads(p.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise PrunelensError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        return cls.from_dict(d, source=str(path))
+        plan = cls.from_dict(d, source=str(path))
+        plan.store_path = resolve_store_path(plan.store_path, p)
+        return plan
 
     # -- checks --------------------------------------------------------------------
     def validate_for(self, loaded: Any) -> None:
@@ -167,6 +186,38 @@ class Plan:
         missing = [u.name for u in self.unit_objects() if not 0 <= u.layer < n]
         if missing:
             raise PrunelensError(f"plan unit(s) {', '.join(missing)} do not exist: the model has layers L0-L{n - 1}")
+
+
+def resolve_store_path(store_path: str | None, plan_file: str | os.PathLike[str]) -> str | None:
+    """A plan's ``store_path`` as a usable path: absolute as written; relative first to the plan file's
+    folder (a plan copied with its store), then to the working directory (older plans); a missing absolute
+    path falls back to a store of that name beside the plan."""
+    if not store_path:
+        return store_path
+    p, here = Path(store_path).expanduser(), Path(plan_file).resolve().parent
+    candidates = [p] if p.is_absolute() else [here / p, p]
+    if p.is_absolute():
+        candidates.append(here / p.name)
+    for c in candidates:
+        if c.exists():
+            return str(c.resolve())
+    return store_path
+
+
+def mergekit_source(model_id: str) -> str:
+    """What mergekit's ``model:`` needs for a prunelens model id: the checkpoint directory (absolute) of a
+    bundled alias or a local directory, or the hub id as it is. A GGUF file has no such checkpoint."""
+    from .models import BUNDLED, prepared_path
+
+    if model_id in BUNDLED:
+        return str(prepared_path(model_id).resolve())
+    p = Path(model_id).expanduser()
+    if p.suffix == ".gguf":
+        raise PrunelensError(f"mergekit reads safetensors checkpoints, not GGUF ({model_id}); save it as a "
+                             "checkpoint directory first (AutoModelForCausalLM ... save_pretrained) and plan on that")
+    if p.is_dir():
+        return str(p.resolve())
+    return model_id
 
 
 def _clean(obj: Any) -> Any:
@@ -183,17 +234,10 @@ def _clean(obj: Any) -> Any:
 
 
 def atomic_write(path: str | os.PathLike[str], text: str) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    """Write ``text`` atomically with the umask's mode (``prunelens.fileio.atomic_write``)."""
+    from .fileio import atomic_write as write
+
+    return write(path, text)
 
 
 # -- budgets -------------------------------------------------------------------------
@@ -222,21 +266,20 @@ def parse_budget(value: Any) -> int | float:
 
 
 def unit_param_counts(model_id: str, units: list[Unit], loaded: Any = None) -> tuple[dict[str, int], int]:
-    """Parameters held by each unit and by the whole model (a meta model when not loaded: no weights read)."""
+    """Parameters held by each unit and by the whole model (a meta model when not loaded: no weights read).
+
+    Counted by unique storage (``paramcount``): tied input/output embeddings count once."""
+    from .paramcount import meta_model, module_param_count
+
     if loaded is not None:
         model, adapter = loaded.model, loaded.adapter
     else:
-        from accelerate import init_empty_weights
-        from transformers import AutoModelForCausalLM
-
         from .adapters import get_adapter
 
-        config = model_config(model_id)
-        with init_empty_weights():
-            model = AutoModelForCausalLM.from_config(config)
+        model = meta_model(model_config(model_id))
         adapter = get_adapter(model)
-    counts = {u.name: sum(p.numel() for p in adapter.module(u).parameters()) for u in units}
-    return counts, sum(p.numel() for p in model.parameters())
+    counts = {u.name: module_param_count(adapter.module(u)) for u in units}
+    return counts, module_param_count(model)
 
 
 def model_config(model_id: str) -> Any:
@@ -247,7 +290,8 @@ def model_config(model_id: str) -> Any:
 
     target, extra = _resolve(model_id)
     try:
-        return AutoConfig.from_pretrained(target, **extra)
+        # a store names the model: never run code found beside it
+        return AutoConfig.from_pretrained(target, **extra, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise PrunelensError(f"cannot read the config of {model_id!r}: {str(exc).splitlines()[0]}") from None
 
@@ -289,12 +333,17 @@ def plan_from_store(ds: Any, *, method: str, kind: str | None, temperature: floa
     With ``by="angular"`` on blocks and a unit-count budget n, ``consecutive`` (default on)
     follows Gromov et al.: the n consecutive blocks starting at ``argmin_ℓ d(ℓ, n)``.
     """
+    from .params import parse_spec
     from .ranking import rank_units
 
     budget = parse_budget(budget)
+    by_name, by_values = parse_spec(by, "ranker")
     df = rank_units(ds, method=method, kind=kind, temperature=temperature, by=by, locality=locality, timing=timing,
                     loaded=loaded, **ranker_params)
-    df = df[df["rank"].notna()]
+    ranker_params = {**ranker_params, **by_values}
+    from .ranking import nonfinite_units
+
+    df = df[df["rank"].notna() & ~df["unit"].isin(nonfinite_units(df))]  # never plan a non-finite unit
     if df.empty:
         raise PrunelensError("no unit has a score (is the store's probe complete for this method?)")
     model_id = str(ds.attrs.get("model_id")) if ds is not None else loaded.model_id
@@ -302,7 +351,7 @@ def plan_from_store(ds: Any, *, method: str, kind: str | None, temperature: floa
     if isinstance(budget, float):
         counts, total = unit_param_counts(model_id, [Unit.parse(u) for u in df["unit"]], loaded)
     if consecutive is None:
-        consecutive = by == "angular" and kind == "block" and isinstance(budget, int)
+        consecutive = by_name == "angular" and kind == "block" and isinstance(budget, int)
     if consecutive:
         chosen = _consecutive_blocks(ds, loaded, budget, ranker_params)
     else:

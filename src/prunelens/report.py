@@ -126,6 +126,18 @@ def plot_steps(ds: Any, df: Any, path: Path, *, method: str, locality: str, temp
     return path
 
 
+def _md(text: Any) -> str:
+    from .safe_text import md
+
+    return md(text)
+
+
+def _code(text: Any) -> str:
+    from .safe_text import md_code
+
+    return md_code(text)
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -144,7 +156,10 @@ def fmt(v: Any, digits: int = 3) -> str:
 
 
 def rank_label(v: Any) -> str:
-    return "-" if v is None or v != v else str(int(v))
+    """A rank for tables; '-' for none (None, NaN or pandas' NA, whose truth value is an error)."""
+    import pandas as pd
+
+    return "-" if v is None or bool(pd.isna(v)) else str(int(v))
 
 
 def write_report(ds: Any, out_dir: str | Path, *, method: str | None = None, kind: str | None = None,
@@ -154,7 +169,9 @@ def write_report(ds: Any, out_dir: str | Path, *, method: str | None = None, kin
     """Write ``report.md`` and its PNGs into ``out_dir``; returns the Markdown path."""
     import matplotlib
 
-    from .ranking import pick_temperature, rank_units, resolve_method
+    import numpy as np
+
+    from .ranking import nonfinite_note, pick_temperature, rank_units, resolve_method
 
     matplotlib.use("Agg")
     out = Path(out_dir)
@@ -177,13 +194,20 @@ def write_report(ds: Any, out_dir: str | Path, *, method: str | None = None, kin
                                        title=f"{method} · {kind or 'all units'} · {locality}/{timing} · T={temperature:g}")
     steps_png = plot_steps(ds, df, out / "steps.png", method=method, locality=locality, temperature=temperature)
     a = ds.attrs
-    md = [f"# prunelens report: {a.get('model_id', '?')}", ""]
-    md += [f"- store: `{store_path or '?'}` · config hash `{a.get('config_hash', '?')}` · readout `{a.get('readout', '?')}` "
-           f"· {a.get('kl_convention', 'KL(p_dense || q_perturbed)')}",
+    # every string from the store, a plan or the command line goes through md()/md_code(): no escapes, no markup
+    md = [f"# prunelens report: {_md(a.get('model_id', '?'))}", ""]
+    md += [f"- store: {_code(store_path or '?')} · config hash {_code(a.get('config_hash', '?'))} · readout "
+           f"{_code(a.get('readout', '?'))} · {_md(a.get('kl_convention', 'KL(p_dense || q_perturbed)'))}",
            f"- {ds.sizes.get('sample', '?')} samples × {ds.sizes.get('step', '?')} steps · temperatures "
-           f"{', '.join(f'{t:g}' for t in temps)} · method `{method}`",
-           f"- ranking: by `{by}`, {locality}, {timing}, T = {temperature:g}, kind = {kind or 'all'}",
-           f"- Spearman ρ(predicted KL, measured KL) across {int(df['kl'].notna().sum())} units: **{rho:.3f}**", ""]
+           f"{', '.join(f'{t:g}' for t in temps)} · method {_code(method)}",
+           f"- ranking: by {_code(by)}, {locality}, {timing}, T = {temperature:g}, kind = {kind or 'all'}",
+           f"- Spearman ρ(predicted KL, measured KL) across {int(np.isfinite(df['kl'].to_numpy(float)).sum())} units: "
+           f"**{rho:.3f}**",
+           f"- non-finite cells in the store: **{int(a.get('nonfinite_cells', 0) or 0)}**"
+           f" ({int(a.get('nonfinite_values', 0) or 0)} values)", ""]
+    note = nonfinite_note(ds, df)
+    if note:
+        md += [f"> **Warning:** {_md(note)}", ""]
     md += ["## 1 − cos per layer in three spaces", "",
            "Solid: measured; dashed: the Taylor prediction. Embedding and logit deviations stay small while the "
            "probability deviation (temperature-dependent) is what generation feels.", "",
@@ -191,7 +215,7 @@ def write_report(ds: Any, out_dir: str | Path, *, method: str | None = None, kin
     md += ["## Predicted vs measured KL", "", f"![predicted vs measured KL]({scatter_png.name})", ""]
     md += ["## Step-wise divergence", "", f"![step-wise divergence]({steps_png.name})", ""]
     md += ["## Ranking (safest first)", ""]
-    rows = [[rank_label(r["rank"]), str(r["unit"]), fmt(r["score"]),
+    rows = [[rank_label(r["rank"]), _md(r["unit"]), fmt(r["score"]),
              fmt(r["kl_pred"]), fmt(r["kl"]), fmt(r["cos_dev_embedding"]), fmt(r["cos_dev_logit"]),
              fmt(r["cos_dev_probability"])] for _, r in df.iterrows()]
     md += [_md_table(["rank", "unit", f"score ({by})", "predicted KL", "measured KL", "1-cos emb", "1-cos logit",
@@ -210,9 +234,9 @@ def write_report(ds: Any, out_dir: str | Path, *, method: str | None = None, kin
 
 def _plan_section(plan: Any) -> list[str]:
     md = ["## Plan", "",
-          f"`{plan.method}` on {len(plan.units)} unit(s) chosen by `{plan.strategy}`"
+          f"{_code(plan.method)} on {len(plan.units)} unit(s) chosen by {_code(plan.strategy)}"
           f"{' (iterative)' if plan.iterative else ''} at T = {plan.temperature:g}, budget {plan.budget}.", ""]
-    rows = [[str(i), u.unit, fmt(u.predicted_kl), fmt(u.cumulative_predicted_kl), fmt(u.cumulative_measured_kl)]
+    rows = [[str(i), _md(u.unit), fmt(u.predicted_kl), fmt(u.cumulative_predicted_kl), fmt(u.cumulative_measured_kl)]
             for i, u in enumerate(plan.units, 1)]
     md += [_md_table(["#", "unit", "predicted KL", "Σ predicted KL", "measured KL (units 1..k applied)"], rows), ""]
     if plan.measured_kl_total is not None:
@@ -225,13 +249,12 @@ def _plan_section(plan: Any) -> list[str]:
 
 
 def _task_section(results: dict) -> list[str]:
-    """``results``: {model label: {task: {metric: value}}} or {task: {metric: value}}."""
-    first = next(iter(results.values()))
-    if isinstance(first, dict) and first and all(isinstance(v, dict) for v in first.values()):
-        by_model = results
-    else:
-        by_model = {"model": results}
+    """``results``: anything ``prunelens.eval_results.read_results`` reads (what ``eval --json`` writes,
+    {model label: record}, {model label: {task: {metric: value}}} or {task: {metric: value}})."""
+    from .eval_results import read_results
+
+    by_model = read_results(results)
     cols = sorted({(t, m) for res in by_model.values() for t, ms in res.items() for m in ms})
-    header = ["model"] + [f"{t}.{m}" for t, m in cols]
-    rows = [[label] + [fmt(res.get(t, {}).get(m)) for t, m in cols] for label, res in by_model.items()]
+    header = ["model"] + [_md(f"{t}.{m}") for t, m in cols]
+    rows = [[_md(label)] + [fmt(res.get(t, {}).get(m)) for t, m in cols] for label, res in by_model.items()]
     return ["## Tasks", "", _md_table(header, rows), ""]

@@ -6,6 +6,9 @@ import json
 
 import click
 
+from ..devices import DEVICE_HELP
+
+
 # option name -> method parameter; an option given for a method without that parameter is an error
 PARAM_OPTIONS = ("sparsity", "pattern", "bits", "group_size", "sym")
 
@@ -51,14 +54,17 @@ def method_from_options(method: str, options: dict, extra: tuple[str, ...]) -> "
 @click.option("--calib-len", type=int, default=256, show_default=True, help="Tokens per calibration window.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration windows.")
 @click.option("--dtype", default="float32", show_default=True, help="Model dtype: float32, bfloat16, float16, auto.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 or auto.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--eval-ppl", "eval_ppl", type=int, default=0, show_default=True,
               help="Also report held-out perplexity before and after on this many 256-token windows (0 = skip).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Checkpoint directory to write.")
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT when it holds a prunelens checkpoint.")
+@click.option("--force", is_flag=True,
+              help="Also replace a non-empty OUT that is not a prunelens checkpoint (never the current "
+                   "directory, home or their parents).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def command(model_spec, method, sparsity, pattern, bits, group_size, sym, extra, units, calib_samples, calib_len, seed,
-            dtype, device, eval_ppl, out_dir, overwrite, as_json) -> None:
+            dtype, device, eval_ppl, out_dir, overwrite, force, as_json) -> None:
     """Compress a whole model with one method (sequentially, layer by layer) and save a checkpoint.
 
     \b
@@ -77,9 +83,10 @@ def command(model_spec, method, sparsity, pattern, bits, group_size, sym, extra,
 
     m = method_from_options(method, {"sparsity": sparsity, "pattern": pattern, "bits": bits,
                                      "group_size": group_size, "sym": sym}, extra)
+    from ..paths import guard_output_dir
+
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise PrunelensError(f"{out} exists and is not empty (use --overwrite to replace it)")
+    guard_output_dir(out, overwrite=overwrite, force=force)  # before any work
     if calib_samples < 1 or calib_len < 2:
         raise PrunelensError("--calib-samples must be >= 1 and --calib-len >= 2")
 
@@ -89,7 +96,9 @@ def command(model_spec, method, sparsity, pattern, bits, group_size, sym, extra,
     from ..models import load_model
     from ..units import select_units
 
-    loaded = load_model(model_spec, dtype=dtype, device=device)
+    from ..devices import resolve_device
+
+    loaded = load_model(model_spec, dtype=dtype, device=resolve_device(device)[0])
     unit_list = select_units(units, loaded.adapter.num_layers) if units else None
     if unit_list is None and not hasattr(m, "compress_weight"):
         raise PrunelensError(f"method {m.name!r} needs --units (e.g. --units L20,L22.attn)")
@@ -116,7 +125,7 @@ def command(model_spec, method, sparsity, pattern, bits, group_size, sym, extra,
         summary["heldout_ppl_after"] = perplexity(loaded, ppl_ids)
     meta = {"method": m.spec, "units": units or "all blocks", "calib_samples": calib_samples if calib_ids is not None else 0,
             "calib_len": calib_len if calib_ids is not None else 0, "seed": seed, "compress": summary}
-    path = save_checkpoint(loaded, out, meta, overwrite=overwrite)
+    path = save_checkpoint(loaded, out, meta, overwrite=overwrite, force=force)
     if as_json:
         click.echo(json.dumps({"out": str(path), **summary}, indent=2, default=str))
         return

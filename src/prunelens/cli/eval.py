@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
+
+from ..devices import DEVICE_HELP
+
 
 DEFAULT_TASKS = "perplexity,mc_nextline,mc_letters"
 
@@ -20,13 +22,20 @@ DEFAULT_TASKS = "perplexity,mc_nextline,mc_letters"
 @click.option("--seed", type=int, default=None, help="Sampling seed for every task.")
 @click.option("--batch-size", type=int, default=None, help="Sequences per forward pass for every task.")
 @click.option("--dtype", default="float32", show_default=True, help="float32, bfloat16, float16 or auto.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 or auto.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write the results (and run details) to this JSON file; '-' prints JSON only.")
+              help="Also write the results (lm-eval's shape, with run details) to this JSON file; '-' prints JSON only.")
+@click.option("--log-samples", is_flag=True, help="Also record per-item logs in the JSON (\"samples\", as lm-eval).")
+@click.option("--lm-eval", "lm_eval_tasks", default=None, metavar="TASKS",
+              help="Also run these lm-evaluation-harness tasks (comma-separated) on the loaded model through "
+                   "HFLM(pretrained=model); needs the lm-eval extra. Alone, it replaces the default tasks.")
+@click.option("--lm-eval-include", "lm_eval_include", type=click.Path(exists=True), default=None,
+              help="Folder (or YAML file) of extra lm-eval task definitions, e.g. a task over a local JSON file.")
 @click.option("--list", "list_only", is_flag=True, help="List the available tasks and their parameters, then exit.")
 def command(model: str | None, task_list: str | None, reference: str | None, samples: int | None, seed: int | None,
-            batch_size: int | None, dtype: str, device: str, threads: int | None, json_path: str | None, list_only: bool) -> None:
+            batch_size: int | None, dtype: str, device: str, threads: int | None, json_path: str | None,
+            log_samples: bool, lm_eval_tasks: str | None, lm_eval_include: str | None, list_only: bool) -> None:
     """Evaluate MODEL (a bundled alias, a checkpoint directory or a .gguf file) on offline tasks.
 
     \b
@@ -34,6 +43,11 @@ def command(model: str | None, task_list: str | None, reference: str | None, sam
       prunelens eval smollm2-135m --threads 1
       prunelens eval out/pruned --reference smollm2-135m --tasks perplexity,mc_nextline,gen_agreement
       prunelens eval smollm2-135m --tasks gsm8k:n_samples=10,max_new_tokens=128 --json gsm.json
+      prunelens eval out/pruned --lm-eval my_task --lm-eval-include tasks/ --json -
+
+    The JSON (--json FILE, or - for standard output) is shaped like lm-evaluation-harness's
+    results: "acc,none", "acc_stderr,none", integer "n-samples", "versions", "configs",
+    "config"; `prunelens report --eval FILE` reads it.
     """
     from ..evaluation import split_task_list, task_registry
 
@@ -47,50 +61,73 @@ def command(model: str | None, task_list: str | None, reference: str | None, sam
     if not model:
         raise PrunelensError("name a model to evaluate (a bundled alias such as smollm2-135m, or a checkpoint directory)")
 
-    specs = split_task_list(task_list or DEFAULT_TASKS + (",gen_agreement" if reference and not task_list else ""))
+    if lm_eval_tasks and reference:
+        raise PrunelensError("--reference is for prunelens tasks (gen_agreement); lm-eval tasks score one model")
+    default = DEFAULT_TASKS + (",gen_agreement" if reference else "")
+    specs = split_task_list(task_list if task_list is not None else ("" if lm_eval_tasks else default))
     params = {"n_samples": samples, "seed": seed, "batch_size": batch_size}
     tasks = build_tasks(specs, **params)  # validate names and parameters before loading anything
     needs = [t.name for t in tasks if t.needs_reference]
     if needs and not reference:
         raise PrunelensError(f"{', '.join(needs)} compares against the dense model: add --reference MODEL")
+    if lm_eval_tasks:
+        from ..lm_eval_bridge import require_lm_eval
+
+        require_lm_eval()  # one clear line before loading anything
     if threads:
         import torch
 
         torch.set_num_threads(threads)
+    from ..devices import resolve_device
+    from ..eval_results import read_results, results_record
+
+    device = resolve_device(device)[0]
     loaded = load_model(model, dtype=dtype, device=device)
     ref = load_model(reference, dtype=dtype, device=device) if reference else None
     if ref is not None and ref.config_hash != loaded.config_hash:
         click.echo(f"note: {reference} and {model} have different configs (e.g. dropped layers); "
                    "comparing outputs only", err=True)
     timings: dict[str, float] = {}
-    results = run_tasks(loaded, tasks, reference=ref, progress=True, timings=timings)
-    record = {"model": model, "config_hash": loaded.config_hash, "reference": reference, "dtype": dtype,
-              "tasks": {t.name: t.values for t in tasks}, "seconds": {k: round(v, 2) for k, v in timings.items()},
-              "results": results}
+    results = run_tasks(loaded, tasks, reference=ref, progress=True, timings=timings) if tasks else {}
+    config = {"model_args": f"pretrained={model},dtype={dtype}", "config_hash": loaded.config_hash,
+              "reference": reference, "dtype": dtype, "device": device, "batch_size": batch_size, "seed": seed}
+    record = results_record(tasks, results, model=model, config=config, seconds=timings,
+                            samples={t.name: t.samples for t in tasks} if log_samples else None)
+    if lm_eval_tasks:
+        from ..lm_eval_bridge import merge_records, run_lm_eval
+
+        lm_record = run_lm_eval(loaded, lm_eval_tasks, include_path=lm_eval_include, limit=samples,
+                                batch_size=batch_size or 1, log_samples=log_samples)
+        record = merge_records(record, lm_record)
+    text = json.dumps(record, indent=2, default=str)
     if json_path == "-":
-        click.echo(json.dumps(record, indent=2))
+        click.echo(text)
         return
-    _print_results(model, results, timings)
+    _print_results(model, next(iter(read_results(record).values())), record.get("seconds", {}))
     if json_path:
-        Path(json_path).write_text(json.dumps(record, indent=2))
+        from ..fileio import atomic_write
+
+        atomic_write(json_path, text + "\n")
         click.echo(f"wrote {json_path}")
 
 
 def _print_results(model: str, results: dict[str, dict[str, float]], timings: dict[str, float]) -> None:
-    from ..console import make_console
     from rich.table import Table
+
+    from ..console import make_console
 
     table = Table("task", "metric", "value", "seconds", title=f"prunelens eval: {model}")
     for task, metrics in results.items():
         for i, (metric, value) in enumerate(metrics.items()):
-            shown = f"{value:.0f}" if metric == "n" or metric == "tokens" else f"{value:.4f}"
+            shown = f"{value:.0f}" if metric in ("n", "tokens") else f"{value:.4f}"
             table.add_row(task if i == 0 else "", metric, shown, f"{timings.get(task, 0):.1f}" if i == 0 else "")
     make_console().print(table)
 
 
 def _print_tasks(reg: dict) -> None:
-    from ..console import make_console
     from rich.table import Table
+
+    from ..console import make_console
 
     table = Table("task", "plugin", "parameters (default)", "description")
     for name, (owner, cls) in sorted(reg.items()):

@@ -22,8 +22,9 @@ def list_cmd(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    from ..console import make_console
     from rich.table import Table
+
+    from ..console import make_console
 
     table = Table("alias", "prepared", "path", "description")
     for r in rows:

@@ -10,42 +10,90 @@ from .rank import fmt, store_options
 @click.command("plan")
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
 @store_options
-@click.option("--budget", required=True, help="Units to compress (e.g. 4) or a fraction of parameters (e.g. 0.1).")
+@click.option("--budget", required=True,
+              help="Units to compress (4), a fraction of parameters (0.1), or with an allocator: sparsity=0.6 "
+                   "(decoder linear weights zeroed), bits=3.5 (average), bytes=400MB (checkpoint).")
+@click.option("--allocator", default=None,
+              help="Choose each unit's method and level: knapsack (predicted KL), uniform, owl, ranked "
+                   "(parameters as owl:M=5,lmbda=0.08). Default: knapsack for sparsity/bits/bytes budgets. "
+                   "--method then selects store labels or names, several joined by + (rtn+gptq).")
+@click.option("--dense-bits", type=float, default=16.0, show_default=True,
+              help="Bits a dense weight counts under a bits budget.")
 @click.option("--iterative", is_flag=True,
               help="Take the best unit, re-probe the rest on the already-compressed model, repeat (kl_pred).")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Plan JSON to write.")
 @click.option("--mergekit", type=click.Path(dir_okay=False), default=None,
               help="Also write a mergekit passthrough YAML (block drops only).")
-def command(store, method, kind, temperature, by, locality, timing, budget, iterative, out, mergekit) -> None:
+def command(store, method, kind, temperature, by, locality, timing, budget, allocator, dense_bits, iterative, out,
+            mergekit) -> None:
     """Write a plan: the safest units of STORE under --budget, at --temperature."""
-    from ..console import make_console
+    from pathlib import Path
+
     from rich.table import Table
 
+    from ..console import make_console
     from ..plans import atomic_write, iterative_plan, plan_from_store
     from ..ranking import load_store
 
+    from ..paths import check_writable_file
+    from ..safe_text import esc
+
+    check_writable_file(out, flag="--out")  # before any work
+    check_writable_file(mergekit, flag="--mergekit")
     console = make_console()
     ds = load_store(store)
     kind_ = None if kind == "all" else kind
-    if iterative:
+    from ..allocation import is_allocation_budget
+
+    if allocator is None and is_allocation_budget(budget):
+        allocator = "knapsack"
+    if allocator is not None:
+        from ..allocation import allocate_plan, parse_allocator_spec
+
+        if iterative:
+            raise click.UsageError("--iterative and --allocator do not combine")
+        name, params = parse_allocator_spec(allocator)
+        methods = None if method is None else [m for m in method.split("+") if m]
+        with console.status(f"allocating ({name})..."):
+            plan = allocate_plan(ds, allocator=name, budget=budget, temperature=temperature, methods=methods,
+                                 kind=kind_, locality=locality, timing=timing, store_path=str(Path(store).resolve()),
+                                 dense_bits=dense_bits, **params)
+    elif iterative:
         if by != "kl_pred":
             raise click.UsageError("--iterative re-probes predicted KL; use it with --by kl_pred")
         with console.status("iterative plan: re-probing after each choice...") as status:
             plan = iterative_plan(ds, method=method, kind=kind_, temperature=temperature, budget=budget,
-                                  store_path=str(store), progress=lambda msg: status.update(f"re-probing {msg}"))
+                                  store_path=str(Path(store).resolve()), progress=lambda msg: status.update(f"re-probing {msg}"))
     else:
         plan = plan_from_store(ds, method=method, kind=kind_, temperature=temperature, by=by, budget=budget,
-                               locality=locality, timing=timing, store_path=str(store))
+                               locality=locality, timing=timing, store_path=str(Path(store).resolve()))
+    from ..plan_checks import check_plan_sane
+
+    check_plan_sane(plan, ds)  # 0 units or every layer removed: refuse before writing
     yaml_text = plan.to_mergekit_yaml() if mergekit else None
     plan.save(out)
     if yaml_text is not None:
         atomic_write(mergekit, yaml_text)
-    t = Table(title=f"plan: {plan.method} · {plan.strategy}{' (iterative)' if plan.iterative else ''} · "
+    t = Table(title=f"plan: {esc(plan.method)} · {esc(plan.strategy)}{' (iterative)' if plan.iterative else ''} · "
                     f"T={plan.temperature:g} · budget {plan.budget}", title_justify="left")
+    if plan.allocation:
+        t.add_column("method", justify="left")
     for col in ("#", "unit", "score", "predicted KL", "cumulative predicted KL", "params"):
         t.add_column(col, justify="left" if col == "unit" else "right")
     for i, u in enumerate(plan.units, 1):
-        t.add_row(str(i), u.unit, fmt(u.score), fmt(u.predicted_kl), fmt(u.cumulative_predicted_kl),
-                  "-" if u.params is None else f"{u.params:,}")
+        cells = [str(i), esc(u.unit), fmt(u.score), fmt(u.predicted_kl), fmt(u.cumulative_predicted_kl),
+                 "-" if u.params is None else f"{u.params:,}"]
+        t.add_row(*([esc(u.method or plan.method)] if plan.allocation else []), *cells)
     console.print(t)
-    console.print(f"wrote {out}" + (f" and {mergekit}" if mergekit else ""))
+    if plan.allocation:
+        a = plan.allocation
+        console.print(f"budget {a['budget']}: reached {a['achieved']:.6g}; decoder linear weights zeroed or removed "
+                      f"{a['decoder_linear_sparsity']:.1%}"
+                      + (f"; optimality gap {a['gap']:.3g} (lower bound {a['lower_bound']:.6g})" if "gap" in a else ""))
+    console.print(esc(f"wrote {out}" + (f" and {mergekit}" if mergekit else "")))
+    from ..ranking import nonfinite_note
+
+    note = nonfinite_note(ds)
+    if note:
+        make_console(stderr=True).print(f"[yellow]warning: {esc(note)}; units with non-finite results are never "
+                                        "planned[/yellow]")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ..devices import DEVICE_HELP
+
 
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
@@ -28,7 +30,7 @@ def _csv(value: str) -> list[str]:
               help="Prompts file: .txt (one per line) or .jsonl with prompt/ids and optional candidates.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for prompt and calibration sampling.")
 @click.option("--dtype", default="float32", show_default=True, help="Model dtype: float32, bfloat16, float16, auto.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, or auto (accelerate device_map).")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1), help="Samples per forward pass.")
 @click.option("--calib-samples", default=32, show_default=True, type=click.IntRange(1), help="Calibration windows (wanda, sparsegpt, gptq).")
 @click.option("--calib-len", default=256, show_default=True, type=click.IntRange(2), help="Calibration window length in tokens.")
@@ -64,12 +66,19 @@ def command(model, methods, units, samples, steps, prompt_len, temperatures, loc
     specs = [m.spec for m in parsed]
     if len(set(specs)) != len(specs):
         raise PrunelensError(f"the same method is given twice: {', '.join(specs)}")
+    from ..devices import resolve_device
+
+    device, why = resolve_device(device)
     ranks = init_ranks()
     try:
+        if ranks.is_main and not quiet:
+            click.echo(f"probe: {model} on {device} ({why}), dtype {dtype}", err=True)
         if device.startswith("cuda") and ranks.world > 1 and ":" not in device:
             device = f"cuda:{ranks.local_rank}"
         loaded = load_model(model, dtype=dtype, device=device)
         chosen = select_units(units, loaded.adapter.num_layers)
+        if ranks.is_main and not quiet:
+            _announce_compile(settings, loaded)
         if prompts_file:
             prompts = load_prompts(prompts_file, loaded.tokenizer, prompt_len, samples)
         else:
@@ -84,12 +93,23 @@ def command(model, methods, units, samples, steps, prompt_len, temperatures, loc
         ranks.close()
 
 
+def _announce_compile(settings, loaded) -> None:
+    """Say so before the one-time torch.compile warm-up, so the first slow cells are not a surprise."""
+    from ..probe.engine import COMPILE_MIN_VOCAB
+
+    vocab = loaded.adapter.lm_head.weight.shape[0]
+    if settings.compile or (settings.compile is None and vocab >= COMPILE_MIN_VOCAB):
+        click.echo(f"compiling the metric kernels with torch.compile (vocabulary {vocab}): a one-time warm-up of "
+                   "tens of seconds before the first cells; --no-compile skips it", err=True)
+
+
 def print_summary(path: str, attrs: dict) -> None:
     """Means over units, samples and steps per method / locality / timing / T, and Spearman(pred, measured KL)."""
     import json
 
-    from ..console import make_console
     from rich.table import Table
+
+    from ..console import make_console
 
     from prunelens_store import open_store
 

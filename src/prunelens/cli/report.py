@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from .rank import KIND_CHOICE
@@ -24,19 +22,26 @@ from .rank import KIND_CHOICE
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Report directory.")
 def command(store, plan_path, eval_path, method, kind, temperature, by, locality, timing, out) -> None:
     """Write OUT/report.md with plots: 1-cos per layer, predicted vs measured KL, step-wise divergence, ranking."""
-    from ..errors import PrunelensError
     from ..plans import Plan
     from ..ranking import load_store
     from ..report import write_report
 
+    from pathlib import Path
+
+    from ..paths import check_writable_dir
+    from ..ranking import nonfinite_note
+    from ..safe_text import clean
+
+    check_writable_dir(Path(out), flag="--out", shown=out)  # before any work
     plan = Plan.load(plan_path) if plan_path else None
-    results = None
-    if eval_path:
-        try:
-            results = json.loads(open(eval_path, encoding="utf-8").read())
-        except json.JSONDecodeError as exc:
-            raise PrunelensError(f"{eval_path}: not valid JSON ({exc.msg})") from None
-    path = write_report(load_store(store), out, method=method, kind=None if kind == "all" else kind,
+    from ..eval_results import load_results
+
+    results = load_results(eval_path) if eval_path else None
+    ds = load_store(store)
+    path = write_report(ds, out, method=method, kind=None if kind == "all" else kind,
                         temperature=temperature, locality=locality, timing=timing, by=by, plan=plan,
                         eval_results=results, store_path=store)
-    click.echo(f"wrote {path} (+ {', '.join(p.name for p in sorted(path.parent.glob('*.png')))})")
+    click.echo(clean(f"wrote {path} (+ {', '.join(p.name for p in sorted(path.parent.glob('*.png')))})"))
+    note = nonfinite_note(ds)
+    if note:
+        click.secho(f"warning: {clean(note)} (see report.md)", err=True, fg="yellow")

@@ -1,0 +1,72 @@
+"""Writing output files: atomically, with the modes the user's umask gives, and ``-`` for stdout.
+
+``tempfile.mkstemp``/``mkdtemp`` create 0600/0700 entries whatever the umask; renamed into
+place they would leave plans, YAML and checkpoint directories unreadable to the group
+while every other output is 0644/0755. ``atomic_write`` and ``make_temp_dir`` fix the
+mode before the rename, so all outputs follow the umask like ``open()`` and ``mkdir`` do.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+STDOUT = "-"
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """Mode a new file gets from ``open()``: 0o666 less the umask."""
+    return 0o666 & ~current_umask()
+
+
+def dir_mode() -> int:
+    """Mode a new directory gets from ``mkdir``: 0o777 less the umask."""
+    return 0o777 & ~current_umask()
+
+
+def atomic_write(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written), mode per umask."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    try:
+        os.fchmod(fd, file_mode())
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def make_temp_dir(prefix: str, parent: str | os.PathLike[str]) -> Path:
+    """``tempfile.mkdtemp`` in ``parent`` with the mode ``mkdir`` would give (to be renamed into place)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(tmp, dir_mode())
+    return tmp
+
+
+def is_stdout(path: str | os.PathLike[str] | None) -> bool:
+    return path is not None and str(path) == STDOUT
+
+
+def write_output(path: str | os.PathLike[str], text: str) -> Path | None:
+    """Write ``text`` to a file (atomically), or to standard output when ``path`` is ``-``; returns the file path."""
+    if is_stdout(path):
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.flush()
+        return None
+    return atomic_write(path, text)
