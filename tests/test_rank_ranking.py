@@ -38,16 +38,26 @@ def test_store_ranking_equals_numpy_sort(by, kind):
     assert df["cos_dev_logit"].iloc[0] == pytest.approx(float(cos.sel(unit=first).values.astype(np.float64).mean()), rel=1e-6)
 
 
-def test_unprobed_units_come_last_and_nan_is_ignored():
+def test_unprobed_units_come_last_and_a_nan_step_is_never_skipped():
+    """Issue 15 item 2: a probed unit NaN on one step must not rank as safe (its NaN steps were skipped)."""
+    from prunelens.ranking import nonfinite_note, nonfinite_units
+
     ds = synthetic_store(num_layers=4, kinds=("attn",))
     ds["kl_pred"].values[0, 1] = np.nan  # L1.attn not probed
-    ds["kl_pred"].values[0, 2, ..., 0, 0] = np.nan  # one missing sample/step elsewhere
+    ds["done"].values[0, 1] = False
+    ds["kl_pred"].values[0, 2, ..., 0, 0] = 0.0  # L2.attn would be the safest ...
+    ds["kl_pred"].values[0, 2, ..., 0, 1] = np.nan  # ... but its output was NaN on one step
     df = rank_units(ds, method="drop", kind="attn", temperature=1.0)
-    assert df["unit"].iloc[-1] == "L1.attn" and pd_isna(df["rank"].iloc[-1])
-    row = df.set_index("unit").loc["L2.attn"]
-    vals = ds["kl_pred"].sel({"method": "drop", "unit": "L2.attn", "locality": "propagated", "timing": "teacher_forced",
+    assert set(df["unit"].iloc[:2]) == {"L0.attn", "L3.attn"} and list(df["rank"].iloc[:2]) == [1, 2]
+    assert set(df["unit"].iloc[-2:]) == {"L1.attn", "L2.attn"} and df["rank"].iloc[-2:].isna().all()
+    assert np.isnan(df.set_index("unit").loc["L2.attn", "kl_pred"])
+    assert nonfinite_units(df) == ["L2.attn"]  # L1.attn is unprobed, not non-finite
+    assert "L2.attn" in nonfinite_note(ds, df)
+    # a probed unit: its mean is the plain mean of every sample and step
+    row = df.set_index("unit").loc["L3.attn"]
+    vals = ds["kl_pred"].sel({"method": "drop", "unit": "L3.attn", "locality": "propagated", "timing": "teacher_forced",
                              "temperature": 1.0}).values.astype(np.float64)
-    assert row["kl_pred"] == pytest.approx(np.nanmean(vals), rel=1e-6)
+    assert row["kl_pred"] == pytest.approx(vals.mean(), rel=1e-6)
 
 
 def pd_isna(v):

@@ -10,6 +10,7 @@ from textual.app import App
 from textual.binding import Binding
 
 from prunelens.errors import PrunelensError
+from prunelens.safe_text import esc
 
 from . import backend
 from .selection import Selection, default_selection
@@ -60,7 +61,7 @@ class PrunelensApp(App):
         try:
             ds = backend.open_store(path)
         except PrunelensError as exc:
-            self.notify(str(exc), severity="error", timeout=8)
+            self.notify(esc(exc), severity="error", timeout=8)
             return False
         self.ds, self.store_path, self.selection = ds, Path(path), default_selection(ds)
         self.sub_title = self.display_path(Path(path))

@@ -30,11 +30,32 @@ def open_store(path: str | Path):
     from prunelens_store.reader import open_store as read
 
     try:
-        return read(Path(path), allow_incomplete=True)
+        return clean_labels(read(Path(path), allow_incomplete=True))
     except PrunelensError:
         raise
     except Exception as exc:  # a damaged store must not crash the UI
         raise PrunelensError(f"{path}: cannot read the store ({type(exc).__name__}: {exc})") from exc
+
+
+def clean_labels(ds):
+    """``ds`` with terminal escapes and control characters removed from its labels and string attrs.
+
+    The screens show labels and attrs; a store is untrusted input. (Rich markup such as
+    ``[/]`` is escaped where it is drawn: ``prunelens.safe_text.esc``.)
+    """
+    from prunelens.safe_text import clean
+
+    coords = {}
+    for dim in ("method", "unit", "kind"):
+        if dim in ds.coords:
+            values = [str(v) for v in ds[dim].values]
+            cleaned = [clean(v) for v in values]
+            if cleaned != values and len(set(cleaned)) == len(set(values)):
+                coords[dim] = (ds[dim].dims, cleaned) if dim == "kind" else cleaned
+    if coords:
+        ds = ds.assign_coords(coords)
+    ds.attrs = {k: clean(v, oneline=False) if isinstance(v, str) else v for k, v in ds.attrs.items()}
+    return ds
 
 
 def ranker_choices() -> list[tuple[str, str]]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from prunelens.errors import PrunelensError
+from prunelens.safe_text import clean
 
 from . import backend
 
@@ -32,9 +33,11 @@ def find_stores(paths: list[str | Path]) -> list[Path]:
             here = Path(root)
             depth = len(here.relative_to(path).parts)
             for d in sorted(dirs):
-                if is_store_dir(here / d):
+                if is_store_dir(here / d) and not d.startswith("."):
                     found.append(here / d)
-            dirs[:] = [] if depth >= MAX_DEPTH else sorted(d for d in dirs if not is_store_dir(here / d))
+            # hidden directories (a killed run's ``.NAME.tmp-*``, .git, ...) are never stores to list
+            dirs[:] = [] if depth >= MAX_DEPTH else sorted(d for d in dirs if not is_store_dir(here / d)
+                                                           and not d.startswith("."))
     return found
 
 
@@ -83,9 +86,9 @@ def summarize(path: Path) -> StoreSummary:
         ds = backend.open_store(path)
         done = _done_mask(path, ds)
     except PrunelensError as exc:
-        return StoreSummary(path, error=str(exc))
+        return StoreSummary(path, error=clean(exc))
     except Exception as exc:  # never let one bad store take the UI down
-        return StoreSummary(path, error=f"{type(exc).__name__}: {exc}")
+        return StoreSummary(path, error=clean(f"{type(exc).__name__}: {exc}"))
     attrs = dict(ds.attrs)
     return StoreSummary(
         path, model=str(attrs.get("model_id", "?")), methods=[str(m) for m in ds["method"].values],

@@ -15,6 +15,7 @@ transformers with no custom code. (A dropped attention still computes and caches
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -253,17 +254,19 @@ def drop_units(loaded: Any, units: list[Unit]) -> dict:
 
 
 # -- checkpoints --------------------------------------------------------------------------------
-def save_checkpoint(loaded: Any, out_dir: str | Path, meta: dict, overwrite: bool = False) -> Path:
-    """Write safetensors + tokenizer + ``prunelens.json`` to ``out_dir`` atomically (temp dir, then rename)."""
-    from . import __version__
+def save_checkpoint(loaded: Any, out_dir: str | Path, meta: dict, overwrite: bool = False, force: bool = False) -> Path:
+    """Write safetensors + tokenizer + ``prunelens.json`` to ``out_dir`` atomically (temp dir, then rename).
 
-    out = Path(out_dir).expanduser().resolve()
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise PrunelensError(f"{out} exists and is not empty (use --overwrite to replace it)")
-    if out.exists() and not out.is_dir():
-        raise PrunelensError(f"{out} exists and is not a directory")
+    An existing ``out_dir`` is replaced only as ``prunelens.paths.guard_output_dir`` allows.
+    """
+    from . import __version__
+    from .paths import CHECKPOINT_MARKER, guard_output_dir, remove_stale_temps, temp_prefix
+
+    out = guard_output_dir(out_dir, overwrite=overwrite, force=force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    remove_stale_temps(out)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out), dir=out.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; a checkpoint gets the usual mode
     old = None
     try:
         loaded.model.save_pretrained(tmp)
@@ -276,9 +279,11 @@ def save_checkpoint(loaded: Any, out_dir: str | Path, meta: dict, overwrite: boo
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **meta,
         }
-        (tmp / "prunelens.json").write_text(json.dumps(info, indent=2, default=str))
+        info["files"] = sorted([p.name for p in tmp.iterdir()] + [CHECKPOINT_MARKER])
+        (tmp / CHECKPOINT_MARKER).write_text(json.dumps(info, indent=2, default=str))
         if out.exists():
-            old = out.parent / f".{out.name}-old-{int(time.time())}"
+            old = Path(tempfile.mkdtemp(prefix=temp_prefix(out, "old"), dir=out.parent))
+            old.rmdir()
             out.rename(old)
         tmp.rename(out)
     finally:
@@ -286,3 +291,9 @@ def save_checkpoint(loaded: Any, out_dir: str | Path, meta: dict, overwrite: boo
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

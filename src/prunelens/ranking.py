@@ -122,7 +122,12 @@ def store_units(ds: Any, kind: str | None) -> list[Unit]:
 
 def store_means(ds: Any, *, method: str, temperature: float, locality: str, timing: str,
                 units: list[Unit]) -> dict[str, np.ndarray]:
-    """Per-unit means over samples and steps of kl_pred, kl and cos_dev per space (NaN-aware; NaN if missing)."""
+    """Per-unit means over samples and steps of kl_pred, kl and cos_dev per space.
+
+    A cell not probed yet (``done`` False) gives NaN. A probed cell's non-finite values are
+    never skipped: one NaN step makes the unit's mean NaN, one inf makes it inf (see
+    ``nonfinite_units``), so a diverged unit can never look safe.
+    """
     for dim, val in (("locality", locality), ("timing", timing)):
         _check_label(ds, dim, val)
     t = pick_temperature(ds, temperature)
@@ -130,20 +135,49 @@ def store_means(ds: Any, *, method: str, temperature: float, locality: str, timi
     cell = ds.sel({"method": method, "locality": locality, "timing": timing}).sel(unit=names)
     out: dict[str, np.ndarray] = {}
     for var in ("kl_pred", "kl"):
-        out[var] = _nanmean(cell[var].sel(temperature=t).values)
+        out[var] = _cell_mean(cell[var].sel(temperature=t).values, done)
     cos = cell["cos_dev"].sel(temperature=t)
     for space in ("embedding", "logit", "probability"):
-        out[f"cos_dev_{space}"] = _nanmean(cos.sel(space=space).values)
+        out[f"cos_dev_{space}"] = _cell_mean(cos.sel(space=space).values, done)
     return out
+    done = np.asarray(cell["done"].values, dtype=bool).reshape(-1) if "done" in cell else np.ones(len(names), dtype=bool)
 
 
-def _nanmean(a: np.ndarray) -> np.ndarray:
-    """Mean over every axis but the first (unit), ignoring NaN (missing); an inf stays inf; all-NaN rows give NaN."""
+def _cell_mean(a: np.ndarray, done: np.ndarray) -> np.ndarray:
+    """Mean over every axis but the first (unit); NaN and inf propagate; units not done give NaN.
+
+    A cell that is done but holds nothing but NaN is a unit whose output was NaN; it stays NaN.
+    """
     a = np.asarray(a, dtype=np.float64).reshape(a.shape[0], -1)
-    present = ~np.isnan(a)
-    n = present.sum(axis=1)
-    s = np.where(present, a, 0.0).sum(axis=1)
-    return np.where(n > 0, s / np.maximum(n, 1), np.nan)
+    with np.errstate(invalid="ignore"):
+        mean = a.mean(axis=1) if a.shape[1] else np.full(a.shape[0], np.nan)
+    return np.where(done, mean, np.nan)
+
+
+def nonfinite_units(df: Any) -> list[str]:
+    """Units of a ranking whose store means are not finite (a NaN or inf in a probed cell)."""
+    cols = [c for c in ("kl_pred", "kl", "cos_dev_embedding", "cos_dev_logit", "cos_dev_probability") if c in df]
+    if not cols or not len(df):
+        return []
+    vals = df[cols].to_numpy(dtype=np.float64)
+    probed = set(df.attrs.get("probed_units", []))
+    return [str(u) for u, row in zip(df["unit"], vals) if np.isinf(row).any() or (np.isnan(row).any() and str(u) in probed)]
+
+
+def nonfinite_note(ds: Any, df: Any = None) -> str:
+    """One line about non-finite results in the store (and the ranking), or "" when there are none."""
+    a = getattr(ds, "attrs", {}) or {}
+    cells = int(a.get("nonfinite_cells", 0) or 0)
+    units = nonfinite_units(df) if df is not None else []
+    if not cells and not units:
+        return ""
+    text = f"the store has {cells} cell(s) with non-finite values ({int(a.get('nonfinite_values', 0) or 0)} values)"
+    if units:
+        from .safe_text import clean
+
+        shown = ", ".join(clean(u) for u in units[:8]) + (", ..." if len(units) > 8 else "")
+        text += f"; non-finite here: {shown} (inf ranks last; NaN is left unranked and never planned)"
+    return text
 
 
 # -- the public entry point ----------------------------------------------------------
@@ -188,7 +222,7 @@ def rank_units(ds: Any, *, method: str, kind: str | None, temperature: float, by
     scored = ~np.isnan(df["score"].to_numpy(dtype=np.float64))
     df["rank"] = pd.array([i + 1 if f else None for i, f in enumerate(scored)], dtype="Int64")
     df.attrs.update({"by": by, "method": method_label, "temperature": float(temperature), "locality": locality,
-                     "timing": timing, "needs": ranker.needs})
+                     "timing": timing, "needs": ranker.needs, "probed_units": _probed(ds, method_label, units)})
     return df[list(COLUMNS)]
 
 
@@ -199,6 +233,14 @@ def sort_order(score: np.ndarray) -> np.ndarray:
 
 
 def load_store(path: Any) -> Any:
+def _probed(ds: Any, method: str, units: list[Unit]) -> list[str]:
+    """Names of ``units`` whose cell for ``method`` is done (all of them without a store)."""
+    if ds is None or "done" not in ds:
+        return [u.name for u in units]
+    done = ds["done"].sel(method=method).sel(unit=[u.name for u in units]).values
+    return [u.name for u, d in zip(units, np.asarray(done, dtype=bool).reshape(-1)) if d]
+
+
     """Open a probe store lazily (``prunelens_store.open_store``; a plain Zarr open if the reader is absent)."""
     from pathlib import Path
 

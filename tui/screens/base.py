@@ -10,6 +10,8 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Static
 
+from prunelens.safe_text import esc
+
 from .. import selection as S
 from ..selection import SWITCHES
 
@@ -63,7 +65,7 @@ class DataScreen(Screen):
         try:
             data = self.load(ds, sel)
         except Exception as exc:  # a damaged chunk is a message, not a crash
-            self.app.call_from_thread(self.app.notify, f"cannot read the store: {exc}", severity="error")
+            self.app.call_from_thread(self.app.notify, esc(f"cannot read the store: {exc}"), severity="error")
             return
         self.app.call_from_thread(self.show, data)
 

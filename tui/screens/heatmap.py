@@ -6,6 +6,8 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import Footer, Header, Static
 
+from prunelens.safe_text import clean
+
 from .. import views
 from ..widgets.heatmap import HeatmapGrid
 from ..widgets.scale import fmt
@@ -35,7 +37,7 @@ class HeatmapScreen(DataScreen):
         return views.heatmap(ds, sel)
 
     def show(self, data: views.Heatmap) -> None:
-        self.query_one("#title", Static).update(Text(data.title, style="bold"))
+        self.query_one("#title", Static).update(Text(clean(data.title), style="bold"))
         grid = self.query_one(HeatmapGrid)
         grid.set_data(data.values, data.units, data.steps)
         self.query_one("#legend", Static).update(grid.scale.legend())
@@ -47,5 +49,5 @@ class HeatmapScreen(DataScreen):
         metric = self.app.selection.metric if self.app.selection else ""
         samples = self.app.ds.sizes.get("sample", 0) if self.app.ds is not None else 0
         self.query_one("#value", Static).update(
-            Text.assemble((f"{event.unit}", "bold"), f"  step {event.step}  ",
+            Text.assemble((clean(event.unit), "bold"), f"  step {event.step}  ",
                           (f"{metric} = {fmt(event.value)}", "bold"), f"  (mean of {samples} samples)"))

@@ -14,6 +14,7 @@ from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Header, Input, ProgressBar, Select, Static
 
 from prunelens.errors import PrunelensError
+from prunelens.safe_text import clean, esc
 
 from .. import backend
 from ..widgets.scale import fmt
@@ -82,7 +83,7 @@ class PlanScreen(Screen):
         self._status("loading the ranking strategies…", "dim")
         self._warm_up()
         methods = [str(m) for m in ds["method"].values]
-        self.query_one("#method", Select).set_options([(m, m) for m in methods])
+        self.query_one("#method", Select).set_options([(Text(clean(m)), m) for m in methods])
         self.query_one("#method", Select).value = self.app.selection.method
         present = {str(k) for k in ds["kind"].values}
         self.query_one("#kind", Select).value = next((k for k in ("block", "attn", "mlp") if k in present), "all")
@@ -113,7 +114,7 @@ class PlanScreen(Screen):
             self._status("choose, then Rank (r)")
 
     def _status(self, message: str, style: str = "") -> None:
-        self.query_one("#status", Static).update(Text(message, style=style))
+        self.query_one("#status", Static).update(Text(clean(message), style=style))
 
     def choices(self) -> Choices:
         values = {}
@@ -167,7 +168,7 @@ class PlanScreen(Screen):
         for row in df.itertuples(index=False):
             mark = Text("✓ plan", style="bold green") if row.unit in chosen else Text("")
             rank = "" if row.rank is None or str(row.rank) == "<NA>" else str(row.rank)
-            table.add_row(rank, row.unit, fmt(row.score), fmt(row.kl_pred), fmt(row.kl),
+            table.add_row(rank, Text(clean(row.unit)), fmt(row.score), fmt(row.kl_pred), fmt(row.kl),
                           fmt(row.cos_dev_probability), mark)
         names = ", ".join(backend.plan_unit_names(plan))
         self._status(f"plan: {names} ({choices.by}, T={choices.temperature:g}); e exports", "green")
@@ -185,4 +186,4 @@ class PlanScreen(Screen):
             self._status(f"export failed: {exc}", "red")
             return
         self._status("wrote " + " and ".join(str(p) for p in written), "bold green")
-        self.app.notify("wrote " + " and ".join(str(p) for p in written))
+        self.app.notify(esc("wrote " + " and ".join(str(p) for p in written)))

@@ -9,6 +9,8 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
+from prunelens.safe_text import clean, esc
+
 from ..discover import StoreSummary, find_stores, provenance_lines, summarize
 
 COLUMNS = (("store", "store"), ("status", "status"), ("model", "model"), ("units", "units"),
@@ -51,10 +53,10 @@ class RunsScreen(Screen):
         status = Text(s.status, style="red" if s.error else "green" if s.status == "complete" else "yellow")
         name = self.app.display_path(s.path)
         if s.error:
-            row = (name, status, Text(s.error, style="red"), "", "", "", "")
-        else:
-            row = (name, status, s.model, str(s.units), f"{s.samples} x {s.steps}",
-                   ",".join(f"{t:g}" for t in s.temperatures), ", ".join(s.methods))
+            row = (Text(clean(name)), status, Text(clean(s.error), style="red"), "", "", "", "")
+        else:  # store strings as Text: never parsed as markup, escapes removed
+            row = (Text(clean(name)), status, Text(clean(s.model)), str(s.units), f"{s.samples} x {s.steps}",
+                   ",".join(f"{t:g}" for t in s.temperatures), Text(clean(", ".join(s.methods))))
         self.query_one(DataTable).add_row(*row, key=str(len(self.summaries) - 1))
         if len(self.summaries) == 1:
             self._show_details(s)
@@ -63,7 +65,7 @@ class RunsScreen(Screen):
         ok = [s for s in self.summaries if not s.error]
         for s in self.summaries:
             if s.error:
-                self.app.notify(f"{self.app.display_path(s.path)}: {s.error}", severity="error", timeout=6)
+                self.app.notify(esc(f"{self.app.display_path(s.path)}: {s.error}"), severity="error", timeout=6)
         if self.app.ds is None and len(ok) == 1:
             self.app.open_store(ok[0].path)
 
@@ -77,7 +79,7 @@ class RunsScreen(Screen):
             if label == "path":
                 value = self.app.display_path(s.path)
             text.append(f"{label:>15} ", style="bold")
-            text.append(f"{value}\n", style="red" if label == "error" else "")
+            text.append(f"{clean(value)}\n", style="red" if label == "error" else "")
         text.rstrip()
         details.update(text)
 
@@ -98,7 +100,7 @@ class RunsScreen(Screen):
         if s is None:
             return
         if s.error:
-            self.app.notify(s.error, severity="error")
+            self.app.notify(esc(s.error), severity="error")
             return
         if self.app.open_store(s.path):
             self.app.switch_mode("heatmap")

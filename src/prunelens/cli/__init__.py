@@ -44,7 +44,9 @@ class PrunelensGroup(click.Group):
         try:
             return super().invoke(ctx)
         except PrunelensError as exc:
-            click.secho(f"Error: {exc}", err=True, fg="red")
+            from ..safe_text import clean
+
+            click.secho(f"Error: {clean(exc)}", err=True, fg="red")  # no terminal escapes from a store or a path
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo("Interrupted; rerun the same command to resume.", err=True)

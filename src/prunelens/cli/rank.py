@@ -33,7 +33,7 @@ def ranking_table(df: Any, title: str = "") -> Any:
     from ..report import rank_label
 
     by = df.attrs.get("by", "kl_pred")
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left")  # the caller escapes the title
     for col in ("rank", "unit"):
         table.add_column(col, justify="right" if col == "rank" else "left")
     if by not in ("kl_pred", "kl"):
@@ -41,7 +41,7 @@ def ranking_table(df: Any, title: str = "") -> Any:
     for col in ("predicted KL", "measured KL", "1-cos emb", "1-cos logit", "1-cos prob"):
         table.add_column(col, justify="right")
     for _, r in df.iterrows():
-        cells = [rank_label(r["rank"]), str(r["unit"])]
+        cells = [rank_label(r["rank"]), esc(r["unit"])]
         if by not in ("kl_pred", "kl"):
             cells.append(fmt(r["score"]))
         cells += [fmt(r[c]) for c in ("kl_pred", "kl", "cos_dev_embedding", "cos_dev_logit", "cos_dev_probability")]
@@ -52,7 +52,7 @@ def ranking_table(df: Any, title: str = "") -> Any:
 @click.command("rank")
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
 @store_options
-@click.option("--top", type=int, default=None, help="Show only the N safest units.")
+@click.option("--top", type=click.IntRange(min=1), default=None, help="Show only the N safest units.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Also write the table as CSV.")
 @click.option("--list-strategies", is_flag=True, help="List the ranking strategies and exit.")
 def command(store, method, kind, temperature, by, locality, timing, top, csv_path, list_strategies) -> None:
@@ -73,9 +73,21 @@ def command(store, method, kind, temperature, by, locality, timing, top, csv_pat
     ds = load_store(store)
     df = rank_units(ds, method=method, kind=None if kind == "all" else kind, temperature=temperature, by=by,
                     locality=locality, timing=timing)
+    if not store:
+        raise click.UsageError("missing argument STORE (only --list-strategies works without one)")
+    from ..paths import check_writable_file
+    from ..ranking import nonfinite_note
+    from ..safe_text import esc
+
+    check_writable_file(csv_path, flag="--csv")
     if csv_path:
-        df.to_csv(csv_path, index=False)
+        from ..plans import atomic_write
+
+        atomic_write(csv_path, df.to_csv(index=False))
     shown = df if top is None else df.head(top)
-    title = (f"{df.attrs['method']} · {kind} · T={temperature:g} · by {by} · {locality}/{timing} "
+    title = (f"{esc(df.attrs['method'])} · {kind} · T={temperature:g} · by {by} · {locality}/{timing} "
              f"(means over samples and steps; KL = KL(p_dense‖q))")
     console.print(ranking_table(shown, title))
+    note = nonfinite_note(ds, df)
+    if note:
+        make_console(stderr=True).print(f"[yellow]warning: {esc(note)}[/yellow]")

@@ -36,7 +36,9 @@ def one_minus_cos(norm_x: torch.Tensor, par: torch.Tensor, perp_sq: torch.Tensor
     small = perp_sq / (r * (r + c))
     large = (r - c) / r
     out = torch.where(c >= 0, small, large)
-    return torch.where(r > 0, out, torch.zeros_like(out))
+    # 0 only for two zero vectors; a NaN or inf input stays non-finite (never a perfect 0.0)
+    out = torch.where(torch.isfinite(c) & torch.isfinite(perp_sq), out, torch.full_like(out, float("nan")))
+    return torch.where(r == 0, torch.zeros_like(out), out)
 
 
 def vector_metrics(x: torch.Tensor, dx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,0 +1,48 @@
+"""Text from a store, a plan or a plugin, made safe to show: no terminal escapes, no Rich markup.
+
+A store is data anyone can hand you. Its strings (model id, method labels, unit names, attrs)
+and a plugin's messages must reach the terminal as the characters they are: terminal escape
+sequences (``ESC]0;title``, ``ESC[2J``) and other control characters are removed, and Rich
+markup (``[red]``, ``[/]``, ``runs/[exp1]/model``) is escaped so that it prints literally.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# ESC-initiated sequences: CSI (ESC [ ... final), OSC/DCS/PM/APC/SOS (ESC ] ... BEL or ESC \), two-byte ESC x;
+# then the 8-bit C1 forms of CSI and OSC
+_ESCAPES = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]?"
+    r"|\x1b[\]PX^_][^\x07\x1b]*(?:\x07|\x1b\\)?"
+    r"|\x1b[ -~]?"
+    r"|\x9b[0-?]*[ -/]*[@-~]?"
+    r"|[\x90\x9d\x98\x9e\x9f][^\x07\x1b\x9c]*(?:\x07|\x9c)?"
+)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_NEWLINES = re.compile(r"[\t\n]+")
+
+
+def clean(text: Any, *, oneline: bool = True) -> str:
+    """``text`` as a string without escape sequences or control characters (tabs/newlines -> one space)."""
+    s = _ESCAPES.sub("", str(text))
+    s = _CONTROL.sub("", s)
+    return _NEWLINES.sub(" ", s) if oneline else s
+
+
+def esc(text: Any, *, oneline: bool = True) -> str:
+    """``clean(text)`` with Rich markup escaped: for ``console.print``, table cells and Textual labels."""
+    from rich.markup import escape
+
+    return escape(clean(text, oneline=oneline))
+
+
+def md(text: Any) -> str:
+    """``clean(text)`` for a Markdown table cell or line: ``|`` and backticks cannot break the layout."""
+    return clean(text).replace("\\", "\\\\").replace("|", "\\|").replace("`", "'")
+
+
+def md_code(text: Any) -> str:
+    """``clean(text)`` inside an inline code span (backticks replaced so the span cannot end early)."""
+    return "`" + clean(text).replace("`", "'").replace("|", "\\|") + "`"
