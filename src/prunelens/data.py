@@ -51,14 +51,27 @@ def shakespeare_text(split: str = "calib") -> str:
 
 
 def token_windows(tokenizer: Any, n: int, length: int, split: str = "calib", seed: int = 0) -> np.ndarray:
-    """``n`` random windows of ``length`` tokens from one split, starting at paragraph starts."""
+    """``n`` random windows of ``length`` tokens from one split, starting at paragraph starts.
+
+    Each window follows the tokenizer's own convention (``prunelens.tokens``): it begins with the
+    special ids ``tokenizer(text)`` puts first (a BOS for Gemma or Llama), then ``length`` minus
+    that many text tokens; a window is always ``length`` ids long.
+    """
+    from .tokens import convention
+
+    prefix = list(convention(tokenizer).prefix)
+    room = length - len(prefix)
+    if room < 1:
+        raise PrunelensError(f"windows of {length} tokens leave no room for text after the tokenizer's "
+                             f"{len(prefix)} special token(s)")
     ids, starts = _tokenized(tokenizer, split)
-    valid = starts[starts + length <= len(ids)]
+    valid = starts[starts + room <= len(ids)]
     if len(valid) < n:
         raise PrunelensError(f"not enough {split} text for {n} windows of {length} tokens")
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(valid, size=n, replace=False))
-    return np.stack([ids[s : s + length] for s in chosen]).astype(np.int64)
+    return np.stack([np.concatenate([np.asarray(prefix, dtype=np.int64), ids[s : s + room]])
+                     for s in chosen]).astype(np.int64)
 
 
 @lru_cache(maxsize=8)

@@ -15,7 +15,7 @@ import torch
 
 from .adapters import Adapter, linear_weight, set_linear_weight
 from .errors import PrunelensError
-from .params import Param, Parameterized  # noqa: F401  (Param is re-exported for plugins)
+from .params import Param, Parameterized, format_spec, parse_spec  # noqa: F401  (Param is re-exported for plugins)
 from .units import KINDS, Unit
 
 CALIBRATIONS = ("none", "input_norms", "hessian")
@@ -74,19 +74,60 @@ def method_registry() -> dict[str, tuple[str, type[Method]]]:
     return registry("register_methods", key=lambda cls: cls.name)
 
 
-def parse_method(text: str) -> Method:
-    """``wanda:sparsity=0.5,pattern=2:4`` -> a validated ``Method`` instance."""
-    name, _, rest = text.strip().partition(":")
+def method_provenance(name: str) -> dict[str, Any]:
+    """Which plugin, distribution and version provide method ``name`` (recorded in stores and checkpoints)."""
+    from .plugins import provenance
+
     reg = method_registry()
     if name not in reg:
         raise PrunelensError(f"unknown method {name!r}; available: {', '.join(sorted(reg)) or 'none'}")
-    values: dict[str, str] = {}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, val = item.partition("=")
-        if not eq:
-            raise PrunelensError(f"bad method parameter {item!r} in {text!r}: expected key=value")
-        values[key.strip()] = val.strip()
+    return provenance(reg[name][0])
+
+
+def parse_method(text: str) -> Method:
+    """``wanda:sparsity=0.5,pattern=2:4`` -> a validated ``Method`` instance (grammar: ``params.parse_spec``)."""
+    name, values = parse_spec(text, "method")
+    reg = method_registry()
+    if name not in reg:
+        raise PrunelensError(f"unknown method {name!r}; available: {', '.join(sorted(reg)) or 'none'}")
     return reg[name][1](**values)
+
+
+def canonical_spec(text: str) -> str:
+    """The one canonical form of a method spec, used by every command before matching.
+
+    Values are coerced to their declared types and defaults are dropped, so
+    ``wanda:sparsity=0.50`` -> ``wanda`` and ``rtn:bits=8,sym=false`` -> ``rtn:bits=8,sym=False``;
+    two specs name the same method exactly when their canonical forms are equal.
+    """
+    return parse_method(text).spec
+
+
+def spec_key(text: str) -> str:
+    """``canonical_spec`` when the method is installed; otherwise the spec with its parameters
+    sorted (a store made with a plugin that is not installed still matches its own labels)."""
+    name, values = parse_spec(text, "method")
+    if name in method_registry():
+        return canonical_spec(text)  # a bad parameter of an installed method is the user's error: raise it
+    return format_spec(name, dict(sorted(values.items())))
+
+
+def _label_key(label: str) -> str:
+    try:
+        return spec_key(label)
+    except PrunelensError:  # a stored label this version cannot parse matches only itself
+        return label
+
+
+def match_spec(text: str, labels: list[str]) -> str | None:
+    """The label among ``labels`` (e.g. a store's methods) naming the same method with the same
+    effective parameters as ``text``, or None. Never matches different effective values:
+    ``rtn`` (4 bits by default) does not match ``rtn:bits=8``."""
+    if text in labels:
+        return text
+    want = spec_key(text)
+    hits = [lab for lab in labels if _label_key(lab) == want]
+    return hits[0] if hits else None
 
 
 def expand_method_specs(text: str) -> list[str]:

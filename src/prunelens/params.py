@@ -30,6 +30,36 @@ class Param:
             raise PrunelensError(f"parameter {name}={value!r}: expected {getattr(self.type, '__name__', self.type)}") from None
 
 
+def parse_spec(text: str, kind: str = "method") -> tuple[str, dict[str, str]]:
+    """``name:key=value,key=value`` -> ``(name, {key: value})``: the one grammar of method, ranker, allocator
+    and task specs. A value may hold ``:`` (``pattern=2:4``) but not ``,``; an empty value, a missing
+    ``=`` and a repeated key are refused (an empty value never silently means the default)."""
+    raw = str(text).strip()
+    name, _, rest = raw.partition(":")
+    name = name.strip()
+    if not name:
+        raise PrunelensError(f"empty {kind} name in {raw!r}: expected NAME or NAME:key=value,...")
+    values: dict[str, str] = {}
+    for item in (s.strip() for s in rest.split(",")):
+        if not item:
+            continue
+        key, eq, val = (x.strip() for x in item.partition("="))
+        if not eq or not key:
+            raise PrunelensError(f"bad {kind} parameter {item!r} in {raw!r}: expected key=value")
+        if not val:
+            raise PrunelensError(f"{kind} parameter {key!r} has an empty value in {raw!r}: give a value, "
+                                 "or leave the parameter out to use its default")
+        if key in values:
+            raise PrunelensError(f"{kind} parameter {key!r} is given twice in {raw!r}")
+        values[key] = val
+    return name, values
+
+
+def format_spec(name: str, values: dict[str, Any]) -> str:
+    """The inverse of ``parse_spec`` (values in the order given)."""
+    return name + (":" + ",".join(f"{k}={v}" for k, v in values.items()) if values else "")
+
+
 class Parameterized:
     """A named plugin object whose ``params`` are validated on construction and read as attributes."""
 
@@ -62,8 +92,7 @@ class Parameterized:
     @property
     def spec(self) -> str:
         """Canonical text form, e.g. ``wanda:sparsity=0.5`` (only non-default values)."""
-        parts = [f"{k}={v}" for k, v in self.values.items() if v != self.params[k].default]
-        return self.name + (":" + ",".join(parts) if parts else "")
+        return format_spec(self.name, {k: v for k, v in self.values.items() if v != self.params[k].default})
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.spec}>"

@@ -3,7 +3,15 @@
 Environment:
   PRUNELENS_LOAD_PLUGINS  unset: autoload every installed ``prunelens`` entry point;
                           empty string: autoload none; ``a,b``: only those distributions
-                          (or entry-point names). Built-ins always load.
+                          (or entry-point names; a name matching none is warned about).
+                          Built-ins always load.
+  PRUNELENS_OVERRIDE      ``drop,angular``: names of built-in methods, rankers, tasks,
+                          allocators or architectures that a third-party plugin may replace.
+                          Without it a plugin registering a built-in's name is ignored for
+                          that name (one warning line), so the built-in keeps working.
+
+Warnings (a broken plugin, an ignored override, an allowlist typo) are one line on stderr,
+each printed once per process.
 """
 
 from __future__ import annotations
@@ -13,7 +21,6 @@ import importlib.metadata as md
 import importlib.util
 import os
 import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -26,6 +33,8 @@ from .errors import PrunelensError
 
 ENTRY_POINT_GROUP = "prunelens"
 ENV_ALLOWLIST = "PRUNELENS_LOAD_PLUGINS"
+ENV_OVERRIDE = "PRUNELENS_OVERRIDE"
+BUILTIN_DISTRIBUTION = "prunelens"
 BUILTIN_MODULES = (
     "prunelens_plugins.architectures",
     "prunelens_plugins.magnitude",
@@ -38,6 +47,26 @@ BUILTIN_MODULES = (
     "prunelens_plugins.allocators",
     "prunelens_plugins.tasks",
 )
+
+# What each built-in registers, declared so that ``prunelens plugins`` lists the built-ins
+# without importing them (they import torch). tests/test_plugin_hygiene.py checks this against
+# what the modules' hooks really register.
+BUILTIN_MANIFEST: dict[str, dict[str, list[str]]] = {
+    "architectures": {"hooks": ["register_architectures"],
+                      "architectures": ["gemma2", "gemma3_text", "gpt2", "gpt_neox", "llama", "mistral", "olmo2", "phi3",
+                                        "qwen2", "qwen3"]},
+    "magnitude": {"hooks": ["register_methods"], "methods": ["magnitude"]},
+    "wanda": {"hooks": ["register_methods"], "methods": ["wanda"]},
+    "sparsegpt": {"hooks": ["register_methods"], "methods": ["sparsegpt"]},
+    "drop": {"hooks": ["register_methods"], "methods": ["drop"]},
+    "rtn": {"hooks": ["register_methods"], "methods": ["rtn"]},
+    "gptq": {"hooks": ["register_methods"], "methods": ["gptq"]},
+    "rankers": {"hooks": ["register_rankers"], "rankers": ["angular", "block_influence", "kl", "kl_pred", "llm_drop"]},
+    "allocators": {"hooks": ["register_allocators"], "allocators": ["knapsack", "owl", "ranked", "uniform"]},
+    "tasks": {"hooks": ["register_tasks"], "tasks": ["gen_agreement", "gsm8k", "mc_letters", "mc_nextline", "perplexity"]},
+}
+REGISTRY_KINDS = (("methods", "register_methods"), ("architectures", "register_architectures"),
+                  ("tasks", "register_tasks"), ("rankers", "register_rankers"), ("allocators", "register_allocators"))
 
 pm = pluggy.PluginManager("prunelens")
 pm.add_hookspecs(hookspecs)
@@ -56,18 +85,34 @@ class PluginInfo:
     tasks: list[str] = field(default_factory=list)
     rankers: list[str] = field(default_factory=list)
     error: str | None = None
+    allocators: list[str] = field(default_factory=list)
+    distribution: str | None = None  # the installed distribution that provides it ("prunelens" for built-ins)
 
 
 _sources: dict[str, tuple[str, str | None]] = {}
+_dists: dict[str, str | None] = {}  # plugin name -> distribution
 _failed: list[PluginInfo] = []
 _loaded = False
+_builtins_loaded = False
+_entry_points_loaded = False
+_warned: set[str] = set()
 
 
-def _register(module: Any, name: str, source: str, version: str | None) -> None:
+def warn_once(message: str) -> None:
+    """One line on stderr (no Python warning with a source path), at most once per process."""
+    if message in _warned:
+        return
+    _warned.add(message)
+    sys.stderr.write(f"prunelens: warning: {message}\n")
+    sys.stderr.flush()
+
+
+def _register(module: Any, name: str, source: str, version: str | None, dist: str | None = None) -> None:
     if pm.get_plugin(name) is not None or pm.is_registered(module):
         return
     pm.register(module, name=name)
     _sources[name] = (source, version)
+    _dists[name] = dist
 
 
 def _allowlist() -> set[str] | None:
@@ -83,21 +128,54 @@ def load_plugins() -> None:
     if _loaded:
         return
     _loaded = True
+    _load_builtins()
+    _load_entry_points()
+
+
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True
+    from . import __version__
+
     for modname in BUILTIN_MODULES:
-        _register(importlib.import_module(modname), modname.rsplit(".", 1)[-1], "builtin", None)
+        _register(importlib.import_module(modname), modname.rsplit(".", 1)[-1], "builtin", __version__,
+                  BUILTIN_DISTRIBUTION)
+    _check_pending()
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
     allow = _allowlist()
+    matched: set[str] = set()
     for ep in md.entry_points(group=ENTRY_POINT_GROUP):
         dist = ep.dist.name if ep.dist else ep.name
-        if allow is not None and ep.name not in allow and dist not in allow:
-            continue
+        if allow is not None:
+            hit = {ep.name, dist} & allow
+            if not hit:
+                continue
+            matched |= hit
         version = ep.dist.version if ep.dist else None
         try:
             module = ep.load()
-            _register(module, ep.name, "entry-point", version)
+            _register(module, ep.name, "entry-point", version, dist)
         except Exception as exc:  # a broken plugin must not take the others down
-            _failed.append(PluginInfo(ep.name, version, "entry-point", error=f"{type(exc).__name__}: {exc}"))
-            warnings.warn(f"prunelens plugin {ep.name!r} failed to load: {exc}", stacklevel=2)
+            _failed.append(PluginInfo(ep.name, version, "entry-point", error=f"{type(exc).__name__}: {exc}",
+                                      distribution=dist))
+            warn_once(f"plugin {ep.name!r} ({dist} {version or ''}) failed to load and is skipped: "
+                      f"{type(exc).__name__}: {_first_line(exc)}")
+    for name in sorted((allow or set()) - matched):
+        warn_once(f"{ENV_ALLOWLIST} names {name!r}, which matches no installed prunelens plugin")
     _check_pending()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def load_plugin_file(path: str | os.PathLike[str]) -> ModuleType:
@@ -131,13 +209,14 @@ def _check_pending() -> None:
         raise PrunelensError(f"plugin hook error: {exc}") from exc
 
 
-def collect(hook_name: str) -> list[tuple[str, Any]]:
+def collect(hook_name: str, load: bool = True) -> list[tuple[str, Any]]:
     """Call one ``register_*`` hook on every plugin; return (plugin name, item) pairs.
 
     A plugin whose hook raises is reported (as a warning and in ``plugin_infos``)
-    and skipped; the others still register.
+    and skipped; the others still register. ``load=False`` asks only the plugins registered so far.
     """
-    load_plugins()
+    if load:
+        load_plugins()
     items: list[tuple[str, Any]] = []
     for name, plugin in pm.list_name_plugin():
         impl = getattr(plugin, hook_name, None)
@@ -151,27 +230,37 @@ def collect(hook_name: str) -> list[tuple[str, Any]]:
         except Exception as exc:
             msg = f"{type(exc).__name__}: {exc}"
             if not any(f.name == name and f.error == msg for f in _failed):
-                _failed.append(PluginInfo(name, _sources.get(name, ("?", None))[1], "error", error=msg))
-                warnings.warn(f"prunelens plugin {name!r} failed in {hook_name}: {exc}", stacklevel=2)
+                _failed.append(PluginInfo(name, _sources.get(name, ("?", None))[1], "error", error=msg,
+                                          distribution=_dists.get(name)))
+            warn_once(f"plugin {name!r} failed in {hook_name} and is skipped: {type(exc).__name__}: {_first_line(exc)}")
             continue
         items.extend((name, item) for item in found)
     return items
 
 
-def plugin_infos() -> list[PluginInfo]:
-    """Every registered plugin with its hooks and what it registered."""
-    load_plugins()
-    from .adapters import architecture_registry
-    from .methods import method_registry
+def plugin_infos(import_builtins: bool = True) -> list[PluginInfo]:
+    """Every plugin with its hooks and what it registered.
 
+    ``import_builtins=False`` (what ``prunelens plugins`` uses) describes built-ins not yet imported
+    from ``BUILTIN_MANIFEST`` instead of importing them (which imports torch); third-party plugins
+    are always loaded and asked.
+    """
+    from . import __version__
+
+    if import_builtins:
+        load_plugins()
+    else:
+        _load_entry_points()
     owners: dict[str, dict[str, list[str]]] = {}
-    for kind, reg in (("methods", method_registry()), ("architectures", architecture_registry())):
-        for item_name, (owner, _) in reg.items():
-            owners.setdefault(owner, {}).setdefault(kind, []).append(item_name)
-    for kind, hook in (("tasks", "register_tasks"), ("rankers", "register_rankers")):
-        for owner, item in collect(hook):
-            owners.setdefault(owner, {}).setdefault(kind, []).append(getattr(item, "name", repr(item)))
+    for kind, hook in REGISTRY_KINDS:
+        for owner, item in collect(hook, load=import_builtins):
+            owners.setdefault(owner, {}).setdefault(kind, []).extend(_item_keys(item))
     infos = []
+    if not _builtins_loaded:
+        for name, declared in BUILTIN_MANIFEST.items():
+            infos.append(PluginInfo(name=name, version=__version__, source="builtin", hooks=list(declared["hooks"]),
+                                    distribution=BUILTIN_DISTRIBUTION,
+                                    **{k: sorted(declared.get(k, [])) for k, _ in REGISTRY_KINDS}))
     for name, plugin in pm.list_name_plugin():
         source, version = _sources.get(name, ("?", None))
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
@@ -182,11 +271,9 @@ def plugin_infos() -> list[PluginInfo]:
                 version=version,
                 source=source,
                 hooks=hooks,
-                methods=sorted(own.get("methods", [])),
-                architectures=sorted(own.get("architectures", [])),
-                tasks=sorted(own.get("tasks", [])),
-                rankers=sorted(own.get("rankers", [])),
                 error=next((f.error for f in _failed if f.name == name), None),
+                distribution=_dists.get(name),
+                **{k: sorted(own.get(k, [])) for k, _ in REGISTRY_KINDS},
             )
         )
     seen = {i.name for i in infos}
@@ -194,12 +281,39 @@ def plugin_infos() -> list[PluginInfo]:
     return infos
 
 
+def _item_keys(item: Any) -> list[str]:
+    """The names an item registers under: an architecture's model types, else its ``name``."""
+    types = getattr(item, "model_types", None)
+    return [str(t) for t in types] if types else [str(getattr(item, "name", repr(item)))]
+
+
+def provenance(plugin_name: str) -> dict[str, Any]:
+    """Where a plugin comes from: ``{"plugin", "distribution", "version", "source"}`` (recorded in stores)."""
+    source, version = _sources.get(plugin_name, ("?", None))
+    return {"plugin": plugin_name, "distribution": _dists.get(plugin_name), "version": version, "source": source}
+
+
+def _overridable() -> set[str]:
+    return {v.strip() for v in os.environ.get(ENV_OVERRIDE, "").split(",") if v.strip()}
+
+
 def registry(hook_name: str, key: Callable[[Any], str]) -> dict[str, tuple[str, Any]]:
-    """name -> (plugin name, item) for one hook; a later plugin cannot silently shadow."""
+    """name -> (plugin name, item) for one hook.
+
+    A built-in's name taken by another plugin keeps the built-in unless the name is listed in
+    ``PRUNELENS_OVERRIDE`` (explicit opt-in); a clash between two third-party plugins keeps the
+    one loaded last. Either way one warning line says what happened.
+    """
     out: dict[str, tuple[str, Any]] = {}
+    allowed = _overridable()
     for owner, item in collect(hook_name):
         k = key(item)
         if k in out and out[k][0] != owner:
-            warnings.warn(f"{hook_name}: {k!r} from {owner!r} overrides the one from {out[k][0]!r}", stacklevel=2)
+            prev = out[k][0]
+            if _sources.get(prev, ("?",))[0] == "builtin" and k not in allowed:
+                warn_once(f"plugin {owner!r} registers {k!r}, a built-in name: ignored, the built-in is used "
+                          f"(set {ENV_OVERRIDE}={k} to use {owner!r}'s)")
+                continue
+            warn_once(f"{k!r} from plugin {owner!r} replaces the one from {prev!r}")
         out[k] = (owner, item)
     return out

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .errors import PrunelensError
-from .params import Param, Parameterized
+from .params import Param, Parameterized, parse_spec
 from .units import KINDS, Unit
 
 COLUMNS = ("unit", "layer", "kind", "score", "kl_pred", "kl", "cos_dev_embedding", "cos_dev_logit",
@@ -72,10 +72,16 @@ def ranker_registry() -> dict[str, tuple[str, type[Ranker]]]:
 
 
 def get_ranker(by: str, **params: Any) -> Ranker:
+    """A validated ranker from a spec ``name`` or ``name:key=value,...`` (``params.parse_spec``); keyword
+    ``params`` add to the spec's (giving one parameter both ways is refused)."""
+    name, values = parse_spec(by, "ranker")
     reg = ranker_registry()
-    if by not in reg:
-        raise PrunelensError(f"unknown ranking strategy {by!r}; available: {', '.join(sorted(reg)) or 'none'}")
-    return reg[by][1](**params)
+    if name not in reg:
+        raise PrunelensError(f"unknown ranking strategy {name!r}; available: {', '.join(sorted(reg)) or 'none'}")
+    both = sorted(set(values) & {k for k, v in params.items() if v is not None})
+    if both:
+        raise PrunelensError(f"ranker parameter(s) {', '.join(both)} given both in {by!r} and separately")
+    return reg[name][1](**{**params, **values})
 
 
 # -- reading the store ---------------------------------------------------------------
@@ -95,17 +101,18 @@ def _check_label(ds: Any, dim: str, value: str) -> None:
 
 
 def resolve_method(ds: Any, method: str | None) -> str:
-    """The store's method label for ``method`` (exact, or by name when one spec has that name)."""
+    """The store's method label naming the same method as ``method`` with the same effective parameters
+    (``methods.match_spec``: both sides canonicalised; ``wanda:sparsity=0.5`` matches ``wanda``)."""
     labels = [str(v) for v in ds["method"].values]
     if method is None:
         if len(labels) == 1:
             return labels[0]
         raise PrunelensError(f"the store has several methods; choose one with --method: {', '.join(labels)}")
-    if method in labels:
-        return method
-    by_name = [lab for lab in labels if lab.split(":", 1)[0] == method]
-    if len(by_name) == 1:
-        return by_name[0]
+    from .methods import match_spec
+
+    hit = match_spec(method, labels)
+    if hit is not None:
+        return hit
     raise PrunelensError(f"method {method!r} is not in the store; it has {', '.join(labels)}")
 
 
@@ -133,6 +140,7 @@ def store_means(ds: Any, *, method: str, temperature: float, locality: str, timi
     t = pick_temperature(ds, temperature)
     names = [u.name for u in units]
     cell = ds.sel({"method": method, "locality": locality, "timing": timing}).sel(unit=names)
+    done = np.asarray(cell["done"].values, dtype=bool).reshape(-1) if "done" in cell else np.ones(len(names), dtype=bool)
     out: dict[str, np.ndarray] = {}
     for var in ("kl_pred", "kl"):
         out[var] = _cell_mean(cell[var].sel(temperature=t).values, done)
@@ -140,7 +148,6 @@ def store_means(ds: Any, *, method: str, temperature: float, locality: str, timi
     for space in ("embedding", "logit", "probability"):
         out[f"cos_dev_{space}"] = _cell_mean(cos.sel(space=space).values, done)
     return out
-    done = np.asarray(cell["done"].values, dtype=bool).reshape(-1) if "done" in cell else np.ones(len(names), dtype=bool)
 
 
 def _cell_mean(a: np.ndarray, done: np.ndarray) -> np.ndarray:
@@ -226,13 +233,6 @@ def rank_units(ds: Any, *, method: str, kind: str | None, temperature: float, by
     return df[list(COLUMNS)]
 
 
-def sort_order(score: np.ndarray) -> np.ndarray:
-    """Ascending and stable; +inf after every finite score, NaN (unscored) last."""
-    score = np.asarray(score, dtype=np.float64)
-    return np.lexsort((np.where(np.isnan(score), np.inf, score), np.isnan(score)))
-
-
-def load_store(path: Any) -> Any:
 def _probed(ds: Any, method: str, units: list[Unit]) -> list[str]:
     """Names of ``units`` whose cell for ``method`` is done (all of them without a store)."""
     if ds is None or "done" not in ds:
@@ -241,6 +241,13 @@ def _probed(ds: Any, method: str, units: list[Unit]) -> list[str]:
     return [u.name for u, d in zip(units, np.asarray(done, dtype=bool).reshape(-1)) if d]
 
 
+def sort_order(score: np.ndarray) -> np.ndarray:
+    """Ascending and stable; +inf after every finite score, NaN (unscored) last."""
+    score = np.asarray(score, dtype=np.float64)
+    return np.lexsort((np.where(np.isnan(score), np.inf, score), np.isnan(score)))
+
+
+def load_store(path: Any) -> Any:
     """Open a probe store lazily (``prunelens_store.open_store``; a plain Zarr open if the reader is absent)."""
     from pathlib import Path
 

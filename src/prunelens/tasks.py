@@ -305,7 +305,10 @@ def nextline_items(n: int, seed: int = 0, context_lines: int = 6, n_choices: int
 
 
 def encode(tokenizer: Any, text: str, special: bool = False) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+    """``text``'s ids; ``special``: as a sequence start, with the tokenizer's own prefix (``prunelens.tokens``)."""
+    from .tokens import encode as encode_text
+
+    return encode_text(tokenizer, text, special=special)
 
 
 LETTERS = "ABCDEFGH"

@@ -18,7 +18,8 @@ def store_options(f):
         click.option("--kind", type=KIND_CHOICE, default="all", show_default=True, help="Unit kind to rank."),
         click.option("--temperature", "-T", type=float, default=1.0, show_default=True, help="Deployment temperature."),
         click.option("--by", default="kl_pred", show_default=True,
-                     help="Strategy: kl_pred, kl, block_influence, angular, llm_drop (see --list-strategies)."),
+                     help="Strategy, optionally with parameters: NAME or NAME:key=value,... (e.g. late_first:attn_bonus=2); "
+                          "see prunelens rank --list-strategies."),
         click.option("--locality", type=click.Choice(["local", "propagated"]), default="propagated", show_default=True),
         click.option("--timing", type=click.Choice(["teacher_forced", "free_running"]), default="teacher_forced",
                      show_default=True),
@@ -31,6 +32,7 @@ def ranking_table(df: Any, title: str = "") -> Any:
     from rich.table import Table
 
     from ..report import rank_label
+    from ..safe_text import esc
 
     by = df.attrs.get("by", "kl_pred")
     table = Table(title=title, title_justify="left")  # the caller escapes the title
@@ -50,7 +52,7 @@ def ranking_table(df: Any, title: str = "") -> Any:
 
 
 @click.command("rank")
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store", type=click.Path(exists=True, file_okay=False), required=False)
 @store_options
 @click.option("--top", type=click.IntRange(min=1), default=None, help="Show only the N safest units.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Also write the table as CSV.")
@@ -65,14 +67,12 @@ def command(store, method, kind, temperature, by, locality, timing, top, csv_pat
     if list_strategies:
         from rich.table import Table
 
-        t = Table("strategy", "needs", "plugin", "description")
+        t = Table("strategy", "needs", "plugin", "parameters (default)", "description")
         for name, (owner, cls) in sorted(ranker_registry().items()):
-            t.add_row(name, cls.needs, owner, cls.description)
+            params = ", ".join(f"{k}={p.default}" for k, p in cls.params.items()) or "-"
+            t.add_row(name, cls.needs, owner, params, cls.description)
         console.print(t)
         return
-    ds = load_store(store)
-    df = rank_units(ds, method=method, kind=None if kind == "all" else kind, temperature=temperature, by=by,
-                    locality=locality, timing=timing)
     if not store:
         raise click.UsageError("missing argument STORE (only --list-strategies works without one)")
     from ..paths import check_writable_file
@@ -80,6 +80,9 @@ def command(store, method, kind, temperature, by, locality, timing, top, csv_pat
     from ..safe_text import esc
 
     check_writable_file(csv_path, flag="--csv")
+    ds = load_store(store)
+    df = rank_units(ds, method=method, kind=None if kind == "all" else kind, temperature=temperature, by=by,
+                    locality=locality, timing=timing)
     if csv_path:
         from ..plans import atomic_write
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import PrunelensError
+from ..tokens import with_prefix
 
 
 @dataclass
@@ -68,8 +69,9 @@ def load_prompts(path: str | Path, tokenizer: Any, prompt_len: int, samples: int
     """Prompts from a file: ``.txt`` (one prompt per line) or ``.jsonl`` rows with ``prompt`` (text)
     or ``ids`` (token ids) and optional ``candidates`` (strings such as " A", or token ids).
 
-    A prompt longer than ``prompt_len`` tokens keeps its last ``prompt_len`` tokens; each
-    candidate string must be one token.
+    A text prompt starts with the tokenizer's own special prefix (``prunelens.tokens``: a BOS
+    for Gemma or Llama); a prompt longer than ``prompt_len`` tokens keeps that prefix and its
+    last tokens (given ``ids`` are used as they are); each candidate string must be one token.
     """
     p = Path(path)
     if not p.is_file():
@@ -98,7 +100,7 @@ def load_prompts(path: str | Path, tokenizer: Any, prompt_len: int, samples: int
         else:
             if tokenizer is None:
                 raise PrunelensError(f"{path}:{n}: text prompts need a tokenizer; give 'ids'")
-            toks = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+            toks = with_prefix(tokenizer, tokenizer(row["prompt"], add_special_tokens=False)["input_ids"], prompt_len)
         ids.append(toks[-prompt_len:])
         texts.append(row.get("prompt", ""))
         cands.append([_candidate_id(c, tokenizer, path, n) for c in row.get("candidates", [])])

@@ -13,7 +13,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import PrunelensError
-from ..methods import Method
+from ..methods import Method, method_provenance
+from ..tokens import convention
 from ..units import Unit
 from .distributed import Ranks
 from .engine import ProbeEngine, ProbeSettings
@@ -30,6 +31,16 @@ def versions() -> dict[str, str]:
 
     return {"prunelens": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "xarray": xarray.__version__, "zarr": zarr.__version__, "python": platform.python_version()}
+
+
+def plugin_versions(methods: list[Method]) -> dict[str, str]:
+    """distribution -> version of every third-party plugin that provides one of ``methods``."""
+    out: dict[str, str] = {}
+    for m in methods:
+        prov = method_provenance(m.name)
+        if prov["source"] != "builtin" and prov["distribution"]:
+            out[str(prov["distribution"])] = str(prov["version"] or "?")
+    return out
 
 
 def prompts_hash(prompts: Prompts) -> str:
@@ -137,9 +148,11 @@ def run_probe(
             else:
                 attrs = {
                     "model_id": loaded.model_id, "config_hash": loaded.config_hash, "dtype": dtype, "device": device,
-                    "versions": json.dumps(versions()), "readout": settings.readout, "prompts_hash": identity["prompts_hash"],
+                    "versions": json.dumps({**versions(), **plugin_versions(methods)}), "readout": settings.readout, "prompts_hash": identity["prompts_hash"],
                     "prompts_source": prompts.source, "seed": seed,
-                    "methods": json.dumps({m.spec: {"name": m.name, **m.values} for m in methods}, default=str),
+                    "tokenization": json.dumps(convention(loaded.tokenizer).as_attrs()),
+                    "methods": json.dumps({m.spec: {"name": m.name, **m.values, "plugin": method_provenance(m.name)}
+                                           for m in methods}, default=str),
                     "calibration": json.dumps(calibration), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "step_convention": "step s = prediction of continuation token s, at position prompt_len - 1 + s",
                     "readout_convention": "norm: z = lm_head(final_norm(h)); raw: z = lm_head(h)",
