@@ -61,9 +61,20 @@ def _single_method(ctx: AllocContext, who: str) -> str:
 
 def _store_kl(ctx: AllocContext, spec: str, units: list[Unit]) -> list[float | None]:
     """The store's predicted KL of ``spec`` on ``units`` where it was probed (else None)."""
-    if ctx.ds is None or spec not in [str(v) for v in ctx.ds["method"].values]:
-        return [None] * len(units)
+    from prunelens.methods import parse_method
     from prunelens.ranking import store_means
+
+    if ctx.ds is None:
+        return [None] * len(units)
+    labels = {}
+    for lab in (str(v) for v in ctx.ds["method"].values):
+        try:
+            labels[parse_method(lab).spec] = lab
+        except PrunelensError:
+            continue
+    spec = labels.get(parse_method(spec).spec)
+    if spec is None:
+        return [None] * len(units)
 
     have = {str(u) for u in ctx.ds["unit"].values}
     probe = [u for u in units if u.name in have]

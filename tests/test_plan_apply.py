@@ -53,7 +53,7 @@ def test_plan_json_round_trip_is_canonical(loaded, tmp_path):
     again = Plan.load(path)
     assert again == plan
     assert again.to_json() == path.read_text()
-    assert json.loads(path.read_text())["schema_version"] == 1
+    assert json.loads(path.read_text())["schema_version"] == 2
     assert not list(tmp_path.glob(".plan.json.*"))  # no temp file left behind
 
 

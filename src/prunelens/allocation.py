@@ -343,3 +343,20 @@ def _linear_zero_fraction(choices: list[Choice], sizes: UnitSizes) -> float:
 
     z = sum(option_effect(parse_method(c.method)).zero_fraction * sizes.linear[c.unit] for c in choices)
     return z / sizes.linear_total
+
+
+def parse_allocator_spec(text: str) -> tuple[str, dict[str, str]]:
+    """``owl:M=5,lmbda=0.1`` -> ("owl", {"M": "5", "lmbda": "0.1"}) (validated when the allocator is built)."""
+    name, _, rest = text.strip().partition(":")
+    params: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, val = item.partition("=")
+        if not eq:
+            raise PrunelensError(f"bad allocator parameter {item!r} in {text!r}: expected key=value")
+        params[key.strip()] = val.strip()
+    return name, params
+
+
+def is_allocation_budget(text: str) -> bool:
+    """A budget only an allocator can meet (sparsity, bits, bytes), as opposed to a unit count or params fraction."""
+    return parse_budget_spec(text).kind in ("sparsity", "bits", "bytes")

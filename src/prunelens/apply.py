@@ -32,17 +32,27 @@ def apply_plan(plan: Plan, out_dir: str | Path, *, loaded: Any = None, calib_sam
     if loaded is None:
         loaded = load_model(plan.model_id)
     plan.validate_for(loaded)
-    method = parse_method(plan.method)
-    units = plan.unit_objects()
-    for u in units:
-        method.check_unit(u)
+    from .mixed import compress_mixed, linear_zeros
+
+    assignments = [(u, parse_method(spec)) for u, spec in plan.unit_methods()]
+    for u, m in assignments:
+        m.check_unit(u)
     calib_ids = None
-    if method.calibration != "none":
+    if any(m.calibration != "none" for _, m in assignments):
         from .data import token_windows
 
         calib_ids = torch.as_tensor(token_windows(loaded.tokenizer, calib_samples, calib_len, split="calib"))
-    summary = compress_model(loaded, method, units, calib_ids=calib_ids, progress=progress)
+    _, linear_before = linear_zeros(loaded.adapter)
+    if plan.is_mixed:  # each unit its own method: sequential, unit by unit on compressed activations
+        summary = compress_mixed(loaded, assignments, calib_ids=calib_ids, progress=progress)
+    else:
+        summary = compress_model(loaded, assignments[0][1], [u for u, _ in assignments], calib_ids=calib_ids,
+                                 progress=progress)
+    zeros, present = linear_zeros(loaded.adapter)
+    summary["zero_fraction"] = zeros / present if present else 0.0  # of the decoder linear weights still stored
+    summary["linear_zero_or_removed"] = (zeros + linear_before - present) / linear_before
     out = save_checkpoint(loaded, out_dir, {"plan": plan.to_dict(), "compress": summary}, overwrite=overwrite)
+    summary["checkpoint_bytes"] = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     return out, summary
 
 
@@ -134,10 +144,10 @@ def validate_plan(plan: Plan, ds: Any, *, dense: Any = None, checkpoint: str | P
     plan.validate_for(dense)
     replay = PromptReplay(ds, dense.model)
     rows: list[dict[str, Any]] = []
-    method = parse_method(plan.method)
-    if cumulative and method.calibration == "none":
+    methods = [(unit, parse_method(spec)) for unit, spec in plan.unit_methods()]
+    if cumulative and all(m.calibration == "none" for _, m in methods):
         with ExitStack() as stack:
-            for k, (pu, unit) in enumerate(zip(plan.units, plan.unit_objects()), start=1):
+            for k, (pu, (unit, method)) in enumerate(zip(plan.units, methods), start=1):
                 if progress:
                     progress(f"{k}/{len(plan.units)} {pu.unit}")
                 stack.enter_context(method.perturb(dense.adapter, unit))

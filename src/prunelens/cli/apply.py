@@ -23,7 +23,15 @@ def command(plan_path, out, overwrite, calib_samples, calib_len, validate_store)
     console = make_console()
     plan = Plan.load(plan_path)
     path, summary = apply_plan(plan, out, calib_samples=calib_samples, calib_len=calib_len, overwrite=overwrite)
-    console.print(f"applied {plan.method} to {', '.join(plan.unit_names)} -> {path}")
+    console.print(f"applied {plan.method} to {', '.join(plan.unit_names)} -> {path}"
+                  if len(plan.units) <= 12 else f"applied {plan.method} to {len(plan.units)} units -> {path}")
+    if plan.is_mixed:
+        specs = sorted({spec for _, spec in plan.unit_methods()})
+        console.print(f"  {len(plan.units)} units, {len(specs)} method specs: {', '.join(specs[:6])}"
+                      + (" ..." if len(specs) > 6 else ""))
+    console.print(f"  checkpoint {summary['checkpoint_bytes'] / 1e6:,.1f} MB (safetensors); zero weights "
+                  f"{summary['zero_fraction']:.1%} of the decoder's linear weights stored, "
+                  f"{summary['linear_zero_or_removed']:.1%} zero or removed")
     keep = {k: v for k, v in summary.items() if k in ("seconds", "dropped_blocks", "dropped_sublayers", "layers_after",
                                                        "sparsity")}
     if keep:
