@@ -70,3 +70,36 @@ def write_output(path: str | os.PathLike[str], text: str) -> Path | None:
         sys.stdout.flush()
         return None
     return atomic_write(path, text)
+
+
+def _plain(obj: object) -> object:
+    """JSON-safe: NaN/inf and pandas NA -> None, numpy scalars and arrays -> Python, tuples -> lists."""
+    import math
+
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        return _plain(obj.tolist())
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if obj is not None and not isinstance(obj, (str, int, float, bool)):
+        try:
+            import pandas as pd
+
+            if pd.isna(obj):
+                return None
+        except (ImportError, TypeError, ValueError):
+            pass
+        return str(obj)
+    return obj
+
+
+def json_text(obj: object) -> str:
+    """Strict JSON (no NaN) for ``--json`` outputs, indented, ending in a newline."""
+    import json
+
+    return json.dumps(_plain(obj), indent=2, allow_nan=False) + "\n"

@@ -21,26 +21,31 @@ from .rank import fmt, store_options
               help="Bits a dense weight counts under a bits budget.")
 @click.option("--iterative", is_flag=True,
               help="Take the best unit, re-probe the rest on the already-compressed model, repeat (kl_pred).")
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Plan JSON to write.")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="Plan JSON to write; '-' prints the plan JSON only.")
 @click.option("--mergekit", type=click.Path(dir_okay=False), default=None,
-              help="Also write a mergekit passthrough YAML (block drops only).")
+              help="Also write a mergekit passthrough YAML (block drops only); '-' prints it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan JSON instead of the table (the file is written too).")
 def command(store, method, kind, temperature, by, locality, timing, budget, allocator, dense_bits, iterative, out,
-            mergekit) -> None:
+            mergekit, as_json) -> None:
     """Write a plan: the safest units of STORE under --budget, at --temperature."""
     from pathlib import Path
 
     from rich.table import Table
 
     from ..console import make_console
-    from ..plans import atomic_write, iterative_plan, plan_from_store
+    from ..plans import iterative_plan, plan_from_store
     from ..ranking import load_store
 
     from ..paths import check_writable_file
     from ..safe_text import esc
 
-    check_writable_file(out, flag="--out")  # before any work
-    check_writable_file(mergekit, flag="--mergekit")
-    console = make_console()
+    from ..fileio import is_stdout, write_output
+
+    check_writable_file(None if is_stdout(out) else out, flag="--out")  # before any work
+    check_writable_file(None if is_stdout(mergekit) else mergekit, flag="--mergekit")
+    quiet = as_json or is_stdout(out) or is_stdout(mergekit)  # stdout carries data only
+    console = make_console(stderr=quiet)
     ds = load_store(store)
     kind_ = None if kind == "all" else kind
     from ..allocation import is_allocation_budget
@@ -71,9 +76,16 @@ def command(store, method, kind, temperature, by, locality, timing, budget, allo
 
     check_plan_sane(plan, ds)  # 0 units or every layer removed: refuse before writing
     yaml_text = plan.to_mergekit_yaml() if mergekit else None
-    plan.save(out)
+    if is_stdout(out):
+        write_output(out, plan.to_json())
+    else:
+        plan.save(out)
     if yaml_text is not None:
-        atomic_write(mergekit, yaml_text)
+        write_output(mergekit, yaml_text)
+    if as_json and not is_stdout(out):
+        write_output("-", plan.to_json())
+    if quiet:
+        return
     t = Table(title=f"plan: {esc(plan.method)} · {esc(plan.strategy)}{' (iterative)' if plan.iterative else ''} · "
                     f"T={plan.temperature:g} · budget {plan.budget}", title_justify="left")
     if plan.allocation:

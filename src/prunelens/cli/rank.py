@@ -51,13 +51,24 @@ def ranking_table(df: Any, title: str = "") -> Any:
     return table
 
 
+def ranking_json(df: Any, *, store: str, kind: str) -> dict:
+    """``rank --json``: the ranking's settings and one object per unit (safest first; null = not measured)."""
+    a = df.attrs
+    return {"store": str(store), "method": a.get("method"), "kind": kind, "temperature": a.get("temperature"),
+            "by": a.get("by"), "locality": a.get("locality"), "timing": a.get("timing"),
+            "units": [{k: r[k] for k in ("rank", "unit", "layer", "kind", "score", "kl_pred", "kl", "cos_dev_embedding",
+                                         "cos_dev_logit", "cos_dev_probability")} for _, r in df.iterrows()]}
+
+
 @click.command("rank")
 @click.argument("store", type=click.Path(exists=True, file_okay=False), required=False)
 @store_options
 @click.option("--top", type=click.IntRange(min=1), default=None, help="Show only the N safest units.")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Also write the table as CSV.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the ranking (the --top rows) as CSV; '-' prints CSV only.")
+@click.option("--json", "as_json", is_flag=True, help="Print the ranking as JSON instead of a table (shape: docs/cli.md).")
 @click.option("--list-strategies", is_flag=True, help="List the ranking strategies and exit.")
-def command(store, method, kind, temperature, by, locality, timing, top, csv_path, list_strategies) -> None:
+def command(store, method, kind, temperature, by, locality, timing, top, csv_path, as_json, list_strategies) -> None:
     """Rank the units of a probe STORE, safest first (lower predicted KL = safer)."""
     from ..console import make_console
 
@@ -79,15 +90,19 @@ def command(store, method, kind, temperature, by, locality, timing, top, csv_pat
     from ..ranking import nonfinite_note
     from ..safe_text import esc
 
-    check_writable_file(csv_path, flag="--csv")
+    from ..fileio import is_stdout, json_text, write_output
+
+    check_writable_file(None if is_stdout(csv_path) else csv_path, flag="--csv")
     ds = load_store(store)
     df = rank_units(ds, method=method, kind=None if kind == "all" else kind, temperature=temperature, by=by,
                     locality=locality, timing=timing)
-    if csv_path:
-        from ..plans import atomic_write
-
-        atomic_write(csv_path, df.to_csv(index=False))
     shown = df if top is None else df.head(top)
+    if csv_path:
+        write_output(csv_path, shown.to_csv(index=False))
+    if as_json:
+        click.echo(json_text(ranking_json(shown, store=store, kind=kind)), nl=False)
+    if as_json or is_stdout(csv_path):
+        return
     title = (f"{esc(df.attrs['method'])} · {kind} · T={temperature:g} · by {by} · {locality}/{timing} "
              f"(means over samples and steps; KL = KL(p_dense‖q))")
     console.print(ranking_table(shown, title))

@@ -34,7 +34,8 @@ def validation_table(plan: Any, rows: list[dict]) -> Any:
               help="Applied checkpoint (from prunelens apply) to measure as well.")
 @click.option("--no-cumulative", is_flag=True, help="Skip the unit-by-unit replay; measure the checkpoint only.")
 @click.option("--no-write", is_flag=True, help="Do not write the measured KL back into the plan file.")
-def command(plan_path, store, checkpoint, no_cumulative, no_write) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON instead of a table (shape: docs/cli.md).")
+def command(plan_path, store, checkpoint, no_cumulative, no_write, as_json) -> None:
     """Compare PLAN's predicted KL with the measured KL (cumulatively and for the applied checkpoint)."""
     from ..console import make_console
 
@@ -43,7 +44,7 @@ def command(plan_path, store, checkpoint, no_cumulative, no_write) -> None:
     from ..plans import Plan
     from ..ranking import load_store
 
-    console = make_console()
+    console = make_console(stderr=as_json)  # with --json, stdout carries the JSON only
     plan = Plan.load(plan_path)
     store = store or plan.store_path
     if not store:
@@ -52,7 +53,15 @@ def command(plan_path, store, checkpoint, no_cumulative, no_write) -> None:
     with console.status("replaying the store's prompts...") as status:
         rows = validate_plan(plan, ds, checkpoint=checkpoint, cumulative=not no_cumulative,
                              progress=lambda m: status.update(f"measuring {m}"))
-    console.print(validation_table(plan, rows))
+    if as_json:
+        from ..fileio import json_text
+
+        click.echo(json_text({"plan": str(plan_path), "store": str(store), "checkpoint": checkpoint,
+                              "method": plan.method, "temperature": plan.temperature,
+                              "predicted_kl_total": plan.predicted_kl_total, "measured_kl_total": plan.measured_kl_total,
+                              "measured": plan.measured, "rows": rows}), nl=False)
+    else:
+        console.print(validation_table(plan, rows))
     if not no_write:
         plan.save(plan_path)
         console.print(f"measured KL written into {plan_path}")
