@@ -281,6 +281,9 @@ def save_checkpoint(loaded: Any, out_dir: str | Path, meta: dict, overwrite: boo
         }
         info["files"] = sorted([p.name for p in tmp.iterdir()] + [CHECKPOINT_MARKER])
         (tmp / CHECKPOINT_MARKER).write_text(json.dumps(info, indent=2, default=str))
+        from .fileio import follow_umask
+
+        follow_umask(tmp)  # save_pretrained writes model.safetensors 0600
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=temp_prefix(out, "old"), dir=out.parent))
             old.rmdir()

@@ -103,3 +103,18 @@ def json_text(obj: object) -> str:
     import json
 
     return json.dumps(_plain(obj), indent=2, allow_nan=False) + "\n"
+
+
+def follow_umask(root: str | os.PathLike[str]) -> None:
+    """Give ``root`` and everything under it the modes the umask gives (``save_pretrained`` writes its
+    safetensors 0600 through a temporary file; a shared checkpoint should read like any other output)."""
+    fmode, dmode = file_mode(), dir_mode()
+    root = Path(root)
+    os.chmod(root, dmode)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            os.chmod(Path(dirpath) / d, dmode)
+        for f in filenames:
+            p = Path(dirpath) / f
+            if not p.is_symlink():
+                os.chmod(p, fmode)

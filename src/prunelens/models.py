@@ -107,6 +107,9 @@ def _convert_gguf(gguf: Path, dest: Path, info: dict[str, Any]) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / _MARKER).write_text(json.dumps({**info, "seconds": round(time.time() - t0, 1)}))
+        from .fileio import follow_umask
+
+        follow_umask(tmp)  # save_pretrained writes model.safetensors 0600
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)  # atomic: a half-written checkpoint is never visible
