@@ -1,0 +1,184 @@
+"""Export a plan as an llm-compressor recipe (per-layer sparsity / quantization targets).
+
+Where a prunelens method has an llm-compressor equivalent, each plan unit becomes a target
+of that modifier with the unit's own level:
+
+=============  ===========================  ==============================================
+prunelens      llm-compressor modifier      parameters carried over
+=============  ===========================  ==============================================
+wanda          ``WandaPruningModifier``     sparsity (a list, one per target), N:M pattern
+sparsegpt      ``SparseGPTModifier``        sparsity list, pattern, blocksize, percdamp
+rtn            ``QuantizationModifier``     bits, sym, group_size (one config group each)
+gptq           ``GPTQModifier``             bits, sym, group_size, blocksize, percdamp
+=============  ===========================  ==============================================
+
+Pruning targets are whole units (``model.layers.3`` for a block, ``model.layers.3.self_attn``
+for an attention): llm-compressor prunes every linear inside a target at that target's
+sparsity, exactly as prunelens does. Quantization targets are the unit's linear layers.
+Units of one method with different fixed parameters (e.g. 2:4 and unstructured) go into
+separate modifier groups. ``drop`` and ``magnitude`` have no one-shot equivalent: a plan
+using them raises ``PrunelensError`` (export block drops with ``--mergekit`` instead).
+
+The recipe is plain data (``yaml.safe_load`` reads it back); llm-compressor is never
+imported here.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .errors import PrunelensError
+from .units import Unit
+
+PRUNERS = {"wanda": "WandaPruningModifier", "sparsegpt": "SparseGPTModifier"}
+QUANTIZERS = {"rtn": "QuantizationModifier", "gptq": "GPTQModifier"}
+EQUIVALENTS = {**PRUNERS, **QUANTIZERS}
+
+
+def _exact(name: str) -> str:
+    """An llm-compressor target matching exactly one module name."""
+    return f"re:^{re.escape(name)}$"
+
+
+def _meta_adapter(model_id: str) -> Any:
+    """The plan model's adapter on a meta model built from its config (no weights are read)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    from .adapters import get_adapter
+    from .plans import model_config
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(model_config(model_id))
+    return get_adapter(model)
+
+
+def _mask_structure(pattern: str | None) -> str:
+    if not pattern:
+        return "0:0"
+    from .sparsity import parse_pattern
+
+    n, m = parse_pattern(pattern)
+    return f"{n}:{m}"
+
+
+def _weights_scheme(values: dict[str, Any]) -> dict[str, Any]:
+    gs = int(values["group_size"])
+    scheme: dict[str, Any] = {"num_bits": int(values["bits"]), "type": "int", "symmetric": bool(values["sym"]),
+                              "strategy": "group" if gs > 0 else "channel"}
+    if gs > 0:
+        scheme["group_size"] = gs
+    return scheme
+
+
+def llmcompressor_recipe(plan: Any, adapter: Any = None) -> dict[str, Any]:
+    """The plan as an llm-compressor recipe dict (one ``oneshot_stage``).
+
+    ``adapter`` (of the plan's model, meta weights are enough) gives the module names; by
+    default it is built from the plan's model config.
+    """
+    from .methods import parse_method
+
+    pairs = plan.unit_methods() if hasattr(plan, "unit_methods") else [(u, plan.method) for u in plan.unit_objects()]
+    if not pairs:
+        raise PrunelensError("the plan has no units; nothing to export")
+    methods = [(unit, parse_method(spec)) for unit, spec in pairs]
+    missing = sorted({m.spec for _, m in methods if m.name not in EQUIVALENTS})
+    if missing:
+        raise PrunelensError(f"no llm-compressor equivalent for {', '.join(missing)} (it has one for "
+                             f"{', '.join(EQUIVALENTS)}); export block drops with --mergekit")
+    if adapter is None:
+        adapter = _meta_adapter(plan.model_id)
+    order = {name: i for i, (name, _) in enumerate(adapter.model.named_modules())}
+
+    def unit_name(u: Unit) -> str:
+        return adapter.module_name(u)
+
+    groups: dict[tuple, list[tuple[Unit, Any]]] = {}
+    for unit, m in methods:
+        v = dict(m.values)
+        if m.name in PRUNERS:
+            key = (m.name, _mask_structure(v.get("pattern")), v.get("blocksize"), v.get("percdamp"))
+        else:
+            key = (m.name, v.get("blocksize"), v.get("percdamp"))
+        groups.setdefault(key, []).append((unit, m))
+
+    stage: dict[str, Any] = {}
+    counters: dict[str, int] = {}
+    for key, members in groups.items():
+        name = key[0]
+        k = counters.get(name, 0)
+        counters[name] = k + 1
+        group = f"{name}{'' if k == 0 else f'_{k}'}_modifiers"
+        if name in PRUNERS:
+            members = sorted(members, key=lambda um: order[unit_name(um[0])])
+            sparsities = [float(m.values["sparsity"]) for _, m in members]
+            args: dict[str, Any] = {
+                "targets": [_exact(unit_name(u)) for u, _ in members],
+                "sparsity": sparsities[0] if len(set(sparsities)) == 1 else sparsities,
+                "mask_structure": key[1],
+            }
+            if name == "sparsegpt":
+                args.update(block_size=int(key[2]), dampening_frac=float(key[3]))
+            stage[group] = {PRUNERS[name]: args}
+        else:
+            config_groups: dict[str, Any] = {}
+            schemes: dict[tuple, list[str]] = {}
+            for u, m in members:
+                scheme = _weights_scheme(dict(m.values))
+                schemes.setdefault(tuple(sorted(scheme.items())), []).extend(adapter.linears(u))
+            for i, (scheme_key, linears) in enumerate(schemes.items()):
+                config_groups[f"group_{i}"] = {"targets": [_exact(n) for n in sorted(linears, key=order.__getitem__)],
+                                               "weights": dict(scheme_key), "input_activations": None,
+                                               "output_activations": None}
+            args = {"config_groups": config_groups, "ignore": ["lm_head"]}
+            if name == "gptq":
+                args.update(block_size=int(key[1]), dampening_frac=float(key[2]), actorder=None)
+            stage[group] = {QUANTIZERS[name]: args}
+    return {"oneshot_stage": stage}
+
+
+def recipe_yaml(plan: Any, adapter: Any = None) -> str:
+    """The recipe as YAML with a header saying where it came from."""
+    import yaml
+
+    recipe = llmcompressor_recipe(plan, adapter)
+    units = len(plan.units)
+    header = (f"# llm-compressor recipe from prunelens plan ({plan.strategy}, {units} units, "
+              f"method {plan.method}, budget {plan.budget})\n"
+              f"# model: {plan.model_id}\n"
+              "# use: llmcompressor.oneshot(model=..., dataset=..., recipe=THIS_FILE)\n")
+    return header + yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None, width=120)
+
+
+def write_recipe(plan: Any, path: str, adapter: Any = None) -> str:
+    """Write the recipe YAML atomically; returns the text."""
+    from .plans import atomic_write
+
+    text = recipe_yaml(plan, adapter)
+    atomic_write(path, text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m prunelens.export_llmc PLAN.json RECIPE.yaml``."""
+    import sys
+
+    from .plans import Plan
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m prunelens.export_llmc PLAN.json RECIPE.yaml", file=sys.stderr)
+        return 2
+    try:
+        write_recipe(Plan.load(args[0]), args[1])
+    except PrunelensError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
