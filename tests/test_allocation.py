@@ -266,8 +266,10 @@ def test_apply_mixed_plan_with_a_block_drop_reports_zeros_and_bytes(tiny_dir, tm
 # -- errors ------------------------------------------------------------------------------------
 def _cli_store(loaded, tmp_path):
     path = tmp_path / "s.zarr"
-    _store(loaded, methods=["wanda:sparsity=0.5", "wanda:sparsity=0.7", "rtn:bits=3"]).to_zarr(
-        path, mode="w", consolidated=False, zarr_format=3)
+    ds = _store(loaded, methods=["wanda:sparsity=0.5", "wanda:sparsity=0.7", "rtn:bits=3"])
+    for name in [n for n in ds.data_vars if {"method", "unit"} <= set(ds[n].dims)]:
+        ds[name] = ds[name].chunk({"method": 1, "unit": 1})  # one chunk per cell, as the probe writes them
+    ds.to_zarr(path, mode="w", consolidated=False, zarr_format=3)
     return path
 
 
@@ -307,3 +309,33 @@ def test_plan_cli_allocates(loaded, tmp_path):
     plan = Plan.load(out)
     assert plan.strategy == "knapsack" and plan.allocation["achieved"] >= 0.55
     assert {u.method for u in plan.units} <= {"wanda:sparsity=0.5", "wanda:sparsity=0.7"}
+
+
+def test_probe_sweep_then_allocate_apply_validate(tiny_dir, tmp_path):
+    """End to end on a tiny model: a level sweep probe, a bits-budget knapsack plan, apply, validate."""
+    from click.testing import CliRunner
+
+    from prunelens.apply import apply_plan, validate_plan
+    from prunelens.cli import main
+    from prunelens.ranking import load_store
+
+    store = tmp_path / "sweep.zarr"
+    res = CliRunner().invoke(main, ["probe", "--model", str(tiny_dir), "--method", "rtn:bits=2,3,8", "--units", "block",
+                                    "--samples", "3", "--steps", "3", "--prompt-len", "4", "--temperature", "1",
+                                    "--locality", "propagated", "--timing", "teacher_forced", "--out", str(store),
+                                    "--quiet"])
+    assert res.exit_code == 0, res.output
+    ds = load_store(store)
+    assert [str(m) for m in ds["method"].values] == [parse_method(f"rtn:bits={b}").spec for b in (2, 3, 8)]
+    plan = allocate_plan(ds, allocator="knapsack", budget="bits=10", temperature=1.0, store_path=str(store))
+    assert plan.allocation["achieved"] <= 10 + 1e-9 and plan.allocation["gap"] >= 0
+    bits = {u.unit: parse_method(u.method).bits for u in plan.units}
+    sizes = unit_sizes(load_model(str(tiny_dir)))
+    dense = sizes.linear_total - sum(sizes.linear[u] for u in bits)
+    avg = (16 * dense + sum(b * sizes.linear[u] for u, b in bits.items())) / sizes.linear_total
+    assert plan.allocation["achieved"] == pytest.approx(avg)
+    out, summary = apply_plan(plan, tmp_path / "ck", progress=False)
+    rows = validate_plan(plan, ds, checkpoint=out)
+    assert rows[-1]["unit"] == "checkpoint" and rows[-1]["measured_kl"] >= 0
+    # rtn needs no calibration: the cumulative replay of every unit equals the checkpoint
+    assert rows[-2]["measured_kl"] == pytest.approx(rows[-1]["measured_kl"], rel=1e-4, abs=1e-7)
