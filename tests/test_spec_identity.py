@@ -181,3 +181,17 @@ def test_task_specs_use_the_same_grammar():
         parse_task("perplexity:n_samples=")
     with pytest.raises(PrunelensError, match="given twice"):
         parse_task("perplexity:seed=1,seed=2")
+
+
+def test_allocator_specs_and_method_choice_use_the_same_grammar_and_identity(store):
+    from prunelens.allocation import AllocContext, parse_allocator_spec
+
+    assert parse_allocator_spec("owl:M=5,lmbda=0.1") == ("owl", {"M": "5", "lmbda": "0.1"})
+    with pytest.raises(PrunelensError, match="empty value"):
+        parse_allocator_spec("owl:M=")
+    _, _, ds, _ = store
+    assert AllocContext(ds, None, 1.0, methods=["wanda:sparsity=0.5"]).store_labels() == ["wanda"]
+    assert AllocContext(ds, None, 1.0, methods=["rtn:sym=false,bits=8"]).store_labels() == ["rtn:bits=8"]
+    assert AllocContext(ds, None, 1.0, methods=["rtn"]).store_labels() == ["rtn:bits=8"]  # a bare name: all its levels
+    with pytest.raises(PrunelensError, match="not in the store"):
+        AllocContext(ds, None, 1.0, methods=["rtn:bits=4"]).store_labels()

@@ -181,7 +181,13 @@ class AllocContext:
             return labels
         out: list[str] = []
         for want in self.methods:
-            hit = [lab for lab in labels if lab == want or lab.split(":", 1)[0] == want]
+            if ":" in want:  # one spec: matched by its canonical identity (wanda:sparsity=0.5 is the store's wanda)
+                from .methods import match_spec
+
+                exact = match_spec(want, labels)
+                hit = [exact] if exact is not None else []
+            else:  # a bare name: every level of that method in the store
+                hit = [lab for lab in labels if lab == want or lab.split(":", 1)[0] == want]
             if not hit:
                 raise PrunelensError(f"method {want!r} is not in the store; it has {', '.join(labels)}")
             out += [h for h in hit if h not in out]
@@ -347,14 +353,9 @@ def _linear_zero_fraction(choices: list[Choice], sizes: UnitSizes) -> float:
 
 def parse_allocator_spec(text: str) -> tuple[str, dict[str, str]]:
     """``owl:M=5,lmbda=0.1`` -> ("owl", {"M": "5", "lmbda": "0.1"}) (validated when the allocator is built)."""
-    name, _, rest = text.strip().partition(":")
-    params: dict[str, str] = {}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, val = item.partition("=")
-        if not eq:
-            raise PrunelensError(f"bad allocator parameter {item!r} in {text!r}: expected key=value")
-        params[key.strip()] = val.strip()
-    return name, params
+    from .params import parse_spec
+
+    return parse_spec(text, "allocator")  # the grammar of method, ranker and task specs
 
 
 def is_allocation_budget(text: str) -> bool:

@@ -122,29 +122,28 @@ class UnitSizes:
 def unit_sizes(model: Any, bytes_per_param: int | None = None) -> UnitSizes:
     """Sizes of every unit (blocks and sublayers) of ``model``: a LoadedModel, or a model id (meta model from its config)."""
     if isinstance(model, str):
-        from accelerate import init_empty_weights
-        from transformers import AutoModelForCausalLM
-
         from .adapters import get_adapter
+        from .paramcount import meta_model
         from .plans import model_config
 
         config = model_config(model)
-        with init_empty_weights():
-            torch_model = AutoModelForCausalLM.from_config(config)
+        torch_model = meta_model(config)  # tied weights tied, as loading would (counted once below)
         adapter = get_adapter(torch_model)
         bpp = bytes_per_param or 4  # prunelens loads and saves float32 by default
     else:
         adapter = model.adapter
         torch_model = adapter.model
         bpp = bytes_per_param or next(torch_model.parameters()).element_size()
+    from .paramcount import module_param_count
+
     linear: dict[str, int] = {}
     params: dict[str, int] = {}
     for u in adapter.units():
         linear[u.name] = sum(int(m.weight.numel()) for m in adapter.linears(u).values())
-        params[u.name] = sum(int(p.numel()) for p in adapter.module(u).parameters())
+        params[u.name] = module_param_count(adapter.module(u))
     n = adapter.num_layers
     return UnitSizes(linear, params, sum(linear[f"L{i}"] for i in range(n)),
-                     sum(int(p.numel()) for p in torch_model.parameters()), int(bpp), n)
+                     module_param_count(torch_model), int(bpp), n)
 
 
 # -- what an option saves ----------------------------------------------------------------
