@@ -32,10 +32,12 @@ class Knapsack(Allocator):
                    "its attention and/or MLP at any probed level; exact multiple-choice knapsack.")
     needs = "store"
     params = {"resolution": Param(int, 4000, "budget grid steps of the dynamic programme (non-integer savings)",
-                                  check=lambda v: None if v >= 10 else "resolution must be at least 10")}
+                                  check=lambda v: None if v >= 10 else "resolution must be at least 10"),
+              "score": Param(str, "kl_pred", "store variable summed per unit: kl_pred (predicted) or kl (measured alone)",
+                             check=lambda v: None if v in ("kl_pred", "kl") else "score must be kl_pred or kl")}
 
     def allocate(self, ctx: AllocContext) -> Allocation:
-        options = store_options(ctx)
+        options = store_options(ctx, self.score)
         sizes = ctx.sizes()
         layers = range(sizes.num_layers)
         combos = [layer_combinations(options.get(i, [])) for i in layers]

@@ -339,3 +339,16 @@ def test_probe_sweep_then_allocate_apply_validate(tiny_dir, tmp_path):
     assert rows[-1]["unit"] == "checkpoint" and rows[-1]["measured_kl"] >= 0
     # rtn needs no calibration: the cumulative replay of every unit equals the checkpoint
     assert rows[-2]["measured_kl"] == pytest.approx(rows[-1]["measured_kl"], rel=1e-4, abs=1e-7)
+
+
+def test_knapsack_on_measured_kl(loaded):
+    ds = _store(loaded, methods=["wanda:sparsity=0.5", "wanda:sparsity=0.7"])
+    plan = allocate_plan(ds, allocator="knapsack", budget="sparsity=0.6", temperature=1.0, loaded=loaded, score="kl")
+    kl = {(u.unit, u.method): float(np.asarray(ds["kl"].sel({"method": u.method, "unit": u.unit,
+                                                              "locality": "propagated", "timing": "teacher_forced",
+                                                              "temperature": 1.0}).values, dtype=np.float64).mean())
+          for u in plan.units}
+    assert plan.predicted_kl_total == pytest.approx(sum(kl.values()), rel=1e-6)
+    assert plan.allocation["params"]["score"] == "kl" and plan.allocation["achieved"] >= 0.6
+    with pytest.raises(PrunelensError, match="score must be kl_pred or kl"):
+        allocate_plan(ds, allocator="knapsack", budget="sparsity=0.6", temperature=1.0, loaded=loaded, score="x")

@@ -235,8 +235,9 @@ class UnitOption:
     saving: float
 
 
-def store_options(ctx: AllocContext) -> dict[int, list[UnitOption]]:
-    """Per layer, every (unit, spec) the store predicts a finite KL for, with its saving under the budget."""
+def store_options(ctx: AllocContext, variable: str = "kl_pred") -> dict[int, list[UnitOption]]:
+    """Per layer, every (unit, spec) with a finite store mean of ``variable`` (``kl_pred`` or the measured ``kl``),
+    with its saving under the budget."""
     from .methods import parse_method
     from .ranking import resolve_method, store_means, store_units
 
@@ -250,7 +251,7 @@ def store_options(ctx: AllocContext) -> dict[int, list[UnitOption]]:
         if not ok:
             continue
         means = store_means(ctx.ds, method=label, temperature=ctx.temperature, locality=ctx.locality,
-                            timing=ctx.timing, units=ok)["kl_pred"]
+                            timing=ctx.timing, units=ok)[variable]
         for u, kl in zip(ok, means):
             if not math.isfinite(float(kl)):
                 continue
