@@ -1,0 +1,380 @@
+"""Budgeted compression plans on a real model: uniform vs OWL vs predicted-KL knapsack (issue 9).
+
+On SmolLM2-135M, every condition compresses the dense model with one plan (sequentially,
+layer by layer, on calibration text) and evaluates it on held-out Shakespeare that neither
+the calibration nor the probe prompts ever saw (``prunelens.data``: every fifth work is held
+out; the probe prompts here are drawn from the *calibration* split):
+
+- ``ppl``: held-out perplexity (``--eval N×L`` windows);
+- ``agree``: greedy-token agreement with the dense model over 32 free-running steps
+  (token match rate; ``div`` = mean first-divergence step), held-out prompts;
+- ``KL``: measured KL(p_dense ‖ q) at T=1, mean over every held-out eval position;
+- ``pred ΣKL``: the plan's summed single-unit predicted KL (store, T, propagated,
+  teacher-forced) and ``meas KL@store``: the measured KL of the applied plan on the
+  store's own prompts at the same T; ``ratio`` = measured / predicted.
+
+Conditions (``--only`` picks some by name prefix):
+
+- sparsity: Wanda at 50/60/70 %, SparseGPT at 60/70 % of decoder-linear weights, each with
+  ``uniform``, ``owl`` (M=5, λ=0.08) and ``knapsack`` (predicted KL, exact MCKP over block
+  levels from the probe store);
+- bits: RTN at uniform 4 and 3 bits vs knapsack over ``rtn:bits=2,3,4,8`` at an average of
+  3.5 bits; the same with GPTQ (3/4 uniform, knapsack over 2,3,4);
+- remedies (``--remedies``): knapsack at T=0.7, knapsack on local instead of propagated
+  predictions.
+
+Everything is cached in ``OUT/results.json`` after each condition (rerun to resume; a
+changed setting refuses to mix). ``--llmc-dir DIR`` evaluates llm-compressor checkpoints
+written by ``bench/llmc_compare.py`` with the same evaluation. ``--table`` prints the tables
+from the cache without computing.
+
+    python bench/allocation.py --out bench/out/allocation            # everything (resumable)
+    python bench/allocation.py --out bench/out/allocation --only wanda60,wanda70
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MODEL = "smollm2-135m"
+T_EVAL = 1.0
+SPARSITY = [("wanda", 0.6), ("wanda", 0.7), ("sparsegpt", 0.6), ("sparsegpt", 0.7), ("wanda", 0.5)]  # run order
+LEVELS = {"wanda": "0.4,0.5,0.6,0.7,0.8,0.9", "sparsegpt": "0.4,0.5,0.6,0.7,0.8,0.9",
+          "rtn": "2,3,4,8", "gptq": "2,3,4"}
+
+
+def conditions(remedies: bool) -> list[dict[str, Any]]:
+    """Every condition: name, allocator, method family, budget, allocation temperature, locality."""
+    out = []
+    for fam, s in SPARSITY:
+        tag = f"{fam}{round(s * 100)}"
+        for alloc in ("uniform", "owl", "knapsack"):
+            out.append({"name": f"{tag}-{alloc}", "family": fam, "allocator": alloc, "budget": f"sparsity={s}"})
+        if remedies and s >= 0.6:
+            out.append({"name": f"{tag}-knapsack-T0.7", "family": fam, "allocator": "knapsack",
+                        "budget": f"sparsity={s}", "temperature": 0.7})
+            out.append({"name": f"{tag}-knapsack-local", "family": fam, "allocator": "knapsack",
+                        "budget": f"sparsity={s}", "locality": "local"})
+    for fam, bits in (("rtn", (4, 3)), ("gptq", (4, 3))):
+        for b in bits:
+            out.append({"name": f"{fam}-uniform{b}", "family": fam, "allocator": "uniform", "budget": f"bits={b}"})
+        out.append({"name": f"{fam}-knapsack3.5", "family": fam, "allocator": "knapsack", "budget": "bits=3.5"})
+    return out
+
+
+# -- data ------------------------------------------------------------------------------------
+def parse_size(text: str) -> tuple[int, int]:
+    n, _, length = text.partition("x")
+    return int(n), int(length)
+
+
+def prepare(out: Path, args: argparse.Namespace, tokenizer: Any) -> dict[str, Any]:
+    """Token ids of calibration, evaluation, generation and probe prompts (saved for llmc_compare.py)."""
+    from prunelens.data import token_windows
+
+    cn, cl = parse_size(args.calib)
+    en, el = parse_size(args.eval)
+    ids = {
+        "calib": token_windows(tokenizer, cn, cl, split="calib", seed=0).tolist(),  # = prunelens' default windows
+        "eval": token_windows(tokenizer, en, el, split="heldout", seed=1).tolist(),
+        "gen": token_windows(tokenizer, args.gen, 32, split="heldout", seed=2).tolist(),
+        "probe": token_windows(tokenizer, args.probe_samples, 32, split="calib", seed=3).tolist(),
+    }
+    (out / "ids.json").write_text(json.dumps(ids))
+    with open(out / "probe_prompts.jsonl", "w") as f:
+        for row in ids["probe"]:
+            f.write(json.dumps({"ids": row}) + "\n")
+    return ids
+
+
+# -- evaluation ------------------------------------------------------------------------------
+class Evaluator:
+    """Dense references computed once; ``evaluate(model)`` gives every metric of one compressed model."""
+
+    def __init__(self, dense: Any, ids: dict[str, Any], batch: int = 4):
+        import torch
+
+        from prunelens import tasks as T
+
+        self.tok = dense.tokenizer
+        self.batch = batch
+        self.eval_ids = torch.as_tensor(np.asarray(ids["eval"], dtype=np.int64))
+        self.gen_prompts = ids["gen"]
+        self.pad = T.pad_id_of(self.tok, dense.model)
+        self.dense_logp = [lp for lp, _ in self._logp(dense.model)]
+        self.dense_gen = self._generate(dense.model)
+        self.dense_model = dense.model
+        self.replays: dict[str, Any] = {}
+
+    def add_store(self, family: str, ds: Any) -> None:
+        """The store's prompts (calibration split), dense logits cached once."""
+        from prunelens.apply import PromptReplay
+
+        if family not in self.replays:
+            self.replays[family] = PromptReplay(ds, self.dense_model)
+
+    def _logp(self, model: Any):
+        import torch
+
+        with torch.no_grad():
+            for s in range(0, len(self.eval_ids), self.batch):
+                x = self.eval_ids[s : s + self.batch]
+                logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
+                yield torch.log_softmax(logits / T_EVAL, dim=-1), x[:, 1:]
+
+    def _generate(self, model: Any) -> list[list[int]]:
+        from prunelens import tasks as T
+
+        return T.greedy_generate(model, self.gen_prompts, 32, self.pad, None, batch_size=16)
+
+    def evaluate(self, model: Any, family: str | None, temperature: float) -> dict[str, float]:
+        from prunelens import tasks as T
+
+        t0 = time.time()
+        nll = kl = 0.0
+        count = 0
+        for dense_lp, (lp, target) in zip(self.dense_logp, self._logp(model)):
+            nll -= float(lp.gather(-1, target[..., None]).sum())
+            kl += float((dense_lp.exp() * (dense_lp - lp)).sum())
+            count += target.numel()
+        agree = T.agreement(self._generate(model), self.dense_gen, 32)
+        row = {"ppl": math.exp(nll / count), "kl": kl / count, "agree": agree["token_match"],
+               "first_div": agree["first_divergence"]}
+        if family in self.replays:
+            m = self.replays[family].compare(model, temperature)
+            row.update(kl_store=m["kl"], top1_store=m["top1_agree"])
+        row["eval_seconds"] = round(time.time() - t0, 1)
+        return row
+
+    def dense_row(self, dense: Any) -> dict[str, float]:
+        nll, count = 0.0, 0
+        for lp, target in self._logp(dense.model):
+            nll -= float(lp.gather(-1, target[..., None]).sum())
+            count += target.numel()
+        return {"ppl": math.exp(nll / count), "kl": 0.0, "agree": 1.0, "first_div": 32.0}
+
+
+# -- stores ----------------------------------------------------------------------------------
+def probe_store(out: Path, family: str, args: argparse.Namespace) -> Path:
+    """Probe every block at every level of ``family`` (resumable: prunelens probe resumes its store)."""
+    cn, cl = parse_size(args.calib)
+    store = out / f"store-{family}.zarr"
+    cmd = [sys.executable, "-m", "prunelens", "probe", "--model", MODEL, "--method", f"{family}:"
+           + ("sparsity=" if family in ("wanda", "sparsegpt") else "bits=") + LEVELS[family],
+           "--units", args.units, "--samples", str(args.probe_samples), "--steps", "32", "--prompt-len", "32",
+           "--temperature", "0.7,1.0", "--locality", "local,propagated", "--timing", "teacher_forced",
+           "--prompts", str(out / "probe_prompts.jsonl"), "--calib-samples", str(cn), "--calib-len", str(cl),
+           "--batch-size", "8", "--no-compile", "--out", str(store), "--quiet"]
+    t0 = time.time()
+    print(f"[probe] {family}: {' '.join(cmd[2:])}", flush=True)
+    subprocess.run(cmd, check=True)
+    print(f"[probe] {family} done in {time.time() - t0:.0f}s", flush=True)
+    return store
+
+
+def open_store(path: Path) -> Any:
+    from prunelens.ranking import load_store
+
+    return load_store(str(path))
+
+
+# -- one condition -------------------------------------------------------------------------------
+def run_condition(cond: dict[str, Any], ds: Any, ids: dict[str, Any], ev: Evaluator, out: Path) -> dict[str, Any]:
+    import torch
+
+    from prunelens.allocation import allocate_plan
+    from prunelens.methods import parse_method
+    from prunelens.mixed import compress_mixed, linear_zeros
+    from prunelens.models import load_model
+
+    t0 = time.time()
+    work = load_model(MODEL)
+    calib = torch.as_tensor(np.asarray(ids["calib"], dtype=np.int64))
+    temp = float(cond.get("temperature", T_EVAL))
+    kw: dict[str, Any] = {}
+    if cond["allocator"] == "owl":
+        kw.update(calib_samples=calib.shape[0], calib_len=calib.shape[1])
+    plan = allocate_plan(ds, allocator=cond["allocator"],
+                         budget=cond["budget"], temperature=temp, methods=[cond["family"]], kind="block",
+                         locality=cond.get("locality", "propagated"), loaded=work, calib_ids=calib, **kw)
+    plan.save(out / "plans" / f"{cond['name']}.json")
+    try:  # the same plan for llm-compressor (bench/llmc_compare.py runs it there)
+        from prunelens.export_llmc import write_recipe
+
+        write_recipe(plan, str(out / "plans" / f"{cond['name']}.recipe.yaml"), adapter=work.adapter)
+    except Exception as exc:  # noqa: BLE001 - the experiment goes on without the recipe
+        print(f"[recipe] {cond['name']}: {exc}", flush=True)
+    t_alloc = time.time() - t0
+    summary = compress_mixed(work, [(u, parse_method(s)) for u, s in plan.unit_methods()], calib_ids=calib,
+                             progress=False)
+    zeros, total = linear_zeros(work.adapter)
+    t_apply = time.time() - t0 - t_alloc
+    row = ev.evaluate(work.model, cond["family"], T_EVAL)
+    pred = _predicted_at(plan, ds, T_EVAL)
+    levels = [parse_method(s).values.get("sparsity", parse_method(s).values.get("bits")) for _, s in plan.unit_methods()]
+    row.update({
+        "allocator": cond["allocator"], "family": cond["family"], "budget": cond["budget"],
+        "alloc_temperature": temp, "locality": cond.get("locality", "propagated"),
+        "achieved": plan.allocation.get("achieved"), "zero_fraction": zeros / total,
+        "pred_sum_kl": pred, "ratio": (row.get("kl_store", math.nan) / pred) if pred else None,
+        "levels": [None if v is None else float(v) for v in levels], "units": [u.name for u, _ in plan.unit_methods()],
+        "gap": plan.allocation.get("gap"), "seconds_alloc": round(t_alloc, 1), "seconds_apply": round(t_apply, 1),
+        "seconds_compress": summary.get("seconds"),
+    })
+    return row
+
+
+def _predicted_at(plan: Any, ds: Any, temperature: float) -> float | None:
+    """Σ single-unit predicted KL of the plan's (unit, spec) pairs at ``temperature`` (propagated,
+    teacher-forced); None when a pair was not probed (e.g. OWL's off-grid levels)."""
+    from prunelens.methods import match_spec
+    from prunelens.ranking import store_means
+
+    if ds is None:
+        return None
+    labels = [str(v) for v in ds["method"].values]
+    total = 0.0
+    for u, spec in plan.unit_methods():
+        lab = match_spec(spec, labels)
+        if lab is None:
+            return None
+        v = float(store_means(ds, method=lab, temperature=temperature, locality="propagated", timing="teacher_forced",
+                              units=[u])["kl_pred"][0])
+        if not math.isfinite(v):
+            return None
+        total += v
+    return total
+
+
+# -- tables --------------------------------------------------------------------------------------
+def fmt(v: Any, nd: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def print_tables(res: dict[str, Any]) -> str:
+    lines = []
+    d = res.get("dense", {})
+    lines.append(f"dense: ppl {fmt(d.get('ppl'), 2)}   (setup: {json.dumps(res.get('setup', {}))})")
+    lines.append("")
+    lines.append("| condition | achieved | zeros | ppl | agree@32 | first div | KL held-out | pred ΣKL | meas KL@store | ratio |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    for name, r in res.get("conditions", {}).items():
+        lines.append(f"| {name} | {fmt(r.get('achieved'), 3)} | {fmt(r.get('zero_fraction'), 3)} | {fmt(r['ppl'], 2)} | "
+                     f"{fmt(r['agree'], 3)} | {fmt(r['first_div'], 1)} | {fmt(r['kl'], 3)} | "
+                     f"{fmt(r.get('pred_sum_kl'), 3)} | {fmt(r.get('kl_store'), 3)} | {fmt(r.get('ratio'), 2)} |")
+    if res.get("llmc"):
+        lines.append("")
+        lines.append("llm-compressor's own implementation (bench/llmc_compare.py), same evaluation:")
+        lines.append("")
+        lines.append("| condition | zeros | ppl | agree@32 | first div | KL held-out | ours: ppl | ppl ours/llmc |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for name, r in res["llmc"].items():
+            ours = res.get("conditions", {}).get(r.get("ours", ""), {})
+            ratio = ours.get("ppl") / r["ppl"] if ours.get("ppl") else None
+            lines.append(f"| {name} | {fmt(r.get('zero_fraction'), 3)} | {fmt(r['ppl'], 2)} | {fmt(r['agree'], 3)} | "
+                         f"{fmt(r['first_div'], 1)} | {fmt(r['kl'], 3)} | {fmt(ours.get('ppl'), 2)} | {fmt(ratio, 3)} |")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+# -- main ----------------------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="bench/out/allocation")
+    ap.add_argument("--calib", default="16x128", help="calibration windows NxLEN (split=calib, seed 0)")
+    ap.add_argument("--eval", default="8x256", help="held-out perplexity/KL windows NxLEN (seed 1)")
+    ap.add_argument("--gen", type=int, default=8, help="held-out prompts for greedy agreement (32 + 32 tokens)")
+    ap.add_argument("--probe-samples", type=int, default=4, help="probe prompts (calibration split, seed 3)")
+    ap.add_argument("--units", default="block", help="units the probe (and so the knapsack) covers")
+    ap.add_argument("--only", default="", help="comma-separated name prefixes of conditions to run, in this order")
+    ap.add_argument("--remedies", action="store_true", help="also knapsack at T=0.7 and on local predictions")
+    ap.add_argument("--llmc-dir", default=None, help="evaluate llm-compressor checkpoints under this folder")
+    ap.add_argument("--table", action="store_true", help="print the cached tables and exit")
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    out = Path(args.out)
+    (out / "plans").mkdir(parents=True, exist_ok=True)
+    cache = out / "results.json"
+    res: dict[str, Any] = json.loads(cache.read_text()) if cache.is_file() else {}
+    if args.table:
+        (out / "tables.md").write_text(print_tables(res) + "\n")
+        return
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    setup = {"model": MODEL, "calib": args.calib, "eval": args.eval, "gen": args.gen,
+             "probe_samples": args.probe_samples, "units": args.units}
+    if res.get("setup", setup) != setup:
+        raise SystemExit(f"{cache} was made with {res['setup']}; use another --out or the same settings")
+    res["setup"] = setup
+
+    def save() -> None:
+        cache.write_text(json.dumps(res, indent=1))
+
+    from prunelens.models import load_model
+
+    dense = load_model(MODEL)
+    ids = prepare(out, args, dense.tokenizer)
+    every = conditions(args.remedies)
+    prefixes = [p for p in args.only.split(",") if p] or [""]
+    wanted = []  # in --only's order
+    for p in prefixes:
+        wanted += [c for c in every if c["name"].startswith(p) and c not in wanted]
+    stores: dict[str, Any] = {}
+    t0 = time.time()
+    ev = Evaluator(dense, ids)
+    print(f"[eval] dense references in {time.time() - t0:.0f}s", flush=True)
+    res.setdefault("dense", ev.dense_row(dense))
+    res.setdefault("conditions", {})
+    save()
+    if args.llmc_dir:
+        res.setdefault("llmc", {})
+        from prunelens.mixed import linear_zeros
+
+        for ckpt in sorted(Path(args.llmc_dir).iterdir()):
+            meta = ckpt / "llmc_meta.json"
+            if not meta.is_file() or ckpt.name in res["llmc"]:
+                continue
+            info = json.loads(meta.read_text())
+            m = load_model(str(ckpt))
+            row = ev.evaluate(m.model, None, T_EVAL)
+            z, t = linear_zeros(m.adapter)
+            row.update(zero_fraction=z / t, **info)
+            res["llmc"][ckpt.name] = row
+            save()
+            print(f"[llmc] {ckpt.name}: ppl {row['ppl']:.2f} agree {row['agree']:.3f}", flush=True)
+    for cond in wanted:
+        if cond["name"] in res["conditions"]:
+            continue
+        fam = cond["family"]
+        if fam not in stores:  # probed when first needed (the store resumes if interrupted)
+            stores[fam] = open_store(probe_store(out, fam, args))
+            ev.add_store(fam, stores[fam])
+        print(f"[run] {cond['name']} ...", flush=True)
+        row = run_condition(cond, stores.get(cond["family"]), ids, ev, out)
+        res["conditions"][cond["name"]] = row
+        save()
+        print(f"[run] {cond['name']}: ppl {row['ppl']:.2f} agree {row['agree']:.3f} KL {row['kl']:.3f} "
+              f"pred {fmt(row['pred_sum_kl'])} meas@store {fmt(row.get('kl_store'))} "
+              f"({row['seconds_alloc']}+{row['seconds_apply']}+{row['eval_seconds']}s)", flush=True)
+    (out / "tables.md").write_text(print_tables(res) + "\n")
+
+
+if __name__ == "__main__":
+    main()
