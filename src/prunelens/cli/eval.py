@@ -60,6 +60,10 @@ def command(model: str | None, task_list: str | None, reference: str | None, sam
 
     if not model:
         raise PrunelensError("name a model to evaluate (a bundled alias such as smollm2-135m, or a checkpoint directory)")
+    if json_path and json_path != "-":
+        from ..paths import check_writable_file
+
+        check_writable_file(json_path, flag="--json")  # before the evaluation, not after it
 
     if lm_eval_tasks and reference:
         raise PrunelensError("--reference is for prunelens tasks (gen_agreement); lm-eval tasks score one model")
@@ -116,12 +120,14 @@ def _print_results(model: str, results: dict[str, dict[str, float]], timings: di
 
     from ..console import make_console
 
-    table = Table("task", "metric", "value", "seconds", title=f"prunelens eval: {model}")
+    table = Table("task", "metric", "value", "seconds")
     for task, metrics in results.items():
         for i, (metric, value) in enumerate(metrics.items()):
             shown = f"{value:.0f}" if metric in ("n", "tokens") else f"{value:.4f}"
             table.add_row(task if i == 0 else "", metric, shown, f"{timings.get(task, 0):.1f}" if i == 0 else "")
-    make_console().print(table)
+    console = make_console()
+    console.print(f"prunelens eval: {model}", highlight=False, markup=False, soft_wrap=True)  # a long path stays whole
+    console.print(table)
 
 
 def _print_tasks(reg: dict) -> None:
