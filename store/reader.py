@@ -9,15 +9,17 @@ from typing import Any
 from prunelens.errors import PrunelensError
 
 from .schema import SCHEMA_VERSION, VARIABLES
-from .writer import quiet
+from .writer import damaged_cells, describe_damage, quiet
 
 
-def open_store(path: str | Path, allow_incomplete: bool = False) -> Any:
+def open_store(path: str | Path, allow_incomplete: bool = False, verify: bool = True) -> Any:
     """The store at ``path`` (lazy, dask-backed).
 
     Raises ``PrunelensError`` when ``path`` is not a prunelens store, was written by a newer
     schema, or is half-written (a probe still running or interrupted; ``allow_incomplete``
-    opens it anyway: cells with ``done`` False are NaN).
+    opens it anyway: cells with ``done`` False are NaN). ``verify`` (default) reads every
+    chunk of the done cells once: a deleted chunk or one that fails its checksum is an error
+    naming the variable and cell, never a silently wrong or missing number.
     """
     import xarray as xr
     import zarr
@@ -38,9 +40,21 @@ def open_store(path: str | Path, allow_incomplete: bool = False) -> Any:
     version = int(attrs["schema_version"])
     if version > SCHEMA_VERSION:
         raise PrunelensError(f"{path} has store schema version {version}, newer than this prunelens reads ({SCHEMA_VERSION}); upgrade prunelens")
-    missing = [v for v in VARIABLES if v not in group]
+    try:
+        missing = [v for v in VARIABLES if v not in group]
+    except Exception as exc:  # a variable's metadata (zarr.json) is truncated or not JSON
+        raise PrunelensError(f"{path} is damaged: a variable's metadata cannot be read ({type(exc).__name__}: {exc})") from None
     if missing:
         raise PrunelensError(f"{path} is damaged or half-created: missing {', '.join(missing)}")
+    if verify:
+        try:
+            damage = damaged_cells(group, path)
+        except Exception as exc:  # noqa: BLE001 - ``done`` or ``nonfinite`` themselves unreadable
+            raise PrunelensError(f"{path} is damaged: its done/nonfinite record cannot be read "
+                                 f"({type(exc).__name__}: {exc})") from None
+        if damage:
+            raise PrunelensError(f"{path} is damaged: {describe_damage(group, damage)}; rerun the same prunelens probe "
+                                 "command to recompute these cells")
     if not attrs.get("complete", False) and not allow_incomplete:
         import numpy as np
 

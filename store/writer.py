@@ -50,7 +50,8 @@ def _encoding(ds: Any) -> dict[str, dict[str, Any]]:
     for name in ds.data_vars:
         dims = ds[name].dims
         chunks = tuple(1 if d in ("method", "unit") else ds.sizes[d] for d in dims)
-        enc[name] = {"chunks": chunks, "compressors": (ZstdCodec(level=3),)}
+        # checksum: a flipped byte in a chunk is an error when read, never a silently different number
+        enc[name] = {"chunks": chunks, "compressors": (ZstdCodec(level=3, checksum=True),)}
     enc["free_tokens"]["fill_value"] = -1
     enc["nonfinite"]["fill_value"] = 0
     return enc
@@ -75,11 +76,14 @@ def build_template(
 
 def create_store(path: str | Path, ds: Any, identity: Mapping[str, Any]) -> None:
     """Write ``ds``'s metadata and per-sample variables to a new store at ``path`` (atomically)."""
+    from prunelens.paths import remove_stale_temps, temp_prefix
+
     path = Path(path)
     if path.exists():
         raise PrunelensError(f"{path} already exists")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    remove_stale_temps(path)  # left by killed runs (their process is gone)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), dir=path.parent))
     try:
         lazy = ds.copy()
         lazy.attrs[IDENTITY_ATTR] = json.dumps(dict(identity), sort_keys=True)
@@ -89,7 +93,13 @@ def create_store(path: str | Path, ds: Any, identity: Mapping[str, Any]) -> None
             lazy[name] = lazy[name].chunk({"method": 1, "unit": 1})
         with quiet():
             lazy.to_zarr(tmp / "store.zarr", mode="w", compute=False, consolidated=False, zarr_format=3, encoding=_encoding(lazy))
-        os.replace(tmp / "store.zarr", path)
+        try:
+            os.rename(tmp / "store.zarr", path)
+        except OSError as exc:  # another process made it first (without the lock: two API callers)
+            if path.exists():
+                raise PrunelensError(f"{path} was created by another process at the same time; rerun to resume "
+                                     "into it") from None
+            raise PrunelensError(f"cannot create {path}: {exc.strerror or exc}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -140,7 +150,23 @@ class StoreWriter:
         if diff:
             raise PrunelensError(f"{path} was made for another run; refusing to mix results ({'; '.join(diff)}). "
                                  "Use another --out, or rerun with the store's settings to resume")
+        writer.reset_damaged()
         return writer
+
+    def reset_damaged(self) -> dict[tuple[int, int], str]:
+        """Mark done cells whose data is missing or corrupt as not done (so a resume recomputes them)."""
+        damage = damaged_cells(self.group, self.path)
+        if damage:
+            with quiet():
+                for m, u in damage:
+                    self.group["done"][m, u] = False
+                self.group.attrs["complete"] = False
+            self.attrs["complete"] = False
+            import sys
+
+            print(f"warning: {self.path}: {len(damage)} damaged cell(s) will be recomputed: "
+                  f"{describe_damage(self.group, damage)}", file=sys.stderr)
+        return damage
 
     def done(self) -> np.ndarray:
         return np.asarray(self.group["done"][:], dtype=bool)
@@ -207,3 +233,106 @@ def spearman_table(path: str | Path) -> dict[str, Any]:
                         rho = round(float(spearmanr(a[ok], b[ok]).statistic), 6)
                     out.setdefault(str(m), {}).setdefault(str(loc), {}).setdefault(str(tim), {})[f"{float(t):g}"] = rho
     return out
+
+
+# -- one writer per store path ----------------------------------------------------------------
+class StoreLock:
+    """An exclusive lock on a store path: ``.NAME.lock`` beside it, held with ``flock``.
+
+    The kernel releases it when the process exits, even on SIGKILL, so a killed run never
+    leaves a stale lock. ``acquire`` does not wait: a second probe on the same path is
+    refused with one line.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.lock_path = self.path.parent / f".{self.path.name}.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> "StoreLock":
+        import fcntl
+
+        if self._fd is not None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise PrunelensError(f"another prunelens probe is writing {self.path} (lock {self.lock_path}); wait for it "
+                                 "to finish, then rerun the same command to resume, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "StoreLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+# -- done cells must hold data -----------------------------------------------------------------
+# measured variables every probed cell writes (a chunk equal to the fill value, all NaN, is not
+# stored by zarr: that happens only when the unit's output was NaN, and then ``nonfinite`` > 0)
+DATA_VARS = ("cos_dev", "cos_dev_pred", "rel_norm", "kl", "kl_pred", "top1_agree")
+
+
+def damaged_cells(group: Any, path: str | Path, *, read: bool = True) -> dict[tuple[int, int], str]:
+    """``{(method, unit): reason}`` for cells marked done whose data is missing or fails its checksum.
+
+    Missing: a measured variable has no chunk for the cell (deleted) while the cell counted no
+    non-finite value. Unreadable (``read``): decoding the chunk fails (Zstd checksum, truncation).
+    """
+    path = Path(path)
+    done = np.asarray(group["done"][:], dtype=bool)
+    nonfinite = np.asarray(group["nonfinite"][:]) if "nonfinite" in group else np.zeros(done.shape, dtype=np.int64)
+    out: dict[tuple[int, int], str] = {}
+    cells = [tuple(int(i) for i in c) for c in np.argwhere(done)]
+    for name in DATA_VARS:
+        if name not in group:
+            continue
+        arr = group[name]
+        cm, cu = arr.chunks[0], arr.chunks[1]
+        rest = ["0"] * (arr.ndim - 2)  # the writer's chunks span every other dimension whole
+        for m, u in cells:
+            key = path / name / "c" / str(m // cm) / str(u // cu) / Path(*rest) if rest else \
+                path / name / "c" / str(m // cm) / str(u // cu)
+            if (m, u) not in out and nonfinite[m, u] == 0 and not key.is_file():
+                out[(m, u)] = f"{name} chunk missing"
+    if read:
+        with quiet():
+            for name in list(DATA_VARS) + ["free_tokens", "nonfinite"]:
+                if name not in group:
+                    continue
+                arr = group[name]
+                try:
+                    arr[:]
+                    continue
+                except Exception:  # noqa: BLE001 - locate the bad cells one by one
+                    pass
+                for m, u in cells:
+                    try:
+                        arr[m, u]
+                    except Exception as exc:  # noqa: BLE001
+                        out.setdefault((m, u), f"{name} chunk unreadable ({type(exc).__name__})")
+    return out
+
+
+def describe_damage(group: Any, damage: Mapping[tuple[int, int], str]) -> str:
+    """The first few damaged cells as ``kl chunk missing at (method=drop, unit=L3)``."""
+    methods = [str(v) for v in group["method"][:]]
+    units = [str(v) for v in group["unit"][:]]
+    items = sorted(damage.items())
+    text = "; ".join(f"{why} at (method={methods[m]}, unit={units[u]})" for (m, u), why in items[:3])
+    return text + (f"; and {len(items) - 3} more cell(s)" if len(items) > 3 else "")

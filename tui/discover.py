@@ -110,6 +110,10 @@ def provenance_lines(s: StoreSummary) -> list[tuple[str, str]]:
     if s.done < s.cells or not s.complete:
         rows.append(("note", "half-written: rerun the same prunelens probe command to finish it; "
                              "cells not done yet show as ·"))
+    if "nonfinite_cells" in s.attrs:  # shown by every command that reads a store
+        rows.append(("non-finite", f"{s.attrs['nonfinite_cells']} cells ({s.attrs.get('nonfinite_values', 0)} values)"
+                                   + ("; those units rank last or unranked, never planned"
+                                      if int(s.attrs["nonfinite_cells"] or 0) else "")))
     for key in ("readout", "dtype", "device", "seed", "kl_convention"):
         if key in s.attrs:
             rows.append((key, str(s.attrs[key])))

@@ -23,12 +23,20 @@ from .units import Unit
 
 
 def apply_plan(plan: Plan, out_dir: str | Path, *, loaded: Any = None, calib_samples: int = 32, calib_len: int = 256,
-               overwrite: bool = False, progress: bool = True) -> tuple[Path, dict]:
+               overwrite: bool = False, force: bool = False, progress: bool = True) -> tuple[Path, dict]:
     """Compress the plan's model in place (``loaded`` is consumed) and save it to ``out_dir``."""
     from .compress import compress_model, save_checkpoint
     from .methods import parse_method
     from .models import load_model
 
+    from .paths import guard_output_dir
+
+    from .plan_checks import check_units_disjoint
+
+    guard_output_dir(out_dir, overwrite=overwrite, force=force)  # before loading and compressing
+    check_units_disjoint(u.unit for u in plan.units)
+    for _, spec in plan.unit_methods():  # a method that is not installed fails before the model loads
+        parse_method(spec)
     if loaded is None:
         loaded = load_model(plan.model_id)
     plan.validate_for(loaded)
@@ -51,7 +59,8 @@ def apply_plan(plan: Plan, out_dir: str | Path, *, loaded: Any = None, calib_sam
     zeros, present = linear_zeros(loaded.adapter)
     summary["zero_fraction"] = zeros / present if present else 0.0  # of the decoder linear weights still stored
     summary["linear_zero_or_removed"] = (zeros + linear_before - present) / linear_before
-    out = save_checkpoint(loaded, out_dir, {"plan": plan.to_dict(), "compress": summary}, overwrite=overwrite)
+    out = save_checkpoint(loaded, out_dir, {"plan": plan.to_dict(), "compress": summary}, overwrite=overwrite,
+                          force=force)
     summary["checkpoint_bytes"] = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     return out, summary
 

@@ -50,7 +50,7 @@ def _meta_adapter(model_id: str) -> Any:
     from .plans import model_config
 
     with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(model_config(model_id))
+        model = AutoModelForCausalLM.from_config(model_config(model_id), trust_remote_code=False)
     return get_adapter(model)
 
 

@@ -241,3 +241,30 @@ def list_models() -> list[dict[str, Any]]:
                      "path": str(d), "description": f"converted from {info.get('source_path', '?')} "
                                                      f"(sha256 {str(info.get('sha256', '?'))[:16]})"})
     return rows
+
+
+
+def weights_fingerprint(model: Any) -> str:
+    """A short hash of a model's weights: every tensor's name, shape, dtype and bytes (tied tensors once).
+
+    Exact and independent of the device (the bytes are hashed, on the CPU, tensor by tensor).
+    Part of a probe store's identity, so that a resume never combines cells measured on
+    different weights. Costs one pass over the weights (about a second per GB).
+    """
+    h = hashlib.blake2b(digest_size=16)
+    seen: set[tuple[str, int, int]] = set()
+    with torch.no_grad():
+        for name, t in sorted(model.state_dict().items()):
+            if not isinstance(t, torch.Tensor):
+                continue
+            h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+            if t.device.type == "meta" or t.numel() == 0:
+                continue
+            key = (str(t.device), t.untyped_storage().data_ptr(), t.storage_offset())
+            if key in seen:
+                h.update(b"tied")
+                continue
+            seen.add(key)
+            raw = t.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy()
+            h.update(memoryview(raw))
+    return h.hexdigest()[:16]

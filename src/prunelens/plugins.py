@@ -16,6 +16,7 @@ each printed once per process.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.metadata as md
 import importlib.util
@@ -107,6 +108,9 @@ def warn_once(message: str) -> None:
     sys.stderr.flush()
 
 
+_files: dict[Path, ModuleType] = {}  # plugin files loaded, by resolved path
+
+
 def _register(module: Any, name: str, source: str, version: str | None, dist: str | None = None) -> None:
     if pm.get_plugin(name) is not None or pm.is_registered(module):
         return
@@ -184,9 +188,11 @@ def load_plugin_file(path: str | os.PathLike[str]) -> ModuleType:
     p = Path(path).expanduser().resolve()
     if not p.is_file():
         raise PrunelensError(f"plugin file not found: {path}")
-    name = f"prunelens_local_{p.stem}"
-    if pm.get_plugin(p.stem) is not None:
-        return pm.get_plugin(p.stem)
+    if p in _files:  # the same file twice: loaded once
+        return _files[p]
+    # a file named like a built-in or another plugin (drop.py) is still loaded, under its own name
+    plugin_name = p.stem if pm.get_plugin(p.stem) is None else f"{p.stem} ({p})"
+    name = f"prunelens_local_{p.stem}_{hashlib.sha256(str(p).encode()).hexdigest()[:8]}"
     spec = importlib.util.spec_from_file_location(name, p)
     if spec is None or spec.loader is None:
         raise PrunelensError(f"not a Python file: {path}")
@@ -197,7 +203,8 @@ def load_plugin_file(path: str | os.PathLike[str]) -> ModuleType:
     except Exception as exc:
         sys.modules.pop(name, None)
         raise PrunelensError(f"plugin {p.name} failed to import: {type(exc).__name__}: {exc}") from exc
-    _register(module, p.stem, "file", None)
+    _register(module, plugin_name, "file", None)
+    _files[p] = module
     _check_pending()
     return module
 

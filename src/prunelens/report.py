@@ -57,7 +57,7 @@ def plot_cos_curves(ds: Any, path: Path, *, method: str, locality: str, timing: 
             ax.plot(layers, pred, "--", color=COLORS[space], alpha=0.7, label=f"{space} predicted")
         ax.set_yscale("log")
         ax.set_xlabel("layer")
-        ax.set_title(f"{kind} · {method}")
+        ax.set_title(f"{kind} · {_plot_text(method)}")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("mean 1 − cos")
     axes[0][-1].legend(fontsize=7)
@@ -126,6 +126,13 @@ def plot_steps(ds: Any, df: Any, path: Path, *, method: str, locality: str, temp
     return path
 
 
+def _plot_text(text: Any) -> str:
+    """A store string for a matplotlib title: no control characters, ``$`` not read as mathtext."""
+    from .safe_text import clean
+
+    return clean(text).replace("$", r"\$")
+
+
 def _md(text: Any) -> str:
     from .safe_text import md
 
@@ -191,7 +198,7 @@ def write_report(ds: Any, out_dir: str | Path, *, method: str | None = None, kin
     cos_png = plot_cos_curves(ds, out / "cos_curves.png", method=method, locality=locality, timing=timing,
                               temperature=temperature)
     scatter_png, rho = plot_kl_scatter(df, out / "kl_scatter.png", plan_units=plan_units,
-                                       title=f"{method} · {kind or 'all units'} · {locality}/{timing} · T={temperature:g}")
+                                       title=f"{_plot_text(method)} · {kind or 'all units'} · {locality}/{timing} · T={temperature:g}")
     steps_png = plot_steps(ds, df, out / "steps.png", method=method, locality=locality, temperature=temperature)
     a = ds.attrs
     # every string from the store, a plan or the command line goes through md()/md_code(): no escapes, no markup

@@ -8,21 +8,28 @@ import click
 @click.command("apply")
 @click.argument("plan_path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Checkpoint directory to write.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing non-empty --out directory.")
+@click.option("--overwrite", is_flag=True, help="Replace --out when it holds a prunelens checkpoint.")
+@click.option("--force", is_flag=True,
+              help="Also replace a non-empty --out that is not a prunelens checkpoint (never the current "
+                   "directory, home or their parents).")
 @click.option("--calib-samples", type=int, default=32, show_default=True, help="Calibration windows (wanda, sparsegpt, gptq).")
 @click.option("--calib-len", type=int, default=256, show_default=True, help="Tokens per calibration window.")
 @click.option("--validate", "validate_store", type=click.Path(exists=True, file_okay=False), default=None,
               help="Then compare predicted with measured KL on this store's prompts (and write it into the plan).")
-def command(plan_path, out, overwrite, calib_samples, calib_len, validate_store) -> None:
+def command(plan_path, out, overwrite, force, calib_samples, calib_len, validate_store) -> None:
     """Apply PLAN to its model and save the result to --out (safetensors + tokenizer + prunelens.json)."""
     from ..console import make_console
 
     from ..apply import apply_plan
     from ..plans import Plan
 
+    from ..paths import guard_output_dir
+
+    guard_output_dir(out, overwrite=overwrite, force=force)  # before any work
     console = make_console()
     plan = Plan.load(plan_path)
-    path, summary = apply_plan(plan, out, calib_samples=calib_samples, calib_len=calib_len, overwrite=overwrite)
+    path, summary = apply_plan(plan, out, calib_samples=calib_samples, calib_len=calib_len, overwrite=overwrite,
+                               force=force)
     console.print(f"applied {plan.method} to {', '.join(plan.unit_names)} -> {path}"
                   if len(plan.units) <= 12 else f"applied {plan.method} to {len(plan.units)} units -> {path}")
     if plan.is_mixed:

@@ -62,6 +62,11 @@ def command(model, methods, units, samples, steps, prompt_len, temperatures, loc
         raise PrunelensError(f"--temperature must be numbers separated by commas, not {temperatures!r}") from None
     settings = ProbeSettings(steps=steps, temperatures=temps, localities=tuple(_csv(locality)), timings=tuple(_csv(timing)),
                              readout=readout, batch_size=batch_size, compile=compile_metrics)
+    from pathlib import Path
+
+    from ..paths import check_writable_dir
+
+    check_writable_dir(Path(out) if Path(out).exists() else Path(out).parent, flag="--out", shown=out)  # before any work
     parsed = [m for text in methods for m in expand_methods(text)]
     specs = [m.spec for m in parsed]
     if len(set(specs)) != len(specs):
@@ -110,6 +115,7 @@ def print_summary(path: str, attrs: dict) -> None:
     from rich.table import Table
 
     from ..console import make_console
+    from ..safe_text import esc
 
     from prunelens_store import open_store
 
@@ -130,7 +136,7 @@ def print_summary(path: str, attrs: dict) -> None:
                     r = rho.get(str(m), {}).get(str(loc), {}).get(str(tim), {}).get(f"{float(t):g}")
                     first = k == 0
                     table.add_row(
-                        str(m) if first else "", short[str(loc)] if first else "", short[str(tim)] if first else "",
+                        esc(m) if first else "", short[str(loc)] if first else "", short[str(tim)] if first else "",
                         f"{float(t):g}",
                         f"{float(cos.sel(space='embedding').isel(temperature=k)):.2e}" if first else "",
                         f"{float(cos.sel(space='logit').isel(temperature=k)):.2e}" if first else "",
@@ -142,7 +148,7 @@ def print_summary(path: str, attrs: dict) -> None:
                     )
     console = make_console()
     console.print(table)
-    console.print(f"{path}: {attrs.get('cells_done')}/{attrs.get('cells_total')} cells, "
+    console.print(f"{esc(path)}: {attrs.get('cells_done')}/{attrs.get('cells_total')} cells, "
                   f"non-finite cells: {attrs.get('nonfinite_cells', 0)}, complete: {attrs.get('complete')}. "
                   "ρ = Spearman across units of mean predicted vs measured KL.")
     if not attrs.get("complete"):

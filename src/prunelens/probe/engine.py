@@ -15,6 +15,7 @@ Metrics (``metrics.row_metrics``) are computed on the step positions only, in fl
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -56,8 +57,8 @@ class ProbeSettings:
         self.timings = tuple(self.timings)
         if self.steps < 1:
             raise PrunelensError("steps must be at least 1")
-        if not self.temperatures or any(not t > 0 for t in self.temperatures):
-            raise PrunelensError(f"temperatures must be positive: {self.temperatures}")
+        if not self.temperatures or any(not (t > 0 and math.isfinite(t)) for t in self.temperatures):
+            raise PrunelensError(f"temperatures must be positive finite numbers: {self.temperatures}")
         for name, vals, allowed in (("locality", self.localities, LOCALITIES), ("timing", self.timings, TIMINGS)):
             bad = [v for v in vals if v not in allowed]
             if bad or not vals or len(set(vals)) != len(vals):

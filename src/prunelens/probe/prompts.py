@@ -77,7 +77,10 @@ def load_prompts(path: str | Path, tokenizer: Any, prompt_len: int, samples: int
     if not p.is_file():
         raise PrunelensError(f"prompts file not found: {path}")
     rows: list[dict[str, Any]] = []
-    lines = [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    try:
+        lines = [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except UnicodeDecodeError as exc:
+        raise PrunelensError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     if p.suffix == ".jsonl":
         for n, line in enumerate(lines, 1):
             try:
@@ -96,8 +99,10 @@ def load_prompts(path: str | Path, tokenizer: Any, prompt_len: int, samples: int
     ids, cands, texts = [], [], []
     for n, row in enumerate(rows, 1):
         if "ids" in row:
-            toks = [int(t) for t in row["ids"]]
+            toks = token_ids(row["ids"], f"{path}:{n}: ids")
         else:
+            if not isinstance(row["prompt"], str):
+                raise PrunelensError(f"{path}:{n}: 'prompt' must be a string, not {type(row['prompt']).__name__}")
             if tokenizer is None:
                 raise PrunelensError(f"{path}:{n}: text prompts need a tokenizer; give 'ids'")
             toks = with_prefix(tokenizer, tokenizer(row["prompt"], add_special_tokens=False)["input_ids"], prompt_len)
@@ -107,8 +112,31 @@ def load_prompts(path: str | Path, tokenizer: Any, prompt_len: int, samples: int
     return Prompts(ids, cands if any(cands) else None, source=str(p), texts=texts)
 
 
+def token_ids(value: Any, where: str) -> list[int]:
+    """``value`` as a list of non-negative token ids, or a one-line error saying what is wrong."""
+    if not isinstance(value, list):
+        raise PrunelensError(f"{where} must be a list of token ids, not {type(value).__name__}")
+    bad = [v for v in value if isinstance(v, bool) or not isinstance(v, int) or v < 0]
+    if bad:
+        raise PrunelensError(f"{where}: {bad[0]!r} is not a token id (a non-negative integer)")
+    return [int(v) for v in value]
+
+
+def check_vocab(prompts: Prompts, vocab_size: int) -> None:
+    """One-line error when a prompt or candidate id is outside the model's vocabulary (before any store is made)."""
+    for what, rows in (("prompt", prompts.ids), ("candidate", prompts.candidates or [])):
+        for i, row in enumerate(rows, 1):
+            for t in row:
+                if not 0 <= int(t) < vocab_size:
+                    raise PrunelensError(f"{what} {i}: token id {t} is outside the model's vocabulary (0..{vocab_size - 1})")
+
+
 def _candidate_id(c: Any, tokenizer: Any, path: Any, n: int) -> int:
+    if isinstance(c, bool) or (not isinstance(c, (int, str))):
+        raise PrunelensError(f"{path}:{n}: candidate {c!r} must be a token id or a string")
     if isinstance(c, int):
+        if c < 0:
+            raise PrunelensError(f"{path}:{n}: candidate {c!r} is not a token id (a non-negative integer)")
         return c
     if tokenizer is None:
         raise PrunelensError(f"{path}:{n}: candidate {c!r} needs a tokenizer; give token ids")

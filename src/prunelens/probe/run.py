@@ -57,12 +57,15 @@ def run_identity(loaded: Any, methods: list[Method], units: list[Unit], prompts:
     """What a store must match for a run to resume into it."""
     from prunelens_store.schema import KL_CONVENTION, SCHEMA_VERSION
 
+    from ..models import weights_fingerprint
+
     ident = {
         "schema_version": SCHEMA_VERSION, "model_id": loaded.model_id, "config_hash": loaded.config_hash, "dtype": dtype,
         "readout": settings.readout, "kl_convention": KL_CONVENTION, "prompts_hash": prompts_hash(prompts), "seed": seed,
         "samples": len(prompts), "steps": settings.steps, "temperatures": list(settings.temperatures),
         "localities": list(settings.localities), "timings": list(settings.timings),
         "methods": [m.spec for m in methods], "units": [u.name for u in units],
+        "weights": weights_fingerprint(loaded.model),  # same path and config, other weights: never mixed
     }
     if any(m.calibration != "none" for m in methods):
         ident["calibration"] = calibration
@@ -96,7 +99,25 @@ class StatsCache:
         return self._by_kind[method.calibration]
 
 
-def run_probe(
+def run_probe(loaded: Any, methods: list[Method], units: list[Unit], prompts: Prompts, settings: ProbeSettings,
+              out: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """Probe every (method, unit) cell not yet done in the store at ``out``; return the final attrs.
+
+    Rank 0 creates (or validates) the store; every rank measures its round-robin share of
+    the cells and writes them; rank 0 finalises. Re-running resumes. Rank 0 holds the
+    store's lock (``StoreLock``) throughout: a second probe on the same path is refused.
+    Keyword arguments: see ``_run_probe``.
+    """
+    from prunelens_store.writer import StoreLock
+
+    lock = StoreLock(out)
+    try:
+        return _run_probe(loaded, methods, units, prompts, settings, out, lock=lock, **kwargs)
+    finally:
+        lock.release()
+
+
+def _run_probe(
     loaded: Any,
     methods: list[Method],
     units: list[Unit],
@@ -104,6 +125,7 @@ def run_probe(
     settings: ProbeSettings,
     out: str | Path,
     *,
+    lock: Any = None,
     seed: int = 0,
     dtype: str = "float32",
     device: str = "cpu",
@@ -113,11 +135,7 @@ def run_probe(
     progress: bool = True,
     on_cell: Callable[[str, str], None] | None = None,
 ) -> dict[str, Any]:
-    """Probe every (method, unit) cell not yet done in the store at ``out``; return the final attrs.
-
-    Rank 0 creates (or validates) the store; every rank measures its round-robin share of
-    the cells and writes them; rank 0 finalises. Re-running resumes.
-    """
+    """``run_probe``'s body; ``lock`` (the store's ``StoreLock``) is taken by rank 0 before it touches the store."""
     from prunelens_store.writer import StoreWriter, build_template, create_store
 
     ranks = ranks or Ranks()
@@ -128,6 +146,9 @@ def run_probe(
             if u.kind not in m.unit_kinds:
                 raise PrunelensError(f"method {m.name!r} cannot act on {u.kind} units ({u}); choose units of kind "
                                      f"{', '.join(m.unit_kinds)}")
+    from .prompts import check_vocab
+
+    check_vocab(prompts, int(loaded.model.get_input_embeddings().num_embeddings))  # before any store exists
     calibration = {"samples": calib_samples, "length": calib_len, "split": "calib", "seed": seed}
     identity = run_identity(loaded, methods, units, prompts, settings, seed, dtype, calibration)
     tok = loaded.tokenizer
@@ -139,6 +160,11 @@ def run_probe(
     error: Exception | None = None
     if ranks.is_main:
         try:
+            if lock is not None:
+                from ..paths import remove_stale_temps
+
+                lock.acquire()
+                remove_stale_temps(out, any_owner=True)  # we hold the lock: every temporary of out is stale
             if out.exists():
                 writer = StoreWriter.open_for_resume(out, identity)
                 stored = np.asarray(writer.group["tokens"][:])
@@ -148,6 +174,7 @@ def run_probe(
             else:
                 attrs = {
                     "model_id": loaded.model_id, "config_hash": loaded.config_hash, "dtype": dtype, "device": device,
+                    "weights_fingerprint": identity["weights"],
                     "versions": json.dumps({**versions(), **plugin_versions(methods)}), "readout": settings.readout, "prompts_hash": identity["prompts_hash"],
                     "prompts_source": prompts.source, "seed": seed,
                     "tokenization": json.dumps(convention(loaded.tokenizer).as_attrs()),
@@ -176,6 +203,7 @@ def run_probe(
     done = writer.done()
     cells = [(mi, ui) for ui in range(len(units)) for mi in range(len(methods))]  # layer order: dense logits reused
     mine = [c for c in ranks.shard(cells) if not done[c]]
+    engine.expect_cells(len(mine))  # the metric kernel compiles only if these cells pay for it
     stats = StatsCache(loaded, units, calib_samples, calib_len, seed)
     bar = _progress(len(mine), ranks, progress, skipped=int(done.sum()))
     try:

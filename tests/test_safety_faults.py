@@ -1,0 +1,641 @@
+"""Issue 15 (safety) and issue 11's hardening list: no data destroyed, no code run from a store,
+no NaN ranked as safe, no silent mix of weights, corruption never silent.
+
+Fault injection against the store writer (delete / truncate / flip a chunk, a held lock, weights
+changed between runs) asserts that every case is a one-line error, a recomputed cell or a
+flagged NaN. The SIGKILL-at-three-moments and two-process race tests run the CLI (``slow``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from click.testing import CliRunner
+from probe_helpers import single_thread
+from rank_helpers import save_tiny, synthetic_store
+
+from prunelens.cli import main
+from prunelens.errors import PrunelensError
+from prunelens.methods import parse_method
+from prunelens.models import load_model, weights_fingerprint
+from prunelens.probe.engine import ProbeSettings
+from prunelens.probe.prompts import Prompts
+from prunelens.probe.run import run_probe
+from prunelens.units import select_units
+from prunelens_store import open_store
+from prunelens_store.writer import StoreLock, StoreWriter
+
+_one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
+ESC = "\x1b"
+
+
+NAN_PLUGIN = '''
+from contextlib import contextmanager
+from prunelens.hookspecs import hookimpl
+from prunelens.methods import Method
+
+
+class NaNOnLayer1(Method):
+    """Test-only: the output of every layer-1 unit becomes NaN; other units are scaled by 1.1."""
+
+    name = "nan_l1"
+
+    @contextmanager
+    def perturb(self, adapter, unit, stats=None):
+        factor = float("nan") if unit.layer == 1 else 1.1
+
+        def hook(_m, _args, out):
+            return (out[0] * factor,) + tuple(out[1:]) if isinstance(out, tuple) else out * factor
+
+        handle = adapter.module(unit).register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+
+@hookimpl
+def register_methods(register):
+    register(NaNOnLayer1)
+'''
+
+
+@pytest.fixture(scope="module")
+def nan_method(tmp_path_factory):
+    from prunelens.plugins import load_plugin_file
+
+    path = tmp_path_factory.mktemp("nanplugin") / "nan_plugin.py"
+    path.write_text(NAN_PLUGIN)
+    load_plugin_file(path)
+    return parse_method("nan_l1")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A saved tiny llama (4 layers, vocab 96) loaded once."""
+    path = save_tiny(tmp_path_factory.mktemp("safety") / "llama4", layers=4)
+    return path, load_model(str(path))
+
+
+PROMPTS = Prompts([[5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16]])
+SETTINGS = ProbeSettings(steps=3, temperatures=(1.0,), batch_size=3)
+
+
+def probe(loaded, out, methods=("drop",), units="L0-3", **kw):
+    ms = [parse_method(m) if isinstance(m, str) else m for m in methods]
+    return run_probe(loaded, ms, select_units(units, 4), PROMPTS, SETTINGS, out, progress=False, **kw)
+
+
+def one_line_error(res, *needles: str) -> str:
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip() and "Loading weights" not in ln]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def cli(*args, **kw):
+    return CliRunner().invoke(main, [str(a) for a in args], **kw)
+
+
+# -- item 1: overwrite never destroys a directory that is not a checkpoint -------------------------
+def test_apply_overwrite_refuses_the_working_directory_and_its_parent(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("my work")
+    (work / "plan.json").write_text("{}")
+    monkeypatch.chdir(work)
+    for out in (".", str(work), str(tmp_path)):
+        res = cli("apply", "plan.json", "--out", out, "--overwrite", "--force")
+        one_line_error(res, "current directory", "refusing")
+        assert (work / "notes.txt").read_text() == "my work"
+    res = cli("compress", "--model", "none", "--method", "drop", "--units", "L0", "--out", ".", "--overwrite")
+    one_line_error(res, "current directory")
+    assert (work / "notes.txt").is_file()
+
+
+def test_overwrite_refuses_home_and_foreign_directories(tmp_path, monkeypatch):
+    from prunelens.paths import guard_output_dir
+
+    home = tmp_path / "home"
+    (home / "docs").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    with pytest.raises(PrunelensError, match="home directory"):
+        guard_output_dir(home, overwrite=True, force=True)
+    foreign = tmp_path / "results"
+    foreign.mkdir()
+    (foreign / "data.csv").write_text("1,2")
+    with pytest.raises(PrunelensError, match="not a prunelens checkpoint"):
+        guard_output_dir(foreign, overwrite=True)  # --overwrite alone never deletes a foreign directory
+    assert guard_output_dir(foreign, overwrite=False, force=True) == foreign.resolve()  # --force: explicit
+    assert guard_output_dir(tmp_path / "new" / "ckpt", overwrite=False) == (tmp_path / "new" / "ckpt").resolve()
+    with pytest.raises(PrunelensError, match="not a directory"):
+        guard_output_dir(foreign / "data.csv", overwrite=True)
+
+
+def test_checkpoint_overwrite_keeps_foreign_files_and_mode(tmp_path, tiny):
+    from prunelens.compress import save_checkpoint
+
+    _, loaded = tiny
+    out = save_checkpoint(loaded, tmp_path / "ckpt", {"a": 1})
+    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~_umask())  # not mkdtemp's 0700
+    info = json.loads((out / "prunelens.json").read_text())
+    assert "prunelens.json" in info["files"] and "model.safetensors" in info["files"]
+    save_checkpoint(loaded, out, {"a": 2}, overwrite=True)  # a pure checkpoint: replaced
+    (out / "my_eval.json").write_text("{}")
+    with pytest.raises(PrunelensError, match="also holds other files .*my_eval.json"):
+        save_checkpoint(loaded, out, {"a": 3}, overwrite=True)
+    assert (out / "my_eval.json").is_file() and json.loads((out / "prunelens.json").read_text())["a"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporaries left
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_apply_out_onto_a_foreign_directory_needs_force(tmp_path):
+    """Issue 11: apply --out onto a non-empty directory that is not a checkpoint is refused unless --force."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    (tmp_path / "plan.json").write_text("{}")
+    res = cli("apply", tmp_path / "plan.json", "--out", out)
+    one_line_error(res, "not a prunelens checkpoint", "--force")
+    res = cli("apply", tmp_path / "plan.json", "--out", out, "--overwrite")
+    one_line_error(res, "not a prunelens checkpoint")
+    assert (out / "keep.txt").is_file()
+
+
+# -- item 2: non-finite results propagate, are counted, never rank or plan as safe ----------------
+def test_one_minus_cos_of_nan_or_inf_is_not_zero():
+    from prunelens.probe.metrics import one_minus_cos, vector_metrics
+
+    x = torch.randn(3, 8, dtype=torch.float64)
+    dx = torch.zeros_like(x)
+    dx[0, 0], dx[1, 0] = float("nan"), float("inf")
+    cos, pred, rel = vector_metrics(x, dx)
+    assert torch.isnan(cos[0]) and not torch.isfinite(cos[1]) and cos[2] == 0
+    assert torch.isnan(one_minus_cos(torch.tensor([float("nan")]), torch.tensor([0.0]), torch.tensor([0.0])))[0]
+    assert one_minus_cos(torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([0.0]))[0] == 0  # two zero vectors
+
+
+def test_nan_units_are_counted_flagged_and_never_planned(tmp_path, tiny, nan_method):
+    from prunelens.plans import plan_from_store
+    from prunelens.ranking import nonfinite_units, rank_units
+
+    path, loaded = tiny
+    out = tmp_path / "nan.zarr"
+    attrs = probe(loaded, out, methods=[nan_method], units="attn,mlp")
+    assert attrs["nonfinite_cells"] == 2 and attrs["complete"]  # L1.attn and L1.mlp
+    ds = open_store(out)
+    for unit in ("L1.attn", "L1.mlp"):
+        cos = ds["cos_dev"].sel({"method": "nan_l1", "unit": unit}).values
+        assert np.isnan(cos).all()  # measured 1-cos of a NaN output is NaN, not 0.0
+    df = rank_units(ds, method="nan_l1", kind=None, temperature=1.0)
+    assert set(nonfinite_units(df)) == {"L1.attn", "L1.mlp"}
+    assert set(df["unit"].iloc[-2:]) == {"L1.attn", "L1.mlp"} and df["rank"].iloc[-2:].isna().all()
+    plan = plan_from_store(ds, method="nan_l1", kind=None, temperature=1.0, by="kl_pred", budget=6)
+    assert set(plan.unit_names).isdisjoint({"L1.attn", "L1.mlp"}) and len(plan.unit_names) == 6
+    res = cli("rank", out)
+    assert res.exit_code == 0 and "non-finite" in res.output and "L1.attn" in res.output
+    res = cli("report", out, "--out", tmp_path / "rep")
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "non-finite cells in the store: **2**" in md and "L1.mlp" in md.split("Warning")[1]
+
+
+def test_a_store_without_any_finite_score_does_not_crash_rank_or_report(tmp_path):
+    ds = synthetic_store(num_layers=3, kinds=("block",), attrs={"model_id": "tiny", "config_hash": "abc", "complete": True,
+                                                               "nonfinite_cells": 3, "nonfinite_values": 9})
+    for var in ("kl", "kl_pred", "cos_dev", "cos_dev_pred", "rel_norm", "top1_agree"):
+        ds[var].values[...] = np.nan
+    ds["nonfinite"] = (("method", "unit"), np.full((1, 3), 3, dtype=np.int64))  # as the writer counts them
+    store = tmp_path / "allnan.zarr"
+    ds.to_zarr(store, mode="w", consolidated=False, zarr_format=3)
+    res = cli("rank", store)
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    assert "3 cell(s) with non-finite values" in res.output
+    res = cli("report", store, "--out", tmp_path / "rep")
+    assert res.exit_code == 0, res.output
+    res = cli("plan", store, "--budget", "2", "--out", tmp_path / "plan.json")
+    one_line_error(res, "no unit has a score")
+    assert not (tmp_path / "plan.json").exists()
+
+
+# -- item 3: a resume never mixes cells measured on different weights ----------------------------
+def test_weights_changed_between_runs_are_refused(tmp_path, tiny):
+    path, _ = tiny
+    loaded = load_model(str(path))
+    out = tmp_path / "w.zarr"
+    probe(loaded, out, units="L0")
+    stored = json.loads(zarr.open_group(str(out), mode="r").attrs["identity"])["weights"]
+    assert stored == weights_fingerprint(loaded.model)
+    with torch.no_grad():  # a change too small to move the greedy continuation
+        loaded.model.model.layers[2].mlp.down_proj.weight[0, 0] += 1e-4
+    with pytest.raises(PrunelensError, match="refusing to mix results.*weights"):
+        probe(loaded, out, units="L0")
+
+
+# -- item 4: no code run from a store; every string escaped -------------------------------------
+def test_every_transformers_load_passes_trust_remote_code():
+    """A source scan: every from_pretrained / from_config call in the package says trust_remote_code."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    missing = []
+    for folder in ("src", "plugins", "store", "tui"):
+        for py in (root / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(py.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                        node.func.attr in ("from_pretrained", "from_config"):
+                    # a **kwargs splat is accepted: models.load_model builds its kwargs with trust_remote_code
+                    if not any(k.arg in ("trust_remote_code", None) for k in node.keywords):
+                        missing.append(f"{py.relative_to(root)}:{node.lineno}")
+    assert not missing, missing
+
+
+def test_a_store_naming_a_model_with_custom_code_never_runs_it(tmp_path, monkeypatch):
+    from prunelens.plans import model_config
+
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    marker = tmp_path / "ran"
+    (evil / "config.json").write_text(json.dumps({"model_type": "evil", "auto_map": {"AutoConfig": "cfg.EvilConfig"}}))
+    (evil / "cfg.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n"
+                                 "from transformers import PretrainedConfig\n"
+                                 "class EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n")
+    monkeypatch.setattr("builtins.input", lambda *a: "y")  # a user who would answer the prompt with y
+    with pytest.raises(PrunelensError, match="cannot read the config"):
+        model_config(str(evil))
+    assert not marker.exists()
+
+
+def _hostile_store(tmp_path: Path) -> Path:
+    label = f"drop[/]{ESC}[2J"
+    ds = synthetic_store(num_layers=3, kinds=("block",), methods=(label,),
+                         attrs={"model_id": f"runs/[exp1]/model{ESC}]0;pwned\x07", "config_hash": f"[bold]{ESC}[31m",
+                                "readout": "norm[/]", "complete": True})
+    store = tmp_path / "hostile.zarr"
+    ds.to_zarr(store, mode="w", consolidated=False, zarr_format=3)
+    return store
+
+
+def test_store_strings_are_escaped_in_rank_plan_and_report(tmp_path):
+    store = _hostile_store(tmp_path)
+    res = cli("rank", store)
+    assert res.exit_code == 0, res.output
+    assert ESC not in res.output and "drop[/]" in res.output  # markup printed literally, escapes removed
+    res = cli("plan", store, "--budget", "1", "--out", tmp_path / "p.json")
+    assert ESC not in res.output and "MarkupError" not in res.output and "Traceback" not in res.output
+    res = cli("report", store, "--out", tmp_path / "rep")
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert ESC not in md and "\x07" not in md and "runs/[exp1]/model" in md
+
+
+def test_safe_text_removes_escapes_and_escapes_markup():
+    from rich.console import Console
+
+    from prunelens.safe_text import clean, esc
+
+    assert clean(f"a{ESC}]0;title\x07b{ESC}[2Jc\x9b31md") == "abcd"
+    assert clean("x\ny\tz\x00") == "x y z"
+    console = Console(record=True, width=200, color_system=None)
+    for text in ("[/]", "[/0] boom", "runs/[exp1]/model", "[bold]x[/bold]", "a\\[b]"):
+        console.print(esc(text))
+    assert console.export_text().splitlines() == ["[/]", "[/0] boom", "runs/[exp1]/model", "[bold]x[/bold]", "a\\[b]"]
+
+
+async def test_tui_launches_on_a_hostile_store(tmp_path):
+    """Issue 15 item 4: ``[/]`` in a store crashed the TUI at launch."""
+    from prunelens_tui.app import PrunelensApp
+
+    store = _hostile_store(tmp_path)
+    app = PrunelensApp([store], cwd=tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        for key in ("", "2", "3", "4", "5", "1"):
+            if key:
+                await pilot.press(key)
+            await pilot.pause()
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+        assert app.ds is not None
+        assert str(app.ds["method"].values[0]) == "drop[/]"  # escapes removed, markup kept as text
+        assert ESC not in app.ds.attrs["model_id"]
+
+
+def test_plugins_command_survives_markup_in_an_error(monkeypatch):
+    from prunelens import plugins
+
+    info = plugins.plugin_infos()[0]
+    broken = type(info)(**{**info.__dict__, "name": "broken[/]", "error": "ImportError: [/0] bad"})
+    monkeypatch.setattr(plugins, "plugin_infos", lambda *a, **k: [broken])
+    res = cli("plugins")
+    assert res.exit_code == 0, res.output
+    assert "[/0] bad" in res.output and "broken[/]" in res.output
+
+
+def test_a_plugin_file_named_like_a_builtin_is_loaded(tmp_path):
+    plugin = tmp_path / "drop.py"
+    plugin.write_text(
+        "from contextlib import contextmanager\nfrom prunelens.hookspecs import hookimpl\n"
+        "from prunelens.methods import Method\n\n"
+        "class Mine(Method):\n    name = 'mine_from_drop_py'\n\n"
+        "    @contextmanager\n    def perturb(self, adapter, unit, stats=None):\n        yield\n\n"
+        "@hookimpl\ndef register_methods(register):\n    register(Mine)\n")
+    code = ("import sys\nfrom prunelens.cli import main\n"
+            f"sys.argv = ['prunelens', '--plugin', {str(plugin)!r}, 'plugins', '--json']\nmain()\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PRUNELENS_LOAD_PLUGINS=""))
+    assert res.returncode == 0, res.stderr[-2000:]
+    methods = {m for p in json.loads(res.stdout) for m in p["methods"]}
+    assert "mine_from_drop_py" in methods and "drop" in methods
+
+
+# -- item 5 + issue 11: corruption is an error naming the cell, and resume recomputes it ----------
+@pytest.fixture(scope="module")
+def good_store(tmp_path_factory, tiny):
+    _, loaded = tiny
+    out = tmp_path_factory.mktemp("good") / "good.zarr"
+    probe(loaded, out, methods=("drop", "magnitude:sparsity=0.5"), units="L0-3")
+    return out
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _chunk(store: Path, var: str, m: int, u: int) -> Path:
+    return next(p for p in (store / var / "c" / str(m) / str(u)).rglob("*") if p.is_file())
+
+
+def _damage(store: Path, how: str) -> None:
+    if how == "delete":
+        _chunk(store, "kl", 1, 2).unlink()
+    elif how == "truncate":
+        f = _chunk(store, "kl", 1, 2)
+        f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
+    elif how == "flip":
+        f = _chunk(store, "kl", 1, 2)
+        b = bytearray(f.read_bytes())
+        b[len(b) // 2] ^= 0xFF
+        b[len(b) // 2 + 1] ^= 0x10
+        f.write_bytes(bytes(b))
+
+
+@pytest.mark.parametrize("how", ["delete", "truncate", "flip"])
+def test_a_damaged_chunk_is_an_error_for_readers_and_recomputed_on_resume(tmp_path, tiny, good_store, how):
+    _, loaded = tiny
+    store = _copy(good_store, tmp_path / "bad.zarr")
+    _damage(store, how)
+    with pytest.raises(PrunelensError, match=r"damaged: kl chunk .* at \(method=magnitude[^,]*, unit=L2\)"):
+        open_store(store)
+    for args in (["rank", store, "--method", "drop"], ["plan", store, "--method", "drop", "--budget", "1", "--out",
+                                                       tmp_path / "p.json"],
+                 ["report", store, "--method", "drop", "--out", tmp_path / "rep"]):
+        one_line_error(cli(*args), "damaged", "unit=L2")
+    from prunelens_tui.discover import summarize
+
+    assert "damaged" in summarize(store).error  # the TUI's Runs screen shows it as an error row
+    probe(loaded, store, methods=("drop", "magnitude:sparsity=0.5"), units="L0-3")  # resume: recomputes the cell
+    a, b = zarr.open_group(str(good_store), mode="r"), zarr.open_group(str(store), mode="r")
+    for name, _ in a.arrays():
+        np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name)
+    open_store(store)
+
+
+@pytest.mark.parametrize("target", ["zarr.json", "kl/zarr.json", "done/zarr.json"])
+def test_truncated_metadata_is_a_one_line_error(tmp_path, good_store, target):
+    store = _copy(good_store, tmp_path / "meta.zarr")
+    f = store / target
+    f.write_text(f.read_text()[:40])
+    res = cli("rank", store, "--method", "drop")
+    if res.exit_code == 0:  # consolidated metadata made the damaged copy unnecessary: the numbers are intact
+        ref = cli("rank", good_store, "--method", "drop")
+        assert res.output == ref.output
+    else:
+        one_line_error(res)
+
+
+# -- item 6 + issue 11: one line before the work, never a half-written store ----------------------
+def test_a_held_lock_refuses_a_second_probe(tmp_path, tiny):
+    _, loaded = tiny
+    out = tmp_path / "locked.zarr"
+    with StoreLock(out):
+        with pytest.raises(PrunelensError, match="another prunelens probe is writing"):
+            probe(loaded, out, units="L0")
+        assert not out.exists()
+    probe(loaded, out, units="L0")  # released: the run goes ahead
+    assert open_store(out).attrs["complete"]
+
+
+def test_stale_temporaries_are_removed_and_never_listed(tmp_path, tiny):
+    from prunelens_tui.discover import find_stores
+
+    _, loaded = tiny
+    out = tmp_path / "run.zarr"
+    dead = tmp_path / ".run.zarr.tmp-999999999-abcd" / "store.zarr"
+    legacy = tmp_path / ".run.zarr.tmp-k3j4h5"
+    other = tmp_path / ".other.zarr.tmp-1-xyz"
+    for d in (dead, legacy, other):
+        d.mkdir(parents=True)
+        (d / "zarr.json").write_text("{}")
+    assert find_stores([tmp_path]) == []  # hidden temporaries are not stores to list
+    probe(loaded, out, units="L0")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [".other.zarr.tmp-1-xyz", ".run.zarr.lock", "run.zarr"]
+
+
+@pytest.mark.parametrize("row,message", [
+    ({"ids": [5, 6, 100000]}, "outside the model's vocabulary"),
+    ({"ids": [5, -1, 6]}, "-1 is not a token id"),
+    ({"ids": ["five", 6]}, "'five' is not a token id"),
+    ({"ids": "5 6 7"}, "must be a list of token ids"),
+    ({"ids": [5, 6], "candidates": [-3]}, "-3 is not a token id"),
+    ({"prompt": 5}, "'prompt' must be a string"),
+])
+def test_bad_prompt_ids_are_one_line_and_leave_no_store(tmp_path, tiny, row, message):
+    path, _ = tiny
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps(row) + "\n")
+    out = tmp_path / "x.zarr"
+    res = cli("probe", "--model", path, "--method", "drop", "--units", "L0", "--prompts", prompts, "--steps", "2",
+              "--out", out, "--quiet", "--device", "cpu")
+    one_line_error(res, message)
+    assert not out.exists()
+
+
+def test_invalid_utf8_prompts_file(tmp_path, tiny):
+    path, _ = tiny
+    prompts = tmp_path / "p.txt"
+    prompts.write_bytes(b"good line\n\xff\xfe bad\n")
+    res = cli("probe", "--model", path, "--method", "drop", "--units", "L0", "--prompts", prompts, "--steps", "2",
+              "--out", tmp_path / "x.zarr", "--quiet", "--device", "cpu")
+    one_line_error(res, "not UTF-8")
+
+
+@pytest.mark.parametrize("temps", ["inf", "nan", "1,inf", "-1"])
+def test_non_finite_temperatures_are_refused(tmp_path, temps):
+    res = cli("probe", "--model", "none", "--method", "drop", "--temperature", temps, "--out", tmp_path / "x.zarr")
+    one_line_error(res, "temperatures must be positive finite numbers")
+
+
+def test_unwritable_outputs_fail_before_the_work(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    store = tmp_path / "s.zarr"
+    synthetic_store(num_layers=2).to_zarr(store, mode="w", consolidated=False, zarr_format=3)
+    one_line_error(cli("rank", store, "--csv", blocker / "r.csv"), "--csv", "not a directory")
+    one_line_error(cli("plan", store, "--budget", "1", "--out", blocker / "p.json"), "--out")
+    one_line_error(cli("report", store, "--out", blocker / "rep"), "--out")
+    # eval: the check comes before the model is even loaded (a model that does not exist is never reached)
+    one_line_error(cli("eval", "no-such-model-dir/", "--json", blocker / "e.json"), "--json")
+    one_line_error(cli("probe", "--model", "none", "--method", "drop", "--out", blocker / "x.zarr"), "--out")
+
+
+@pytest.mark.parametrize("top", ["0", "-3"])
+def test_rank_top_must_be_positive(tmp_path, top):
+    store = tmp_path / "s.zarr"
+    synthetic_store(num_layers=2).to_zarr(store, mode="w", consolidated=False, zarr_format=3)
+    res = cli("rank", store, "--top", top)
+    assert res.exit_code == 2 and "--top" in res.output
+
+
+def test_plans_that_select_nothing_or_remove_every_layer_are_refused(tmp_path, tiny):
+    path, loaded = tiny
+    ds = synthetic_store(num_layers=4, kinds=("block", "attn", "mlp"),
+                         attrs={"model_id": str(path), "config_hash": loaded.config_hash, "complete": True})
+    store = tmp_path / "s.zarr"
+    ds.to_zarr(store, mode="w", consolidated=False, zarr_format=3)
+    one_line_error(cli("plan", store, "--kind", "block", "--budget", "4", "--out", tmp_path / "p.json"),
+                   "every one of the model's 4 layers")
+    one_line_error(cli("plan", store, "--kind", "mlp", "--budget", "0.000001", "--out", tmp_path / "p.json"),
+                   "selects no unit")
+    assert not (tmp_path / "p.json").exists()
+    res = cli("plan", store, "--kind", "block", "--budget", "3", "--out", tmp_path / "p.json")
+    assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("units,message", [(["L1", "L1"], "twice"), (["L2", "L2.attn"], "overlap"),
+                                           (["L3.mlp", "L3"], "overlap")])
+def test_apply_refuses_duplicate_or_overlapping_units(tmp_path, tiny, units, message):
+    path, loaded = tiny
+    ds = synthetic_store(num_layers=4, attrs={"model_id": str(path), "config_hash": loaded.config_hash, "complete": True})
+    store = tmp_path / "s.zarr"
+    ds.to_zarr(store, mode="w", consolidated=False, zarr_format=3)
+    assert cli("plan", store, "--kind", "block", "--budget", "2", "--out", tmp_path / "p.json").exit_code == 0
+    plan = json.loads((tmp_path / "p.json").read_text())
+    template = plan["units"][0]
+    plan["units"] = [{**template, "unit": u} for u in units]
+    (tmp_path / "p.json").write_text(json.dumps(plan))
+    one_line_error(cli("apply", tmp_path / "p.json", "--out", tmp_path / "ckpt"), message)
+    assert not (tmp_path / "ckpt").exists()
+
+
+# -- SIGKILL at three moments, and two processes at the same instant (CLI, slow) ---------------------
+KILL_PLUGIN = '''
+"""Test-only: SIGKILL this process at a chosen moment of a probe ($KILL_AT)."""
+import os, signal
+
+AT = os.environ.get("KILL_AT", "")
+
+def _die(*_a, **_k):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if AT == "create":  # the store's metadata written into the temporary directory, not yet renamed into place
+    import xarray
+    _to_zarr = xarray.Dataset.to_zarr
+    def to_zarr(self, *a, **k):
+        out = _to_zarr(self, *a, **k)
+        _die()
+    xarray.Dataset.to_zarr = to_zarr
+elif AT == "cells":  # after the third cell is written
+    import prunelens_store.writer as w
+    _write = w.StoreWriter.write_cell
+    count = [0]
+    def write_cell(self, *a, **k):
+        _write(self, *a, **k)
+        count[0] += 1
+        if count[0] == 3:
+            _die()
+    w.StoreWriter.write_cell = write_cell
+elif AT == "finalise":  # summaries and complete=True written, metadata not yet consolidated
+    import zarr
+    zarr.consolidate_metadata = _die
+'''
+
+
+def _probe_cmd(model: Path, out: Path, plugin: Path) -> list[str]:
+    return [sys.executable, "-m", "prunelens", "--plugin", str(plugin), "probe", "--model", str(model), "--method",
+            "drop", "--method", "magnitude:sparsity=0.5", "--units", "all", "--samples", "3", "--prompt-len", "6",
+            "--steps", "3", "--temperature", "0.7,1", "--batch-size", "3", "--out", str(out), "--quiet",
+            "--device", "cpu", "--prompts", str(model.parent / "prompts.txt")]
+
+
+def _env(**extra: str) -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1", PRUNELENS_LOAD_PLUGINS="", HF_HUB_OFFLINE="1",
+                PRUNELENS_NO_PROGRESS="1", **extra)
+
+
+@pytest.fixture(scope="module")
+def cli_setup(tmp_path_factory, tiny):
+    path, _ = tiny
+    (path.parent / "prompts.txt").write_text("w5 w6 w7 w8 w9\nw10 w11 w12\nw13 w14 w15 w16 w17 w18\n")
+    plugin = path.parent / "kill_plugin.py"
+    plugin.write_text(KILL_PLUGIN)
+    ref = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    subprocess.run(_probe_cmd(path, ref, plugin), env=_env(), check=True, timeout=300)
+    return path, plugin, ref
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["create", "cells", "finalise"])
+def test_sigkill_at_three_moments_then_rerun_equals_uninterrupted(tmp_path, cli_setup, moment):
+    from test_probe_run import assert_same_store
+
+    model, plugin, ref = cli_setup
+    out = tmp_path / "run.zarr"
+    res = subprocess.run(_probe_cmd(model, out, plugin), env=_env(KILL_AT=moment), timeout=300)
+    assert res.returncode == -signal.SIGKILL
+    if moment == "create":
+        assert not out.exists() and any(p.name.startswith(".run.zarr.tmp-") for p in tmp_path.iterdir())
+    else:
+        assert out.exists() and not json.loads((out / "zarr.json").read_text()).get("consolidated_metadata")
+    subprocess.run(_probe_cmd(model, out, plugin), env=_env(), check=True, timeout=300)
+    assert_same_store(ref, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.zarr.lock", "run.zarr"]  # temporaries cleaned
+
+
+@pytest.mark.slow
+def test_two_probes_started_at_the_same_instant(tmp_path, cli_setup):
+    from test_probe_run import assert_same_store
+
+    model, plugin, ref = cli_setup
+    out = tmp_path / "race.zarr"
+    procs = [subprocess.Popen(_probe_cmd(model, out, plugin), env=_env(), stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(rc for rc, _ in results)
+    assert codes in ([0, 0], [0, 1]), results  # one waits its turn (finished first) or is refused; never a traceback
+    for rc, err in results:
+        assert "Traceback" not in err
+        if rc == 1:
+            assert "another prunelens probe is writing" in err
+    assert_same_store(ref, out)
