@@ -8,7 +8,7 @@ from typing import Any
 
 from prunelens.errors import PrunelensError
 
-from .schema import SCHEMA_VERSION, VARIABLES
+from .schema import SCHEMA_VERSION, variables_for
 from .writer import damaged_cells, describe_damage, quiet
 
 
@@ -41,7 +41,7 @@ def open_store(path: str | Path, allow_incomplete: bool = False, verify: bool = 
     if version > SCHEMA_VERSION:
         raise PrunelensError(f"{path} has store schema version {version}, newer than this prunelens reads ({SCHEMA_VERSION}); upgrade prunelens")
     try:
-        missing = [v for v in VARIABLES if v not in group]
+        missing = [v for v in variables_for(version) if v not in group]
     except Exception as exc:  # a variable's metadata (zarr.json) is truncated or not JSON
         raise PrunelensError(f"{path} is damaged: a variable's metadata cannot be read ({type(exc).__name__}: {exc})") from None
     if missing:

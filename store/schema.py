@@ -1,7 +1,11 @@
-"""The probe store's shape: dimensions, variables and attrs (schema version 1).
+"""The probe store's shape: dimensions, variables and attrs (schema version 2).
 
 This module is the contract between the probe engine (writer), ranking, reports and the
 TUI (readers). See docs/store.md for the meaning of every variable.
+
+Version 2 added ``rel_par``, ``rel_perp``, ``dz_var_uniform``, ``dz_var_top5``,
+``dz_var_top10``, ``dz_l1`` and ``dz_l2`` (``ADDED_IN``); version-1 stores still read
+(``variables_for(1)`` is what they hold).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import xarray as xr
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SPACES = ("embedding", "logit", "probability")
 LOCALITIES = ("local", "propagated")
 TIMINGS = ("teacher_forced", "free_running")
@@ -23,9 +27,16 @@ VARIABLES: dict[str, tuple[str, ...]] = {
     "cos_dev": CELL + ("space", "temperature", "sample", "step"),  # measured 1-cos
     "cos_dev_pred": CELL + ("space", "temperature", "sample", "step"),  # Taylor prediction
     "rel_norm": CELL + ("space", "temperature", "sample", "step"),  # ||dx|| / ||x||
+    "rel_par": CELL + ("space", "temperature", "sample", "step"),  # ||dx_parallel|| / ||x||
+    "rel_perp": CELL + ("space", "temperature", "sample", "step"),  # ||dx_orthogonal|| / ||x||
     "kl": CELL + ("temperature", "sample", "step"),  # measured KL(p||q)
     "kl_pred": CELL + ("temperature", "sample", "step"),  # Var_p(dz) / (2 T^2)
     "top1_agree": CELL + ("sample", "step"),  # 1.0 / 0.0
+    "dz_var_uniform": CELL + ("temperature", "sample", "step"),  # Var_uniform(dz) / (2 T^2)
+    "dz_var_top5": CELL + ("temperature", "sample", "step"),  # Var of dz over the dense top-5, p renormalised, / (2 T^2)
+    "dz_var_top10": CELL + ("temperature", "sample", "step"),
+    "dz_l1": CELL + ("sample", "step"),  # mean |dz| over the vocabulary
+    "dz_l2": CELL + ("sample", "step"),  # root mean square of dz
     "cand_kl": CELL + ("temperature", "sample", "step"),  # KL over renormalised candidates
     "cand_top1_agree": CELL + ("temperature", "sample", "step"),
     "cand_mass": CELL + ("temperature", "sample", "step"),  # candidates' mass in q
@@ -34,6 +45,12 @@ VARIABLES: dict[str, tuple[str, ...]] = {
     "done": ("method", "unit"),
 }
 FLOAT_VARS = tuple(k for k in VARIABLES if k not in ("free_tokens", "done"))
+ADDED_IN = {name: 2 for name in ("rel_par", "rel_perp", "dz_var_uniform", "dz_var_top5", "dz_var_top10", "dz_l1", "dz_l2")}
+
+
+def variables_for(version: int) -> dict[str, tuple[str, ...]]:
+    """The per-unit variables a store of schema ``version`` holds."""
+    return {k: v for k, v in VARIABLES.items() if ADDED_IN.get(k, 1) <= version}
 PER_UNIT_VARS = tuple(VARIABLES)
 
 

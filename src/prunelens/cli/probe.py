@@ -35,7 +35,8 @@ def _csv(value: str) -> list[str]:
 @click.option("--calib-samples", default=32, show_default=True, type=click.IntRange(1), help="Calibration windows (wanda, sparsegpt, gptq).")
 @click.option("--calib-len", default=256, show_default=True, type=click.IntRange(2), help="Calibration window length in tokens.")
 @click.option("--compile/--no-compile", "compile_metrics", default=None,
-              help="Fuse the metric kernels with torch.compile (default: on for vocabularies >= 4096).")
+              help="Fuse the metric kernel with torch.compile (default: auto, compiled only when the measured "
+                   "eager cost of the cells to come exceeds the compile time).")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
 def command(model, methods, units, samples, steps, prompt_len, temperatures, locality, timing, readout, out, prompts_file,
             seed, dtype, device, batch_size, calib_samples, calib_len, compile_metrics, quiet) -> None:
@@ -100,12 +101,10 @@ def command(model, methods, units, samples, steps, prompt_len, temperatures, loc
 
 def _announce_compile(settings, loaded) -> None:
     """Say so before the one-time torch.compile warm-up, so the first slow cells are not a surprise."""
-    from ..probe.engine import COMPILE_MIN_VOCAB
-
     vocab = loaded.adapter.lm_head.weight.shape[0]
-    if settings.compile or (settings.compile is None and vocab >= COMPILE_MIN_VOCAB):
-        click.echo(f"compiling the metric kernels with torch.compile (vocabulary {vocab}): a one-time warm-up of "
-                   "tens of seconds before the first cells; --no-compile skips it", err=True)
+    if settings.compile:
+        click.echo(f"compiling the metric kernel with torch.compile (vocabulary {vocab}): a one-time warm-up of "
+                   "tens of seconds before the first cells; without --compile it compiles only when that pays", err=True)
 
 
 def print_summary(path: str, attrs: dict) -> None:

@@ -29,12 +29,14 @@ from ..methods import Method
 from ..units import Unit
 from .capture import DenseBatch, capture_layers
 from .freerun import greedy_decode
-from .metrics import RowMetrics, row_metrics
+from .kernel import DenseRows, SumsKernel, kernel_key
+from .metrics import ROW_FIELDS, SPACE_FIELDS, RowMetrics, row_metrics
 from .prompts import Prompts
 
 LOCALITIES = ("local", "propagated")
 TIMINGS = ("teacher_forced", "free_running")
-CELL_ARRAYS = ("cos_dev", "cos_dev_pred", "rel_norm", "kl", "kl_pred", "top1_agree",
+CELL_ARRAYS = ("cos_dev", "cos_dev_pred", "rel_norm", "rel_par", "rel_perp", "kl", "kl_pred", "top1_agree",
+               "dz_var_uniform", "dz_var_top5", "dz_var_top10", "dz_l1", "dz_l2",
                "cand_kl", "cand_top1_agree", "cand_mass", "cand_rank")
 COMPILE_MIN_VOCAB = 4096  # below this the metric kernels are cheap and compiling is not worth it
 
@@ -112,10 +114,10 @@ class ProbeEngine:
 
     def __post_init__(self) -> None:
         self.readout = Readout(self.adapter, self.settings.readout)
-        self._dense_z: dict[tuple[int, int], torch.Tensor] = {}
+        self._dense_z: dict[tuple[int, int], DenseRows] = {}
         self._dense_layer: int | None = None
-        vocab = self.adapter.lm_head.weight.shape[0]
-        self.compiled = self.settings.compile if self.settings.compile is not None else vocab >= COMPILE_MIN_VOCAB
+        self.compiled = self.settings.compile  # None = auto: compile when the measured eager cost would pay for it
+        self.kernel = SumsKernel("auto" if self.compiled is None else ("compiled" if self.compiled else "eager"))
 
     @property
     def device(self) -> torch.device:
@@ -142,6 +144,10 @@ class ProbeEngine:
 
     # -- dense readouts, cached per layer ----------------------------------------
     def _dense_logits(self, b: int, layer: int) -> torch.Tensor:
+        return self._dense_rows(b, layer).z
+
+    def _dense_rows(self, b: int, layer: int) -> DenseRows:
+        """Dense logits of layer ``layer`` on batch ``b`` with their softmax statistics (shared by units)."""
         last = self.adapter.num_layers - 1
         if layer != last and layer != self._dense_layer:  # keep one inner layer's logits (+ the last layer's)
             self._dense_z = {k: v for k, v in self._dense_z.items() if k[1] == last}
@@ -149,8 +155,17 @@ class ProbeEngine:
         key = (b, layer)
         if key not in self._dense_z:
             batch = self.batches[b]
-            self._dense_z[key] = self.readout(batch.rows(batch.layer_output(layer)))
+            z = self.readout(batch.rows(batch.layer_output(layer)))
+            self._dense_z[key] = DenseRows.of(z, list(self.settings.temperatures))
         return self._dense_z[key]
+
+    def expect_cells(self, cells: int) -> None:
+        """Tell the metric kernel how many cells are to come (``auto`` compiles only if it pays)."""
+        s = self.settings
+        rows = len(self.prompts) * s.steps
+        vocab = self.adapter.lm_head.weight.shape[0]
+        self.kernel.expect(cells * rows * vocab * len(s.localities) * len(s.timings),
+                           kernel_key(vocab, len(s.temperatures), torch.float32, self.device))
 
     def release(self) -> None:
         """Drop cached dense logits."""
@@ -192,18 +207,19 @@ class ProbeEngine:
         return self._assemble(per, free)
 
     def _compare(self, batch: DenseBatch, b: int, layer: int, h2: torch.Tensor, cand: torch.Tensor | None) -> RowMetrics:
-        z = self._dense_logits(b, layer)
+        dense = self._dense_rows(b, layer)
         z2 = self.readout(h2)
         h = batch.rows(batch.layer_output(layer))
         if h.dtype not in (torch.float32, torch.float64):  # bf16/fp16 model: differences in float32
             h = h.float()
-        return row_metrics(h, h2.to(h.dtype) - h, z, z2, list(self.settings.temperatures), cand, compiled=self.compiled)
+        return row_metrics(h, h2.to(h.dtype) - h, dense.z, z2, list(self.settings.temperatures), cand, dense=dense,
+                           kernel=self.kernel)
 
     def _assemble(self, per: dict[tuple[str, str], list[RowMetrics]], free: list[torch.Tensor]) -> CellResult:
         s = self.settings
         n, steps, nt = len(self.prompts), s.steps, len(s.temperatures)
         lead = (len(s.localities), len(s.timings))
-        shapes = {"cos_dev": (3, nt), "cos_dev_pred": (3, nt), "rel_norm": (3, nt), "top1_agree": ()}
+        shapes = {**{k: (3, nt) for k in SPACE_FIELDS}, **{k: () for k in ROW_FIELDS}}
         arrays = {k: np.full(lead + shapes.get(k, (nt,)) + (n, steps), np.nan, dtype=np.float32) for k in CELL_ARRAYS}
         nonfinite = 0
         for (loc, tim), parts in per.items():

@@ -3,26 +3,28 @@
 Rows are positions. For dense ``x`` and perturbed ``x + dx`` (hidden states ``h`` or
 logits ``z``), and ``p = softmax(z/T)``, ``q = softmax((z + dz)/T)``:
 
-* measured ``1-cos(x, x+dx)``, ``‖dx‖/‖x‖`` and, in probability space, ``1-cos(p, q)``,
-  ``‖q-p‖/‖p‖``, ``KL(p‖q)``, top-1 agreement;
-* predicted ``‖dx⊥‖²/(2‖x‖²)``, ``Var_r(dz)/(2T²)`` with ``r ∝ p²``, ``Var_p(dz)/(2T²)``.
+* measured ``1-cos(x, x+dx)``, ``‖dx‖/‖x‖``, its parallel and orthogonal parts
+  ``‖dx∥‖/‖x‖``, ``‖dx⊥‖/‖x‖`` and, in probability space, the same for ``p → q``,
+  ``KL(p‖q)``, top-1 agreement;
+* predicted ``‖dx⊥‖²/(2‖x‖²)``, ``Var_r(dz)/(2T²)`` with ``r ∝ p²``, ``Var_p(dz)/(2T²)``;
+* the paper's other views of ``Δz``: uniform, top-5 and top-10 variance (``/2T²``), mean
+  ``|Δz|`` (L1) and root-mean-square ``Δz`` (L2).
 
 Everything is computed from ``dx`` directly (never as a difference of two nearly equal
 cosines or log-probabilities), so tiny perturbations keep their relative precision. Vocab-
-sized work runs in the input dtype (at least float32) over row chunks; scalars are combined
-in float64. Nothing of size [rows × vocab] outlives a chunk except the caller's inputs.
+sized work is one pass (``kernel.SumsKernel``) in the input dtype (at least float32) over
+cache-sized row chunks for all temperatures at once; scalars are combined in float64.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
 
 import torch
 
+from .kernel import DenseRows, SumsKernel
+
 SPACE_INDEX = {"embedding": 0, "logit": 1, "probability": 2}
-ROW_CHUNK_ELEMENTS = 1 << 19  # elements of [rows x vocab] per chunk (~2 MB float32: stays in cache)
 
 
 def one_minus_cos(norm_x: torch.Tensor, par: torch.Tensor, perp_sq: torch.Tensor) -> torch.Tensor:
@@ -56,6 +58,31 @@ def vector_metrics(x: torch.Tensor, dx: torch.Tensor) -> tuple[torch.Tensor, tor
     return one_minus_cos(norm_x, par, perp_sq), perp_sq / (2 * xx), dd.sqrt() / norm_x
 
 
+def vector_parts(x: torch.Tensor, dx: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``vector_metrics`` plus ``‖dx∥‖/‖x‖`` and ``‖dx⊥‖/‖x‖`` per row (float64), from one set of dots."""
+    x = x.double()
+    dx = dx.double()
+    xx = (x * x).sum(-1)
+    xd = (x * dx).sum(-1)
+    coef = torch.where(xx > 0, xd / xx, torch.zeros_like(xx))
+    perp = dx - coef.unsqueeze(-1) * x
+    return _vector_from_sums(xx, xd, (perp * perp).sum(-1), (dx * dx).sum(-1))
+
+
+def _vector_from_sums(xx: torch.Tensor, xd: torch.Tensor, perp_sq: torch.Tensor, dd: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The vector-space metrics from ``Σx², Σx·dx, ‖dx⊥‖², Σdx²`` (float64)."""
+    norm_x = xx.sqrt()
+    par = torch.where(norm_x > 0, xd / norm_x, torch.zeros_like(xd))
+    return {"cos_dev": one_minus_cos(norm_x, par, perp_sq), "cos_dev_pred": perp_sq / (2 * xx), "rel_norm": dd.sqrt() / norm_x,
+            "rel_par": par.abs() / norm_x, "rel_perp": perp_sq.sqrt() / norm_x}
+
+
+SPACE_FIELDS = ("cos_dev", "cos_dev_pred", "rel_norm", "rel_par", "rel_perp")  # [space, T, rows]
+T_FIELDS = ("kl", "kl_pred", "dz_var_uniform", "dz_var_top5", "dz_var_top10")  # [T, rows]
+ROW_FIELDS = ("top1_agree", "dz_l1", "dz_l2")  # [rows]
+CAND_FIELDS = ("cand_kl", "cand_top1_agree", "cand_mass", "cand_rank")  # [T, rows]
+
+
 @dataclass
 class RowMetrics:
     """Metrics of a set of rows: ``[space, T, rows]``, ``[T, rows]`` and ``[rows]`` float64 tensors."""
@@ -63,9 +90,16 @@ class RowMetrics:
     cos_dev: torch.Tensor
     cos_dev_pred: torch.Tensor
     rel_norm: torch.Tensor
+    rel_par: torch.Tensor  # ‖Δ∥‖/‖x‖
+    rel_perp: torch.Tensor  # ‖Δ⊥‖/‖x‖
     kl: torch.Tensor
     kl_pred: torch.Tensor
+    dz_var_uniform: torch.Tensor  # Var over the vocabulary (uniform weights) of Δz, / 2T²
+    dz_var_top5: torch.Tensor  # Var of Δz over the dense top-5 tokens, weights p renormalised, / 2T²
+    dz_var_top10: torch.Tensor
     top1_agree: torch.Tensor
+    dz_l1: torch.Tensor  # mean |Δz| over the vocabulary
+    dz_l2: torch.Tensor  # root mean square of Δz
     cand_kl: torch.Tensor
     cand_top1_agree: torch.Tensor
     cand_mass: torch.Tensor
@@ -76,121 +110,70 @@ class RowMetrics:
         return cls(**{f: torch.cat([getattr(p, f) for p in parts], dim=-1) for f in cls.__dataclass_fields__})
 
 
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise dot product without a [rows x vocab] temporary."""
-    return torch.linalg.vecdot(a, b)
-
-
-def probability_metrics(z: torch.Tensor, dz: torch.Tensor, temperature: float) -> dict[str, torch.Tensor]:
-    """Per row at one temperature: 1-cos(p,q), its prediction, ‖q-p‖/‖p‖, KL(p‖q), its prediction (float64).
-
-    With ``e = exp((z - max z)/T)`` (so ``p = e/Σe``), ``μ = E_p[dz]`` and ``b = (dz - μ)/T``:
-    ``KL = log E_p[e^b] - E_p[b] = log1p(δ + H) - δ`` with ``δ = E_p[b]`` (≈ 0) and
-    ``H = E_p[expm1(b) - b]`` (all terms O(b²)); ``q - p = p (g - m)/(1 + m)`` with
-    ``g = expm1(b)``, ``m = E_p[g]``.
-    """
-    inv_t = torch.tensor(1.0 / temperature, dtype=z.dtype, device=z.device)
-    return _with_direct_rows(_finish(*_probability_sums(z, dz, inv_t)), z, dz, inv_t)
-
-
-def _probability_sums(z: torch.Tensor, dz: torch.Tensor, inv_t: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The vocab-sized work: row sums in the input dtype (one fused kernel when compiled)."""
-    zs = z - z.amax(-1, keepdim=True)
-    e = torch.exp(zs * inv_t)
-    s = e.sum(-1)
-    mu = _dot(e, dz) / s
-    b = (dz - mu.unsqueeze(-1)) * inv_t
-    g = torch.expm1(b)
-    w = e * e
-    return (s, _dot(e, b), _dot(e, g - b), _dot(e, b * b), w.sum(-1), _dot(w, b), _dot(w, b * b), _dot(w, g), _dot(w, g * g),
-            b.amax(-1))
-
-
 LARGE_B = 30.0  # beyond this exp(b)² may overflow float32: such rows are recomputed directly
 
 
-def _finish(s, eb, eh, ebb, sw, wb, wbb, wg, wgg, bmax) -> dict[str, torch.Tensor]:
-    """Combine the row sums in float64 (``bmax`` marks rows for ``_with_direct_rows``)."""
-    sd, sw_ = s.double(), sw.double()
-    delta, h_mean, var_p = eb.double() / sd, eh.double() / sd, ebb.double() / sd
+def probability_metrics(z: torch.Tensor, dz: torch.Tensor, temperature: float) -> dict[str, torch.Tensor]:
+    """Per row at one temperature: 1-cos(p,q), its prediction, ‖q-p‖/‖p‖, its parallel and
+    orthogonal parts, KL(p‖q) and its prediction (float64), eager.
+
+    With ``e = exp((z - max z)/T)`` (so ``p = e/Σe``), ``μ = E_p[dz]`` and ``b = (dz - μ)/T``:
+    ``KL = log E_p[e^b] - E_p[b] = log1p(δ + H) - δ`` with ``δ = E_p[b]`` (≈ 0) and
+    ``H = E_p[expm1(b) - b]`` (all terms O(b²), ``expm1(b) - b`` from its series for small b);
+    ``q - p = p (g - m)/(1 + m)`` with ``g = expm1(b)``, ``m = E_p[g]``.
+    """
+    zf = z if z.dtype in (torch.float32, torch.float64) else z.float()
+    dense = DenseRows.of(zf, [temperature])
+    per, _ = SumsKernel("eager")(dense, zf + dz.to(zf.dtype))
+    out = _probability_from_sums(dense, per, zf, zf + dz.to(zf.dtype))
+    return {k: v[0] for k, v in out.items()}
+
+
+def _probability_from_sums(dense: DenseRows, per: torch.Tensor, z: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``[T, rows]`` probability-space metrics from the kernel's per-temperature sums (float64);
+    rows with a large or non-finite result are recomputed directly from p and q."""
+    eb, eh, ebb, wb, wbb, wg, wgg, bmax = (x.double() for x in per)
+    sd, sw = dense.s.double(), dense.sw.double()
+    delta, h_mean, var_p = eb / sd, eh / sd, ebb / sd
     m = delta + h_mean
-    kl = torch.log1p(m) - delta
-    kl_pred = (var_p - delta * delta) / 2
+    kl = (torch.log1p(m) - delta).clamp_min(0)  # ≥ 0 as the true KL (rounding can dip below at KL ~ 1e-20)
+    kl_pred = (var_p - delta * delta).clamp_min(0) / 2
     # d = g - m: Σw d = Σwg - mΣw, Σw d² = Σwg² - 2mΣwg + m²Σw
-    swd = wg.double() - m * sw_
-    swdd = wgg.double() - 2 * m * wg.double() + m * m * sw_
+    swd = wg - m * sw
+    swdd = wgg - 2 * m * wg + m * m * sw
     # p = e/s, so Σp² = sw/s², p·Δp = Σw d/(s²(1+m)), ‖Δp‖² = Σw d²/(s²(1+m)²)
-    pp = sw_ / (sd * sd)
+    pp = sw / (sd * sd)
     p_dp = swd / (sd * sd * (1 + m))
     dpdp = (swdd / (sd * sd * (1 + m) ** 2)).clamp_min(0)
-    norm_p = pp.sqrt()
     perp_sq = (dpdp - p_dp * p_dp / pp).clamp_min(0)
-    cos_dev = one_minus_cos(norm_p, p_dp / norm_p, perp_sq)
-    r_mean = wb.double() / sw_
-    cos_pred = (wbb.double() / sw_ - r_mean * r_mean) / 2
-    return {"cos_dev": cos_dev, "cos_dev_pred": cos_pred, "rel_norm": dpdp.sqrt() / norm_p, "kl": kl, "kl_pred": kl_pred,
-            "_large": bmax.double() > LARGE_B}
-
-
-def _probability_direct(z: torch.Tensor, dz: torch.Tensor, inv_t: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The same metrics from p and q themselves: exact for large perturbations (no small-Δ expansions)."""
-    z, dz = z.double(), dz.double()
-    t = inv_t.double()
-    lp, lq = torch.log_softmax(z * t, -1), torch.log_softmax((z + dz) * t, -1)
-    p, q = lp.exp(), lq.exp()
-    kl = (p * (lp - lq)).sum(-1)
-    cos_dev, _, rel = vector_metrics(p, q - p)
-    mu = (p * dz).sum(-1, keepdim=True)
-    b = (dz - mu) * t
-    r = p * p / (p * p).sum(-1, keepdim=True)
-    br = b - (r * b).sum(-1, keepdim=True)
-    return {"cos_dev": cos_dev, "cos_dev_pred": (r * br * br).sum(-1) / 2, "rel_norm": rel,
-            "kl": kl, "kl_pred": (p * b * b).sum(-1) / 2}
-
-
-def _with_direct_rows(out: dict[str, torch.Tensor], z: torch.Tensor, dz: torch.Tensor, inv_t: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Recompute rows with a large perturbation (or a non-finite result) directly."""
-    large = out.pop("_large")
-    bad = large | ~torch.isfinite(out["kl"]) | ~torch.isfinite(out["cos_dev"])
+    out = _vector_from_sums(pp, p_dp, perp_sq, dpdp)
+    r_mean = wb / sw
+    out["cos_dev_pred"] = (wbb / sw - r_mean * r_mean) / 2
+    out["kl"], out["kl_pred"] = kl, kl_pred
+    bad = (bmax > LARGE_B) | ~torch.isfinite(kl) | ~torch.isfinite(out["cos_dev"])
     if bool(bad.any()):
-        idx = bad.nonzero().view(-1)
-        direct = _probability_direct(z[idx], dz[idx], inv_t)
-        for k in out:
-            out[k] = out[k].clone()
-            out[k][idx] = direct[k].to(out[k].dtype)
+        for k, t in enumerate(dense.inv_t.tolist()):
+            idx = bad[k].nonzero().view(-1)
+            if idx.numel():
+                direct = _probability_direct(z[idx], z2[idx] - z[idx], t)
+                for name in out:
+                    out[name] = out[name].clone()
+                    out[name][k, idx] = direct[name]
     return out
 
 
-_compiled: Any = None
-
-
-def _sums_fn(compiled: bool) -> Callable[..., tuple[torch.Tensor, ...]]:
-    """``_probability_sums``, compiled with torch.compile when asked and possible (eager otherwise)."""
-    global _compiled
-    if not compiled or _compiled is False:
-        return _probability_sums
-    if _compiled is None:
-        _compiled = torch.compile(_probability_sums, dynamic=False)
-    return _compiled
-
-
-def _probability_chunk(z: torch.Tensor, dz: torch.Tensor, temperature: float, rows: int, compiled: bool) -> dict[str, torch.Tensor]:
-    """``probability_metrics`` on a chunk padded to ``rows`` rows when compiled (one kernel shape)."""
-    global _compiled
-    n = z.shape[0]
-    inv_t = torch.tensor(1.0 / temperature, dtype=z.dtype, device=z.device)
-    if compiled and _compiled is not False:
-        if n < rows:
-            pad = z.new_zeros(rows - n, z.shape[1])
-            z, dz = torch.cat([z, pad]), torch.cat([dz, pad])
-        try:
-            sums = _sums_fn(True)(z, dz, inv_t)
-            return _with_direct_rows(_finish(*(x[:n] for x in sums)), z[:n], dz[:n], inv_t)
-        except Exception as exc:  # no compiler, unsupported backend: stay correct, just slower
-            warnings.warn(f"torch.compile of the probe metrics failed ({type(exc).__name__}); using eager mode", stacklevel=2)
-            _compiled = False
-            z, dz = z[:n], dz[:n]
-    return _with_direct_rows(_finish(*_probability_sums(z, dz, inv_t)), z, dz, inv_t)
+def _probability_direct(z: torch.Tensor, dz: torch.Tensor, inv_t: float) -> dict[str, torch.Tensor]:
+    """The same metrics from p and q themselves: exact for large perturbations (no small-Δ expansions)."""
+    z, dz = z.double(), dz.double()
+    lp, lq = torch.log_softmax(z * inv_t, -1), torch.log_softmax((z + dz) * inv_t, -1)
+    p, q = lp.exp(), lq.exp()
+    out = vector_parts(p, q - p)
+    mu = (p * dz).sum(-1, keepdim=True)
+    b = (dz - mu) * inv_t
+    r = p * p / (p * p).sum(-1, keepdim=True)
+    br = b - (r * b).sum(-1, keepdim=True)
+    out.update(cos_dev_pred=(r * br * br).sum(-1) / 2, kl=(p * (lp - lq)).sum(-1).clamp_min(0), kl_pred=(p * b * b).sum(-1) / 2)
+    return out
 
 
 def candidate_metrics(z: torch.Tensor, z2: torch.Tensor, cands: torch.Tensor, temperatures: list[float]) -> dict[str, torch.Tensor]:
@@ -199,7 +182,7 @@ def candidate_metrics(z: torch.Tensor, z2: torch.Tensor, cands: torch.Tensor, te
     row has no candidates. ``cands`` is [rows, K] token ids padded with -1."""
     rows = z.shape[0]
     nt = len(temperatures)
-    out = {k: torch.full((nt, rows), float("nan"), dtype=torch.float64) for k in ("cand_kl", "cand_top1_agree", "cand_mass", "cand_rank")}
+    out = {k: torch.full((nt, rows), float("nan"), dtype=torch.float64) for k in CAND_FIELDS}
     valid = cands >= 0
     has = valid.any(-1)
     if not bool(has.any()):
@@ -222,6 +205,27 @@ def candidate_metrics(z: torch.Tensor, z2: torch.Tensor, cands: torch.Tensor, te
     return out
 
 
+def topk_variance(dense: DenseRows, z2: torch.Tensor, k: int) -> torch.Tensor:
+    """``[T, rows]`` Var of Δz over the dense top-k tokens, weights p renormalised over them, / 2T² (float64)."""
+    idx = dense.top[:, :k]
+    zt = dense.z.gather(-1, idx).double()
+    dzt = z2.gather(-1, idx).double() - zt
+    out = []
+    for t in dense.inv_t.double().tolist():
+        w = torch.softmax(zt * t, -1)
+        mu = (w * dzt).sum(-1, keepdim=True)
+        out.append((w * (dzt - mu) ** 2).sum(-1) * (t * t / 2))
+    return torch.stack(out)
+
+
+_KERNELS: dict[str, SumsKernel] = {}
+
+
+def _kernel_for(compiled: bool | None) -> SumsKernel:
+    mode = "auto" if compiled is None else ("compiled" if compiled else "eager")
+    return _KERNELS.setdefault(mode, SumsKernel(mode))
+
+
 def row_metrics(
     h: torch.Tensor,
     dh: torch.Tensor,
@@ -229,54 +233,46 @@ def row_metrics(
     z2: torch.Tensor,
     temperatures: list[float],
     candidates: torch.Tensor | None = None,
-    compiled: bool = False,
+    compiled: bool | None = False,
+    dense: DenseRows | None = None,
+    kernel: SumsKernel | None = None,
 ) -> RowMetrics:
     """All metrics for rows of dense ``h`` [R, d], its change ``dh``, dense logits ``z`` and perturbed ``z2`` [R, V].
 
-    ``compiled`` fuses the per-temperature vocab work with ``torch.compile`` (≈10x faster on
-    CPU for real vocabularies; the first call compiles; falls back to eager if it cannot).
+    ``dense`` (``DenseRows.of(z, temperatures)``) shares the dense side between calls on the
+    same rows; ``kernel`` runs the vocabulary pass (default: one per mode, ``compiled`` True =
+    ``torch.compile``, False = eager, None = auto). Vocab-sized work is in the input dtype
+    (at least float32) over cache-sized chunks, all temperatures in one pass.
     """
     rows = h.shape[0]
     nt = len(temperatures)
-    ce_h, cp_h, rn_h = vector_metrics(h, dh)
-    chunk = max(1, ROW_CHUNK_ELEMENTS // max(1, z.shape[-1]))
-    parts_z, parts_p = [], []
-    top1 = []
-    for lo in range(0, rows, chunk):
-        zc = z[lo : lo + chunk]
-        zc = zc if zc.dtype in (torch.float32, torch.float64) else zc.float()
-        z2c = z2[lo : lo + chunk].to(zc.dtype)
-        dz = z2c - zc
-        parts_z.append(_vector_metrics_fast(zc, dz))
-        per_t = [_probability_chunk(zc, dz, t, chunk, compiled) for t in temperatures]
-        parts_p.append({k: torch.stack([d[k] for d in per_t]) for k in per_t[0]})
-        top1.append((zc.argmax(-1) == z2c.argmax(-1)).double())
-    ce_z, cp_z, rn_z = (torch.cat([p[i] for p in parts_z]) for i in range(3))
-    prob = {k: torch.cat([p[k] for p in parts_p], dim=-1) for k in parts_p[0]}
+    if dense is None:
+        dense = DenseRows.of(z, temperatures)
+    z = dense.z
+    z2 = z2 if z2.dtype == z.dtype else z2.to(z.dtype)
+    per, once = (kernel or _kernel_for(compiled))(dense, z2)
+    vocab = z.shape[-1]
+    zdz, dzsum, perp_sq, uvar, l1, dd, argmax2 = (x.double() for x in once)
+    emb = vector_parts(h, dh)
+    logit = _vector_from_sums(dense.zz.double(), zdz, perp_sq, dd)
+    prob = _probability_from_sums(dense, per, z, z2)
+    half_t2 = dense.inv_t.double().pow(2).unsqueeze(-1) / 2
 
-    def spaces(e: torch.Tensor, lg: torch.Tensor, pr: torch.Tensor) -> torch.Tensor:
-        return torch.stack([e.expand(nt, rows), lg.expand(nt, rows), pr])
+    def spaces(name: str) -> torch.Tensor:
+        return torch.stack([emb[name].expand(nt, rows), logit[name].expand(nt, rows), prob[name]])
 
     if candidates is None:
         candidates = torch.full((rows, 1), -1, dtype=torch.long)
     cand = candidate_metrics(z, z2, candidates, temperatures)
     return RowMetrics(
-        cos_dev=spaces(ce_h, ce_z, prob["cos_dev"]),
-        cos_dev_pred=spaces(cp_h, cp_z, prob["cos_dev_pred"]),
-        rel_norm=spaces(rn_h, rn_z, prob["rel_norm"]),
+        **{name: spaces(name) for name in SPACE_FIELDS},
         kl=prob["kl"],
         kl_pred=prob["kl_pred"],
-        top1_agree=torch.cat(top1),
+        dz_var_uniform=(uvar / vocab) * half_t2,
+        dz_var_top5=topk_variance(dense, z2, 5),
+        dz_var_top10=topk_variance(dense, z2, 10),
+        top1_agree=(argmax2.long() == dense.argmax).double(),
+        dz_l1=l1 / vocab,
+        dz_l2=(dd / vocab).sqrt(),
         **cand,
     )
-
-
-def _vector_metrics_fast(x: torch.Tensor, dx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``vector_metrics`` for vocab-sized rows: reductions in the input dtype, scalars in float64."""
-    xx, xd, dd = _dot(x, x).double(), _dot(x, dx).double(), _dot(dx, dx).double()
-    coef = torch.where(xx > 0, xd / xx, torch.zeros_like(xx))
-    perp = dx - coef.to(x.dtype).unsqueeze(-1) * x
-    perp_sq = _dot(perp, perp).double()
-    norm_x = xx.sqrt()
-    par = torch.where(norm_x > 0, xd / norm_x, torch.zeros_like(xd))
-    return one_minus_cos(norm_x, par, perp_sq), perp_sq / (2 * xx), dd.sqrt() / norm_x
