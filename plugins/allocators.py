@@ -31,16 +31,24 @@ class Knapsack(Allocator):
     description = ("Minimise the summed predicted KL (store, at T) over one option per layer: dense, the block, or "
                    "its attention and/or MLP at any probed level; exact multiple-choice knapsack.")
     needs = "store"
-    params = {"resolution": Param(int, 4000, "budget grid steps of the dynamic programme (non-integer savings)",
+    params = {"resolution": Param(int, 8000, "budget grid steps of the dynamic programme (non-integer savings)",
                                   check=lambda v: None if v >= 10 else "resolution must be at least 10"),
               "score": Param(str, "kl_pred", "store variable summed per unit: kl_pred (predicted) or kl (measured alone)",
-                             check=lambda v: None if v in ("kl_pred", "kl") else "score must be kl_pred or kl")}
+                             check=lambda v: None if v in ("kl_pred", "kl") else "score must be kl_pred or kl"),
+              "band": Param(float, None, "only levels within the budget's target +- band (sparsity fraction or bits), "
+                                         "like OWL's lambda; dense and drop then only when inside it",
+                            check=lambda v: None if v >= 0 else "band must be >= 0")}
 
     def allocate(self, ctx: AllocContext) -> Allocation:
         options = store_options(ctx, self.score)
         sizes = ctx.sizes()
         layers = range(sizes.num_layers)
+        dense_ok = True
+        if self.band is not None:
+            options, dense_ok = _within_band(ctx, options, self.band)
         combos = [layer_combinations(options.get(i, [])) for i in layers]
+        if not dense_ok:  # every weight at a level inside the band: each layer's block, or both its sublayers
+            combos = [[c for c in cs if _covers_layer(c)] or cs for cs in combos]
         groups = [[(sum(o.saving for o in c), sum(o.predicted_kl for o in c)) for c in cs] for cs in combos]
         need = requirement(ctx.budget, sizes, ctx.dense_bits)
         try:
@@ -52,6 +60,27 @@ class Knapsack(Allocator):
         return Allocation(choices, {"predicted_kl_sum": info["cost"], "lower_bound": info["lower_bound"],
                                     "gap": info["gap"], "grid": info["resolution"],
                                     "options": sum(len(v) for v in options.values())})
+
+
+def _covers_layer(combo: tuple) -> bool:
+    kinds = {Unit.parse(o.unit).kind for o in combo}
+    return "block" in kinds or {"attn", "mlp"} <= kinds
+
+
+def _within_band(ctx: AllocContext, options: dict, band: float) -> tuple[dict, bool]:
+    """Options whose level lies within the target +- band, and whether dense does."""
+    from prunelens.budgets import option_level
+    from prunelens.methods import parse_method
+
+    target = ctx.budget.value
+    level = {}
+    for opts in options.values():
+        for o in opts:
+            if o.method not in level:
+                level[o.method] = option_level(ctx.budget, option_effect(parse_method(o.method)), ctx.dense_bits)
+    kept = {i: [o for o in opts if abs(level[o.method] - target) <= band + 1e-9] for i, opts in options.items()}
+    dense_ok = abs(option_level(ctx.budget, None, ctx.dense_bits) - target) <= band + 1e-9
+    return {i: opts for i, opts in kept.items() if opts}, dense_ok
 
 
 def _single_method(ctx: AllocContext, who: str) -> str:

@@ -352,3 +352,29 @@ def test_knapsack_on_measured_kl(loaded):
     assert plan.allocation["params"]["score"] == "kl" and plan.allocation["achieved"] >= 0.6
     with pytest.raises(PrunelensError, match="score must be kl_pred or kl"):
         allocate_plan(ds, allocator="knapsack", budget="sparsity=0.6", temperature=1.0, loaded=loaded, score="x")
+
+
+def test_knapsack_band_keeps_every_level_near_the_target(loaded):
+    ds = _store(loaded, methods=["drop", "wanda:sparsity=0.3", "wanda:sparsity=0.5", "wanda:sparsity=0.7",
+                                 "wanda:sparsity=0.9"])
+    free = allocate_plan(ds, allocator="knapsack", budget="sparsity=0.6", temperature=0.7, loaded=loaded)
+    banded = allocate_plan(ds, allocator="knapsack", budget="sparsity=0.6", temperature=0.7, loaded=loaded, band=0.1)
+    levels = [option_effect(parse_method(u.method)).zero_fraction for u in banded.units]
+    assert all(abs(z - 0.6) <= 0.1 + 1e-9 for z in levels)
+    covered = {}
+    for u in banded.unit_objects():
+        covered.setdefault(u.layer, set()).add(u.kind)
+    assert all(k == {"block"} or k == {"attn", "mlp"} for k in covered.values()) and len(covered) == 4
+    assert banded.allocation["achieved"] >= 0.6 and banded.predicted_kl_total >= free.predicted_kl_total - 1e-12
+    # the band is a restriction of the same problem: brute force over in-band whole-layer choices agrees
+    ctx = AllocContext(ds, parse_budget_spec("sparsity=0.6"), 0.7, loaded=loaded)
+    opts = store_options(ctx)
+    groups = []
+    for i in range(4):
+        inband = [o for o in opts[i] if o.method in ("wanda:sparsity=0.5", "wanda:sparsity=0.7")]
+        cs = [c for c in layer_combinations(inband) if c and ({Unit.parse(o.unit).kind for o in c} >= {"attn", "mlp"}
+                                                               or any(Unit.parse(o.unit).kind == "block" for o in c))]
+        groups.append([(sum(o.saving for o in c), sum(o.predicted_kl for o in c)) for c in cs])
+    assert banded.predicted_kl_total == pytest.approx(_brute(groups, 0.6 * unit_sizes(loaded).linear_total), rel=1e-9)
+    with pytest.raises(PrunelensError, match="band applies to sparsity or bits"):
+        allocate_plan(ds, allocator="knapsack", budget="units=2", temperature=0.7, loaded=loaded, band=0.1)

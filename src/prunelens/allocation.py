@@ -64,7 +64,7 @@ def _dp(groups: Sequence[Sequence[tuple[float, float]]], weights: list[list[int]
 
 
 def solve_mckp(groups: Sequence[Sequence[tuple[float, float]]], required: float,
-               resolution: int = 4000) -> tuple[list[int], dict[str, Any]]:
+               resolution: int = 8000) -> tuple[list[int], dict[str, Any]]:
     """Pick one ``(saving, cost)`` option per group minimising Σ cost subject to Σ saving ≥ ``required``.
 
     Every group must hold at least one option (put the dense option ``(0, 0)`` in each).
@@ -95,6 +95,13 @@ def solve_mckp(groups: Sequence[Sequence[tuple[float, float]]], required: float,
             return picks, {"cost": upper, "lower_bound": upper, "gap": 0.0, "resolution": cap}
         ceil_w = [[min(cap, int(math.ceil(s * scale - 1e-9))) for s, _ in g] for g in groups]
         lower, _ = _dp(groups, ceil_w, cap)
+        # rounding to nearest often recovers a plan that meets the budget with no slack (0.5 and 0.7 -> 0.6
+        # exactly), which rounding down loses; keep it when it truly meets the budget and costs less
+        near_w = [[min(cap, int(round(s * scale))) for s, _ in g] for g in groups]
+        near, near_picks = _dp(groups, near_w, cap)
+        if near_picks and near < upper and \
+                sum(g[k][0] for g, k in zip(groups, near_picks)) >= required * (1 - 1e-9):
+            upper, picks = near, near_picks
         if math.isfinite(upper) or resolution >= 256_000:
             break
         resolution *= 4  # rounding down lost the only feasible sets: refine the grid

@@ -228,3 +228,14 @@ def achieved(budget: Budget, total_saving: float, sizes: UnitSizes, dense_bits: 
     if budget.kind == "bits":
         return dense_bits - total_saving / sizes.linear_total
     return float(sizes.model_bytes - total_saving)
+
+
+def option_level(budget: Budget, effect: Effect | None, dense_bits: float = DENSE_BITS) -> float:
+    """The per-weight level an option sets, in the budget's terms: zero fraction (sparsity) or bits (bits)."""
+    if budget.kind == "sparsity":
+        return 0.0 if effect is None else effect.zero_fraction
+    if budget.kind == "bits":
+        if effect is None:
+            return dense_bits
+        return 0.0 if effect.removed else (dense_bits if effect.bits is None else effect.bits) * (1 - effect.zero_fraction)
+    raise PrunelensError(f"a level band applies to sparsity or bits budgets, not {budget.text}")
