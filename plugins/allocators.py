@@ -267,7 +267,104 @@ class Ranked(Allocator):
         return Allocation(choices, {"by": self.by})
 
 
+class IterativeKnapsack(Knapsack):
+    name = "iterative"
+    description = ("Knapsack in rounds: fix the first layers' choices, compress them for real, re-probe the remaining "
+                   "layers' options on that partially compressed model, solve again.")
+    needs = "store"
+    params = {**Knapsack.params,
+              "rounds": Param(int, 2, "rounds (layers fixed in equal slices, front to back)",
+                              check=lambda v: None if v >= 2 else "rounds must be at least 2"),
+              "calib_samples": Param(int, 32, "calibration windows (compression and re-probe statistics)"),
+              "calib_len": Param(int, 256, "tokens per calibration window")}
+
+    def allocate(self, ctx: AllocContext) -> Allocation:
+        import copy
+
+        from prunelens.methods import parse_method
+        from prunelens.mixed import compress_mixed
+
+        if self.score != "kl_pred":
+            raise PrunelensError("iterative re-probes predicted KL; use score=kl_pred")
+        options = store_options(ctx, self.score)
+        dense_ok = True
+        if self.band is not None:
+            options, dense_ok = _within_band(ctx, options, self.band)
+        sizes = ctx.sizes()
+        n = sizes.num_layers
+        need = requirement(ctx.budget, sizes, ctx.dense_bits)
+        base = ctx.model()
+        work = copy.deepcopy(base)  # compressed step by step; the caller's model stays dense
+        calib = ctx.calibration(self.calib_samples, self.calib_len)
+        fixed: dict[int, tuple] = {}
+        history = []
+        bounds = [round(n * r / self.rounds) for r in range(1, self.rounds)] + [n]
+        lo = 0
+        for r, hi in enumerate(bounds, start=1):
+            combos = [[fixed[i]] if i in fixed else self._combos(options.get(i, []), dense_ok) for i in range(n)]
+            groups = [[(sum(o.saving for o in c), sum(o.predicted_kl for o in c)) for c in cs] for cs in combos]
+            try:
+                picks, info = solve_mckp(groups, need, self.resolution)
+            except PrunelensError as exc:
+                raise PrunelensError(f"budget {ctx.budget.text} cannot be met in round {r}: {exc}") from None
+            history.append({"round": r, "predicted_kl_sum": info["cost"], "gap": info["gap"]})
+            if hi >= n:
+                break
+            new = {i: combos[i][picks[i]] for i in range(lo, hi)}
+            fixed.update(new)
+            units = [(Unit.parse(o.unit), parse_method(o.method)) for i in range(lo, hi) for o in new[i]]
+            if units:
+                compress_mixed(work, units, calib_ids=calib, progress=False)
+            options.update(self._reprobe(ctx, work, {i: options.get(i, []) for i in range(hi, n)}, calib))
+            lo = hi
+        choices = [Choice(o.unit, o.method, o.predicted_kl, o.saving) for cs, k in zip(combos, picks) for o in cs[k]]
+        return Allocation(choices, {"predicted_kl_sum": info["cost"], "lower_bound": info["lower_bound"],
+                                    "gap": info["gap"], "grid": info["resolution"], "rounds": history,
+                                    "options": sum(len(v) for v in options.values())})
+
+    @staticmethod
+    def _combos(opts: list, dense_ok: bool) -> list:
+        cs = layer_combinations(opts)
+        return cs if dense_ok else ([c for c in cs if _covers_layer(c)] or cs)
+
+    @staticmethod
+    def _reprobe(ctx: AllocContext, work: Any, remaining: dict[int, list], calib: Any) -> dict[int, list]:
+        """Predicted KL of every remaining option on the partially compressed ``work`` model (its own reference)."""
+        import dataclasses
+
+        from prunelens.apply import store_prompt_ids
+        from prunelens.calibration import collect_stats
+        from prunelens.methods import parse_method
+        from prunelens.probe.engine import ProbeEngine, ProbeSettings
+        from prunelens.probe.prompts import Prompts
+
+        settings = ProbeSettings(steps=int(ctx.ds.sizes["step"]), temperatures=(ctx.temperature,),
+                                 localities=(ctx.locality,), timings=(ctx.timing,),
+                                 readout=str(ctx.ds.attrs.get("readout", "norm")))
+        tok = work.tokenizer
+        pad = tok.pad_token_id if tok is not None and tok.pad_token_id is not None else 0
+        engine = ProbeEngine(work.adapter, Prompts(store_prompt_ids(ctx.ds), source="store"), settings, pad_id=pad)
+        engine.prepare()  # the partially compressed model's own continuation is the new reference
+        units = sorted({Unit.parse(o.unit) for opts in remaining.values() for o in opts})
+        stats: dict[str, Any] = {}
+        out: dict[int, list] = {}
+        for i, opts in remaining.items():
+            kept = []
+            for o in opts:
+                m = parse_method(o.method)
+                st = None
+                if m.calibration != "none":
+                    if m.calibration not in stats:
+                        stats[m.calibration] = collect_stats(work, units, m.calibration, calib)
+                    st = stats[m.calibration]
+                kl = float(np.nanmean(engine.measure(m, Unit.parse(o.unit), st).arrays["kl_pred"]))
+                if math.isfinite(kl):
+                    kept.append(dataclasses.replace(o, predicted_kl=kl))
+            out[i] = kept
+        return out
+
+
 @hookimpl
 def register_allocators(register):
-    for cls in (Knapsack, Uniform, OWL, Ranked):
+    for cls in (Knapsack, Uniform, OWL, Ranked, IterativeKnapsack):
         register(cls)

@@ -378,3 +378,39 @@ def test_knapsack_band_keeps_every_level_near_the_target(loaded):
     assert banded.predicted_kl_total == pytest.approx(_brute(groups, 0.6 * unit_sizes(loaded).linear_total), rel=1e-9)
     with pytest.raises(PrunelensError, match="band applies to sparsity or bits"):
         allocate_plan(ds, allocator="knapsack", budget="units=2", temperature=0.7, loaded=loaded, band=0.1)
+
+
+def test_iterative_knapsack_fixes_front_layers_and_reprobes_the_rest(loaded):
+    import copy
+
+    from prunelens.mixed import compress_mixed
+    from prunelens.probe.engine import ProbeEngine, ProbeSettings
+    from prunelens.probe.prompts import Prompts
+    from prunelens.apply import store_prompt_ids
+
+    ds = _store(loaded, methods=["rtn:bits=2", "rtn:bits=3", "rtn:bits=8"], kinds=("block",))
+    ids = random_ids(batch=4, length=16, seed=9)
+    once = allocate_plan(ds, allocator="knapsack", budget="bits=8", temperature=1.0, loaded=loaded)
+    plan = allocate_plan(ds, allocator="iterative", budget="bits=8", temperature=1.0, loaded=loaded, calib_ids=ids,
+                         rounds=2)
+    assert plan.allocation["achieved"] <= 8 + 1e-9 and len(plan.allocation["rounds"]) == 2
+    front = {u.unit: u.method for u in once.units if Unit.parse(u.unit).layer < 2}
+    assert {u.unit: u.method for u in plan.units if Unit.parse(u.unit).layer < 2} == front  # round 1 fixed these
+    for u in plan.units:  # front layers keep the store's prediction
+        if Unit.parse(u.unit).layer < 2:
+            assert u.predicted_kl == pytest.approx(_kl(ds, u.method, u.unit, t=1.0), rel=1e-6)
+    back = [u for u in plan.units if Unit.parse(u.unit).layer >= 2]
+    assert back
+    # independently: compress the front choices, probe one back option on that model with the probe engine
+    work = copy.deepcopy(loaded)
+    compress_mixed(work, [(Unit.parse(k), parse_method(v)) for k, v in front.items()], calib_ids=ids, progress=False)
+    engine = ProbeEngine(work.adapter, Prompts(store_prompt_ids(ds)), ProbeSettings(
+        steps=int(ds.sizes["step"]), temperatures=(1.0,), localities=("propagated",), timings=("teacher_forced",)))
+    engine.prepare()
+    u = back[0]
+    want = float(np.nanmean(engine.measure(parse_method(u.method), Unit.parse(u.unit)).arrays["kl_pred"]))
+    assert u.predicted_kl == pytest.approx(want, rel=1e-6)
+    assert u.predicted_kl != pytest.approx(_kl(ds, u.method, u.unit, t=1.0), rel=1e-3)  # re-probed, not the store's
+    # the loaded model was not modified
+    assert torch.equal(loaded.model.model.layers[0].self_attn.q_proj.weight,
+                       load_model(loaded.model_id).model.model.layers[0].self_attn.q_proj.weight)
