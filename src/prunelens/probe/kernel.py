@@ -182,9 +182,9 @@ class SumsKernel:
     def _run(self, dense: DenseRows, z2: torch.Tensor, compiled: bool) -> tuple[torch.Tensor, torch.Tensor]:
         z = dense.z
         spans = _chunks(z.shape[0], z.shape[1], z.element_size())
-        step = spans[0][1] - spans[0][0]
+        step = min(spans[0][1] - spans[0][0], 1 << (z.shape[0] - 1).bit_length())  # few shapes: powers of two
         if compiled and self._compiled is None:
-            self._compiled = torch.compile(chunk_sums, dynamic=False)
+            self._compiled = compiled_sums()
         fn = self._compiled if compiled else chunk_sums
         per, once = [], []
         for lo, hi in spans:
@@ -206,7 +206,7 @@ class SumsKernel:
         compile_s = float(rec.get("compile_seconds", DEFAULT_COMPILE_SECONDS))
         speedup = max(1.0, float(rec.get("speedup", DEFAULT_SPEEDUP)))
         if eager_rate * self.remaining * (1 - 1 / speedup) > compile_s:
-            self._compiled = torch.compile(chunk_sums, dynamic=False)
+            self._compiled = compiled_sums()
 
     def _record(self) -> None:
         """Save this machine's compile seconds and compiled speedup (used by later ``auto`` runs)."""
@@ -225,6 +225,17 @@ class SumsKernel:
     def summary(self) -> dict[str, Any]:
         """What ran: mode, whether compiled, measured seconds."""
         return {"mode": self.mode, "compiled": self.using_compiled, **{k: v for k, v in self.timing.items()}}
+
+
+_COMPILED: Any = None
+
+
+def compiled_sums() -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """``chunk_sums`` through ``torch.compile`` (one wrapper per process: shapes compiled once)."""
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = torch.compile(chunk_sums, dynamic=False)
+    return _COMPILED
 
 
 DEFAULT_COMPILE_SECONDS = 60.0  # before this machine has compiled once

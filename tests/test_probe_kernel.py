@@ -1,0 +1,243 @@
+"""The vocabulary-pass kernel: eager and compiled against a float64 truth at every magnitude,
+the paper's extra quantities against naive float64 formulas, the auto compile decision, and
+version-1 stores still readable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from prunelens.probe import kernel as K
+from prunelens.probe.metrics import row_metrics
+
+TEMPS = [0.7, 1.0]
+ROWS, VOCAB = 16, 96  # the tiny models' vocabulary: the compiled probe test below reuses this kernel shape
+
+
+def sweep_rows(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """float32 logits and perturbed logits, one perturbation scale ε per row from 1e-8 to 10."""
+    g = torch.Generator().manual_seed(seed)
+    eps = np.logspace(-8, 1, ROWS)
+    z = 3 * torch.randn(ROWS, VOCAB, generator=g)
+    dz = torch.randn(ROWS, VOCAB, generator=g) * torch.tensor(eps, dtype=torch.float32).unsqueeze(-1)
+    return z, z + dz, eps
+
+
+def truth_kl(z: torch.Tensor, z2: torch.Tensor, t: float) -> tuple[np.ndarray, np.ndarray]:
+    """(KL(p‖q), Var_p(Δz)/2T²) in float64 from the float32 inputs, by the centred form
+    ``log1p(E_p[expm1(b)]) - E_p[b]`` with float64's accurate expm1 (independent of the kernel)."""
+    z, dz = z.double(), z2.double() - z.double()
+    p = torch.softmax(z / t, -1)
+    b = (dz - (p * dz).sum(-1, keepdim=True)) / t
+    kl = torch.log1p((p * torch.expm1(b)).sum(-1)) - (p * b).sum(-1)
+    direct = (p * (torch.log_softmax(z / t, -1) - torch.log_softmax((z + dz) / t, -1))).sum(-1)
+    kl = torch.where(b.abs().amax(-1) > 1, direct, kl)  # large b: the plain formula is exact enough
+    var = (p * b * b).sum(-1) - (p * b).sum(-1) ** 2
+    return kl.numpy(), (var / 2).numpy()
+
+
+def check_sweep(kernel: K.SumsKernel) -> None:
+    z, z2, _ = sweep_rows()
+    h = torch.randn(ROWS, 8, dtype=torch.float64)
+    m = row_metrics(h, 0.1 * h, z, z2, TEMPS, kernel=kernel)
+    for k, t in enumerate(TEMPS):
+        kl, pred = truth_kl(z, z2, t)
+        got = m.kl[k].numpy()
+        assert (got >= 0).all(), got
+        big = kl > 1e-12
+        np.testing.assert_allclose(got[big], kl[big], rtol=1e-4)
+        np.testing.assert_allclose(got[~big], kl[~big], rtol=0, atol=1e-12)
+        bigp = pred > 1e-12
+        np.testing.assert_allclose(m.kl_pred[k].numpy()[bigp], pred[bigp], rtol=1e-4)
+        assert big.sum() >= 8 and (~big).sum() >= 3  # both regimes are exercised
+
+
+def test_eps_sweep_eager_matches_float64_truth():
+    check_sweep(K.SumsKernel("eager"))
+
+
+def test_eps_sweep_compiled_matches_float64_truth():
+    """CI's compiled-mode test (one torch.compile of the kernel, ~tens of seconds on a small CPU)."""
+    kernel = K.SumsKernel("compiled")
+    check_sweep(kernel)
+    assert kernel.using_compiled
+
+
+def test_series_is_accurate_where_expm1_minus_b_is_not():
+    b = torch.tensor([1e-8, -1e-7, 1e-6, -1e-4, 1e-2, 0.3, -0.49, 0.51, -3.0, 20.0], dtype=torch.float32)
+    truth = torch.expm1(b.double()) - b.double()
+    got = K.hb_of(b).double()
+    np.testing.assert_allclose(got.numpy(), truth.numpy(), rtol=1e-6)
+    assert (got >= 0).all()
+
+
+def naive_extra(h, h2, z, z2, temps):
+    """The paper's extra quantities, textbook float64, one row at a time."""
+    out = {k: [] for k in ("par", "perp", "uvar", "top5", "top10", "l1", "l2")}
+    for r in range(len(h)):
+        par, perp = [], []
+        for a, b in ((h[r], h2[r]), (z[r], z2[r])):
+            d = b - a
+            u = a / np.linalg.norm(a)
+            dpar = (d @ u) * u
+            par.append([np.linalg.norm(dpar) / np.linalg.norm(a)] * len(temps))
+            perp.append([np.linalg.norm(d - dpar) / np.linalg.norm(a)] * len(temps))
+        dz = z2[r] - z[r]
+        pp, pq, uv, t5, t10 = [], [], [], [], []
+        for t in temps:
+            p = np.exp(z[r] / t - np.max(z[r] / t)); p /= p.sum()
+            q = np.exp(z2[r] / t - np.max(z2[r] / t)); q /= q.sum()
+            d = q - p
+            u = p / np.linalg.norm(p)
+            dpar = (d @ u) * u
+            pp.append(np.linalg.norm(dpar) / np.linalg.norm(p))
+            pq.append(np.linalg.norm(d - dpar) / np.linalg.norm(p))
+            uv.append(np.var(dz) / (2 * t * t))
+            for k, dst in ((5, t5), (10, t10)):
+                idx = np.argsort(-p)[:k]
+                w = p[idx] / p[idx].sum()
+                dst.append(w @ (dz[idx] - w @ dz[idx]) ** 2 / (2 * t * t))
+        par.append(pp); perp.append(pq)
+        out["par"].append(par); out["perp"].append(perp)
+        out["uvar"].append(uv); out["top5"].append(t5); out["top10"].append(t10)
+        out["l1"].append(np.mean(np.abs(dz))); out["l2"].append(np.sqrt(np.mean(dz**2)))
+    res = {k: np.asarray(v) for k, v in out.items()}
+    res["par"], res["perp"] = res["par"].transpose(1, 2, 0), res["perp"].transpose(1, 2, 0)
+    for k in ("uvar", "top5", "top10"):
+        res[k] = res[k].T
+    return res
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("scale", [0.3, 5.0])
+def test_paper_quantities_match_naive_float64(dtype, scale):
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(9, 24, generator=g, dtype=torch.float64)
+    dh = scale * torch.randn(9, 24, generator=g, dtype=torch.float64)
+    w = torch.randn(60, 24, generator=g, dtype=torch.float64)
+    z, z2 = h @ w.T, (h + dh) @ w.T
+    m = row_metrics(h.to(dtype), dh.to(dtype), z.to(dtype), z2.to(dtype), [0.5, 1.0, 2.0])
+    hh, zz, zz2 = (x.to(dtype).double().numpy() for x in (h, z, z2))
+    ref = naive_extra(hh, hh + dh.to(dtype).double().numpy(), zz, zz2, [0.5, 1.0, 2.0])
+    rtol, atol = (1e-9, 1e-14) if dtype == torch.float64 else (3e-4, 1e-9)
+    np.testing.assert_allclose(m.rel_par.numpy(), ref["par"], rtol=rtol, atol=atol)
+    np.testing.assert_allclose(m.rel_perp.numpy(), ref["perp"], rtol=rtol, atol=atol)
+    np.testing.assert_allclose(m.dz_var_uniform.numpy(), ref["uvar"], rtol=rtol, atol=atol)
+    np.testing.assert_allclose(m.dz_var_top5.numpy(), ref["top5"], rtol=rtol, atol=atol)
+    np.testing.assert_allclose(m.dz_var_top10.numpy(), ref["top10"], rtol=rtol, atol=atol)
+    np.testing.assert_allclose(m.dz_l1.numpy(), ref["l1"], rtol=rtol, atol=atol)
+    np.testing.assert_allclose(m.dz_l2.numpy(), ref["l2"], rtol=rtol, atol=atol)
+    # ‖Δ∥‖² + ‖Δ⊥‖² = ‖Δ‖² in every space
+    np.testing.assert_allclose(m.rel_par.numpy() ** 2 + m.rel_perp.numpy() ** 2, m.rel_norm.numpy() ** 2, rtol=max(rtol, 1e-6))
+
+
+def test_shared_dense_rows_and_fused_temperatures_equal_separate_calls():
+    """One pass for three temperatures with shared dense statistics = three one-temperature calls."""
+    z, z2, _ = sweep_rows(seed=1)
+    h = torch.randn(ROWS, 8, dtype=torch.float64)
+    temps = [0.5, 0.7, 1.0]
+    dense = K.DenseRows.of(z, temps)
+    fused = row_metrics(h, 0.1 * h, z, z2, temps, dense=dense, kernel=K.SumsKernel("eager"))
+    for k, t in enumerate(temps):
+        one = row_metrics(h, 0.1 * h, z, z2, [t], kernel=K.SumsKernel("eager"))
+        for name in ("kl", "kl_pred", "dz_var_top5"):
+            np.testing.assert_allclose(getattr(fused, name)[k].numpy(), getattr(one, name)[0].numpy(), rtol=1e-6, atol=1e-14)
+        np.testing.assert_allclose(fused.cos_dev[:, k].numpy(), one.cos_dev[:, 0].numpy(), rtol=1e-6, atol=1e-14)
+
+
+def test_chunks_stay_cache_sized():
+    spans = K._chunks(1000, 49152, 4)
+    assert all((hi - lo) * 49152 * 4 <= K.CACHE_BYTES for lo, hi in spans)
+    assert spans[0][0] == 0 and spans[-1][1] == 1000
+
+
+def test_auto_compiles_only_when_the_measured_eager_cost_pays(monkeypatch, tmp_path):
+    """A short run stays eager; a long one compiles; the decision uses this machine's recorded compile time."""
+    monkeypatch.setenv("PRUNELENS_HOME", str(tmp_path))
+    compiled_calls = []
+
+    def fake_compiled(*args):
+        compiled_calls.append(1)
+        return K.chunk_sums(*args)
+
+    monkeypatch.setattr(K, "compiled_sums", lambda: fake_compiled)
+    z, z2, _ = sweep_rows()
+    dense = K.DenseRows.of(z, TEMPS)
+    k = K.SumsKernel("auto")
+    k(dense, z2)  # nothing announced: eager
+    assert not k.using_compiled and k.timing["eager_elems"] == ROWS * VOCAB
+    rate = k.timing["eager_s"] / k.timing["eager_elems"]
+    k.expect(int(10 / rate), key="test")  # ~10 s of eager work to come < default compile seconds
+    k(dense, z2)
+    assert not k.using_compiled and not compiled_calls
+    K._save_records({"test": {"compile_seconds": 0.001, "speedup": 3.0}})  # this machine compiles fast
+    k(dense, z2)
+    assert k.using_compiled and compiled_calls
+    k(dense, z2)  # the second compiled call records compile seconds and speedup
+    rec = K._records()["test"]
+    assert rec["compile_seconds"] >= 0 and rec["speedup"] > 0
+
+
+def test_compiled_engine_probe_equals_eager(tiny_llama):
+    """A whole compiled-mode probe (tiny model, vocabulary 96) equals the eager one."""
+    from prunelens.adapters import get_adapter
+    from prunelens.methods import parse_method
+    from prunelens.probe.engine import ProbeEngine, ProbeSettings
+    from prunelens.probe.prompts import Prompts
+    from prunelens.units import select_units
+
+    ad = get_adapter(tiny_llama)
+    prompts = Prompts([[5, 6, 7, 8], [9, 10, 11, 12]], source="test")
+    unit = select_units("L1.attn", ad.num_layers)[0]
+    cells = []
+    for compile_ in (False, True):
+        st = ProbeSettings(steps=8, temperatures=tuple(TEMPS), timings=("teacher_forced",), compile=compile_)
+        eng = ProbeEngine(ad, prompts, st)
+        eng.prepare()
+        cells.append(eng.measure(parse_method("drop"), unit))
+        assert eng.kernel.using_compiled == compile_
+    for name, a in cells[0].arrays.items():
+        np.testing.assert_allclose(cells[1].arrays[name], a, rtol=2e-4, atol=1e-9, err_msg=name)
+
+
+def test_version_1_store_still_reads(tmp_path):
+    """A store written before schema 2 (without the paper's extra variables) opens; a v2 store missing one does not."""
+    import json
+    import shutil
+
+    import zarr
+
+    from prunelens.errors import PrunelensError
+    from prunelens_store import open_store
+    from prunelens_store.schema import ADDED_IN, VARIABLES
+    from prunelens_store.writer import StoreWriter, build_template, create_store
+
+    path = tmp_path / "v1.zarr"
+    ds = build_template(["drop"], ["L0", "L1"], [0, 1], ["block", "block"], 2, 3, [1.0], ["local"], ["teacher_forced"],
+                        tokens=np.arange(16).reshape(2, 8), prompt_len=np.array([5, 5]),
+                        dense_free_tokens=np.ones((2, 3), dtype=np.int64), candidates=None, attrs={"model_id": "tiny"})
+    create_store(path, ds, {"model_id": "tiny"})
+    w = StoreWriter(path)
+    rng = np.random.default_rng(0)
+    for u in range(2):
+        w.write_cell(0, u, {n: rng.random(w.group[n].shape[2:]).astype(np.float32) for n in VARIABLES
+                            if n not in ("done", "free_tokens")}, np.zeros((2, 3)), 0)
+    w.finalise()
+    kl = open_store(path)["kl"].values.copy()
+    v2 = tmp_path / "v2-damaged.zarr"
+    shutil.copytree(path, v2)
+    for name in ADDED_IN:  # make it what schema 1 wrote
+        shutil.rmtree(path / name)
+    group = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    group.attrs["schema_version"] = 1
+    zarr.consolidate_metadata(str(path), zarr_format=3)
+    old = open_store(path)
+    assert old.attrs["schema_version"] == 1 and "rel_par" not in old and "dz_l1" not in old
+    np.testing.assert_array_equal(old["kl"].values, kl)
+    shutil.rmtree(v2 / "rel_par")
+    meta = json.loads((v2 / "zarr.json").read_text())
+    meta.get("consolidated_metadata", {}).get("metadata", {}).pop("rel_par", None)
+    (v2 / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(PrunelensError, match="rel_par"):
+        open_store(v2)
