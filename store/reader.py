@@ -64,6 +64,36 @@ def open_store(path: str | Path, allow_incomplete: bool = False, verify: bool = 
     consolidated = "consolidated_metadata" in json.loads((path / "zarr.json").read_text()) and attrs.get("complete", False)
     try:
         with quiet():
-            return xr.open_zarr(str(path), consolidated=bool(consolidated), zarr_format=3)
+            ds = xr.open_zarr(str(path), consolidated=bool(consolidated), zarr_format=3)
     except Exception as exc:
         raise PrunelensError(f"{path}: cannot read the store ({type(exc).__name__}: {exc})") from None
+    return with_conveniences(ds)
+
+
+def with_conveniences(ds: Any) -> Any:
+    """Unit coordinates in memory (``ds.where(ds.kind == "attn", drop=True)`` works on a lazy store) and
+    ``long_name``/``units`` on every known variable (stores written before they were recorded get them too)."""
+    from .schema import VARIABLE_ATTRS
+
+    eager = {c: ds[c].variable.compute() for c in ("kind", "layer") if c in ds.coords}
+    ds = ds.assign_coords(eager)
+    for name, (long_name, units) in VARIABLE_ATTRS.items():
+        if name in ds.data_vars:
+            ds[name].attrs.setdefault("long_name", long_name)
+            ds[name].attrs.setdefault("units", units)
+    return ds
+
+
+def decode_attrs(attrs: Any) -> dict[str, Any]:
+    """A store's attrs with the JSON-string ones decoded (``identity``, ``methods``, ``versions``,
+    ``spearman_kl_pred_vs_kl``, ...): Zarr attrs are flat, so nested values are stored as JSON text.
+    ``decode_attrs(ds.attrs)["methods"]`` is then a dict; other values are returned as they are."""
+    out: dict[str, Any] = {}
+    for key, value in dict(attrs).items():
+        if isinstance(value, str) and value[:1] in ("{", "[") and value[-1:] in ("}", "]"):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        out[key] = value
+    return out

@@ -17,7 +17,8 @@ import xarray as xr
 
 SCHEMA_VERSION = 2
 SPACES = ("embedding", "logit", "probability")
-LOCALITIES = ("local", "propagated")
+LOCALITIES = ("local", "propagated")  # the default pair
+ALL_LOCALITIES = ("local", "propagated", "sublayer")  # sublayer: the unit's own residual-stream output (docs/probe.md)
 TIMINGS = ("teacher_forced", "free_running")
 KL_CONVENTION = "KL(p_dense || q_perturbed)"
 
@@ -45,6 +46,28 @@ VARIABLES: dict[str, tuple[str, ...]] = {
     "done": ("method", "unit"),
 }
 FLOAT_VARS = tuple(k for k in VARIABLES if k not in ("free_tokens", "done"))
+# variable -> (long_name, units) attrs (CF style: "1" = dimensionless); readers add them to older stores too
+VARIABLE_ATTRS: dict[str, tuple[str, str]] = {
+    "cos_dev": ("measured 1 - cos(x, x + dx) in the space", "1"),
+    "cos_dev_pred": ("Taylor prediction of 1 - cos", "1"),
+    "rel_norm": ("relative deviation norm ||dx|| / ||x||", "1"),
+    "rel_par": ("relative deviation along x, ||dx_parallel|| / ||x||", "1"),
+    "rel_perp": ("relative deviation orthogonal to x, ||dx_orthogonal|| / ||x||", "1"),
+    "kl": ("measured KL(p_dense || q_perturbed) of the next-token distribution", "nat"),
+    "kl_pred": ("predicted KL: Var_p(dz) / (2 T^2)", "nat"),
+    "top1_agree": ("top-1 token of dense and perturbed agree (1.0 or 0.0)", "1"),
+    "dz_var_uniform": ("Var_uniform(dz) / (2 T^2)", "nat"),
+    "dz_var_top5": ("Var of dz over the dense top-5 (p renormalised) / (2 T^2)", "nat"),
+    "dz_var_top10": ("Var of dz over the dense top-10 (p renormalised) / (2 T^2)", "nat"),
+    "dz_l1": ("mean |dz| over the vocabulary", "logit"),
+    "dz_l2": ("root mean square of dz over the vocabulary", "logit"),
+    "cand_kl": ("KL over the renormalised answer candidates", "nat"),
+    "cand_top1_agree": ("best candidate of dense and perturbed agree (1.0 or 0.0)", "1"),
+    "cand_mass": ("probability mass of the candidates under q", "1"),
+    "cand_rank": ("rank of the best candidate under q (0 = top)", "1"),
+    "free_tokens": ("token ids the perturbed model generated (free-running; -1 = none)", "token id"),
+    "done": ("the (method, unit) cell is measured", "1"),
+}
 ADDED_IN = {name: 2 for name in ("rel_par", "rel_perp", "dz_var_uniform", "dz_var_top5", "dz_var_top10", "dz_l1", "dz_l2")}
 
 
@@ -80,7 +103,8 @@ def template(
             arr = np.full(shape, -1, dtype=np.int64)
         else:
             arr = np.full(shape, np.nan, dtype=np.float32)
-        data_vars[name] = (dims, arr)
+        long_name, unit_of_measure = VARIABLE_ATTRS[name]
+        data_vars[name] = (dims, arr, {"long_name": long_name, "units": unit_of_measure})
     coords = {
         "method": list(methods), "unit": list(units), "layer": ("unit", np.asarray(layers, dtype=np.int64)),
         "kind": ("unit", list(kinds)), "locality": list(localities), "timing": list(timings), "space": list(SPACES),
