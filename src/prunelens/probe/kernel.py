@@ -51,33 +51,51 @@ def hb_of(b: torch.Tensor) -> torch.Tensor:
     return torch.where(b.abs() < SERIES_LIMIT, series, direct)
 
 
+def hb_of_eager(b: torch.Tensor) -> torch.Tensor:
+    """``hb_of`` in few eager ops: float64's ``expm1`` is accurate for small arguments."""
+    b64 = b.double()
+    return (torch.expm1(b64) - b64).to(b.dtype)
+
+
 def chunk_sums(z: torch.Tensor, z2: torch.Tensor, zmax: torch.Tensor, s: torch.Tensor, zz: torch.Tensor,
                inv_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Row sums of one chunk: ``([len(PER_T), nT, rows], [len(ONCE), rows])`` in the input dtype.
 
-    ``z``, ``z2`` [rows, V]; ``zmax``, ``zz`` [rows]; ``s`` [nT, rows]; ``inv_t`` [nT].
+    ``z``, ``z2`` [rows, V]; ``zmax``, ``zz`` [rows]; ``s`` [nT, rows]; ``inv_t`` [nT]. This is
+    the function ``torch.compile`` fuses (``hb_of`` as a series); ``chunk_sums_eager`` is the
+    same with fewer eager ops.
     """
+    return _sums(z, z2, zmax, s, zz, inv_t, hb_of)
+
+
+def chunk_sums_eager(z: torch.Tensor, z2: torch.Tensor, zmax: torch.Tensor, s: torch.Tensor, zz: torch.Tensor,
+                     inv_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``chunk_sums`` for eager mode."""
+    return _sums(z, z2, zmax, s, zz, inv_t, hb_of_eager)
+
+
+def _sums(z, z2, zmax, s, zz, inv_t, hb: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    dot = torch.linalg.vecdot
     dz = z2 - z
     zs = z - zmax.unsqueeze(-1)
-    zdz = (z * dz).sum(-1)
+    zdz = dot(z, dz)
     coef = torch.where(zz > 0, zdz / zz, torch.zeros_like(zz))
     perp = dz - coef.unsqueeze(-1) * z
     dzsum = dz.sum(-1)
     dzc = dz - (dzsum / dz.shape[-1]).unsqueeze(-1)
-    once = [zdz, dzsum, (perp * perp).sum(-1), (dzc * dzc).sum(-1), dz.abs().sum(-1), (dz * dz).sum(-1),
-            z2.argmax(-1).to(z.dtype)]
+    once = [zdz, dzsum, dot(perp, perp), dot(dzc, dzc), dz.abs().sum(-1), dot(dz, dz), z2.argmax(-1).to(z.dtype)]
     per_t = []
     for k in range(inv_t.shape[0]):
         it = inv_t[k]
         e = torch.exp(zs * it)
-        mu = (e * dz).sum(-1) / s[k]
+        mu = dot(e, dz) / s[k]
         b = (dz - mu.unsqueeze(-1)) * it
-        h = hb_of(b)
+        h = hb(b)
         g = b + h
         w = e * e
-        eb, wb = e * b, w * b
-        per_t.append(torch.stack([eb.sum(-1), (e * h).sum(-1), (eb * b).sum(-1), wb.sum(-1), (wb * b).sum(-1),
-                                  (w * g).sum(-1), (w * g * g).sum(-1), b.amax(-1)]))
+        eb, wb, wg = e * b, w * b, w * g
+        per_t.append(torch.stack([eb.sum(-1), dot(e, h), dot(eb, b), wb.sum(-1), dot(wb, b), wg.sum(-1), dot(wg, g),
+                                  b.amax(-1)]))
     return torch.stack(per_t, 1), torch.stack(once)
 
 
@@ -185,7 +203,7 @@ class SumsKernel:
         step = min(spans[0][1] - spans[0][0], 1 << (z.shape[0] - 1).bit_length())  # few shapes: powers of two
         if compiled and self._compiled is None:
             self._compiled = compiled_sums()
-        fn = self._compiled if compiled else chunk_sums
+        fn = self._compiled if compiled else chunk_sums_eager
         per, once = [], []
         for lo, hi in spans:
             args = (z[lo:hi], z2[lo:hi], dense.zmax[lo:hi], dense.s[:, lo:hi], dense.zz[lo:hi], dense.inv_t)

@@ -1,0 +1,292 @@
+"""Whole-process probe timing: the real CLI in a fresh process beside the bare-ops floor.
+
+    python bench/probe_whole.py [--samples 4] [--steps 32] [--units attn,mlp] [--repeats 3] [--threads 1]
+    python bench/probe_bench.py --whole-process ...        (the same)
+    python bench/probe_whole.py --procs ...                (2 processes under torchrun vs 1, local and propagated)
+
+Per repeat, alternating, each in a fresh Python process:
+
+* ``probe``: ``prunelens probe`` (store written, resume machinery on) timed from the inside:
+  import, model load, dense greedy continuation, dense pass (the cached capture), per-unit
+  ops (layer re-runs and perturbed readouts), dense readouts + softmax statistics, metrics,
+  store writes; plus the process's wall time and peak RSS;
+* ``probe T=3``: the same with three temperatures (``--temps3``);
+* ``floor``: the bare ops alone: one dense pass, each unit's layer on its cached input and one
+  LM-head projection of the step rows per unit; no metrics, no store.
+
+Medians over repeats; ratios: kernel (dense pass + units + metrics + store, i.e. everything
+after the continuation) and whole process (wall) over the floor's ops time. Every child uses
+``--threads`` torch threads (default 1: this bench runs on a shared machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD_PROBE = r'''
+import json, os, sys, time
+T0 = time.perf_counter()
+out_json = sys.argv[1]
+argv = sys.argv[2:]
+import torch
+torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
+import prunelens.cli as cli
+from prunelens import models
+from prunelens.probe import engine as E, kernel as K
+import prunelens_store.writer as W
+T_IMPORT = time.perf_counter() - T0
+acc = {}
+state = {}
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+def timed(owner, name, key):
+    fn = getattr(owner, name)
+    def wrap(*a, **k):
+        sync(); t = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            sync(); acc[key] = acc.get(key, 0.0) + time.perf_counter() - t
+    setattr(owner, name, wrap)
+
+orig_prepare = E.ProbeEngine.prepare
+def prepare(self, *a, **k):
+    state["engine"] = self
+    return orig_prepare(self, *a, **k)
+E.ProbeEngine.prepare = prepare
+timed(models, "load_model", "load")
+import prunelens.cli.probe as cp
+if hasattr(cp, "load_model"):
+    timed(cp, "load_model", "load")
+timed(E.ProbeEngine, "prepare", "prepare")
+timed(E, "greedy_decode", "greedy")
+timed(E.ProbeEngine, "measure", "measure")
+timed(E.ProbeEngine, "_dense_rows", "dense_readouts")
+timed(E, "row_metrics", "metrics")
+timed(W, "create_store", "store")
+timed(W.StoreWriter, "write_cell", "store")
+timed(W.StoreWriter, "finalise", "store")
+try:
+    cli.main(argv, standalone_mode=False)
+finally:
+    status = {l.split(":")[0]: l.split()[1] for l in open("/proc/self/status") if l.startswith(("VmHWM", "VmRSS"))}
+    eng = state.get("engine")
+    res = {"import": T_IMPORT, **acc, "peak_rss_mib": int(status.get("VmHWM", 0)) / 1024,
+           "kernel": eng.kernel.summary() if eng is not None else None, "inside_s": time.perf_counter() - T0}
+    json.dump(res, open(out_json, "w"))
+'''
+
+CHILD_FLOOR = r'''
+import json, os, sys, time
+out_json = sys.argv[1]
+model_id, samples, steps, prompt_len, units_spec, method_spec = sys.argv[2:8]
+import torch
+torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
+from prunelens.methods import parse_method
+from prunelens.models import load_model
+from prunelens.probe.freerun import greedy_decode
+from prunelens.probe.prompts import shakespeare_prompts
+from prunelens.units import select_units
+loaded = load_model(model_id)
+ad = loaded.adapter
+units = select_units(units_spec, ad.num_layers)
+method = parse_method(method_spec)
+prompts = shakespeare_prompts(loaded.tokenizer, int(samples), int(prompt_len))
+ids = torch.tensor(prompts.ids)
+with torch.no_grad():
+    cont = greedy_decode(ad, ids, None, int(steps)).tokens
+    seq = torch.cat([ids, cont[:, :-1]], 1)
+    pos = torch.arange(ids.shape[1] - 1, ids.shape[1] - 1 + int(steps))
+    ad.capture(seq)  # warm-up
+    t = time.perf_counter()
+    calls, _ = ad.capture(seq)
+    for u in units:
+        with method.perturb(ad, u, None):
+            x = ad.run_layer(u.layer, calls[u.layer].hidden, calls[u.layer])
+        ad.readout(x[:, pos].reshape(-1, x.shape[-1]))
+    ops = time.perf_counter() - t
+    # the dense readouts a logit-space comparison also needs: one per probed layer
+    t = time.perf_counter()
+    for layer in sorted({u.layer for u in units}):
+        h = calls[layer + 1].hidden if layer + 1 < len(calls) else None
+        if h is not None:
+            ad.readout(h[:, pos].reshape(-1, h.shape[-1]))
+    dense_readouts = time.perf_counter() - t
+status = {l.split(":")[0]: l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")}
+json.dump({"ops": ops, "dense_readouts": dense_readouts, "peak_rss_mib": int(status["VmHWM"]) / 1024}, open(out_json, "w"))
+'''
+
+
+def child_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(BENCH_THREADS=str(threads), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               PRUNELENS_LOAD_PLUGINS=env.get("PRUNELENS_LOAD_PLUGINS", ""), PRUNELENS_NO_PROGRESS="1",
+               TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    return env
+
+
+def run_child(code: str, args: list[str], threads: int, tmp: Path, launcher: list[str] | None = None) -> dict:
+    script = tmp / f"child_{abs(hash(code))}.py"
+    script.write_text(code)
+    out = tmp / f"out_{time.monotonic_ns()}.json"
+    cmd = (launcher or [sys.executable]) + [str(script), str(out)] + args
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, env=child_env(threads), capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0 or not out.exists():
+        sys.exit(f"child failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    res = json.loads(out.read_text())
+    res["wall"] = wall
+    return res
+
+
+def probe_args(a: argparse.Namespace, out: Path, temps: str, locality: str = "local") -> list[str]:
+    return ["probe", "--model", a.model, "--method", a.method, "--units", a.units, "--samples", str(a.samples),
+            "--steps", str(a.steps), "--prompt-len", str(a.prompt_len), "--temperature", temps, "--locality", locality,
+            "--timing", "teacher_forced", "--batch-size", str(a.samples), "--out", str(out), "--quiet", "--device", "cpu"] \
+        + ([] if a.compile == "auto" else ["--compile" if a.compile == "compiled" else "--no-compile"])
+
+
+def med(rows: list[dict], key: str) -> float:
+    vals = [r.get(key, 0.0) or 0.0 for r in rows]
+    return statistics.median(vals)
+
+
+def whole_process(a: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="probe-whole-"))
+    runs: dict[str, list[dict]] = {"probe": [], "floor": []}
+    if a.temps3:
+        runs["probe T=3"] = []
+    try:
+        for r in range(a.repeats):
+            order = ["floor", "probe"] + (["probe T=3"] if a.temps3 else [])
+            if r % 2:
+                order.reverse()
+            for name in order:
+                if name == "floor":
+                    res = run_child(CHILD_FLOOR, [a.model, str(a.samples), str(a.steps), str(a.prompt_len), a.units, a.method],
+                                    a.threads, tmp)
+                else:
+                    store = tmp / f"run{r}-{name.replace(' ', '').replace('=', '')}.zarr"
+                    res = run_child(CHILD_PROBE, probe_args(a, store, "0.5,0.7,1.0" if name != "probe" else a.temperature),
+                                    a.threads, tmp)
+                    shutil.rmtree(store, ignore_errors=True)
+                runs[name].append(res)
+                print(f"repeat {r}: {name:10s} " + json.dumps({k: (round(v, 2) if isinstance(v, float) else v)
+                                                               for k, v in res.items() if k != "kernel"}), flush=True)
+        report(a, runs)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def report(a: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
+    fl = runs["floor"]
+    floor_ops, floor_dense = med(fl, "ops"), med(fl, "dense_readouts")
+    print(f"\n{a.model}, units {a.units}, method {a.method}, {a.samples} samples x {a.steps} steps, T={a.temperature}, "
+          f"threads {a.threads}, kernel {a.compile}, medians of {a.repeats} (fresh process each, alternating)")
+    print(f"floor (bare ops: dense pass + each unit's layer + one LM-head projection per unit): {floor_ops:.2f} s, "
+          f"+ dense readouts per probed layer {floor_dense:.2f} s, floor process peak RSS {med(fl, 'peak_rss_mib'):.0f} MiB")
+    for name in [k for k in runs if k != "floor"]:
+        pr = runs[name]
+        parts = {k: med(pr, k) for k in ("import", "load", "greedy", "prepare", "measure", "dense_readouts", "metrics", "store",
+                                         "inside_s", "wall")}
+        dense_pass = parts["prepare"] - parts["greedy"]
+        units = parts["measure"] - parts["metrics"] - parts["dense_readouts"]
+        kernel = dense_pass + parts["measure"]
+        other = parts["wall"] - (parts["import"] + parts["load"] + parts["prepare"] + parts["measure"] + parts["store"])
+        print(f"\n{name}: wall {parts['wall']:.2f} s, peak RSS {med(pr, 'peak_rss_mib'):.0f} MiB, kernel mode "
+              f"{pr[-1]['kernel']['mode'] if pr[-1].get('kernel') else '?'} (compiled: "
+              f"{pr[-1]['kernel']['compiled'] if pr[-1].get('kernel') else '?'})")
+        for label, v in (("import", parts["import"]), ("model load", parts["load"]), ("dense greedy continuation", parts["greedy"]),
+                         ("dense pass (capture)", dense_pass), ("per-unit ops (layer + perturbed readout)", units),
+                         ("dense readouts + softmax stats", parts["dense_readouts"]), ("metrics", parts["metrics"]),
+                         ("store", parts["store"]), ("interpreter start, CLI, other", other)):
+            print(f"  {label:42s} {v:8.2f} s  {100 * v / parts['wall']:5.1f} %")
+        print(f"  {'kernel time (dense pass + cells)':42s} {kernel:8.2f} s  ratio to floor {kernel / floor_ops:5.2f}x "
+              f"(to floor + dense readouts {kernel / (floor_ops + floor_dense):5.2f}x)  target <= 1.3x")
+        print(f"  {'metrics alone / floor':42s} {parts['metrics'] / floor_ops:8.2f}x")
+        print(f"  {'whole process / floor':42s} {parts['wall'] / floor_ops:8.2f}x")
+    if "probe T=3" in runs:
+        k1 = med(runs["probe"], "prepare") - med(runs["probe"], "greedy") + med(runs["probe"], "measure")
+        k3 = med(runs["probe T=3"], "prepare") - med(runs["probe T=3"], "greedy") + med(runs["probe T=3"], "measure")
+        m1, m3 = med(runs["probe"], "metrics"), med(runs["probe T=3"], "metrics")
+        print(f"\nthree temperatures vs one: kernel time {k3 / k1:.2f}x (target <= 1.3x), metrics alone {m3 / m1:.2f}x, "
+              f"wall {med(runs['probe T=3'], 'wall') / med(runs['probe'], 'wall'):.2f}x")
+
+
+def procs(a: argparse.Namespace) -> None:
+    """2 processes (torchrun, gloo, 1 thread each) vs 1 process with 2 threads, same total cores; local and propagated."""
+    tmp = Path(tempfile.mkdtemp(prefix="probe-procs-"))
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    res: dict[tuple[str, str], list[float]] = {}
+    try:
+        for r in range(a.repeats):
+            for loc in ("local", "propagated"):
+                for mode in (("1 proc x 2 threads", "2 procs x 1 thread") if r % 2 == 0 else ("2 procs x 1 thread", "1 proc x 2 threads")):
+                    store = tmp / f"p{r}{loc}{mode[0]}.zarr"
+                    args = probe_args(a, store, a.temperature, loc)
+                    if mode.startswith("2"):
+                        cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "prunelens"] + args
+                        env = child_env(1)
+                    else:
+                        cmd = [sys.executable, "-m", "prunelens"] + args
+                        env = child_env(2)
+                    t = time.perf_counter()
+                    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                    wall = time.perf_counter() - t
+                    if proc.returncode != 0:
+                        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+                    shutil.rmtree(store, ignore_errors=True)
+                    res.setdefault((loc, mode), []).append(wall)
+                    print(f"repeat {r}: {loc:10s} {mode:20s} {wall:8.2f} s", flush=True)
+        print(f"\n{a.model}, units {a.units}, {a.samples} x {a.steps}, whole-process wall, medians of {a.repeats}")
+        for loc in ("local", "propagated"):
+            one, two = statistics.median(res[(loc, "1 proc x 2 threads")]), statistics.median(res[(loc, "2 procs x 1 thread")])
+            print(f"{loc:10s} 1 proc x 2 threads {one:8.2f} s   2 procs x 1 thread {two:8.2f} s   throughput 2 procs / 1 proc "
+                  f"{one / two:5.2f}x  target >= 1.7x")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--method", default="drop")
+    ap.add_argument("--units", default="attn,mlp")
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--temperature", default="1.0")
+    ap.add_argument("--temps3", action="store_true", help="also run T=0.5,0.7,1.0 and print its ratio to one temperature")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--compile", choices=("auto", "eager", "compiled"), default="auto")
+    ap.add_argument("--procs", action="store_true", help="2 processes vs 1 on the same total cores")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
+    if a.procs:
+        procs(a)
+    else:
+        whole_process(a)
+
+
+if __name__ == "__main__":
+    main()
