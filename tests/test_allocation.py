@@ -414,3 +414,30 @@ def test_iterative_knapsack_fixes_front_layers_and_reprobes_the_rest(loaded):
     # the loaded model was not modified
     assert torch.equal(loaded.model.model.layers[0].self_attn.q_proj.weight,
                        load_model(loaded.model_id).model.model.layers[0].self_attn.q_proj.weight)
+
+
+def test_report_shows_a_mixed_plan(loaded, tmp_path):
+    from prunelens.report import write_report
+
+    ds = _store(loaded, methods=["wanda:sparsity=0.5", "wanda:sparsity=0.7", "drop"])
+    plan = allocate_plan(ds, allocator="knapsack", budget="sparsity=0.6", temperature=0.7, loaded=loaded)
+    assert plan.is_mixed or plan.method != "mixed"
+    path = write_report(ds, tmp_path / "rep", plan=plan)
+    text = path.read_text()
+    assert "## Plan" in text and all(u.unit in text for u in plan.units)
+    if plan.is_mixed:
+        assert "| method |" in text.replace("|method|", "| method |")
+
+
+def test_uniform_plan_applied_mixed_or_whole_is_the_same(tiny_dir):
+    """Uniform (one spec: compress_model) and per-block plans (compress_mixed) differ only in the allocation."""
+    from prunelens.compress import compress_model
+    from prunelens.mixed import compress_mixed
+
+    ids = random_ids(batch=4, length=16, seed=2)
+    a, b = load_model(str(tiny_dir)), load_model(str(tiny_dir))
+    blocks = [Unit(i, "block") for i in range(4)]
+    compress_model(a, parse_method("sparsegpt:sparsity=0.6"), blocks, calib_ids=ids, progress=False)
+    compress_mixed(b, [(u, parse_method("sparsegpt:sparsity=0.6")) for u in blocks], calib_ids=ids, progress=False)
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        torch.testing.assert_close(va, vb, rtol=0, atol=1e-6, msg=k)

@@ -184,7 +184,7 @@ def write_report(ds: Any, out_dir: str | Path, *, method: str | None = None, kin
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if plan is not None:
-        method = method or plan.method
+        method = method or _plan_store_method(ds, plan)
         temperature = plan.temperature if temperature is None else temperature
     method = resolve_method(ds, method)
     temps = [float(t) for t in ds["temperature"].values]
@@ -239,13 +239,34 @@ def write_report(ds: Any, out_dir: str | Path, *, method: str | None = None, kin
     return path
 
 
+def _plan_store_method(ds: Any, plan: Any) -> str:
+    """The store label a plan's ranking section shows: its method, or for a mixed plan its most used spec in the store."""
+    if not plan.is_mixed:
+        return plan.method
+    from collections import Counter
+
+    from .ranking import resolve_method
+
+    specs = Counter(spec for _, spec in plan.unit_methods())
+    for spec, _ in specs.most_common():
+        for candidate in (spec, spec.split(":", 1)[0]):
+            try:
+                return resolve_method(ds, candidate)
+            except PrunelensError:
+                continue
+    return plan.method  # resolve_method then names what the store has
+
+
 def _plan_section(plan: Any) -> list[str]:
     md = ["## Plan", "",
           f"{_code(plan.method)} on {len(plan.units)} unit(s) chosen by {_code(plan.strategy)}"
           f"{' (iterative)' if plan.iterative else ''} at T = {plan.temperature:g}, budget {plan.budget}.", ""]
-    rows = [[str(i), _md(u.unit), fmt(u.predicted_kl), fmt(u.cumulative_predicted_kl), fmt(u.cumulative_measured_kl)]
+    mixed = plan.is_mixed
+    rows = [[str(i), _md(u.unit), *([_code(u.method or plan.method)] if mixed else []), fmt(u.predicted_kl),
+             fmt(u.cumulative_predicted_kl), fmt(u.cumulative_measured_kl)]
             for i, u in enumerate(plan.units, 1)]
-    md += [_md_table(["#", "unit", "predicted KL", "Σ predicted KL", "measured KL (units 1..k applied)"], rows), ""]
+    md += [_md_table(["#", "unit", *(["method"] if mixed else []), "predicted KL", "Σ predicted KL",
+                      "measured KL (units 1..k applied)"], rows), ""]
     if plan.measured_kl_total is not None:
         pred = plan.predicted_kl_total
         ratio = plan.measured_kl_total / pred if pred else float("nan")
