@@ -83,3 +83,34 @@ def test_help(snap_compare, store):
         await pilot.pause()
 
     assert snap_compare(make_app(store), terminal_size=SIZE, run_before=go)
+
+
+def test_curves_no_color(snap_compare, store, monkeypatch):
+    """Under NO_COLOR the three 1-cos series (and KL) differ by glyph: ● ▲ ■ ◆ measured, ○ △ □ ◇ predicted."""
+    monkeypatch.setenv("NO_COLOR", "1")
+    seen: dict[str, str] = {}
+
+    async def go(pilot):
+        await settle(pilot)
+        await pilot.press("3")
+        await settle(pilot)
+        from prunelens_tui.widgets.plot import Plot
+
+        for plot in pilot.app.screen.query(Plot):
+            seen[plot.id] = plot.render().plain
+        seen["legend"] = str(pilot.app.screen.query_one("#legend").render())
+
+    assert snap_compare(make_app(store), terminal_size=SIZE, run_before=go)
+    assert pilot_saw_every_glyph(seen)
+
+
+def pilot_saw_every_glyph(seen: dict[str, str]) -> bool:
+    from prunelens_tui.screens.curves import MEASURED_GLYPHS, PREDICTED_GLYPHS
+
+    cos_names = [n for n in MEASURED_GLYPHS if n != "KL"]
+    glyphs = [MEASURED_GLYPHS[n] for n in cos_names] + [PREDICTED_GLYPHS[n] for n in cos_names]
+    assert len(set(glyphs)) == 6  # six different glyphs for the three spaces, measured and predicted
+    assert all(g in seen["cos"] for g in glyphs), seen["cos"]
+    assert MEASURED_GLYPHS["KL"] in seen["kl"] and PREDICTED_GLYPHS["KL"] in seen["kl"]
+    assert all(g in seen["legend"] for g in glyphs)
+    return True

@@ -24,8 +24,10 @@ def switch_bindings(fields: tuple[str, ...]) -> list[Binding]:
 class SelectionBar(Static):
     """Shows the current choice of every switch this screen uses, with its key."""
 
-    def show(self, sel: S.Selection | None, fields: tuple[str, ...], dims: tuple[str, ...] = ()) -> None:
-        """``dims``: the shown metric's dims; a switch the metric does not have is drawn dim."""
+    def show(self, sel: S.Selection | None, fields: tuple[str, ...], dims: tuple[str, ...] = (),
+             shown: dict[str, str] | None = None) -> None:
+        """``dims``: the shown metric's dims; a switch the metric does not have is drawn dim. ``shown``: what
+        the screen actually draws for a field where that differs from the choice (``k all→block``)."""
         if sel is None:
             self.update(Text("no store open: press 1 for Runs and Enter on a store", style="bold yellow"))
             return
@@ -34,6 +36,8 @@ class SelectionBar(Static):
             value = getattr(sel, f)
             unused = dims and f in ("space", "temperature") and f not in dims
             text.append(f"{SWITCHES[f][0]}", style="dim" if unused else "bold reverse")
+            if shown and f in shown and str(shown[f]) != str(value):
+                value = f"{value}→{shown[f]}"
             text.append(f" {value:g}  " if isinstance(value, float) else f" {value}  ", style="dim" if unused else "")
         self.update(text)
 

@@ -21,6 +21,7 @@ class Series:
     y: np.ndarray
     colour: str = "white"
     lines: bool = True  # join consecutive points; False draws points only
+    marker: str | None = None  # a glyph at each point, so series differ without colour (NO_COLOR)
 
 
 class Canvas:
@@ -30,11 +31,19 @@ class Canvas:
         self.width, self.height = width, height
         self.bits = np.zeros((height, width), dtype=np.int32)
         self.colours: list[list[str | None]] = [[None] * width for _ in range(height)]
+        self.glyphs: dict[tuple[int, int], str] = {}  # (row, col) -> a marker drawn over the braille dots
 
     def dot(self, px: int, py: int, colour: str) -> None:
         if 0 <= px < 2 * self.width and 0 <= py < 4 * self.height:
             row, col = py // 4, px // 2
             self.bits[row, col] |= _BITS[py % 4][px % 2]
+            self.colours[row][col] = colour
+
+    def mark(self, px: int, py: int, glyph: str, colour: str) -> None:
+        """Put ``glyph`` in the character cell that holds pixel (px, py)."""
+        if 0 <= px < 2 * self.width and 0 <= py < 4 * self.height:
+            row, col = py // 4, px // 2
+            self.glyphs[row, col] = glyph
             self.colours[row][col] = colour
 
     def line(self, x0: int, y0: int, x1: int, y1: int, colour: str) -> None:
@@ -48,7 +57,9 @@ class Canvas:
             text = Text()
             for c in range(self.width):
                 bits = int(self.bits[r, c])
-                text.append(chr(0x2800 + bits) if bits else " ", style=self.colours[r][c] or "")
+                glyph = self.glyphs.get((r, c))
+                char = glyph if glyph else chr(0x2800 + bits) if bits else " "
+                text.append(char, style=self.colours[r][c] or "")
             out.append(text)
         return out
 
@@ -95,6 +106,7 @@ def render_plot(series: list[Series], width: int, height: int, *, logx: bool = F
 
     if diagonal:
         canvas.line(px(x0), py(y0), px(x1), py(y1), "bright_black")
+    marks = []
     for s, x, y in zip(series, xs, ys):
         prev = None
         for xv, yv in zip(x, y):
@@ -106,10 +118,14 @@ def render_plot(series: list[Series], width: int, height: int, *, logx: bool = F
                 canvas.line(*prev, *point, s.colour)
             elif s.lines:
                 canvas.dot(*point, s.colour)
-            else:  # a scatter marker: a 2 x 2 dot square, easy to see
+            elif not s.marker:  # a scatter marker: a 2 x 2 dot square, easy to see
                 for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
                     canvas.dot(point[0] - dx, point[1] - dy, s.colour)
+            if s.marker:
+                marks.append((point, s.marker, s.colour))
             prev = point
+    for point, glyph, colour in marks:  # after every line, so no line covers a marker
+        canvas.mark(*point, glyph, colour)
     lines = []
     for r, row in enumerate(canvas.rows()):
         label = _axis_label(y1, logy) if r == 0 else _axis_label(y0, logy) if r == ph - 1 else ""
