@@ -103,3 +103,52 @@ def test_llmcompressor_accepts_the_recipe(tiny_dir, tmp_path):
                      "WandaPruningModifier"]
     unstructured = [m for m in mods if m[0] == "WandaPruningModifier" and isinstance(m[1], list)]
     assert unstructured and unstructured[0][1] == pytest.approx([0.4, 0.6, 0.7])
+
+
+def _wanda_store(tiny_dir, tmp_path):
+    from rank_helpers import synthetic_store
+
+    from prunelens.models import load_model
+
+    loaded = load_model(str(tiny_dir))
+    ds = synthetic_store(num_layers=4, methods=("wanda:sparsity=0.5", "wanda:sparsity=0.7", "drop"),
+                         attrs={"model_id": loaded.model_id, "config_hash": loaded.config_hash, "prompts_hash": "p",
+                                "complete": True})
+    for name in [n for n in ds.data_vars if {"method", "unit"} <= set(ds[n].dims)]:
+        ds[name] = ds[name].chunk({"method": 1, "unit": 1})
+    path = tmp_path / "s.zarr"
+    ds.to_zarr(path, mode="w", consolidated=False, zarr_format=3)
+    return path
+
+
+def test_plan_cli_writes_the_recipe(tiny_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from prunelens.cli import main
+
+    store = _wanda_store(tiny_dir, tmp_path)
+    out, recipe = tmp_path / "plan.json", tmp_path / "recipe.yaml"
+    res = CliRunner().invoke(main, ["plan", str(store), "--budget", "sparsity=0.55", "-T", "1.0", "--method", "wanda", "--kind", "block",
+                                    "--out", str(out), "--llmcompressor", str(recipe)])
+    assert res.exit_code == 0, res.output
+    plan = Plan.load(out)
+    mod = yaml.safe_load(recipe.read_text())["oneshot_stage"]["wanda_modifiers"]["WandaPruningModifier"]
+    by_unit = {u.unit: float(u.method.split("=")[1]) for u in plan.units}
+    order = sorted(by_unit, key=lambda n: int(n[1:]))
+    assert mod["targets"] == [rf"re:^model\.layers\.{n[1:]}$" for n in order]
+    levels = mod["sparsity"] if isinstance(mod["sparsity"], list) else [mod["sparsity"]] * len(order)
+    assert levels == pytest.approx([by_unit[n] for n in order])
+
+
+def test_plan_cli_refuses_a_drop_recipe_before_writing(tiny_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from prunelens.cli import main
+
+    store = _wanda_store(tiny_dir, tmp_path)
+    out, recipe = tmp_path / "plan.json", tmp_path / "recipe.yaml"
+    res = CliRunner().invoke(main, ["plan", str(store), "--budget", "1", "-T", "1.0", "--method", "drop", "--kind", "block",
+                                    "--out", str(out), "--llmcompressor", str(recipe)])
+    assert res.exit_code != 0
+    assert len(res.output.strip().splitlines()) == 1 and "no llm-compressor equivalent" in res.output
+    assert not out.exists() and not recipe.exists()

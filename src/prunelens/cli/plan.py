@@ -25,9 +25,11 @@ from .rank import fmt, store_options
               help="Plan JSON to write; '-' prints the plan JSON only.")
 @click.option("--mergekit", type=click.Path(dir_okay=False), default=None,
               help="Also write a mergekit passthrough YAML (block drops only); '-' prints it.")
+@click.option("--llmcompressor", "llmc", type=click.Path(dir_okay=False), default=None,
+              help="Also write an llm-compressor recipe YAML (wanda, sparsegpt, rtn, gptq units); '-' prints it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan JSON instead of the table (the file is written too).")
 def command(store, method, kind, temperature, by, locality, timing, budget, allocator, dense_bits, iterative, out,
-            mergekit, as_json) -> None:
+            mergekit, llmc, as_json) -> None:
     """Write a plan: the safest units of STORE under --budget, at --temperature."""
     from pathlib import Path
 
@@ -44,7 +46,8 @@ def command(store, method, kind, temperature, by, locality, timing, budget, allo
 
     check_writable_file(None if is_stdout(out) else out, flag="--out")  # before any work
     check_writable_file(None if is_stdout(mergekit) else mergekit, flag="--mergekit")
-    quiet = as_json or is_stdout(out) or is_stdout(mergekit)  # stdout carries data only
+    check_writable_file(None if is_stdout(llmc) else llmc, flag="--llmcompressor")
+    quiet = as_json or is_stdout(out) or is_stdout(mergekit) or is_stdout(llmc)  # stdout carries data only
     console = make_console(stderr=quiet)
     ds = load_store(store)
     kind_ = None if kind == "all" else kind
@@ -76,12 +79,18 @@ def command(store, method, kind, temperature, by, locality, timing, budget, allo
 
     check_plan_sane(plan, ds)  # 0 units or every layer removed: refuse before writing
     yaml_text = plan.to_mergekit_yaml() if mergekit else None
+    if llmc:
+        from ..export_llmc import recipe_yaml
+
+        llmc_text = recipe_yaml(plan)  # an unsupported method fails here, before anything is written
     if is_stdout(out):
         write_output(out, plan.to_json())
     else:
         plan.save(out)
     if yaml_text is not None:
         write_output(mergekit, yaml_text)
+    if llmc:
+        write_output(llmc, llmc_text)
     if as_json and not is_stdout(out):
         write_output("-", plan.to_json())
     if quiet:
@@ -102,7 +111,7 @@ def command(store, method, kind, temperature, by, locality, timing, budget, allo
         console.print(f"budget {a['budget']}: reached {a['achieved']:.6g}; decoder linear weights zeroed or removed "
                       f"{a['decoder_linear_sparsity']:.1%}"
                       + (f"; optimality gap {a['gap']:.3g} (lower bound {a['lower_bound']:.6g})" if "gap" in a else ""))
-    console.print(esc(f"wrote {out}" + (f" and {mergekit}" if mergekit else "")))
+    console.print(esc(f"wrote {out}" + (f" and {mergekit}" if mergekit else "") + (f" and {llmc}" if llmc else "")))
     from ..ranking import nonfinite_note
 
     note = nonfinite_note(ds)
