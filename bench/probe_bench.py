@@ -1,6 +1,7 @@
 """Probe engine speed against naive protocols, side by side in one run, with peak RSS.
 
     python bench/probe_bench.py [--samples 16] [--steps 32] [--units L2.attn,...] [--temperature 1.0]
+    python bench/probe_bench.py --whole-process [...]   (bench/probe_whole.py: CLI process vs floor)
 
 (a) local probe vs a hook-based naive probe (the full model re-run per unit, metrics from
     its hidden states)                                                 target >= 2.5x
@@ -51,6 +52,12 @@ def timed(fn):
 
 
 def main() -> None:
+    if "--whole-process" in sys.argv[1:]:  # the real CLI in fresh processes beside the floor: bench/probe_whole.py
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import probe_whole
+
+        probe_whole.main([a for a in sys.argv[1:] if a != "--whole-process"])
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--method", default="drop")

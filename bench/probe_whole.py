@@ -69,6 +69,12 @@ def prepare(self, *a, **k):
     return orig_prepare(self, *a, **k)
 E.ProbeEngine.prepare = prepare
 timed(models, "load_model", "load")
+_load = models.load_model
+def load_and_note(*a, **k):
+    out = _load(*a, **k)
+    state["rss_after_load"] = [int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmRSS")][0]
+    return out
+models.load_model = load_and_note
 import prunelens.cli.probe as cp
 if hasattr(cp, "load_model"):
     timed(cp, "load_model", "load")
@@ -86,6 +92,7 @@ finally:
     status = {l.split(":")[0]: l.split()[1] for l in open("/proc/self/status") if l.startswith(("VmHWM", "VmRSS"))}
     eng = state.get("engine")
     res = {"import": T_IMPORT, **acc, "peak_rss_mib": int(status.get("VmHWM", 0)) / 1024,
+           "rss_after_load_mib": state.get("rss_after_load", 0.0),
            "kernel": eng.kernel.summary() if eng is not None else None, "inside_s": time.perf_counter() - T0}
     json.dump(res, open(out_json, "w"))
 '''
@@ -155,10 +162,10 @@ def run_child(code: str, args: list[str], threads: int, tmp: Path, launcher: lis
     return res
 
 
-def probe_args(a: argparse.Namespace, out: Path, temps: str, locality: str = "local") -> list[str]:
+def probe_args(a: argparse.Namespace, out: Path, temps: str, locality: str | None = None) -> list[str]:
     return ["probe", "--model", a.model, "--method", a.method, "--units", a.units, "--samples", str(a.samples),
-            "--steps", str(a.steps), "--prompt-len", str(a.prompt_len), "--temperature", temps, "--locality", locality,
-            "--timing", "teacher_forced", "--batch-size", str(a.samples), "--out", str(out), "--quiet", "--device", "cpu"] \
+            "--steps", str(a.steps), "--prompt-len", str(a.prompt_len), "--temperature", temps, "--locality", locality or a.locality,
+            "--timing", a.timing, "--batch-size", str(a.samples), "--out", str(out), "--quiet", "--device", "cpu"] \
         + ([] if a.compile == "auto" else ["--compile" if a.compile == "compiled" else "--no-compile"])
 
 
@@ -209,7 +216,8 @@ def report(a: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
         units = parts["measure"] - parts["metrics"] - parts["dense_readouts"]
         kernel = dense_pass + parts["measure"]
         other = parts["wall"] - (parts["import"] + parts["load"] + parts["prepare"] + parts["measure"] + parts["store"])
-        print(f"\n{name}: wall {parts['wall']:.2f} s, peak RSS {med(pr, 'peak_rss_mib'):.0f} MiB, kernel mode "
+        print(f"\n{name}: wall {parts['wall']:.2f} s, peak RSS {med(pr, 'peak_rss_mib'):.0f} MiB (after model load "
+              f"{med(pr, 'rss_after_load_mib'):.0f} MiB: +{med(pr, 'peak_rss_mib') - med(pr, 'rss_after_load_mib'):.0f}), kernel mode "
               f"{pr[-1]['kernel']['mode'] if pr[-1].get('kernel') else '?'} (compiled: "
               f"{pr[-1]['kernel']['compiled'] if pr[-1].get('kernel') else '?'})")
         for label, v in (("import", parts["import"]), ("model load", parts["load"]), ("dense greedy continuation", parts["greedy"]),
@@ -272,6 +280,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--temperature", default="1.0")
+    ap.add_argument("--locality", default="local")
+    ap.add_argument("--timing", default="teacher_forced")
     ap.add_argument("--temps3", action="store_true", help="also run T=0.5,0.7,1.0 and print its ratio to one temperature")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
