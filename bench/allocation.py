@@ -20,8 +20,10 @@ Conditions (``--only`` picks some by name prefix):
   levels from the probe store);
 - bits: RTN at uniform 4 and 3 bits vs knapsack over ``rtn:bits=2,3,4,8`` at an average of
   3.5 bits; the same with GPTQ (3/4 uniform, knapsack over 2,3,4);
-- remedies (``--remedies``): knapsack at T=0.7, knapsack on local instead of propagated
-  predictions.
+- remedies (``--remedies``): knapsack at T=0.7; knapsack with ``band=0.1`` (levels within
+  target ± 0.1, like OWL's λ); ``iterative`` (2 rounds: the first half of the layers
+  compressed for real, the rest re-probed on that model); knapsack on local predictions
+  (when the probe ran ``--probe-locality local,propagated``).
 
 Everything is cached in ``OUT/results.json`` after each condition (rerun to resume; a
 changed setting refuses to mix). ``--llmc-dir DIR`` evaluates llm-compressor checkpoints
@@ -48,11 +50,11 @@ import numpy as np
 MODEL = "smollm2-135m"
 T_EVAL = 1.0
 SPARSITY = [("wanda", 0.6), ("wanda", 0.7), ("sparsegpt", 0.6), ("sparsegpt", 0.7), ("wanda", 0.5)]  # run order
-LEVELS = {"wanda": "0.4,0.5,0.6,0.7,0.8,0.9", "sparsegpt": "0.4,0.5,0.6,0.7,0.8,0.9",
+LEVELS = {"wanda": "0.5,0.6,0.7,0.8,0.9", "sparsegpt": "0.5,0.6,0.7,0.8,0.9",
           "rtn": "2,3,4,8", "gptq": "2,3,4"}
 
 
-def conditions(remedies: bool) -> list[dict[str, Any]]:
+def conditions(remedies: bool, local: bool = False) -> list[dict[str, Any]]:
     """Every condition: name, allocator, method family, budget, allocation temperature, locality."""
     out = []
     for fam, s in SPARSITY:
@@ -62,8 +64,13 @@ def conditions(remedies: bool) -> list[dict[str, Any]]:
         if remedies and s >= 0.6:
             out.append({"name": f"{tag}-knapsack-T0.7", "family": fam, "allocator": "knapsack",
                         "budget": f"sparsity={s}", "temperature": 0.7})
-            out.append({"name": f"{tag}-knapsack-local", "family": fam, "allocator": "knapsack",
-                        "budget": f"sparsity={s}", "locality": "local"})
+            out.append({"name": f"{tag}-knapsack-band0.1", "family": fam, "allocator": "knapsack",
+                        "budget": f"sparsity={s}", "params": {"band": 0.1}})
+            out.append({"name": f"{tag}-iterative", "family": fam, "allocator": "iterative",
+                        "budget": f"sparsity={s}", "params": {"rounds": 2}})
+            if local:
+                out.append({"name": f"{tag}-knapsack-local", "family": fam, "allocator": "knapsack",
+                            "budget": f"sparsity={s}", "locality": "local"})
     for fam, bits in (("rtn", (4, 3)), ("gptq", (4, 3))):
         for b in bits:
             out.append({"name": f"{fam}-uniform{b}", "family": fam, "allocator": "uniform", "budget": f"bits={b}"})
@@ -170,8 +177,8 @@ def probe_store(out: Path, family: str, args: argparse.Namespace) -> Path:
     store = out / f"store-{family}.zarr"
     cmd = [sys.executable, "-m", "prunelens", "probe", "--model", MODEL, "--method", f"{family}:"
            + ("sparsity=" if family in ("wanda", "sparsegpt") else "bits=") + LEVELS[family],
-           "--units", args.units, "--samples", str(args.probe_samples), "--steps", "32", "--prompt-len", "32",
-           "--temperature", "0.7,1.0", "--locality", "local,propagated", "--timing", "teacher_forced",
+           "--units", args.units, "--samples", str(args.probe_samples), "--steps", str(args.probe_steps), "--prompt-len", "32",
+           "--temperature", "0.7,1.0", "--locality", args.probe_locality, "--timing", "teacher_forced",
            "--prompts", str(out / "probe_prompts.jsonl"), "--calib-samples", str(cn), "--calib-len", str(cl),
            "--batch-size", "8", "--no-compile", "--out", str(store), "--quiet"]
     t0 = time.time()
@@ -200,8 +207,8 @@ def run_condition(cond: dict[str, Any], ds: Any, ids: dict[str, Any], ev: Evalua
     work = load_model(MODEL)
     calib = torch.as_tensor(np.asarray(ids["calib"], dtype=np.int64))
     temp = float(cond.get("temperature", T_EVAL))
-    kw: dict[str, Any] = {}
-    if cond["allocator"] == "owl":
+    kw: dict[str, Any] = dict(cond.get("params", {}))
+    if cond["allocator"] in ("owl", "iterative"):  # the same calibration windows as the compression
         kw.update(calib_samples=calib.shape[0], calib_len=calib.shape[1])
     plan = allocate_plan(ds, allocator=cond["allocator"],
                          budget=cond["budget"], temperature=temp, methods=[cond["family"]], kind="block",
@@ -296,9 +303,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="bench/out/allocation")
     ap.add_argument("--calib", default="16x128", help="calibration windows NxLEN (split=calib, seed 0)")
-    ap.add_argument("--eval", default="8x256", help="held-out perplexity/KL windows NxLEN (seed 1)")
+    ap.add_argument("--eval", default="4x256", help="held-out perplexity/KL windows NxLEN (seed 1)")
     ap.add_argument("--gen", type=int, default=8, help="held-out prompts for greedy agreement (32 + 32 tokens)")
-    ap.add_argument("--probe-samples", type=int, default=4, help="probe prompts (calibration split, seed 3)")
+    ap.add_argument("--probe-samples", type=int, default=2, help="probe prompts (calibration split, seed 3)")
+    ap.add_argument("--probe-steps", type=int, default=16, help="teacher-forced steps per probe prompt")
+    ap.add_argument("--probe-locality", default="propagated", help="local and/or propagated (local: --remedies "
+                    "adds a knapsack on local predictions)")
     ap.add_argument("--units", default="block", help="units the probe (and so the knapsack) covers")
     ap.add_argument("--only", default="", help="comma-separated name prefixes of conditions to run, in this order")
     ap.add_argument("--remedies", action="store_true", help="also knapsack at T=0.7 and on local predictions")
@@ -319,7 +329,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     setup = {"model": MODEL, "calib": args.calib, "eval": args.eval, "gen": args.gen,
-             "probe_samples": args.probe_samples, "units": args.units}
+             "probe_samples": args.probe_samples, "probe_steps": args.probe_steps,
+             "probe_locality": args.probe_locality, "units": args.units}
     if res.get("setup", setup) != setup:
         raise SystemExit(f"{cache} was made with {res['setup']}; use another --out or the same settings")
     res["setup"] = setup
@@ -331,7 +342,7 @@ def main() -> None:
 
     dense = load_model(MODEL)
     ids = prepare(out, args, dense.tokenizer)
-    every = conditions(args.remedies)
+    every = conditions(args.remedies, "local" in args.probe_locality)
     prefixes = [p for p in args.only.split(",") if p] or [""]
     wanted = []  # in --only's order
     for p in prefixes:
