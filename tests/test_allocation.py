@@ -441,3 +441,20 @@ def test_uniform_plan_applied_mixed_or_whole_is_the_same(tiny_dir):
     compress_mixed(b, [(u, parse_method("sparsegpt:sparsity=0.6")) for u in blocks], calib_ids=ids, progress=False)
     for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         torch.testing.assert_close(va, vb, rtol=0, atol=1e-6, msg=k)
+
+
+def test_mixed_plan_with_a_block_drop_equals_one_by_one_with_renumbering(tiny_dir):
+    """A dropped block ahead of calibrated units: later layers calibrate on the model without it."""
+    from prunelens.compress import compress_model
+    from prunelens.mixed import compress_mixed
+
+    ids = random_ids(batch=4, length=16, seed=4)
+    a, b = load_model(str(tiny_dir)), load_model(str(tiny_dir))
+    plan = [("L0", "wanda:sparsity=0.5"), ("L1", "drop"), ("L3.mlp", "sparsegpt:sparsity=0.7")]
+    compress_mixed(a, [(Unit.parse(u), parse_method(s)) for u, s in plan], calib_ids=ids, progress=False)
+    compress_model(b, parse_method("wanda:sparsity=0.5"), [Unit(0, "block")], calib_ids=ids, progress=False)
+    compress_model(b, parse_method("drop"), [Unit(1, "block")], calib_ids=ids, progress=False)
+    compress_model(b, parse_method("sparsegpt:sparsity=0.7"), [Unit(2, "mlp")], calib_ids=ids, progress=False)  # old L3
+    assert a.adapter.num_layers == b.adapter.num_layers == 3
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        torch.testing.assert_close(va, vb, rtol=0, atol=1e-6, msg=k)
