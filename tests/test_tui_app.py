@@ -53,7 +53,7 @@ async def test_every_screen_and_switches(store):
         assert grid.cursor == (2, 1)
         value_line = str(app.screen.query_one("#value").render())
         assert value_line.startswith("L0.mlp  step 1") and f"cos_dev = {fmt(grid.values[2, 1])}" in value_line
-        await pilot.click(HeatmapGrid, offset=(9 + 3 * 4, 1 + 5))  # mouse: 4-wide cells, row 5 = L1.mlp
+        await pilot.click(HeatmapGrid, offset=(9 + 3 * grid.cell_width, 1 + 5))  # mouse: column 3, row 5 = L1.mlp
         assert grid.cursor == (5, 3)
         for key, name in (("3", "curves"), ("4", "theory"), ("5", "plan"), ("1", "runs")):
             await pilot.press(key)

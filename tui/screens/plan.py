@@ -49,6 +49,8 @@ class PlanScreen(Screen):
         self.plan: Any = None
         self.planned: Choices | None = None
         self._store_id: int | None = None
+        self._loading = False  # the strategies are being listed (first visit: imports torch)
+        self._rank_queued = False  # `r` pressed meanwhile: rank as soon as they are there
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -81,6 +83,7 @@ class PlanScreen(Screen):
             return
         self._store_id = id(ds)
         self._status("loading the ranking strategies…", "dim")
+        self._loading = True
         self._warm_up()
         methods = [str(m) for m in ds["method"].values]
         self.query_one("#method", Select).set_options([(Text(clean(m)), m) for m in methods])
@@ -101,16 +104,24 @@ class PlanScreen(Screen):
             strategies = backend.ranker_choices()
             import prunelens.plans  # noqa: F401  (so the first ranking starts at once)
         except Exception as exc:
-            self.app.call_from_thread(self._status, str(exc), "red")
+            self.app.call_from_thread(self._warm_up_failed, str(exc))
             return
         self.app.call_from_thread(self._set_strategies, strategies)
+
+    def _warm_up_failed(self, message: str) -> None:
+        self._loading = self._rank_queued = False
+        self._status(message, "red")
 
     def _set_strategies(self, strategies: list[tuple[str, str]]) -> None:
         by = self.query_one("#by", Select)
         by.set_options([(name, name) for name, _ in strategies])
         if strategies:
             by.value = "kl_pred" if any(n == "kl_pred" for n, _ in strategies) else strategies[0][0]
-        if self.plan is None:
+        self._loading = False
+        if self._rank_queued:
+            self._rank_queued = False
+            self.action_rank()
+        elif self.plan is None:
             self._status("choose, then Rank (r)")
 
     def _status(self, message: str, style: str = "") -> None:
@@ -137,6 +148,10 @@ class PlanScreen(Screen):
     def action_rank(self) -> None:
         if self.app.ds is None:
             self._status("no store open: press 1 for Runs and Enter on a store", "yellow")
+            return
+        if self._loading:
+            self._rank_queued = True
+            self._status("loading the ranking strategies… the ranking starts when they are ready", "bold")
             return
         try:
             choices = self.choices()

@@ -76,8 +76,8 @@ class HeatmapGrid(Widget, can_focus=True):
 
     @property
     def cell_width(self) -> int:
-        """Characters per step: wider cells when few steps fit easily (at most 4)."""
-        return max(1, min(4, (self.size.width - LABEL_WIDTH) // max(1, len(self.steps))))
+        """Characters per step: the steps share the whole width (a wide terminal gets wide cells)."""
+        return max(1, (self.size.width - LABEL_WIDTH) // max(1, len(self.steps)))
 
     def _visible(self) -> tuple[int, int]:
         rows = max(1, self.size.height - 1)
