@@ -129,3 +129,14 @@ def test_plan_and_validate_json(setup, tmp_path, monkeypatch):
     got = json.loads(run("validate", "p.json", "--store", store, "--json", "--no-write", stdout_only=True))
     assert [r["unit"] for r in got["rows"]] == [u.unit for u in plan.units]
     assert got["rows"][-1]["measured_kl"] >= 0
+
+
+def test_apply_json(setup, tmp_path):
+    _, _, store = setup
+    plan = tmp_path / "plan.json"
+    run("plan", store, "--kind", "block", "-T", "1.0", "--budget", "1", "--out", plan)
+    got = json.loads(run("apply", plan, "--out", tmp_path / "ckpt", "--json", stdout_only=True))
+    assert got["checkpoint"] == str(tmp_path / "ckpt") and len(got["units"]) == 1
+    assert got["summary"]["layers_after"] == 3 and got["validation"] is None
+    text = run("apply", plan, "--out", tmp_path / "ckpt2")
+    assert "{'" not in text  # a readable summary line, not a Python dict repr

@@ -33,6 +33,7 @@ from .errors import PrunelensError
 
 FILTER = "none"  # lm-eval's default filter name
 COUNT_METRICS = ("n",)  # item counts: go to n-samples, not to results
+NOT_METRICS = ("alias", "sample_len")  # keys of lm-eval's result rows that are not metrics
 LOWER_IS_BETTER = {"ppl", "nll", "word_perplexity", "byte_perplexity", "bits_per_byte", "token_perplexity",
                    "first_divergence", "mean_new_tokens"}
 
@@ -107,7 +108,7 @@ def _task_metrics(results: Mapping[str, Any], counts: Mapping[str, Any]) -> dict
         if not isinstance(row, Mapping):
             raise PrunelensError(f"eval results: task {task!r} has {type(row).__name__}, expected metric: value pairs")
         metrics = {plain_metric(k): float(v) for k, v in row.items()
-                   if k != "alias" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+                   if k not in NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)}
         n = counts.get(task)
         if isinstance(n, Mapping) and "effective" in n:
             metrics["n"] = float(n["effective"])

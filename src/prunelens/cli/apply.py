@@ -16,7 +16,9 @@ import click
 @click.option("--calib-len", type=int, default=256, show_default=True, help="Tokens per calibration window.")
 @click.option("--validate", "validate_store", type=click.Path(exists=True, file_okay=False), default=None,
               help="Then compare predicted with measured KL on this store's prompts (and write it into the plan).")
-def command(plan_path, out, overwrite, force, calib_samples, calib_len, validate_store) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the result as JSON (checkpoint path, summary, validation rows) instead of text.")
+def command(plan_path, out, overwrite, force, calib_samples, calib_len, validate_store, as_json) -> None:
     """Apply PLAN to its model and save the result to --out (safetensors + tokenizer + prunelens.json)."""
     from ..console import make_console
 
@@ -26,7 +28,7 @@ def command(plan_path, out, overwrite, force, calib_samples, calib_len, validate
     from ..paths import guard_output_dir
 
     guard_output_dir(out, overwrite=overwrite, force=force)  # before any work
-    console = make_console()
+    console = make_console(stderr=as_json)  # with --json, stdout carries the JSON only
     plan = Plan.load(plan_path)
     path, summary = apply_plan(plan, out, calib_samples=calib_samples, calib_len=calib_len, overwrite=overwrite,
                                force=force)
@@ -42,7 +44,8 @@ def command(plan_path, out, overwrite, force, calib_samples, calib_len, validate
     keep = {k: v for k, v in summary.items() if k in ("seconds", "dropped_blocks", "dropped_sublayers", "layers_after",
                                                        "sparsity")}
     if keep:
-        console.print(keep)
+        console.print("  " + "; ".join(f"{k.replace('_', ' ')} {_shown(v)}" for k, v in keep.items()))
+    rows = None
     if validate_store:
         from ..apply import validate_plan
         from ..ranking import load_store
@@ -52,3 +55,16 @@ def command(plan_path, out, overwrite, force, calib_samples, calib_len, validate
         console.print(validation_table(plan, rows))
         plan.save(plan_path)
     console.print(f"load it with: AutoModelForCausalLM.from_pretrained({str(path)!r})")
+    if as_json:
+        from ..fileio import json_text
+
+        click.echo(json_text({"plan": str(plan_path), "checkpoint": str(path), "method": plan.method,
+                              "units": plan.unit_names, "summary": summary, "validation": rows}), nl=False)
+
+
+def _shown(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(map(str, v)) or "-"
+    return str(v)
