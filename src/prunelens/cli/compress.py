@@ -7,6 +7,7 @@ import json
 import click
 
 from ..devices import DEVICE_HELP
+from ._complete import complete_method
 
 
 # option name -> method parameter; an option given for a method without that parameter is an error
@@ -42,7 +43,7 @@ def method_from_options(method: str, options: dict, extra: tuple[str, ...]) -> "
 
 @click.command("compress")
 @click.option("--model", "model_spec", required=True, help="Bundled alias (smollm2-135m), HF directory, .gguf or hub id.")
-@click.option("--method", required=True, help="Method name or spec, e.g. wanda or wanda:sparsity=0.5,pattern=2:4.")
+@click.option("--method", required=True, shell_complete=complete_method, help="Method name or spec, e.g. wanda or wanda:sparsity=0.5,pattern=2:4.")
 @click.option("--sparsity", type=float, default=None, help="Fraction of weights set to zero (pruning methods).")
 @click.option("--pattern", default=None, help="N:M semi-structured pattern, keep N of every M (e.g. 2:4).")
 @click.option("--bits", type=int, default=None, help="Bits per weight (rtn, gptq).")

@@ -7,6 +7,7 @@ import json
 import click
 
 from ..devices import DEVICE_HELP
+from ._complete import complete_tasks
 
 
 DEFAULT_TASKS = "perplexity,mc_nextline,mc_letters"
@@ -14,7 +15,7 @@ DEFAULT_TASKS = "perplexity,mc_nextline,mc_letters"
 
 @click.command("eval")
 @click.argument("model", required=False)
-@click.option("--tasks", "task_list", default=None,
+@click.option("--tasks", "task_list", default=None, shell_complete=complete_tasks,
               help=f"Comma-separated tasks, each optionally NAME:k=v (default: {DEFAULT_TASKS}, plus gen_agreement "
                    "with --reference). See --list.")
 @click.option("--reference", default=None, help="Dense model to compare against (needed by gen_agreement).")

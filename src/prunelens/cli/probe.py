@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..devices import DEVICE_HELP
+from ._complete import complete_method
 
 
 def _csv(value: str) -> list[str]:
@@ -13,7 +14,7 @@ def _csv(value: str) -> list[str]:
 
 @click.command("probe")
 @click.option("--model", required=True, help="Bundled alias (smollm2-135m), local HF directory, .gguf file or hub id.")
-@click.option("--method", "methods", multiple=True, required=True,
+@click.option("--method", "methods", multiple=True, required=True, shell_complete=complete_method,
               help="Compression method spec, e.g. drop or wanda:sparsity=0.5 (repeatable); a numeric parameter "
                    "may list levels, e.g. wanda:sparsity=0.3,0.5,0.7 (one method per level).")
 @click.option("--units", default="all", show_default=True, help="all, attn, mlp, block, L3, L0-5.mlp, ... (comma-separated).")

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from ..report import fmt
+from ._complete import complete_method, complete_ranker
 
 KIND_CHOICE = click.Choice(["attn", "mlp", "block", "all"])
 
@@ -14,10 +15,10 @@ KIND_CHOICE = click.Choice(["attn", "mlp", "block", "all"])
 def store_options(f):
     """The options shared by ``rank`` and ``plan``."""
     for opt in reversed([
-        click.option("--method", default=None, help="Method label in the store (e.g. drop, wanda:sparsity=0.5)."),
+        click.option("--method", default=None, shell_complete=complete_method, help="Method label in the store (e.g. drop, wanda:sparsity=0.5)."),
         click.option("--kind", type=KIND_CHOICE, default="all", show_default=True, help="Unit kind to rank."),
         click.option("--temperature", "-T", type=float, default=1.0, show_default=True, help="Deployment temperature."),
-        click.option("--by", default="kl_pred", show_default=True,
+        click.option("--by", default="kl_pred", show_default=True, shell_complete=complete_ranker,
                      help="Strategy, optionally with parameters: NAME or NAME:key=value,... (e.g. late_first:attn_bonus=2); "
                           "see prunelens rank --list-strategies."),
         click.option("--locality", type=click.Choice(["local", "propagated"]), default="propagated", show_default=True),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ._complete import complete_method, complete_ranker
 from .rank import KIND_CHOICE
 
 
@@ -13,10 +14,11 @@ from .rank import KIND_CHOICE
               help="Include this plan (predicted vs measured KL, task results).")
 @click.option("--eval", "eval_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Task results JSON (from prunelens eval --json) to tabulate.")
-@click.option("--method", default=None, help="Method label in the store (default: the plan's, or the only one).")
+@click.option("--method", default=None, shell_complete=complete_method, help="Method label in the store (default: the plan's, or the only one).")
 @click.option("--kind", type=KIND_CHOICE, default="all", show_default=True)
 @click.option("--temperature", "-T", type=float, default=None, help="Default: the plan's, else 1.0 if probed.")
-@click.option("--by", default="kl_pred", show_default=True, help="Ranking strategy for the table.")
+@click.option("--by", default="kl_pred", show_default=True, shell_complete=complete_ranker,
+              help="Ranking strategy for the table.")
 @click.option("--locality", type=click.Choice(["local", "propagated"]), default="propagated", show_default=True)
 @click.option("--timing", type=click.Choice(["teacher_forced", "free_running"]), default="teacher_forced", show_default=True)
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Report directory.")
