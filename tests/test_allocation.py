@@ -458,3 +458,24 @@ def test_mixed_plan_with_a_block_drop_equals_one_by_one_with_renumbering(tiny_di
     assert a.adapter.num_layers == b.adapter.num_layers == 3
     for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         torch.testing.assert_close(va, vb, rtol=0, atol=1e-6, msg=k)
+
+
+def test_bytes_budget_drops_blocks_and_the_checkpoint_fits(loaded, tmp_path):
+    from safetensors import safe_open
+
+    from prunelens.apply import apply_plan
+
+    sizes = unit_sizes(loaded)
+    block = sizes.params["L0"] * sizes.bytes_per_param
+    budget = sizes.model_bytes - int(1.5 * block)
+    ds = _store(loaded, methods=["drop", "wanda:sparsity=0.5"])
+    plan = allocate_plan(ds, allocator="knapsack", budget=f"bytes={budget}", temperature=0.7, loaded=loaded)
+    assert all(u.method == "drop" and Unit.parse(u.unit).kind == "block" for u in plan.units)  # nothing else saves bytes
+    assert len(plan.units) == 2 and plan.allocation["achieved"] <= budget
+    out, summary = apply_plan(plan, tmp_path / "ck", progress=False)
+    stored = 0
+    for f in out.glob("*.safetensors"):
+        with safe_open(str(f), "pt") as sf:
+            assert {sf.get_slice(k).get_dtype() for k in sf.keys()} == {"F32"}
+            stored += 4 * sum(int(np.prod(sf.get_slice(k).get_shape())) for k in sf.keys())
+    assert stored <= budget and summary["checkpoint_bytes"] >= stored  # the files add only their headers
