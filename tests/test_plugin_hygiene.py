@@ -97,6 +97,10 @@ def test_overriding_a_builtin_needs_opt_in(tmp_path):
     res = _py(code, _env(tmp_path, PRUNELENS_OVERRIDE="drop"))
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "prunelens-fakedrop"
+    # the same after a torch-free listing (entry points registered before the built-ins)
+    listed_first = "from prunelens.plugins import plugin_infos; plugin_infos(import_builtins=False); " + code
+    assert _py(listed_first, _env(tmp_path)).stdout.strip() == "drop"
+    assert _py(listed_first, _env(tmp_path, PRUNELENS_OVERRIDE="drop")).stdout.strip() == "prunelens-fakedrop"
 
 
 # -- PRUNELENS_LOAD_PLUGINS typos, broken plugins: one line each --------------------------------

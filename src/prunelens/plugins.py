@@ -313,7 +313,9 @@ def registry(hook_name: str, key: Callable[[Any], str]) -> dict[str, tuple[str, 
     """
     out: dict[str, tuple[str, Any]] = {}
     allowed = _overridable()
-    for owner, item in collect(hook_name):
+    items = collect(hook_name)  # built-ins first, whatever the registration order (stable otherwise)
+    items.sort(key=lambda pair: _sources.get(pair[0], ("?",))[0] != "builtin")
+    for owner, item in items:
         k = key(item)
         if k in out and out[k][0] != owner:
             prev = out[k][0]
