@@ -22,7 +22,9 @@ def _csv(value: str) -> list[str]:
 @click.option("--steps", default=32, show_default=True, type=click.IntRange(1), help="Decoding steps per prompt.")
 @click.option("--prompt-len", default=32, show_default=True, type=click.IntRange(1), help="Prompt length in tokens.")
 @click.option("--temperature", "temperatures", default="0.5,0.7,1.0", show_default=True, help="Deployment temperatures (comma-separated).")
-@click.option("--locality", default="local,propagated", show_default=True, help="local and/or propagated.")
+@click.option("--locality", default="local,propagated", show_default=True,
+              help="local, propagated and/or sublayer (the unit's own residual-stream output: x + attn(x) for "
+                   "attention, as in the paper's per-layer script; the layer output for MLP and block).")
 @click.option("--timing", default="teacher_forced,free_running", show_default=True, help="teacher_forced and/or free_running.")
 @click.option("--readout", default="norm", show_default=True, type=click.Choice(["norm", "raw"]),
               help="norm: z = lm_head(final_norm(h)) (logit lens); raw: z = lm_head(h).")
@@ -38,9 +40,18 @@ def _csv(value: str) -> list[str]:
 @click.option("--compile/--no-compile", "compile_metrics", default=None,
               help="Fuse the metric kernel with torch.compile (default: auto, compiled only when the measured "
                    "eager cost of the cells to come exceeds the compile time).")
+@click.option("--decode", default="greedy", show_default=True, type=click.Choice(["greedy", "sample"]),
+              help="How the dense continuation and the free-running tokens are chosen: greedy, or sampled at "
+                   "--decode-temperature with noise seeded by --seed and shared by dense and perturbed.")
+@click.option("--decode-temperature", default=1.0, show_default=True, type=float, help="Sampling temperature (--decode sample).")
+@click.option("--samples-per-prompt", default=1, show_default=True, type=click.IntRange(1),
+              help="Sampled continuations per prompt (--decode sample): each prompt becomes K samples with their own noise.")
+@click.option("--base", "base_plan", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="A plan (plan.json) applied to the model first: every unit is then probed on top of it.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
 def command(model, methods, units, samples, steps, prompt_len, temperatures, locality, timing, readout, out, prompts_file,
-            seed, dtype, device, batch_size, calib_samples, calib_len, compile_metrics, quiet) -> None:
+            seed, dtype, device, batch_size, calib_samples, calib_len, compile_metrics, decode, decode_temperature,
+            samples_per_prompt, base_plan, quiet) -> None:
     """Probe every unit (block, attention, MLP) of a model with each method, one unit at a time.
 
     Measures 1-cos in embedding, logit and probability space, KL(p_dense||q_perturbed) and
@@ -63,7 +74,10 @@ def command(model, methods, units, samples, steps, prompt_len, temperatures, loc
     except ValueError:
         raise PrunelensError(f"--temperature must be numbers separated by commas, not {temperatures!r}") from None
     settings = ProbeSettings(steps=steps, temperatures=temps, localities=tuple(_csv(locality)), timings=tuple(_csv(timing)),
-                             readout=readout, batch_size=batch_size, compile=compile_metrics)
+                             readout=readout, batch_size=batch_size, compile=compile_metrics, decode=decode,
+                             decode_temperature=decode_temperature, decode_seed=seed)
+    if samples_per_prompt > 1 and decode != "sample":
+        raise PrunelensError("--samples-per-prompt needs --decode sample (greedy continuations of one prompt are identical)")
     from pathlib import Path
 
     from ..paths import check_writable_dir
@@ -84,6 +98,11 @@ def command(model, methods, units, samples, steps, prompt_len, temperatures, loc
             device = f"cuda:{ranks.local_rank}"
         loaded = load_model(model, dtype=dtype, device=device)
         chosen = select_units(units, loaded.adapter.num_layers)
+        base = None
+        if base_plan:
+            from ..probe.run import apply_base
+
+            base = apply_base(loaded, base_plan, calib_samples=calib_samples, calib_len=calib_len, seed=seed)
         if ranks.is_main and not quiet:
             _announce_compile(settings, loaded)
         if prompts_file:
@@ -92,8 +111,11 @@ def command(model, methods, units, samples, steps, prompt_len, temperatures, loc
             if loaded.tokenizer is None:
                 raise PrunelensError("the model has no tokenizer: give --prompts with token ids")
             prompts = shakespeare_prompts(loaded.tokenizer, samples, prompt_len, seed)
+        if samples_per_prompt > 1:
+            prompts = prompts.repeated(samples_per_prompt)
         attrs = run_probe(loaded, parsed, chosen, prompts, settings, out, seed=seed, dtype=dtype, device=device,
-                          calib_samples=calib_samples, calib_len=calib_len, ranks=ranks, progress=not quiet)
+                          calib_samples=calib_samples, calib_len=calib_len, ranks=ranks, progress=not quiet,
+                          base=base)
         if ranks.is_main and not quiet:
             print_summary(out, attrs)
     finally:

@@ -5,10 +5,14 @@ dense forward over prompt + continuation that caches every layer's input (teache
 ``measure(method, unit)`` then opens ``method.perturb`` and
 
 * local, teacher-forced: re-runs only layer ``i`` on its cached input;
+* sublayer, teacher-forced: the same run, read at the unit's own residual-stream output
+  (``x + attn(x)`` for an attention unit, before the MLP; the layer output for an MLP or block);
 * propagated, teacher-forced: continues through the dense layers ``i+1..L-1``;
 * free-running: lets the perturbed model generate its own tokens with its own KV cache,
-  watching layer ``i`` (local) and the last layer (propagated) at each step's last position,
-  against the dense model on its own greedy history (= the teacher-forced sequence).
+  watching layer ``i`` (local), its mid stream (sublayer) and the last layer (propagated) at
+  each step's last position, against the dense model's own KV-cached decode of its greedy
+  history (= the teacher-forced sequence; a change that does nothing compares exactly equal). With ``decode="sample"`` both decode by seeded sampling at
+  ``decode_temperature`` (one shared noise stream, ``freerun.Sampler``).
 
 Metrics (``metrics.row_metrics``) are computed on the step positions only, in float32/64.
 """
@@ -27,13 +31,15 @@ from ..adapters import Adapter
 from ..errors import PrunelensError
 from ..methods import Method
 from ..units import Unit
-from .capture import DenseBatch, capture_layers
-from .freerun import greedy_decode
+from .capture import DenseBatch, MidStream, capture_layers
+from .freerun import Sampler, greedy_decode
 from .kernel import DenseRows, SumsKernel, kernel_key
 from .metrics import ROW_FIELDS, SPACE_FIELDS, RowMetrics, row_metrics
 from .prompts import Prompts
 
-LOCALITIES = ("local", "propagated")
+LOCALITIES = ("local", "propagated", "sublayer")
+DEFAULT_LOCALITIES = ("local", "propagated")
+DECODES = ("greedy", "sample")
 TIMINGS = ("teacher_forced", "free_running")
 CELL_ARRAYS = ("cos_dev", "cos_dev_pred", "rel_norm", "rel_par", "rel_perp", "kl", "kl_pred", "top1_agree",
                "dz_var_uniform", "dz_var_top5", "dz_var_top10", "dz_l1", "dz_l2",
@@ -47,11 +53,14 @@ class ProbeSettings:
 
     steps: int = 32
     temperatures: tuple[float, ...] = (1.0,)
-    localities: tuple[str, ...] = LOCALITIES
+    localities: tuple[str, ...] = DEFAULT_LOCALITIES
     timings: tuple[str, ...] = TIMINGS
     readout: str = "norm"
     batch_size: int = 16  # samples per batch
     compile: bool | None = None  # fuse the metric kernels with torch.compile; None = auto (real vocabularies)
+    decode: str = "greedy"  # how the dense continuation and free-running tokens are chosen: greedy | sample
+    decode_temperature: float = 1.0  # sampling temperature (decode = sample)
+    decode_seed: int = 0  # seed of the sampling noise, shared by dense and perturbed
 
     def __post_init__(self) -> None:
         self.temperatures = tuple(float(t) for t in self.temperatures)
@@ -69,6 +78,15 @@ class ProbeSettings:
             raise PrunelensError(f"readout must be 'norm' or 'raw', not {self.readout!r}")
         if self.batch_size < 1:
             raise PrunelensError("batch size must be at least 1")
+        if self.decode not in DECODES:
+            raise PrunelensError(f"decode must be 'greedy' or 'sample', not {self.decode!r}")
+        if not (self.decode_temperature > 0 and math.isfinite(self.decode_temperature)):
+            raise PrunelensError(f"the sampling temperature must be a positive finite number, not {self.decode_temperature}")
+
+    @property
+    def sampler(self) -> Sampler | None:
+        """The shared seeded sampler, or None for greedy decoding."""
+        return Sampler(float(self.decode_temperature), int(self.decode_seed)) if self.decode == "sample" else None
 
 
 class Readout:
@@ -133,31 +151,66 @@ class ProbeEngine:
         for lo in range(0, len(self.prompts), bs):
             p_ids = ids[lo : lo + bs].to(self.device)
             p_mask = mask[lo : lo + bs].to(self.device) if padded else None
-            cont = greedy_decode(self.adapter, p_ids, p_mask, steps).tokens
+            free = "free_running" in self.settings.timings
+            layers = list(range(self.adapter.num_layers)) if free else []
+            dec = greedy_decode(self.adapter, p_ids, p_mask, steps, watch=layers,
+                                mid=self._mid_layers() if free else (), sampler=self.settings.sampler, offset=lo)
+            cont = dec.tokens
             seq = torch.cat([p_ids, cont[:, :-1]], dim=1)
             seq_mask = None if p_mask is None else torch.cat([p_mask, torch.ones_like(cont[:, :-1])], dim=1)
             calls, final = capture_layers(self.adapter, seq, seq_mask)
             cand = None if cands is None else torch.as_tensor(cands[lo : lo + bs], device=self.device)
-            self.batches.append(DenseBatch(p_ids, p_mask, cont, calls, final, cand))
+            batch = DenseBatch(p_ids, p_mask, cont, calls, final, cand)
+            if free:  # the dense model's own cached decode: the free-running reference (a no-op compares equal)
+                batch.free = {(i, False): h.reshape(-1, h.shape[-1]) for i, h in dec.watched.items()}
+                batch.free.update({(i, True): h.reshape(-1, h.shape[-1]) for i, h in dec.mid.items()})
+            self.batches.append(batch)
             if progress:
                 progress(len(p_ids))
+
+    def _mid_layers(self) -> list[int]:
+        """Layers whose mid stream (after attention) the sublayer locality reads; none if not requested or undefined."""
+        if "sublayer" not in self.settings.localities:
+            return []
+        try:
+            from .capture import mid_stream_module
+
+            mid_stream_module(self.adapter, 0)
+        except PrunelensError:
+            return []  # measure() raises the clear error for an attention unit
+        return list(range(self.adapter.num_layers))
 
     # -- dense readouts, cached per layer ----------------------------------------
     def _dense_logits(self, b: int, layer: int) -> torch.Tensor:
         return self._dense_rows(b, layer).z
 
-    def _dense_rows(self, b: int, layer: int) -> DenseRows:
-        """Dense logits of layer ``layer`` on batch ``b`` with their softmax statistics (shared by units)."""
+    def _dense_rows(self, b: int, layer: int, mid: bool = False, free: bool = False) -> DenseRows:
+        """Dense logits of layer ``layer`` (``mid``: its mid stream; ``free``: the dense cached decode) on batch ``b``."""
         last = self.adapter.num_layers - 1
         if layer != last and layer != self._dense_layer:  # keep one inner layer's logits (+ the last layer's)
-            self._dense_z = {k: v for k, v in self._dense_z.items() if k[1] == last}
+            self._dense_z = {k: v for k, v in self._dense_z.items() if k[1] == last and not k[2]}
             self._dense_layer = layer
-        key = (b, layer)
+        key = (b, layer, mid, free)
         if key not in self._dense_z:
-            batch = self.batches[b]
-            z = self.readout(batch.rows(batch.layer_output(layer)))
+            z = self.readout(self._dense_h(b, layer, mid, free))
             self._dense_z[key] = DenseRows.of(z, list(self.settings.temperatures))
         return self._dense_z[key]
+
+    def _dense_h(self, b: int, layer: int, mid: bool = False, free: bool = False) -> torch.Tensor:
+        """Dense hidden rows [B * S, d] of layer ``layer``'s output (``mid``: the stream after its attention).
+
+        ``free``: as the dense model's own KV-cached decode saw them (the free-running reference).
+        """
+        batch = self.batches[b]
+        if free:
+            return batch.free[(layer, mid)]
+        if not mid:
+            return batch.rows(batch.layer_output(layer))
+        if batch.mid is None or batch.mid[0] != layer:
+            with MidStream(self.adapter, layer) as ms:
+                self.adapter.run_layer(layer, batch.calls[layer].hidden, batch.calls[layer])
+            batch.mid = (layer, batch.rows(ms.seen[-1]))
+        return batch.mid[1]
 
     def expect_cells(self, cells: int) -> None:
         """Tell the metric kernel how many cells are to come (``auto`` compiles only if it pays)."""
@@ -181,14 +234,25 @@ class ProbeEngine:
         per: dict[tuple[str, str], list[RowMetrics]] = {}
         free: list[torch.Tensor] = []
         i, last = unit.layer, self.adapter.num_layers - 1
+        mid = unit.kind == "attn"  # sublayer of an attention unit = the stream after it; else the layer output
+        want_mid = mid and "sublayer" in s.localities
         for b, batch in enumerate(self.batches):
             cand = batch.candidate_rows()
             if "teacher_forced" in s.timings:
+                ms = MidStream(self.adapter, i) if want_mid else None
                 with method.perturb(self.adapter, unit, stats):
-                    x = self.adapter.run_layer(i, batch.calls[i].hidden, batch.calls[i])
+                    if ms is not None:
+                        with ms:
+                            x = self.adapter.run_layer(i, batch.calls[i].hidden, batch.calls[i])
+                    else:
+                        x = self.adapter.run_layer(i, batch.calls[i].hidden, batch.calls[i])
                 if "local" in s.localities:
                     per.setdefault(("local", "teacher_forced"), []).append(
                         self._compare(batch, b, i, batch.rows(x), cand))
+                if "sublayer" in s.localities:
+                    h2 = batch.rows(ms.seen[-1]) if ms is not None else batch.rows(x)
+                    per.setdefault(("sublayer", "teacher_forced"), []).append(
+                        self._compare(batch, b, i, h2, cand, mid=mid))
                 if "propagated" in s.localities:
                     for j in range(i + 1, self.adapter.num_layers):
                         x = self.adapter.run_layer(j, x, batch.calls[j])
@@ -196,20 +260,25 @@ class ProbeEngine:
                         self._compare(batch, b, last, batch.rows(x), cand))
                 del x
             if "free_running" in s.timings:
-                watch = sorted({i if loc == "local" else last for loc in s.localities})
+                watch = sorted({last if loc == "propagated" else i for loc in s.localities})
                 with method.perturb(self.adapter, unit, stats):
-                    dec = greedy_decode(self.adapter, batch.prompt_ids, batch.prompt_mask, batch.steps, watch)
+                    dec = greedy_decode(self.adapter, batch.prompt_ids, batch.prompt_mask, batch.steps, watch,
+                                        mid=[i] if want_mid else (), sampler=s.sampler, offset=b * s.batch_size)
                 free.append(dec.tokens)
                 for loc in s.localities:
-                    layer = i if loc == "local" else last
-                    h2 = dec.watched[layer].reshape(-1, dec.watched[layer].shape[-1])
-                    per.setdefault((loc, "free_running"), []).append(self._compare(batch, b, layer, h2, cand))
+                    layer = last if loc == "propagated" else i
+                    sub_mid = loc == "sublayer" and mid
+                    seen = dec.mid[i] if sub_mid else dec.watched[layer]
+                    h2 = seen.reshape(-1, seen.shape[-1])
+                    per.setdefault((loc, "free_running"), []).append(
+                        self._compare(batch, b, layer, h2, cand, mid=sub_mid, free=True))
         return self._assemble(per, free)
 
-    def _compare(self, batch: DenseBatch, b: int, layer: int, h2: torch.Tensor, cand: torch.Tensor | None) -> RowMetrics:
-        dense = self._dense_rows(b, layer)
+    def _compare(self, batch: DenseBatch, b: int, layer: int, h2: torch.Tensor, cand: torch.Tensor | None,
+                 mid: bool = False, free: bool = False) -> RowMetrics:
+        dense = self._dense_rows(b, layer, mid, free)
         z2 = self.readout(h2)
-        h = batch.rows(batch.layer_output(layer))
+        h = self._dense_h(b, layer, mid, free)
         if h.dtype not in (torch.float32, torch.float64):  # bf16/fp16 model: differences in float32
             h = h.float()
         return row_metrics(h, h2.to(h.dtype) - h, dense.z, z2, list(self.settings.temperatures), cand, dense=dense,

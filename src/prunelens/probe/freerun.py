@@ -1,7 +1,12 @@
-"""Greedy decoding with the model's own KV cache, watching chosen layers' last-position outputs.
+"""Greedy (or seeded sampled) decoding with the model's own KV cache, watching chosen layers' last-position outputs.
 
 Called inside a ``Method.perturb`` context, the perturbed model generates its own tokens and
 every layer (a pruned attention included) reads a cache that it wrote itself.
+
+With a ``Sampler`` the next token is ``argmax(z / T + g)`` (the Gumbel-max form of sampling
+from ``softmax(z / T)``), ``g`` drawn per row from a generator seeded by (seed, sample index):
+the dense and the perturbed model read the same noise at every step, so they differ only
+through the model (and a change that does nothing samples the same tokens).
 """
 
 from __future__ import annotations
@@ -12,13 +17,40 @@ from typing import Sequence
 import torch
 
 from ..adapters import Adapter, _first
-from .capture import position_ids_for
+from .capture import MidStream, position_ids_for
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """Seeded sampling at ``temperature``: row ``r`` of a decode that starts at sample ``offset`` uses seed (seed, offset + r)."""
+
+    temperature: float
+    seed: int
+
+    def generators(self, offset: int, rows: int) -> list[torch.Generator]:
+        out = []
+        for r in range(rows):
+            g = torch.Generator(device="cpu")
+            g.manual_seed((self.seed * 1_000_003 + offset + r) % (2**63 - 1))
+            out.append(g)
+        return out
+
+    @staticmethod
+    def gumbel(gens: list[torch.Generator], vocab: int) -> torch.Tensor:
+        """[rows, vocab] standard Gumbel noise, one stream per row (float32, CPU)."""
+        u = torch.stack([torch.rand(vocab, generator=g, dtype=torch.float64) for g in gens])
+        return (-torch.log(-torch.log(u.clamp(1e-300, 1.0 - 1e-16)))).float()
+
+    def pick(self, logits: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
+        g = self.gumbel(gens, logits.shape[-1]).to(logits.device)
+        return (logits.float() / self.temperature + g).argmax(-1, keepdim=True)
 
 
 @dataclass
 class Decoded:
     tokens: torch.Tensor  # [B, S]
     watched: dict[int, torch.Tensor]  # layer -> [B, S, d] output at the last position of each step
+    mid: dict[int, torch.Tensor] = None  # type: ignore[assignment]  # layer -> [B, S, d] stream after attention
 
 
 def _new_cache(model):
@@ -37,11 +69,16 @@ def greedy_decode(
     prompt_mask: torch.Tensor | None,
     steps: int,
     watch: Sequence[int] = (),
+    mid: Sequence[int] = (),
+    sampler: Sampler | None = None,
+    offset: int = 0,
 ) -> Decoded:
     """``steps`` greedy tokens after ``prompt_ids`` (left-padded, ``prompt_mask`` or None) with a KV cache.
 
     Step ``s`` is the prediction after the prompt and the first ``s`` generated tokens;
-    ``watched[i][:, s]`` is layer ``i``'s output at that position.
+    ``watched[i][:, s]`` is layer ``i``'s output at that position, ``mid[i][:, s]`` the residual
+    stream between its attention and MLP. With ``sampler`` the tokens are sampled (rows are
+    samples ``offset, offset + 1, ...`` for the seeds).
     """
     model = adapter.model
     seen: dict[int, list[torch.Tensor]] = {i: [] for i in watch}
@@ -52,6 +89,10 @@ def greedy_decode(
         return fn
 
     handles = [adapter.layers[i].register_forward_hook(hook(i), with_kwargs=True) for i in seen]
+    mids = {i: MidStream(adapter, i, last_only=True) for i in mid}
+    for m in mids.values():
+        m.__enter__()
+    gens = sampler.generators(offset, prompt_ids.shape[0]) if sampler is not None else None
     cache = _new_cache(model)
     ids, mask = prompt_ids, prompt_mask
     positions = position_ids_for(mask)
@@ -62,7 +103,8 @@ def greedy_decode(
             if mask is not None:
                 kwargs.update(attention_mask=mask, position_ids=positions if s == 0 else positions[:, -1:])
             out = model(input_ids=ids, **kwargs)
-            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            last = out.logits[:, -1]
+            nxt = last.argmax(-1, keepdim=True) if sampler is None else sampler.pick(last, gens)
             tokens.append(nxt)
             ids = nxt
             if mask is not None:
@@ -71,4 +113,7 @@ def greedy_decode(
     finally:
         for h in handles:
             h.remove()
-    return Decoded(torch.cat(tokens, dim=1), {i: torch.stack(v, dim=1) for i, v in seen.items()})
+        for m in mids.values():
+            m.__exit__()
+    return Decoded(torch.cat(tokens, dim=1), {i: torch.stack(v, dim=1) for i, v in seen.items()},
+                   {i: torch.stack(m.seen, dim=1) for i, m in mids.items()})

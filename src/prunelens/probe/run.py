@@ -53,7 +53,7 @@ def prompts_hash(prompts: Prompts) -> str:
 
 
 def run_identity(loaded: Any, methods: list[Method], units: list[Unit], prompts: Prompts, settings: ProbeSettings,
-                 seed: int, dtype: str, calibration: dict[str, Any]) -> dict[str, Any]:
+                 seed: int, dtype: str, calibration: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a store must match for a run to resume into it."""
     from prunelens_store.schema import KL_CONVENTION, SCHEMA_VERSION
 
@@ -69,7 +69,19 @@ def run_identity(loaded: Any, methods: list[Method], units: list[Unit], prompts:
     }
     if any(m.calibration != "none" for m in methods):
         ident["calibration"] = calibration
+    if base is not None:  # probed on top of a plan (--base): never mixed with a store of the plain model
+        ident["base_plan"] = base["sha256"]
+    if settings.decode != "greedy":  # greedy stores keep their old identity (they resume as before)
+        ident["decode"] = decode_attrs(settings)
     return ident
+
+
+def decode_attrs(settings: ProbeSettings) -> dict[str, Any]:
+    """How the continuations were decoded (the store's ``decode`` attr)."""
+    if settings.decode == "greedy":
+        return {"mode": "greedy"}
+    return {"mode": "sample", "temperature": settings.decode_temperature, "seed": settings.decode_seed,
+            "noise": "Gumbel-max, one stream per sample seeded by (seed, sample index), shared by dense and perturbed"}
 
 
 class StatsCache:
@@ -134,6 +146,7 @@ def _run_probe(
     ranks: Ranks | None = None,
     progress: bool = True,
     on_cell: Callable[[str, str], None] | None = None,
+    base: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``run_probe``'s body; ``lock`` (the store's ``StoreLock``) is taken by rank 0 before it touches the store."""
     from prunelens_store.writer import StoreWriter, build_template, create_store
@@ -150,7 +163,7 @@ def _run_probe(
 
     check_vocab(prompts, int(loaded.model.get_input_embeddings().num_embeddings))  # before any store exists
     calibration = {"samples": calib_samples, "length": calib_len, "split": "calib", "seed": seed}
-    identity = run_identity(loaded, methods, units, prompts, settings, seed, dtype, calibration)
+    identity = run_identity(loaded, methods, units, prompts, settings, seed, dtype, calibration, base)
     tok = loaded.tokenizer
     pad_id = getattr(tok, "pad_token_id", None) if tok is not None else None
     engine = ProbeEngine(loaded.adapter, prompts, settings, pad_id=0 if pad_id is None else int(pad_id))
@@ -184,6 +197,10 @@ def _run_probe(
                     "step_convention": "step s = prediction of continuation token s, at position prompt_len - 1 + s",
                     "readout_convention": "norm: z = lm_head(final_norm(h)); raw: z = lm_head(h)",
                     "local_convention": "local = output of the unit's layer i read out through the readout",
+                    "sublayer_convention": "sublayer = the unit's own residual-stream output: x + attn(x) before the MLP "
+                                           "for an attention unit, the layer output for an MLP or block unit",
+                    "decode": json.dumps(decode_attrs(settings)),
+                    **({"base_plan": json.dumps(base)} if base is not None else {}),
                     "world_size": ranks.world,
                 }
                 ds = build_template(
@@ -238,3 +255,41 @@ def _progress(total: int, ranks: Ranks, enabled: bool, skipped: int) -> Any:
     if skipped:
         desc += f", {skipped} cells already done"
     return tqdm(total=total, desc=desc, unit="cell", dynamic_ncols=True, disable=os.environ.get("PRUNELENS_NO_PROGRESS") == "1")
+
+
+def apply_base(loaded: Any, plan_path: str | Path, *, calib_samples: int = 32, calib_len: int = 256,
+               seed: int = 0) -> dict[str, Any]:
+    """Compress ``loaded`` in memory with the plan at ``plan_path`` (``probe --base``); return the store's record of it.
+
+    The same compression as ``prunelens apply`` (one method: ``compress_model``; mixed:
+    ``compress_mixed``, unit by unit on compressed activations), without writing a checkpoint.
+    Every unit is then probed on top of that model: it is the dense reference.
+    """
+    import hashlib
+
+    import torch
+
+    from ..compress import compress_model
+    from ..methods import parse_method
+    from ..mixed import compress_mixed
+    from ..plan_checks import check_units_disjoint
+    from ..plans import Plan
+
+    plan = Plan.load(plan_path)
+    check_units_disjoint(u.unit for u in plan.units)
+    plan.validate_for(loaded)
+    assignments = [(u, parse_method(spec)) for u, spec in plan.unit_methods()]
+    for u, m in assignments:
+        m.check_unit(u)
+    calib_ids = None
+    if any(m.calibration != "none" for _, m in assignments):
+        from ..data import token_windows
+
+        calib_ids = torch.as_tensor(token_windows(loaded.tokenizer, calib_samples, calib_len, split="calib", seed=seed))
+    if plan.is_mixed:
+        compress_mixed(loaded, assignments, calib_ids=calib_ids, progress=False)
+    else:
+        compress_model(loaded, assignments[0][1], [u for u, _ in assignments], calib_ids=calib_ids, progress=False)
+    text = json.dumps(plan.to_dict(), sort_keys=True, default=str)
+    return {"path": str(Path(plan_path).resolve()), "sha256": hashlib.sha256(text.encode()).hexdigest()[:16],
+            "units": [f"{u.name}:{spec}" for u, spec in plan.unit_methods()]}
