@@ -32,7 +32,8 @@ from typing import Any, Callable
 
 import torch
 
-CACHE_BYTES = 1 << 20  # [rows x vocab] temporaries per chunk: about one L2 cache
+CACHE_BYTES = 1 << 20  # [rows x vocab] temporaries per chunk: about one L2 cache (CPU)
+GPU_CHUNK_BYTES = 1 << 26  # on an accelerator: fewer, larger launches
 TOPK = 10
 SERIES_LIMIT = 0.5  # |b| below this: hb from the series
 # 1/k! for k = 2..11: hb(b) = b² Σ_k b^(k-2)/k!
@@ -118,7 +119,7 @@ class DenseRows:
         zmax = z.amax(-1)
         inv_t = torch.tensor([1.0 / t for t in temperatures], dtype=z.dtype, device=z.device)
         s, sw = [], []
-        for lo, hi in _chunks(z.shape[0], z.shape[1], z.element_size()):
+        for lo, hi in _chunks(z.shape[0], z.shape[1], z.element_size(), z.device):
             zs = z[lo:hi] - zmax[lo:hi].unsqueeze(-1)
             s_c, sw_c = [], []
             for it in inv_t:
@@ -131,8 +132,9 @@ class DenseRows:
         return cls(z, zmax, torch.linalg.vecdot(z, z), top, z.argmax(-1), torch.cat(s, 1), torch.cat(sw, 1), inv_t)
 
 
-def _chunks(rows: int, vocab: int, itemsize: int) -> list[tuple[int, int]]:
-    step = max(1, CACHE_BYTES // max(1, vocab * itemsize))
+def _chunks(rows: int, vocab: int, itemsize: int, device: torch.device | None = None) -> list[tuple[int, int]]:
+    budget = CACHE_BYTES if device is None or device.type == "cpu" else GPU_CHUNK_BYTES
+    step = max(1, budget // max(1, vocab * itemsize))
     return [(lo, min(rows, lo + step)) for lo in range(0, rows, step)]
 
 
@@ -199,7 +201,7 @@ class SumsKernel:
 
     def _run(self, dense: DenseRows, z2: torch.Tensor, compiled: bool) -> tuple[torch.Tensor, torch.Tensor]:
         z = dense.z
-        spans = _chunks(z.shape[0], z.shape[1], z.element_size())
+        spans = _chunks(z.shape[0], z.shape[1], z.element_size(), z.device)
         step = min(spans[0][1] - spans[0][0], 1 << (z.shape[0] - 1).bit_length())  # few shapes: powers of two
         if compiled and self._compiled is None:
             self._compiled = compiled_sums()
