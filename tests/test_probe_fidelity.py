@@ -188,3 +188,73 @@ def test_sample_settings_are_checked():
         ProbeSettings(decode="beam")
     with pytest.raises(PrunelensError, match="sampling temperature"):
         ProbeSettings(decode="sample", decode_temperature=0.0)
+
+
+# -- checkpoint:path=DIR (pruned mode) ------------------------------------------------------
+
+def _compressed_copy(tmp_path, spec: str, calib_ids=None, arch="llama"):
+    from prunelens.compress import compress_model
+
+    work = tiny_loaded(arch)
+    compress_model(work, parse_method(spec), None, calib_ids=calib_ids, progress=False)
+    out = tmp_path / spec.replace(":", "_").replace("=", "")
+    work.model.save_pretrained(out)
+    return out
+
+
+def _cells(eng, method, units, stats=None):
+    return {u.name: eng.measure(method, u, stats).arrays for u in units}
+
+
+def test_checkpoint_method_equals_the_method_probed_directly(tmp_path):
+    from prunelens.calibration import collect_stats
+
+    loaded = tiny_loaded("llama")
+    units = select_units("attn,mlp", 3)
+    eng = ProbeEngine(loaded.adapter, prompts(seed=4), ProbeSettings(steps=STEPS, temperatures=TEMPS, batch_size=2,
+                                                                     compile=False))
+    eng.prepare()
+    # magnitude needs no calibration: compressing the whole model = each unit alone, every cell equal
+    ckpt = _compressed_copy(tmp_path, "magnitude:sparsity=0.5")
+    got = _cells(eng, parse_method(f"checkpoint:path={ckpt}"), units)
+    want = _cells(eng, parse_method("magnitude:sparsity=0.5"), units)
+    for u in units:
+        assert np.nanmax(want[u.name]["kl"]) > 1e-7
+        for k in ("kl", "kl_pred", "cos_dev", "top1_agree"):
+            np.testing.assert_allclose(got[u.name][k], want[u.name][k], rtol=1e-4, atol=1e-9, err_msg=f"{u} {k}")
+    # wanda is calibrated sequentially by compress (layer i sees the compressed layers < i): layer 0 equal, later differ
+    ids = torch.randint(2, 96, (4, 16), generator=torch.Generator().manual_seed(5))
+    ckpt = _compressed_copy(tmp_path, "wanda:sparsity=0.5", calib_ids=ids)
+    stats = collect_stats(loaded, units, "input_norms", ids)
+    got = _cells(eng, parse_method(f"checkpoint:path={ckpt}"), units)
+    want = _cells(eng, parse_method("wanda:sparsity=0.5"), units, stats)
+    for u in units:
+        if u.layer == 0:
+            np.testing.assert_allclose(got[u.name]["kl"], want[u.name]["kl"], rtol=1e-4, atol=1e-9, err_msg=str(u))
+    assert not np.allclose(got["L2.mlp"]["kl"], want["L2.mlp"]["kl"], rtol=1e-4)
+    # the model is dense again after every cell
+    again = _cells(eng, parse_method("magnitude:sparsity=0.5"), units[:1])
+    np.testing.assert_array_equal(again[units[0].name]["kl"], _cells(eng, parse_method("magnitude:sparsity=0.5"), units[:1])[units[0].name]["kl"])
+
+
+def test_checkpoint_of_another_architecture_or_shape_is_refused_with_one_line(tmp_path):
+    loaded = tiny_loaded("llama")
+    other = make_tiny_model("llama", layers=2)
+    other.save_pretrained(tmp_path / "two_layers")
+    eng = ProbeEngine(loaded.adapter, prompts(n=1), ProbeSettings(steps=2, timings=("teacher_forced",), compile=False))
+    eng.prepare()
+    with pytest.raises(PrunelensError, match="another architecture.*num_hidden_layers 2 vs 3"):
+        eng.measure(parse_method(f"checkpoint:path={tmp_path / 'two_layers'}"), Unit(0, "attn"))
+    # same config, one tensor of another shape (a hand-edited or packed checkpoint)
+    from safetensors.torch import load_file, save_file
+
+    ckpt = tmp_path / "same"
+    make_tiny_model("llama", layers=3, seed=1).save_pretrained(ckpt)
+    f = next(ckpt.glob("*.safetensors"))
+    t = load_file(str(f))
+    t["model.layers.1.mlp.up_proj.weight"] = t["model.layers.1.mlp.up_proj.weight"][:5]
+    save_file(t, str(f), metadata={"format": "pt"})
+    with pytest.raises(PrunelensError, match=r"up_proj.weight has shape \(5, 32\)"):
+        eng.measure(parse_method(f"checkpoint:path={ckpt}"), Unit(1, "mlp"))
+    with pytest.raises(PrunelensError, match="not a directory"):
+        eng.measure(parse_method(f"checkpoint:path={tmp_path / 'nowhere'}"), Unit(1, "mlp"))
