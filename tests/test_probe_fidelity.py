@@ -258,3 +258,37 @@ def test_checkpoint_of_another_architecture_or_shape_is_refused_with_one_line(tm
         eng.measure(parse_method(f"checkpoint:path={ckpt}"), Unit(1, "mlp"))
     with pytest.raises(PrunelensError, match="not a directory"):
         eng.measure(parse_method(f"checkpoint:path={tmp_path / 'nowhere'}"), Unit(1, "mlp"))
+
+
+# -- --base PLAN ------------------------------------------------------------------------------
+
+def test_base_plan_probes_every_unit_on_top_of_the_applied_plan(tmp_path):
+    from prunelens.apply import perturbed
+    from prunelens.plans import Plan, PlanUnit
+    from prunelens.probe.run import apply_base
+
+    ref = tiny_loaded("llama")
+    plan = Plan(model_id="tiny", config_hash=ref.config_hash, method="drop", units=[PlanUnit("L1.attn")],
+                temperature=1.0, budget=1, strategy="kl_pred")
+    (tmp_path / "plan.json").write_text(json.dumps(plan.to_dict()))
+    pr = prompts(seed=6)
+    settings = ProbeSettings(steps=STEPS, temperatures=TEMPS, batch_size=2, compile=False)
+    m, unit = ScaleOutput(eps=0.3), Unit(2, "mlp")
+    with perturbed(parse_method("drop"), ref.adapter, [Unit(1, "attn")]):  # the plan held open, reversibly
+        eng = ProbeEngine(ref.adapter, pr, settings)
+        eng.prepare()
+        want, want_tokens = eng.measure(m, unit).arrays, eng.dense_continuation()
+    base = tiny_loaded("llama")
+    record = apply_base(base, tmp_path / "plan.json")
+    assert record["units"] == ["L1.attn:drop"]
+    eng = ProbeEngine(base.adapter, pr, settings)
+    eng.prepare()
+    np.testing.assert_array_equal(eng.dense_continuation(), want_tokens)
+    got = eng.measure(m, unit).arrays
+    for k in ("kl", "cos_dev", "kl_pred"):
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-9, err_msg=k)
+    # the store records the base and never mixes with a store of the plain model
+    run_probe(base, [parse_method("drop")], [unit], pr, settings, tmp_path / "b.zarr", progress=False, base=record)
+    assert json.loads(open_store(tmp_path / "b.zarr").attrs["base_plan"])["units"] == ["L1.attn:drop"]
+    with pytest.raises(PrunelensError):
+        run_probe(base, [parse_method("drop")], [unit], pr, settings, tmp_path / "b.zarr", progress=False)
