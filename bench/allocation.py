@@ -107,7 +107,7 @@ def prepare(out: Path, args: argparse.Namespace, tokenizer: Any) -> dict[str, An
 class Evaluator:
     """Dense references computed once; ``evaluate(model)`` gives every metric of one compressed model."""
 
-    def __init__(self, dense: Any, ids: dict[str, Any], batch: int = 4):
+    def __init__(self, dense: Any, ids: dict[str, Any], batch: int = 4, cache: Path | None = None):
         import torch
 
         from prunelens import tasks as T
@@ -117,8 +117,14 @@ class Evaluator:
         self.eval_ids = torch.as_tensor(np.asarray(ids["eval"], dtype=np.int64))
         self.gen_prompts = ids["gen"]
         self.pad = T.pad_id_of(self.tok, dense.model)
-        self.dense_logp = [lp for lp, _ in self._logp(dense.model)]
-        self.dense_gen = self._generate(dense.model)
+        if cache is not None and cache.is_file():  # dense references of the same ids (a rerun resumes fast)
+            saved = torch.load(cache, weights_only=True)
+            self.dense_logp, self.dense_gen = saved["logp"], saved["gen"]
+        else:
+            self.dense_logp = [lp for lp, _ in self._logp(dense.model)]
+            self.dense_gen = self._generate(dense.model)
+            if cache is not None:
+                torch.save({"logp": self.dense_logp, "gen": self.dense_gen}, cache)
         self.dense_model = dense.model
         self.replays: dict[str, Any] = {}
 
@@ -349,7 +355,7 @@ def main() -> None:
         wanted += [c for c in every if c["name"].startswith(p) and c not in wanted]
     stores: dict[str, Any] = {}
     t0 = time.time()
-    ev = Evaluator(dense, ids)
+    ev = Evaluator(dense, ids, cache=out / "dense_refs.pt")
     print(f"[eval] dense references in {time.time() - t0:.0f}s", flush=True)
     res.setdefault("dense", ev.dense_row(dense))
     res.setdefault("conditions", {})
