@@ -51,6 +51,7 @@ class Knapsack(Allocator):
             combos = [[c for c in cs if _covers_layer(c)] or cs for cs in combos]
         groups = [[(sum(o.saving for o in c), sum(o.predicted_kl for o in c)) for c in cs] for cs in combos]
         need = requirement(ctx.budget, sizes, ctx.dense_bits)
+        _check_reach(ctx, groups, need)
         try:
             picks, info = solve_mckp(groups, need, self.resolution)
         except PrunelensError as exc:
@@ -60,6 +61,17 @@ class Knapsack(Allocator):
         return Allocation(choices, {"predicted_kl_sum": info["cost"], "lower_bound": info["lower_bound"],
                                     "gap": info["gap"], "grid": info["resolution"],
                                     "options": sum(len(v) for v in options.values())})
+
+
+def _check_reach(ctx: AllocContext, groups: list, need: float) -> None:
+    """A one-line error in the budget's own terms when even the largest options fall short."""
+    from prunelens.budgets import achieved
+
+    reach = sum(max(s for s, _ in g) for g in groups)
+    if reach < need * (1 - 1e-12):
+        best = achieved(ctx.budget, reach, ctx.sizes(), ctx.dense_bits)
+        raise PrunelensError(f"budget {ctx.budget.text} cannot be met with the store's options "
+                             f"({', '.join(ctx.store_labels())}): they reach at most {ctx.budget.kind}={best:.4g}")
 
 
 def _covers_layer(combo: tuple) -> bool:
@@ -303,6 +315,7 @@ class IterativeKnapsack(Knapsack):
         for r, hi in enumerate(bounds, start=1):
             combos = [[fixed[i]] if i in fixed else self._combos(options.get(i, []), dense_ok) for i in range(n)]
             groups = [[(sum(o.saving for o in c), sum(o.predicted_kl for o in c)) for c in cs] for cs in combos]
+            _check_reach(ctx, groups, need)
             try:
                 picks, info = solve_mckp(groups, need, self.resolution)
             except PrunelensError as exc:

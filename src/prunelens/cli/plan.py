@@ -99,11 +99,14 @@ def command(store, method, kind, temperature, by, locality, timing, budget, allo
                     f"T={plan.temperature:g} · budget {plan.budget}", title_justify="left")
     if plan.allocation:
         t.add_column("method", justify="left")
-    for col in ("#", "unit", "score", "predicted KL", "cumulative predicted KL", "params"):
+    cols = ("#", "unit", "score", "predicted KL", "cumulative predicted KL", "params")
+    if plan.allocation:  # allocators give no ranking score; params = the unit's decoder linear weights
+        cols = ("#", "unit", "predicted KL", "cumulative predicted KL", "linear weights")
+    for col in cols:
         t.add_column(col, justify="left" if col == "unit" else "right")
     for i, u in enumerate(plan.units, 1):
-        cells = [str(i), esc(u.unit), fmt(u.score), fmt(u.predicted_kl), fmt(u.cumulative_predicted_kl),
-                 "-" if u.params is None else f"{u.params:,}"]
+        cells = [str(i), esc(u.unit), *([] if plan.allocation else [fmt(u.score)]), fmt(u.predicted_kl),
+                 fmt(u.cumulative_predicted_kl), "-" if u.params is None else f"{u.params:,}"]
         t.add_row(*([esc(u.method or plan.method)] if plan.allocation else []), *cells)
     console.print(t)
     if plan.allocation:
