@@ -29,6 +29,65 @@ from pathlib import Path
 import numpy as np
 
 STRATEGIES = ("kl_pred", "kl", "block_influence", "angular", "llm_drop")
+# every store signal compared by --signals: variable (and space) -> how to read a per-unit mean (higher = more harm)
+SIGNALS = {
+    "kl_pred": ("kl_pred", None), "kl": ("kl", None), "1-top1": ("top1_agree", None),
+    "1-cos h": ("cos_dev", "embedding"), "1-cos z": ("cos_dev", "logit"), "1-cos p": ("cos_dev", "probability"),
+    "1-cos h pred": ("cos_dev_pred", "embedding"), "1-cos p pred": ("cos_dev_pred", "probability"),
+    "rel dh": ("rel_norm", "embedding"), "rel dh_perp": ("rel_perp", "embedding"),
+    "rel dz_perp": ("rel_perp", "logit"), "var_uniform dz": ("dz_var_uniform", None),
+    "var_top5 dz": ("dz_var_top5", None), "var_top10 dz": ("dz_var_top10", None), "L1 dz": ("dz_l1", None),
+    "L2 dz": ("dz_l2", None),
+}
+
+
+def signal_table(ds, rows: list[dict], kinds: list[str]) -> list[dict]:
+    """Spearman of every store signal (each variable x locality x timing x T) vs the generation ground truth.
+
+    Per unit, the signal is the mean over samples and steps of the ``drop`` cell (``1 - top1_agree``
+    for agreement). Targets: 1 - greedy token agreement and (steps - first divergence), over all units.
+    """
+    from prunelens.report import spearman
+
+    names = [r["unit"] for r in rows]
+    deg = np.array([r.get("gen_degradation", np.nan) for r in rows], float)
+    early = np.array([r.get("early_divergence", np.nan) for r in rows], float)
+    out = []
+    cell = ds.sel({"method": "drop"}).sel(unit=names)
+    for label, (var, space) in SIGNALS.items():
+        if var not in cell:
+            continue
+        da = cell[var]
+        if space is not None:
+            da = da.sel(space=space)
+        for loc in map(str, ds["locality"].values):
+            for tim in map(str, ds["timing"].values):
+                sub = da.sel({"locality": loc, "timing": tim})
+                temps = [float(t) for t in ds["temperature"].values] if "temperature" in sub.dims else [None]
+                if label in ("1-cos h", "1-cos z", "1-cos h pred", "rel dh", "rel dh_perp", "rel dz_perp"):
+                    temps = temps[:1]  # no temperature dependence: one row
+                for t in temps:
+                    x = sub.sel(temperature=t) if t is not None else sub
+                    v = x.astype("float64").mean(dim=[d for d in x.dims if d != "unit"]).values
+                    if var == "top1_agree":
+                        v = 1.0 - v
+                    out.append({"signal": label, "locality": loc, "timing": tim,
+                                "T": "-" if t is None or label.startswith(("1-cos h", "1-cos z", "rel ")) else f"{t:g}",
+                                "rho_degradation": spearman(v, deg), "rho_early_divergence": spearman(v, early),
+                                **{f"rho_degradation_{k}": spearman(v[[r["kind"] == k for r in rows]],
+                                                                    deg[[r["kind"] == k for r in rows]]) for k in kinds}})
+    out.sort(key=lambda r: -np.nan_to_num(r["rho_degradation"], nan=-9))
+    return out
+
+
+def signal_markdown(table: list[dict], kinds: list[str]) -> str:
+    head = "| signal | locality | timing | T | ρ vs 1 − token agreement | ρ vs steps − first divergence | " + \
+        " | ".join(f"ρ agreement ({k})" for k in kinds) + " |"
+    lines = [head, "|" + "---|" * (6 + len(kinds))]
+    for r in table:
+        lines.append(f"| {r['signal']} | {r['locality']} | {r['timing']} | {r['T']} | {r['rho_degradation']:+.3f} | "
+                     f"{r['rho_early_divergence']:+.3f} | " + " | ".join(f"{r[f'rho_degradation_{k}']:+.3f}" for k in kinds) + " |")
+    return "\n".join(lines)
 
 
 def ground_truth(model_id: str, kinds: list[str], args) -> dict:
@@ -103,6 +162,9 @@ def main() -> None:
     ap.add_argument("--kinds", default="attn,mlp")
     ap.add_argument("--limit", type=int, default=None, help="Only the first N units (a quick check).")
     ap.add_argument("--out", default=None, help="Write per-unit rows and correlations as JSON here.")
+    ap.add_argument("--signals", default=None,
+                    help="Also rank every store signal (variable x locality x timing x T) by Spearman against the "
+                         "generation ground truth; write the table as Markdown to this file.")
     args = ap.parse_args()
 
     from rich.console import Console
@@ -178,6 +240,18 @@ def main() -> None:
             corr[gname][by] = vals
             t.add_row(by, *[f"{vals[key]:+.3f}" for key, _ in targets])
         console.print(t)
+    if args.signals:
+        table = signal_table(ds, rows, kinds)
+        md = signal_markdown(table, kinds)
+        Path(args.signals).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.signals).write_text(md + "\n")
+        console.print(md)
+        best = table[0]
+        kp = [r for r in table if r["signal"] == "kl_pred" and r["locality"] == args.locality
+              and r["timing"] == "teacher_forced" and r["T"] == f"{args.temperature:g}"]
+        console.print(f"best signal vs 1 − token agreement: {best['signal']} {best['locality']}/{best['timing']} "
+                      f"T={best['T']} ρ={best['rho_degradation']:+.3f}; kl_pred ({args.locality}, teacher_forced, "
+                      f"T={args.temperature:g}) ρ={kp[0]['rho_degradation']:+.3f}" if kp else "")
     n_gen = sum("gen_degradation" in r for r in rows)
     console.print(f"units: {len(rows)} with store measurements, {n_gen} with measured generation; dense {json.dumps(base)}; "
                   f"rankings {t_rank:.1f} s, ground truth {truth['seconds']} s")
