@@ -292,3 +292,25 @@ def test_base_plan_probes_every_unit_on_top_of_the_applied_plan(tmp_path):
     assert json.loads(open_store(tmp_path / "b.zarr").attrs["base_plan"])["units"] == ["L1.attn:drop"]
     with pytest.raises(PrunelensError):
         run_probe(base, [parse_method("drop")], [unit], pr, settings, tmp_path / "b.zarr", progress=False)
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--samples-per-prompt", "2"], "needs --decode sample"),
+    (["--decode", "sample", "--decode-temperature", "0"], "sampling temperature"),
+    (["--locality", "local,nearby"], "locality must be"),
+    (["--base", "/nonexistent/plan.json"], "does not exist"),  # click's usage error: its last line says it
+])
+def test_probe_cli_bad_fidelity_options_are_one_line(tmp_path, args, match):
+    from click.testing import CliRunner
+
+    from prunelens.cli import main
+
+    out = tmp_path / "s.zarr"
+    res = CliRunner().invoke(main, ["probe", "--model", str(tmp_path / "no-model"), "--method", "drop", "--out", str(out),
+                                    *args])
+    text = res.output.strip()
+    if "--base" not in args:
+        assert len(text.splitlines()) == 1, text
+    assert res.exit_code != 0 and text.splitlines()[-1].startswith("Error:"), text
+    assert match in text.splitlines()[-1], text
+    assert not out.exists()
