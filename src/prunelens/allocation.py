@@ -28,8 +28,6 @@ from .errors import PrunelensError
 from .params import Param, Parameterized
 from .units import KINDS, Unit
 
-KIND_ORDER = {"attn": 0, "mlp": 1, "block": 2}
-
 
 # -- the solver ----------------------------------------------------------------------------
 def _dp(groups: Sequence[Sequence[tuple[float, float]]], weights: list[list[int]], cap: int) -> tuple[float, list[int]]:
@@ -286,6 +284,8 @@ def layer_combinations(options: list[UnitOption]) -> list[tuple[UnitOption, ...]
 # -- the public entry point ----------------------------------------------------------------------
 def apply_order(choices: list[Choice]) -> list[Choice]:
     """Layer by layer; attention before MLP within a layer (the order apply compresses them in)."""
+    from .mixed import KIND_ORDER
+
     return sorted(choices, key=lambda c: (Unit.parse(c.unit).layer, KIND_ORDER[Unit.parse(c.unit).kind]))
 
 
@@ -305,7 +305,7 @@ def allocate_plan(ds: Any, *, allocator: str = "knapsack", budget: Any, temperat
                   timing: str = "teacher_forced", store_path: str | None = None, loaded: Any = None,
                   calib_ids: Any = None, dense_bits: float = DENSE_BITS, **allocator_params: Any) -> Any:
     """Run an allocator and return a schema-2 ``Plan`` whose units carry their own method specs."""
-    from .plans import Plan, PlanUnit, model_config
+    from .plans import Plan, PlanUnit
 
     b = parse_budget_spec(budget)
     alloc = get_allocator(allocator, **allocator_params)
