@@ -73,7 +73,8 @@ def test_mc_nextline_equals_brute_force(tiny):
         acc += int(np.argmax(ll)) == it.answer
         acc_norm += int(np.argmax([v / len(c) for v, c in zip(ll, it.choices)])) == it.answer
     assert got == {"acc": acc / n, "acc_norm": acc_norm / n, "n": n,
-                   "acc_stderr": pytest.approx(math.sqrt((acc / n) * (1 - acc / n) / (n - 1)))}
+                   "acc_stderr": pytest.approx(math.sqrt((acc / n) * (1 - acc / n) / (n - 1))),
+                   "acc_norm_stderr": pytest.approx(math.sqrt((acc_norm / n) * (1 - acc_norm / n) / (n - 1)))}
 
 
 def test_nextline_items_are_real_and_seeded():
