@@ -75,7 +75,7 @@ def command(model: str | None, task_list: str | None, reference: str | None, sam
     default = DEFAULT_TASKS + (",gen_agreement" if reference else "")
     specs = split_task_list(task_list if task_list is not None else ("" if lm_eval_tasks else default))
     params = {"n_samples": samples, "seed": seed, "batch_size": batch_size}
-    tasks = build_tasks(specs, **params)  # validate names and parameters before loading anything
+    tasks = build_tasks(specs, **params) if specs else []  # validate names and parameters before loading anything
     needs = [t.name for t in tasks if t.needs_reference]
     if needs and not reference:
         raise PrunelensError(f"{', '.join(needs)} compares against the dense model: add --reference MODEL")
