@@ -21,7 +21,7 @@ def store_options(f):
         click.option("--by", default="kl_pred", show_default=True, shell_complete=complete_ranker,
                      help="Strategy, optionally with parameters: NAME or NAME:key=value,... (e.g. late_first:attn_bonus=2); "
                           "see prunelens rank --list-strategies."),
-        click.option("--locality", type=click.Choice(["local", "propagated"]), default="propagated", show_default=True),
+        click.option("--locality", type=click.Choice(["local", "propagated", "sublayer"]), default="propagated", show_default=True),
         click.option("--timing", type=click.Choice(["teacher_forced", "free_running"]), default="teacher_forced",
                      show_default=True),
     ]):
