@@ -321,6 +321,8 @@ def main() -> None:
     ap.add_argument("--remedies", action="store_true", help="also knapsack at T=0.7 and on local predictions")
     ap.add_argument("--llmc-dir", default=None, help="evaluate llm-compressor checkpoints under this folder")
     ap.add_argument("--table", action="store_true", help="print the cached tables and exit")
+    ap.add_argument("--baselines-without-store", action="store_true",
+                    help="run uniform/owl rows without probing the store first (their pred ΣKL and KL@store stay empty)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
     out = Path(args.out)
@@ -382,7 +384,9 @@ def main() -> None:
         if cond["name"] in res["conditions"]:
             continue
         fam = cond["family"]
-        if fam not in stores:  # probed when first needed (the store resumes if interrupted)
+        if args.baselines_without_store and cond["allocator"] in ("uniform", "owl"):
+            pass  # no predicted ΣKL / KL on the store's prompts for this row
+        elif fam not in stores:  # probed when first needed (the store resumes if interrupted)
             stores[fam] = open_store(probe_store(out, fam, args))
             ev.add_store(fam, stores[fam])
         print(f"[run] {cond['name']} ...", flush=True)
