@@ -140,3 +140,16 @@ def test_apply_json(setup, tmp_path):
     assert got["summary"]["layers_after"] == 3 and got["validation"] is None
     text = run("apply", plan, "--out", tmp_path / "ckpt2")
     assert "{'" not in text  # a readable summary line, not a Python dict repr
+
+
+def test_directory_outputs_refuse_dash(setup, tmp_path, monkeypatch):
+    _, model_dir, store = setup
+    monkeypatch.chdir(tmp_path)
+    plan = tmp_path / "plan.json"
+    run("plan", store, "--kind", "block", "-T", "1.0", "--budget", "1", "--out", plan)
+    for args in (["apply", plan, "--out", "-"], ["report", store, "--out", "-"],
+                 ["compress", "--model", model_dir, "--method", "drop", "--units", "L0", "--out", "-"]):
+        res = CliRunner().invoke(main, [str(a) for a in args])
+        assert res.exit_code == 1 and "'-' (standard output) only works for file outputs" in res.output, res.output
+        assert "Traceback" not in res.output
+    assert not (tmp_path / "-").exists()

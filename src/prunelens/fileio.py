@@ -118,3 +118,11 @@ def follow_umask(root: str | os.PathLike[str]) -> None:
             p = Path(dirpath) / f
             if not p.is_symlink():
                 os.chmod(p, fmode)
+
+
+def refuse_stdout_dir(path: str | os.PathLike[str] | None, flag: str) -> None:
+    """A directory output cannot go to standard output: one clear error instead of a folder named ``-``."""
+    if is_stdout(path):
+        from .errors import PrunelensError
+
+        raise PrunelensError(f"{flag} names a directory; '-' (standard output) only works for file outputs")

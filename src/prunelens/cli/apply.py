@@ -27,6 +27,9 @@ def command(plan_path, out, overwrite, force, calib_samples, calib_len, validate
 
     from ..paths import guard_output_dir
 
+    from ..fileio import refuse_stdout_dir
+
+    refuse_stdout_dir(out, "--out")
     guard_output_dir(out, overwrite=overwrite, force=force)  # before any work
     console = make_console(stderr=as_json)  # with --json, stdout carries the JSON only
     plan = Plan.load(plan_path)

@@ -87,6 +87,9 @@ def command(model_spec, method, sparsity, pattern, bits, group_size, sym, extra,
     from ..paths import guard_output_dir
 
     out = Path(out_dir)
+    from ..fileio import refuse_stdout_dir
+
+    refuse_stdout_dir(out_dir, "--out")
     guard_output_dir(out, overwrite=overwrite, force=force)  # before any work
     if calib_samples < 1 or calib_len < 2:
         raise PrunelensError("--calib-samples must be >= 1 and --calib-len >= 2")

@@ -35,6 +35,9 @@ def command(store, plan_path, eval_path, method, kind, temperature, by, locality
     from ..safe_text import clean
 
     check_writable_dir(Path(out), flag="--out", shown=out)  # before any work
+    from ..fileio import refuse_stdout_dir
+
+    refuse_stdout_dir(out, "--out")
     plan = Plan.load(plan_path) if plan_path else None
     from ..eval_results import load_results
 
