@@ -6,7 +6,7 @@
 #   GPU_CHECK_OUT (a fresh temp dir), PYTHON (default .venv/bin/python if present, else python3).
 # Checks: the cuda float32 store equals the CPU float32 store to 1e-4 relative (+1e-7 absolute) on
 # kl, kl_pred, cos_dev, rel_norm; the bf16 store agrees per unit with the fp32 one to BF16_RTOL (0.25,
-# median over units of the relative difference of mean KL) with Spearman >= 0.9 across units.
+# median over units of the relative difference of mean KL) with Spearman >= 0.9 across units (>= 5 units).
 # Prints cells/s, tokens/s and peak GPU memory per run. Exit status 0 = all checks passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +48,7 @@ secs = float(ds.attrs.get("seconds_last_run", wall))
 tokens = cells * int(samples) * int(steps) * ds.sizes["locality"] * ds.sizes["timing"]
 peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan")
 print(f"{out.rsplit('/', 1)[-1]:22s} device={device:5s} dtype={dtype:9s} cells={cells} probe {secs:.1f} s (process {wall:.1f} s): "
-      f"{cells / secs:.2f} cells/s, {tokens / secs:.0f} tokens/s, peak GPU memory {peak:.0f} MiB", flush=True)
+      f"{cells / secs:.3g} cells/s, {tokens / secs:.3g} tokens/s, peak GPU memory {peak:.0f} MiB", flush=True)
 EOF
 }
 
@@ -76,10 +76,14 @@ else:
     y = b["kl"].mean(dim=("sample", "step")).values.reshape(x.shape)
     rel = np.abs(x - y) / np.maximum(np.abs(y), 1e-9)
     med = float(np.nanmedian(rel))
-    rho = min(float(spearmanr(x[:, j], y[:, j]).statistic) for j in range(x.shape[1]))
+    if x.shape[0] >= 5:  # a rank correlation of fewer units says nothing
+        rho = min(float(spearmanr(x[:, j], y[:, j]).statistic) for j in range(x.shape[1]))
+        rank = f"min Spearman across units {rho:.3f} (>= 0.9)"
+    else:
+        rho, rank = 1.0, f"Spearman not checked ({x.shape[0]} units < 5)"
     ok = med <= BF16_RTOL and rho >= 0.9
     print(f"  bf16 vs fp32: median relative difference of per-unit mean KL {med:.3f} (<= {BF16_RTOL}), "
-          f"min Spearman across units {rho:.3f} (>= 0.9)  {'ok' if ok else 'FAIL'}")
+          f"{rank}  {'ok' if ok else 'FAIL'}")
 sys.exit(0 if ok else 1)
 EOF
 }
