@@ -65,10 +65,6 @@ def command(model: str | None, task_list: str | None, reference: str | None, sam
         from ..paths import check_writable_file
 
         check_writable_file(json_path, flag="--json")  # before the evaluation, not after it
-    if json_path and json_path != "-":
-        from ..paths import check_writable_file
-
-        check_writable_file(json_path, flag="--json")  # before the evaluation, not after it
 
     if lm_eval_tasks and reference:
         raise PrunelensError("--reference is for prunelens tasks (gen_agreement); lm-eval tasks score one model")
