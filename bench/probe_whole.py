@@ -65,8 +65,11 @@ def timed(owner, name, key):
 
 orig_prepare = E.ProbeEngine.prepare
 def prepare(self, *a, **k):
-    state["engine"] = self
-    return orig_prepare(self, *a, **k)
+    state["engine"], state["in_prepare"] = self, True
+    try:
+        return orig_prepare(self, *a, **k)
+    finally:
+        state["in_prepare"] = False
 E.ProbeEngine.prepare = prepare
 timed(models, "load_model", "load")
 _load = models.load_model
@@ -79,7 +82,16 @@ import prunelens.cli.probe as cp
 if hasattr(cp, "load_model"):
     timed(cp, "load_model", "load")
 timed(E.ProbeEngine, "prepare", "prepare")
-timed(E, "greedy_decode", "greedy")
+_greedy = E.greedy_decode
+def greedy_in_prepare(*a, **k):  # the dense continuation only (free-running cells call it too)
+    if not state.get("in_prepare"):
+        return _greedy(*a, **k)
+    sync(); t = time.perf_counter()
+    try:
+        return _greedy(*a, **k)
+    finally:
+        sync(); acc["greedy"] = acc.get("greedy", 0.0) + time.perf_counter() - t
+E.greedy_decode = greedy_in_prepare
 timed(E.ProbeEngine, "measure", "measure")
 timed(E.ProbeEngine, "_dense_rows", "dense_readouts")
 timed(E, "row_metrics", "metrics")

@@ -111,6 +111,7 @@ class RowMetrics:
 
 
 LARGE_B = 30.0  # beyond this exp(b)² may overflow float32: such rows are recomputed directly
+DIRECT_CHUNK_BYTES = 1 << 23  # rows recomputed directly go in chunks of ~8 MB of float64 per temporary
 
 
 def probability_metrics(z: torch.Tensor, dz: torch.Tensor, temperature: float) -> dict[str, torch.Tensor]:
@@ -146,18 +147,19 @@ def _probability_from_sums(dense: DenseRows, per: torch.Tensor, z: torch.Tensor,
     p_dp = swd / (sd * sd * (1 + m))
     dpdp = (swdd / (sd * sd * (1 + m) ** 2)).clamp_min(0)
     perp_sq = (dpdp - p_dp * p_dp / pp).clamp_min(0)
-    out = _vector_from_sums(pp, p_dp, perp_sq, dpdp)
+    out = {k: v.clone() for k, v in _vector_from_sums(pp, p_dp, perp_sq, dpdp).items()}  # own storage: rows may be replaced
     r_mean = wb / sw
     out["cos_dev_pred"] = (wbb / sw - r_mean * r_mean) / 2
     out["kl"], out["kl_pred"] = kl, kl_pred
     bad = (bmax > LARGE_B) | ~torch.isfinite(kl) | ~torch.isfinite(out["cos_dev"])
     if bool(bad.any()):
         for k, t in enumerate(dense.inv_t.tolist()):
-            idx = bad[k].nonzero().view(-1)
-            if idx.numel():
+            bad_rows = bad[k].nonzero().view(-1)
+            step = max(1, DIRECT_CHUNK_BYTES // (8 * z.shape[-1]))  # float64 temporaries stay small
+            for lo in range(0, bad_rows.numel(), step):
+                idx = bad_rows[lo : lo + step]
                 direct = _probability_direct(z[idx], z2[idx] - z[idx], t)
                 for name in out:
-                    out[name] = out[name].clone()
                     out[name][k, idx] = direct[name]
     return out
 
