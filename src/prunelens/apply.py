@@ -22,15 +22,39 @@ from .plans import Plan
 from .units import Unit
 
 
+def compress_with_plan(loaded: Any, plan: Plan, *, calib_samples: int = 32, calib_len: int = 256, seed: int = 0,
+                       progress: bool = True) -> dict[str, Any]:
+    """Compress ``loaded`` in memory as the plan says (one method: ``compress_model``; mixed:
+    ``compress_mixed``, unit by unit on compressed activations); return the compression summary."""
+    from .compress import compress_model
+    from .methods import parse_method
+    from .mixed import compress_mixed
+    from .plan_checks import check_units_disjoint
+
+    check_units_disjoint(u.unit for u in plan.units)
+    plan.validate_for(loaded)
+    assignments = [(u, parse_method(spec)) for u, spec in plan.unit_methods()]
+    for u, m in assignments:
+        m.check_unit(u)
+    calib_ids = None
+    if any(m.calibration != "none" for _, m in assignments):
+        from .data import token_windows
+
+        calib_ids = torch.as_tensor(token_windows(loaded.tokenizer, calib_samples, calib_len, split="calib", seed=seed))
+    if plan.is_mixed:  # each unit its own method: sequential, unit by unit on compressed activations
+        return compress_mixed(loaded, assignments, calib_ids=calib_ids, progress=progress)
+    return compress_model(loaded, assignments[0][1], [u for u, _ in assignments], calib_ids=calib_ids,
+                          progress=progress)
+
+
 def apply_plan(plan: Plan, out_dir: str | Path, *, loaded: Any = None, calib_samples: int = 32, calib_len: int = 256,
                overwrite: bool = False, force: bool = False, progress: bool = True) -> tuple[Path, dict]:
     """Compress the plan's model in place (``loaded`` is consumed) and save it to ``out_dir``."""
-    from .compress import compress_model, save_checkpoint
+    from .compress import save_checkpoint
     from .methods import parse_method
+    from .mixed import linear_zeros
     from .models import load_model
-
     from .paths import guard_output_dir
-
     from .plan_checks import check_units_disjoint
 
     guard_output_dir(out_dir, overwrite=overwrite, force=force)  # before loading and compressing
@@ -39,23 +63,8 @@ def apply_plan(plan: Plan, out_dir: str | Path, *, loaded: Any = None, calib_sam
         parse_method(spec)
     if loaded is None:
         loaded = load_model(plan.model_id)
-    plan.validate_for(loaded)
-    from .mixed import compress_mixed, linear_zeros
-
-    assignments = [(u, parse_method(spec)) for u, spec in plan.unit_methods()]
-    for u, m in assignments:
-        m.check_unit(u)
-    calib_ids = None
-    if any(m.calibration != "none" for _, m in assignments):
-        from .data import token_windows
-
-        calib_ids = torch.as_tensor(token_windows(loaded.tokenizer, calib_samples, calib_len, split="calib"))
     _, linear_before = linear_zeros(loaded.adapter)
-    if plan.is_mixed:  # each unit its own method: sequential, unit by unit on compressed activations
-        summary = compress_mixed(loaded, assignments, calib_ids=calib_ids, progress=progress)
-    else:
-        summary = compress_model(loaded, assignments[0][1], [u for u, _ in assignments], calib_ids=calib_ids,
-                                 progress=progress)
+    summary = compress_with_plan(loaded, plan, calib_samples=calib_samples, calib_len=calib_len, progress=progress)
     zeros, present = linear_zeros(loaded.adapter)
     summary["zero_fraction"] = zeros / present if present else 0.0  # of the decoder linear weights still stored
     summary["linear_zero_or_removed"] = (zeros + linear_before - present) / linear_before

@@ -45,21 +45,12 @@ def one_minus_cos(norm_x: torch.Tensor, par: torch.Tensor, perp_sq: torch.Tensor
 
 def vector_metrics(x: torch.Tensor, dx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(measured 1-cos, predicted ``‖dx⊥‖²/(2‖x‖²)``, ``‖dx‖/‖x‖``) per row, float64."""
-    x = x.double()
-    dx = dx.double()
-    xx = (x * x).sum(-1)
-    xd = (x * dx).sum(-1)
-    coef = torch.where(xx > 0, xd / xx, torch.zeros_like(xx))
-    perp = dx - coef.unsqueeze(-1) * x
-    perp_sq = (perp * perp).sum(-1)
-    dd = (dx * dx).sum(-1)
-    norm_x = xx.sqrt()
-    par = torch.where(norm_x > 0, xd / norm_x, torch.zeros_like(xd))
-    return one_minus_cos(norm_x, par, perp_sq), perp_sq / (2 * xx), dd.sqrt() / norm_x
+    parts = vector_parts(x, dx)
+    return parts["cos_dev"], parts["cos_dev_pred"], parts["rel_norm"]
 
 
 def vector_parts(x: torch.Tensor, dx: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``vector_metrics`` plus ``‖dx∥‖/‖x‖`` and ``‖dx⊥‖/‖x‖`` per row (float64), from one set of dots."""
+    """1-cos, its prediction, ``‖dx‖/‖x‖``, ``‖dx∥‖/‖x‖`` and ``‖dx⊥‖/‖x‖`` per row (float64), from one set of dots."""
     x = x.double()
     dx = dx.double()
     xx = (x * x).sum(-1)

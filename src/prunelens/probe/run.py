@@ -261,35 +261,16 @@ def apply_base(loaded: Any, plan_path: str | Path, *, calib_samples: int = 32, c
                seed: int = 0) -> dict[str, Any]:
     """Compress ``loaded`` in memory with the plan at ``plan_path`` (``probe --base``); return the store's record of it.
 
-    The same compression as ``prunelens apply`` (one method: ``compress_model``; mixed:
-    ``compress_mixed``, unit by unit on compressed activations), without writing a checkpoint.
+    The same compression as ``prunelens apply`` (``apply.compress_with_plan``), without writing a checkpoint.
     Every unit is then probed on top of that model: it is the dense reference.
     """
     import hashlib
 
-    import torch
-
-    from ..compress import compress_model
-    from ..methods import parse_method
-    from ..mixed import compress_mixed
-    from ..plan_checks import check_units_disjoint
+    from ..apply import compress_with_plan
     from ..plans import Plan
 
     plan = Plan.load(plan_path)
-    check_units_disjoint(u.unit for u in plan.units)
-    plan.validate_for(loaded)
-    assignments = [(u, parse_method(spec)) for u, spec in plan.unit_methods()]
-    for u, m in assignments:
-        m.check_unit(u)
-    calib_ids = None
-    if any(m.calibration != "none" for _, m in assignments):
-        from ..data import token_windows
-
-        calib_ids = torch.as_tensor(token_windows(loaded.tokenizer, calib_samples, calib_len, split="calib", seed=seed))
-    if plan.is_mixed:
-        compress_mixed(loaded, assignments, calib_ids=calib_ids, progress=False)
-    else:
-        compress_model(loaded, assignments[0][1], [u for u, _ in assignments], calib_ids=calib_ids, progress=False)
+    compress_with_plan(loaded, plan, calib_samples=calib_samples, calib_len=calib_len, seed=seed, progress=False)
     text = json.dumps(plan.to_dict(), sort_keys=True, default=str)
     return {"path": str(Path(plan_path).resolve()), "sha256": hashlib.sha256(text.encode()).hexdigest()[:16],
             "units": [f"{u.name}:{spec}" for u, spec in plan.unit_methods()]}
