@@ -107,7 +107,7 @@ def main() -> None:
     dense = statistics.median(speeds["dense"])
     print(f"SmolLM2-135M, float32, batch 1, {args.prompt}-token prompt + {args.new} greedy tokens, "
           f"{args.threads} thread(s), median of {args.repeats} interleaved runs")
-    print(f"| variant | layers | params | param MB | KV cache MB | tokens/s | vs dense |")
+    print("| variant | layers | params | param MB | KV cache MB | tokens/s | vs dense |")
     print("|---|---|---|---|---|---|---|")
     for name, m in models.items():
         params = sum(p.numel() for p in m.model.parameters())

@@ -52,8 +52,6 @@ def results_record(tasks: list[Any], results: Mapping[str, Mapping[str, float]],
                    config: Mapping[str, Any] | None = None, seconds: Mapping[str, float] | None = None,
                    samples: Mapping[str, list[dict]] | None = None) -> dict[str, Any]:
     """``run_tasks`` output (+ the ``Task`` objects run) -> an lm-eval-shaped record."""
-    from . import __version__
-
     by_key = {t.name if sum(u.name == t.name for u in tasks) == 1 else t.spec: t for t in tasks}
     rec: dict[str, Any] = {"results": {}, "n-samples": {}, "versions": {}, "configs": {}, "higher_is_better": {}}
     for name, metrics in results.items():
