@@ -17,8 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from prunelens.allocation import (Allocation, AllocContext, Allocator, Choice, layer_combinations, solve_mckp,
-                                  store_options)
+from prunelens.allocation import (
+    Allocation,
+    Allocator,
+    AllocContext,
+    Choice,
+    layer_combinations,
+    solve_mckp,
+    store_options,
+)
 from prunelens.budgets import option_effect, requirement, saving
 from prunelens.errors import PrunelensError
 from prunelens.hookspecs import hookimpl

@@ -15,10 +15,11 @@ was dropped there: probe it with ``--method drop``). Packed/compressed tensor fo
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import torch
 

@@ -10,8 +10,9 @@ For a whole model (``compress_model`` / ``prunelens compress``) see ``prunelens.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn

@@ -10,7 +10,8 @@ Version 2 added ``rel_par``, ``rel_perp``, ``dz_var_uniform``, ``dz_var_top5``,
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import xarray as xr

@@ -19,9 +19,10 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -133,7 +134,7 @@ class StoreWriter:
         self.units = [str(u) for u in self.group["unit"][:]]
 
     @classmethod
-    def open_for_resume(cls, path: str | Path, identity: Mapping[str, Any]) -> "StoreWriter":
+    def open_for_resume(cls, path: str | Path, identity: Mapping[str, Any]) -> StoreWriter:
         """Open an existing store for this run, or raise ``PrunelensError`` saying what differs."""
         path = Path(path)
         if not (path / "zarr.json").is_file():
@@ -174,7 +175,7 @@ class StoreWriter:
     def write_cell(self, m: int, u: int, arrays: Mapping[str, np.ndarray], free_tokens: np.ndarray, nonfinite: int) -> None:
         """Write every per-unit variable of cell (m, u) (whole chunks), then mark it done."""
         with quiet():
-            for name, dims in VARIABLES.items():
+            for name in VARIABLES:
                 if name in ("done", "free_tokens"):
                     continue
                 arr = self.group[name]
@@ -249,7 +250,7 @@ class StoreLock:
         self.lock_path = self.path.parent / f".{self.path.name}.lock"
         self._fd: int | None = None
 
-    def acquire(self) -> "StoreLock":
+    def acquire(self) -> StoreLock:
         import fcntl
 
         if self._fd is not None:
@@ -275,7 +276,7 @@ class StoreLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "StoreLock":
+    def __enter__(self) -> StoreLock:
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:

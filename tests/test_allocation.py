@@ -10,15 +10,15 @@ import random
 import numpy as np
 import pytest
 import torch
+from rank_helpers import random_ids, save_tiny, synthetic_store
 
-from prunelens.allocation import allocate_plan, layer_combinations, solve_mckp, store_options, AllocContext
+from prunelens.allocation import AllocContext, allocate_plan, layer_combinations, solve_mckp, store_options
 from prunelens.budgets import Budget, option_effect, parse_budget_spec, unit_sizes
 from prunelens.errors import PrunelensError
 from prunelens.methods import expand_method_specs, expand_methods, parse_method
 from prunelens.models import load_model
 from prunelens.plans import Plan
 from prunelens.units import Unit
-from rank_helpers import random_ids, save_tiny, synthetic_store
 
 SPECS = ["drop", "wanda:sparsity=0.3", "wanda:sparsity=0.5", "wanda:sparsity=0.7", "rtn:bits=2", "rtn:bits=3",
          "rtn:bits=4", "rtn:bits=8"]
@@ -383,10 +383,10 @@ def test_knapsack_band_keeps_every_level_near_the_target(loaded):
 def test_iterative_knapsack_fixes_front_layers_and_reprobes_the_rest(loaded):
     import copy
 
+    from prunelens.apply import store_prompt_ids
     from prunelens.mixed import compress_mixed
     from prunelens.probe.engine import ProbeEngine, ProbeSettings
     from prunelens.probe.prompts import Prompts
-    from prunelens.apply import store_prompt_ids
 
     ds = _store(loaded, methods=["rtn:bits=2", "rtn:bits=3", "rtn:bits=8"], kinds=("block",))
     ids = random_ids(batch=4, length=16, seed=9)

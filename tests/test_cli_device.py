@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
+from rank_helpers import save_tiny
 
 from prunelens.cli import main
 from prunelens.devices import resolve_device
-from rank_helpers import save_tiny
 
 
 @pytest.mark.parametrize("cuda,want", [(True, "cuda"), (False, "cpu")])

@@ -11,10 +11,10 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from rank_helpers import save_tiny, synthetic_store
 
 from prunelens.cli import main
 from prunelens.models import load_model
-from rank_helpers import save_tiny, synthetic_store
 
 ELLIPSIS = "…"
 LONG = "a-directory-name-long-enough-that-any-table-showing-it-overflows-eighty-columns"

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import make_tiny_model
+
 from prunelens.cli import main
 
 
@@ -148,8 +148,9 @@ def test_docs_plugin_example_registers_and_runs(tiny_dir, tmp_path):
     import re
     from pathlib import Path
 
-    from prunelens.evaluation import run_tasks
     from test_eval_tasks import _loaded
+
+    from prunelens.evaluation import run_tasks
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "eval.md").read_text()
     code = next(b for b in re.findall(r"```python\n(.*?)```", doc, flags=re.S) if "class FirstToken" in b)

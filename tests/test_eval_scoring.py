@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_tiny_model
+
 from prunelens import tasks as T
 
 

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_tiny_model
+
 from prunelens import tasks as T
 from prunelens.errors import PrunelensError
 from prunelens.evaluation import parse_task, run_tasks, split_task_list, task_registry

@@ -66,7 +66,7 @@ def test_unknown_unit_and_unsupported_architecture(tiny_llama):
     ad = get_adapter(tiny_llama)
     with pytest.raises(PrunelensError, match="does not exist"):
         ad.module(Unit(7, "attn"))
-    from transformers import BertConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, BertConfig
 
     bert = AutoModelForCausalLM.from_config(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
                                                        num_attention_heads=2, intermediate_size=32, is_decoder=True))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -10,11 +9,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_model
 
 from prunelens.errors import PrunelensError
 from prunelens.models import load_model
-
-from conftest import make_tiny_model
 
 
 def _cli(*args, env=None):
@@ -23,8 +21,8 @@ def _cli(*args, env=None):
 
 
 def test_load_local_directory_roundtrip(tmp_path):
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
 
     model = make_tiny_model("qwen2")
     model.save_pretrained(tmp_path)
@@ -77,6 +75,7 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path):
 
 def test_every_subcommand_has_help():
     from click.testing import CliRunner
+
     from prunelens.cli import main
 
     runner = CliRunner()
@@ -125,6 +124,7 @@ def test_data_sampling_is_deterministic_and_splits_are_disjoint(tiny_tokenizer_r
 @pytest.fixture(scope="module")
 def tiny_tokenizer_real():
     from transformers import AutoTokenizer
+
     from prunelens.models import prepared_path
 
     return AutoTokenizer.from_pretrained(prepared_path("smollm2-135m"))

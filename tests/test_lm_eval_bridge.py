@@ -11,10 +11,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from rank_helpers import save_tiny
 
 from prunelens.eval_results import read_results
 from prunelens.lm_eval_bridge import merge_records
-from rank_helpers import save_tiny
 
 
 def test_merge_keeps_both_and_reads_back():

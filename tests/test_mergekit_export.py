@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from rank_helpers import save_tiny, synthetic_store
 
 from prunelens.models import BUNDLED, load_model, prepared_path
 from prunelens.plans import mergekit_source, plan_from_store
-from rank_helpers import save_tiny, synthetic_store
 
 
 def _mergekit_python() -> str | None:

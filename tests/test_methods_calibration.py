@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_tiny_model
 
 from prunelens.adapters import get_adapter
 from prunelens.calibration import Stats, collect_stats
 from prunelens.units import Unit
-
-from conftest import make_tiny_model
 
 
 def _inputs_by_hand(model, module, ids_batches):

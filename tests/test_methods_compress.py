@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import TINY_ARCHS, make_tiny_model
 
 from prunelens.adapters import get_adapter, linear_weight
 from prunelens.calibration import collect_stats
@@ -18,8 +19,6 @@ from prunelens.methods import parse_method
 from prunelens.models import LoadedModel
 from prunelens.perplexity import perplexity
 from prunelens.units import Unit
-
-from conftest import TINY_ARCHS, make_tiny_model
 
 
 def loaded_of(model, tokenizer=None) -> LoadedModel:
@@ -216,9 +215,9 @@ def test_cli_errors_are_one_line(tiny_dir, tmp_path, args, needle):
 
 @pytest.mark.real_model
 def test_real_model_drop_checkpoint(smollm2, tmp_path):
-    from transformers import AutoModelForCausalLM
-
     import copy
+
+    from transformers import AutoModelForCausalLM
 
     loaded = copy.copy(smollm2)
     model = copy.deepcopy(smollm2.model)

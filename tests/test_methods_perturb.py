@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_ARCHS, make_tiny_model
 
 from prunelens.adapters import get_adapter
 from prunelens.calibration import collect_stats
 from prunelens.methods import parse_method
 from prunelens.units import Unit
-
-from conftest import TINY_ARCHS, make_tiny_model
 
 SPECS = ["magnitude", "wanda", "wanda:pattern=2:4", "sparsegpt", "sparsegpt:pattern=2:4", "rtn:bits=3",
          "gptq:bits=3,group_size=16", "drop"]

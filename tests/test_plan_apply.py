@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from rank_helpers import save_tiny, synthetic_store
 
 from prunelens.errors import PrunelensError
 from prunelens.models import load_model
 from prunelens.plans import Plan, iterative_plan, parse_budget, plan_from_store, select_units, unit_param_counts
-from rank_helpers import save_tiny, synthetic_store
 
 
 @pytest.fixture(scope="module")

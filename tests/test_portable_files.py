@@ -9,10 +9,10 @@ import stat
 
 import pytest
 from click.testing import CliRunner
+from rank_helpers import save_tiny, synthetic_store
 
 from prunelens.cli import main
 from prunelens.models import load_model
-from rank_helpers import save_tiny, synthetic_store
 
 
 @pytest.fixture(scope="module")

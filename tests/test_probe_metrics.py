@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from probe_helpers import one_minus_cos, perp_pred
 
 from prunelens.probe.metrics import row_metrics, vector_metrics
-from probe_helpers import one_minus_cos, perp_pred
 
 TEMPS = [0.5, 1.0, 2.0]
 

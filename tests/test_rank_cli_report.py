@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from rank_helpers import save_tiny, synthetic_store
 
 from prunelens.cli import main
 from prunelens.models import load_model
-from rank_helpers import save_tiny, synthetic_store
 
 
 @pytest.fixture(scope="module")

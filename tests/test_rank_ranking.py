@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from rank_helpers import random_ids, synthetic_store
 
 from prunelens.adapters import get_adapter
 from prunelens.errors import PrunelensError
 from prunelens.models import LoadedModel
 from prunelens.ranking import COLUMNS, rank_units, ranker_registry
-from rank_helpers import random_ids, synthetic_store
 
 
 def test_registry_lists_builtin_strategies():

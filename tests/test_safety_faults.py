@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ from prunelens.probe.prompts import Prompts
 from prunelens.probe.run import run_probe
 from prunelens.units import select_units
 from prunelens_store import open_store
-from prunelens_store.writer import StoreLock, StoreWriter
+from prunelens_store.writer import StoreLock
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
 ESC = "\x1b"

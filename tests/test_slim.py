@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from rank_helpers import random_ids, save_tiny
 
 from prunelens.compress import drop_units, save_checkpoint
 from prunelens.errors import PrunelensError
 from prunelens.models import load_model
 from prunelens.slim import DroppedAttention, DroppedMLP, dropped_sublayers, load_slim, slim_model
 from prunelens.units import Unit
-from rank_helpers import random_ids, save_tiny
 
 DROPS = [Unit(0, "attn"), Unit(2, "mlp"), Unit(3, "attn"), Unit(3, "mlp")]  # L0.attn: the cache's length layer
 

@@ -8,12 +8,12 @@ import textwrap
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from rank_helpers import save_tiny, synthetic_store
 
 from prunelens.cli import main
 from prunelens.errors import PrunelensError
 from prunelens.methods import canonical_spec, match_spec
 from prunelens.params import parse_spec
-from rank_helpers import save_tiny, synthetic_store
 
 LATE_FIRST = textwrap.dedent('''
     from prunelens.hookspecs import hookimpl

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from rank_helpers import synthetic_store
 
 from prunelens_store import decode_attrs, open_store
 from prunelens_store.schema import VARIABLE_ATTRS, VARIABLES
-from rank_helpers import synthetic_store
 
 
 def _write(tmp_path, ds):

@@ -12,7 +12,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_tiny_model
 
 BOS = 2

@@ -78,8 +78,9 @@ async def test_every_screen_and_switches(store):
 
 async def test_rank_and_export_equal_plan_from_store(store, tmp_path):
     plans = pytest.importorskip("prunelens.plans", reason="prunelens.plans is not in the tree")
-    from prunelens_tui.backend import open_store
     from textual.widgets import Input, Select
+
+    from prunelens_tui.backend import open_store
 
     out = tmp_path / "plan.json"
     app = PrunelensApp([store], cwd=store.parent)
@@ -178,6 +179,7 @@ def real_store(tmp_path_factory):
     """A store written by the real probe engine (drop, every unit of a tiny 2-layer llama)."""
     pytest.importorskip("prunelens.probe.run", reason="the probe engine is not in the tree")
     from conftest import make_tiny_model
+
     from prunelens.adapters import get_adapter
     from prunelens.methods import parse_method
     from prunelens.models import LoadedModel
@@ -197,8 +199,9 @@ def real_store(tmp_path_factory):
 
 async def test_real_probe_store_every_screen_and_plan(real_store, tmp_path):
     plans = pytest.importorskip("prunelens.plans", reason="prunelens.plans is not in the tree")
-    from prunelens_tui.backend import open_store
     from textual.widgets import Input
+
+    from prunelens_tui.backend import open_store
 
     ds = open_store(real_store)
     out = tmp_path / "real-plan.json"

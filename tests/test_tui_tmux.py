@@ -48,7 +48,7 @@ class Tmux:
 
 def test_launch_heatmap_export_and_quit(tmp_path):
     make_store(tmp_path / "run.zarr", methods=("drop",), num_layers=4, samples=2, steps=6, temperatures=(0.7, 1.0))
-    env = f"env PRUNELENS_LOAD_PLUGINS= HF_HUB_OFFLINE=1 TERM=xterm-256color"
+    env = "env PRUNELENS_LOAD_PLUGINS= HF_HUB_OFFLINE=1 TERM=xterm-256color"
     tmux = Tmux(f"{env} {sys.executable} -m prunelens_tui run.zarr; echo TUI-EXIT=$?; sleep 120", tmp_path)
     try:
         tmux.wait_for("run.zarr", "complete", "tiny-llama-synthetic", timeout=60)

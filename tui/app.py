@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from textual.app import App
 from textual.binding import Binding
@@ -13,13 +13,13 @@ from prunelens.errors import PrunelensError
 from prunelens.safe_text import esc
 
 from . import backend
-from .selection import Selection, default_selection
 from .screens.curves import CurvesScreen
 from .screens.heatmap import HeatmapScreen
 from .screens.help import HelpScreen
 from .screens.plan import PlanScreen
 from .screens.runs import RunsScreen
 from .screens.theory import TheoryScreen
+from .selection import Selection, default_selection
 from .widgets.heatmap import HeatmapGrid
 
 SCREENS = {"runs": RunsScreen, "heatmap": HeatmapScreen, "curves": CurvesScreen, "theory": TheoryScreen,

@@ -6,9 +6,10 @@ An architecture is data (an ``ArchitectureSpec``) registered through the
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn

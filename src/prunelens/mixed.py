@@ -123,7 +123,7 @@ def compress_mixed(loaded: Any, assignments: list[tuple[Unit, Method]], calib_id
     if bar is not None:
         bar.close()
     dropped: dict[str, Any] = {}
-    for spec, (m, units) in held.items():
+    for m, units in held.values():
         out = m.apply(loaded, units)
         for k, v in (out or {}).items():
             dropped[k] = dropped.get(k, []) + v if isinstance(v, list) else v

@@ -94,7 +94,7 @@ def _convert_gguf(gguf: Path, dest: Path, info: dict[str, Any]) -> None:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
                                                      trust_remote_code=False)
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (ValueError, KeyError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PrunelensError(f"cannot convert {gguf}: {first}") from None
     model.hf_quantizer = None
@@ -206,7 +206,7 @@ def load_model(spec: str, dtype: str = "float32", device: str = "cpu", trust_rem
         if "offline" in str(exc).lower() or "connect" in str(exc).lower() or "couldn't" in str(exc).lower():
             raise PrunelensError(f"cannot load {spec!r}: not a local path, and the model hub is unreachable ({first})") from None
         raise PrunelensError(f"cannot load {spec!r}: {first}") from None
-    except (ValueError, KeyError, RuntimeError, EnvironmentError) as exc:
+    except (ValueError, KeyError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PrunelensError(f"cannot load {spec!r}: {first}") from None
     if device not in ("auto", "cpu"):

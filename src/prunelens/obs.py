@@ -10,7 +10,7 @@ rest of the matrix after each block (as in IST-DASLab/sparsegpt and gptq).
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -131,7 +131,7 @@ class Plan:
         return atomic_write(path, self.to_json())
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "plan") -> "Plan":
+    def from_dict(cls, d: dict[str, Any], source: str = "plan") -> Plan:
         if not isinstance(d, dict):
             raise PrunelensError(f"{source}: not a plan (expected a JSON object)")
         version = d.get("schema_version")
@@ -164,7 +164,7 @@ class Plan:
         return cls(**{**d, "units": units, "schema_version": PLAN_SCHEMA_VERSION})
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "Plan":
+    def load(cls, path: str | os.PathLike[str]) -> Plan:
         p = Path(path)
         if not p.is_file():
             raise PrunelensError(f"plan file not found: {path}")
@@ -442,9 +442,9 @@ def iterative_plan(ds: Any, *, method: str, kind: str | None, temperature: float
 
     from .apply import perturbed, store_prompt_ids
     from .methods import parse_method
+    from .models import load_model
     from .probe.engine import ProbeEngine, ProbeSettings
     from .probe.prompts import Prompts
-    from .models import load_model
     from .ranking import resolve_method, store_units
 
     budget = parse_budget(budget)

@@ -22,10 +22,11 @@ import importlib.metadata as md
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 
@@ -235,7 +236,7 @@ def collect(hook_name: str, load: bool = True) -> list[tuple[str, Any]]:
             continue
         found: list[Any] = []
         try:
-            impl(register=lambda item, *_a, **_k: found.append(item))
+            impl(register=lambda item, *_a, _found=found, **_k: _found.append(item))
         except Exception as exc:
             msg = f"{type(exc).__name__}: {exc}"
             if not any(f.name == name and f.error == msg for f in _failed):

@@ -190,7 +190,7 @@ def nonfinite_note(ds: Any, df: Any = None) -> str:
 # -- the public entry point ----------------------------------------------------------
 def rank_units(ds: Any, *, method: str, kind: str | None, temperature: float, by: str = "kl_pred",
                locality: str = "propagated", timing: str = "teacher_forced", loaded: Any = None,
-               calib_ids: Any = None, **ranker_params: Any) -> "pandas.DataFrame":  # noqa: F821
+               calib_ids: Any = None, **ranker_params: Any) -> pandas.DataFrame:  # noqa: F821
     """Units of one kind (or all) sorted safest first, with store metrics averaged over samples and steps.
 
     ``score`` is the chosen strategy's score (lower = safer); ties keep store order; a unit

@@ -175,7 +175,6 @@ def write_report(ds: Any, out_dir: str | Path, *, method: str | None = None, kin
                  store_path: str | None = None) -> Path:
     """Write ``report.md`` and its PNGs into ``out_dir``; returns the Markdown path."""
     import matplotlib
-
     import numpy as np
 
     from .ranking import nonfinite_note, pick_temperature, rank_units, resolve_method

@@ -10,13 +10,14 @@ few tokenizers append) is recorded but never appended: a prompt is continued, no
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import PrunelensError
 
 _PROBE_TEXT = "Hello world"
-_cache: dict[int, tuple[Any, "Convention"]] = {}
+_cache: dict[int, tuple[Any, Convention]] = {}
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from .errors import PrunelensError
 
@@ -27,7 +27,7 @@ class Unit:
         return self.name
 
     @classmethod
-    def parse(cls, text: str) -> "Unit":
+    def parse(cls, text: str) -> Unit:
         m = _UNIT_RE.match(text.strip())
         if not m:
             raise PrunelensError(f"bad unit name {text!r}: expected L<i>, L<i>.attn or L<i>.mlp")

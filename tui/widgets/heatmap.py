@@ -29,7 +29,7 @@ class HeatmapGrid(Widget, can_focus=True):
     cursor: reactive[tuple[int, int]] = reactive((0, 0))
 
     class CursorMoved(Message):
-        def __init__(self, grid: "HeatmapGrid", unit: str, step: int, value: float) -> None:
+        def __init__(self, grid: HeatmapGrid, unit: str, step: int, value: float) -> None:
             super().__init__()
             self.grid, self.unit, self.step, self.value = grid, unit, step, value
 

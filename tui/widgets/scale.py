@@ -29,7 +29,7 @@ class Scale:
     log: bool
 
     @classmethod
-    def fit(cls, values: np.ndarray) -> "Scale":
+    def fit(cls, values: np.ndarray) -> Scale:
         """Log scale when every value is positive and they span more than 50x; else linear."""
         finite = np.asarray(values, dtype=float)
         finite = finite[np.isfinite(finite)]

@@ -7,7 +7,8 @@ registries, so a third-party plugin's methods, rankers and tasks complete too.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from click.shell_completion import CompletionItem
 

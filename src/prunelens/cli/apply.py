@@ -20,14 +20,11 @@ import click
               help="Print the result as JSON (checkpoint path, summary, validation rows) instead of text.")
 def command(plan_path, out, overwrite, force, calib_samples, calib_len, validate_store, as_json) -> None:
     """Apply PLAN to its model and save the result to --out (safetensors + tokenizer + prunelens.json)."""
-    from ..console import make_console
-
     from ..apply import apply_plan
-    from ..plans import Plan
-
-    from ..paths import guard_output_dir
-
+    from ..console import make_console
     from ..fileio import refuse_stdout_dir
+    from ..paths import guard_output_dir
+    from ..plans import Plan
 
     refuse_stdout_dir(out, "--out")
     guard_output_dir(out, overwrite=overwrite, force=force)  # before any work

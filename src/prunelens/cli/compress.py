@@ -9,12 +9,11 @@ import click
 from ..devices import DEVICE_HELP
 from ._complete import complete_method
 
-
 # option name -> method parameter; an option given for a method without that parameter is an error
 PARAM_OPTIONS = ("sparsity", "pattern", "bits", "group_size", "sym")
 
 
-def method_from_options(method: str, options: dict, extra: tuple[str, ...]) -> "object":
+def method_from_options(method: str, options: dict, extra: tuple[str, ...]) -> object:
     """``--method wanda:sparsity=0.5`` plus ``--sparsity``/``--param k=v`` -> a validated method.
 
     Options override values written in the spec; unknown parameters are reported by the method.
@@ -97,10 +96,9 @@ def command(model_spec, method, sparsity, pattern, bits, group_size, sym, extra,
     import torch
 
     from ..compress import compress_model, save_checkpoint
+    from ..devices import resolve_device
     from ..models import load_model
     from ..units import select_units
-
-    from ..devices import resolve_device
 
     loaded = load_model(model_spec, dtype=dtype, device=resolve_device(device)[0])
     unit_list = select_units(units, loaded.adapter.num_layers) if units else None

@@ -17,7 +17,6 @@ import click
 def command(out, kind, budget, temperature, samples, steps, free_running, eval_samples) -> None:
     """Probe → rank → plan → apply → validate → eval → report on SmolLM2-135M (about 10 minutes on 2 cores)."""
     from ..console import make_console
-
     from ..demo import DemoSettings, run_demo
 
     temps = sorted({0.7, 1.0, temperature})

@@ -9,7 +9,6 @@ import click
 from ..devices import DEVICE_HELP
 from ._complete import complete_tasks
 
-
 DEFAULT_TASKS = "perplexity,mc_nextline,mc_letters"
 
 

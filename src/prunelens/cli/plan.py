@@ -36,13 +36,11 @@ def command(store, method, kind, temperature, by, locality, timing, budget, allo
     from rich.table import Table
 
     from ..console import make_console
+    from ..fileio import is_stdout, write_output
+    from ..paths import check_writable_file
     from ..plans import iterative_plan, plan_from_store
     from ..ranking import load_store
-
-    from ..paths import check_writable_file
     from ..safe_text import esc
-
-    from ..fileio import is_stdout, write_output
 
     check_writable_file(None if is_stdout(out) else out, flag="--out")  # before any work
     check_writable_file(None if is_stdout(mergekit) else mergekit, flag="--mergekit")

@@ -136,10 +136,10 @@ def print_summary(path: str, attrs: dict) -> None:
 
     from rich.table import Table
 
+    from prunelens_store import open_store
+
     from ..console import make_console
     from ..safe_text import esc
-
-    from prunelens_store import open_store
 
     ds = open_store(path, allow_incomplete=True)
     rho = json.loads(attrs.get("spearman_kl_pred_vs_kl") or ds.attrs.get("spearman_kl_pred_vs_kl", "{}"))

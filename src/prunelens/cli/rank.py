@@ -72,7 +72,6 @@ def ranking_json(df: Any, *, store: str, kind: str) -> dict:
 def command(store, method, kind, temperature, by, locality, timing, top, csv_path, as_json, list_strategies) -> None:
     """Rank the units of a probe STORE, safest first (lower predicted KL = safer)."""
     from ..console import make_console
-
     from ..ranking import load_store, rank_units, ranker_registry
 
     console = make_console()
@@ -87,11 +86,10 @@ def command(store, method, kind, temperature, by, locality, timing, top, csv_pat
         return
     if not store:
         raise click.UsageError("missing argument STORE (only --list-strategies works without one)")
+    from ..fileio import is_stdout, json_text, write_output
     from ..paths import check_writable_file
     from ..ranking import nonfinite_note
     from ..safe_text import esc
-
-    from ..fileio import is_stdout, json_text, write_output
 
     check_writable_file(None if is_stdout(csv_path) else csv_path, flag="--csv")
     ds = load_store(store)

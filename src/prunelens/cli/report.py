@@ -24,14 +24,12 @@ from .rank import KIND_CHOICE
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Report directory.")
 def command(store, plan_path, eval_path, method, kind, temperature, by, locality, timing, out) -> None:
     """Write OUT/report.md with plots: 1-cos per layer, predicted vs measured KL, step-wise divergence, ranking."""
-    from ..plans import Plan
-    from ..ranking import load_store
-    from ..report import write_report
-
     from pathlib import Path
 
     from ..paths import check_writable_dir
-    from ..ranking import nonfinite_note
+    from ..plans import Plan
+    from ..ranking import load_store, nonfinite_note
+    from ..report import write_report
     from ..safe_text import clean
 
     check_writable_dir(Path(out), flag="--out", shown=out)  # before any work

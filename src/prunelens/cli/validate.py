@@ -37,9 +37,8 @@ def validation_table(plan: Any, rows: list[dict]) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON instead of a table (shape: docs/cli.md).")
 def command(plan_path, store, checkpoint, no_cumulative, no_write, as_json) -> None:
     """Compare PLAN's predicted KL with the measured KL (cumulatively and for the applied checkpoint)."""
-    from ..console import make_console
-
     from ..apply import validate_plan
+    from ..console import make_console
     from ..errors import PrunelensError
     from ..plans import Plan
     from ..ranking import load_store

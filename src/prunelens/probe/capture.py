@@ -104,7 +104,7 @@ class MidStream:
         h = args[0] if args else kwargs["hidden_states"]
         self.seen.append((h[:, -1] if self.last_only else h).detach())
 
-    def __enter__(self) -> "MidStream":
+    def __enter__(self) -> MidStream:
         self._handle = self.module.register_forward_pre_hook(self._hook, with_kwargs=True)
         return self
 

@@ -20,8 +20,9 @@ Metrics (``metrics.row_metrics``) are computed on the step positions only, in fl
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch

@@ -11,8 +11,8 @@ through the model (and a change that does nothing samples the same tokens).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

@@ -26,9 +26,10 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -114,7 +115,7 @@ class DenseRows:
     inv_t: torch.Tensor  # [nT]
 
     @classmethod
-    def of(cls, z: torch.Tensor, temperatures: list[float]) -> "DenseRows":
+    def of(cls, z: torch.Tensor, temperatures: list[float]) -> DenseRows:
         z = z if z.dtype in (torch.float32, torch.float64) else z.float()
         zmax = z.amax(-1)
         inv_t = torch.tensor([1.0 / t for t in temperatures], dtype=z.dtype, device=z.device)

@@ -97,7 +97,7 @@ class RowMetrics:
     cand_rank: torch.Tensor
 
     @classmethod
-    def cat(cls, parts: list["RowMetrics"]) -> "RowMetrics":
+    def cat(cls, parts: list[RowMetrics]) -> RowMetrics:
         return cls(**{f: torch.cat([getattr(p, f) for p in parts], dim=-1) for f in cls.__dataclass_fields__})
 
 

@@ -32,7 +32,7 @@ class Prompts:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def repeated(self, k: int) -> "Prompts":
+    def repeated(self, k: int) -> Prompts:
         """Each prompt ``k`` times in a row (sampled decoding: ``k`` continuations per prompt)."""
         rep = lambda rows: None if rows is None else [list(r) for r in rows for _ in range(k)]  # noqa: E731
         return Prompts(rep(self.ids), rep(self.candidates), f"{self.source} x{k}" if self.source else f"x{k}",
