@@ -99,6 +99,7 @@ class Checkpoint(Method):
     unit_kinds = ("block", "attn", "mlp")
     calibration = "none"
     params = {"path": Param(str, "", "directory of the compressed checkpoint (safetensors + config.json)", _check_path)}
+    whole_model = True  # ``apply`` copies the units in for good
 
     def tensors_for(self, adapter: Adapter, unit: Unit) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Full name -> (the model's tensor, the checkpoint's tensor) for every parameter and buffer of ``unit``."""
@@ -136,7 +137,7 @@ class Checkpoint(Method):
             for mine, data in reversed(saved):
                 mine.data = data
 
-    def apply(self, loaded: Any, units: list[Unit]) -> dict:
+    def apply(self, loaded: Any, units: list[Unit], progress: bool = False) -> dict:
         """Whole-model form: copy ``units`` from the checkpoint for good."""
         n = 0
         for u in units:

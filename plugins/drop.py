@@ -102,6 +102,8 @@ class Drop(Method):
     unit_kinds = ("block", "attn", "mlp")
     calibration = "none"
     params = {}
+    removes_unit = True  # plans of drops map to kept layer ranges (mergekit) and remove parameters
+    whole_model = True  # ``apply`` removes the units for good
 
     @contextmanager
     def perturb(self, adapter: Adapter, unit: Unit, stats: Mapping[str, Any] | None = None) -> Iterator[None]:

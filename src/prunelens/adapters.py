@@ -32,15 +32,15 @@ class ArchitectureSpec:
     embed: str = "model.embed_tokens"
 
 
-def architecture_registry() -> dict[str, tuple[str, ArchitectureSpec]]:
-    """model_type -> (plugin name, spec) from every plugin."""
-    from .plugins import collect
+def _architecture_keys(spec: ArchitectureSpec) -> tuple[str, ...]:
+    return tuple(spec.model_types)
 
-    out: dict[str, tuple[str, ArchitectureSpec]] = {}
-    for owner, spec in collect("register_architectures"):
-        for mt in spec.model_types:
-            out[mt] = (owner, spec)
-    return out
+
+def architecture_registry() -> dict[str, tuple[str, ArchitectureSpec]]:
+    """model_type -> (plugin name, spec) from every plugin (cached until the plugins change)."""
+    from .plugins import registry
+
+    return registry("register_architectures", key=_architecture_keys)
 
 
 def _get(root: nn.Module, path: str) -> Any:

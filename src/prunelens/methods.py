@@ -31,6 +31,14 @@ class Method(Parameterized):
     unit_kinds: ClassVar[tuple[str, ...]] = KINDS
     calibration: ClassVar[str] = "none"  # "none" | "input_norms" | "hessian"
     params: ClassVar[dict[str, Param]] = {}
+    # capabilities (a third-party method gets these defaults):
+    removes_unit: ClassVar[bool] = False  # the unit is removed, not rewritten (drop): plans map to kept layer ranges
+    whole_model: ClassVar[bool] = False  # compresses a whole model with its own ``apply`` (set when a subclass defines it)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "apply" in cls.__dict__ and "whole_model" not in cls.__dict__:
+            cls.whole_model = True
 
     def check_unit(self, unit: Unit) -> None:
         if unit.kind not in self.unit_kinds:
@@ -41,6 +49,13 @@ class Method(Parameterized):
         """Replace ``unit`` while the context is open; ``stats`` maps linear names to calibration statistics."""
         raise NotImplementedError
         yield  # pragma: no cover
+
+    def apply(self, loaded: Any, units: list[Unit], progress: bool = False) -> dict[str, Any]:
+        """Whole-model form: compress ``units`` of ``loaded`` for good and return a summary.
+
+        Only methods with ``whole_model`` define it; ``WeightMethod``s are compressed layer by layer
+        by ``prunelens.compress`` instead."""
+        raise PrunelensError(f"method {self.name!r} cannot compress a whole model (it has no apply())")
 
 
 class WeightMethod(Method):
@@ -68,11 +83,27 @@ class WeightMethod(Method):
                 mod.weight.data = data
 
 
+def _method_key(cls: type[Method]) -> str:
+    return cls.name
+
+
 def method_registry() -> dict[str, tuple[str, type[Method]]]:
-    """method name -> (plugin name, class) from every plugin."""
+    """method name -> (plugin name, class) from every plugin (cached until the plugins change)."""
     from .plugins import registry
 
-    return registry("register_methods", key=lambda cls: cls.name)
+    return registry("register_methods", key=_method_key)
+
+
+def method_class(spec: str) -> type[Method] | None:
+    """The installed class of a method spec's name (``drop``, ``wanda:sparsity=0.5``), or None."""
+    entry = method_registry().get(str(spec).split(":", 1)[0].strip())
+    return None if entry is None else entry[1]
+
+
+def removes_unit(spec: str) -> bool:
+    """Whether the spec's method removes its units (``Method.removes_unit``); False for a method not installed."""
+    cls = method_class(spec)
+    return bool(cls is not None and cls.removes_unit)
 
 
 def method_provenance(name: str) -> dict[str, Any]:

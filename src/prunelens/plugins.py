@@ -22,7 +22,7 @@ import importlib.metadata as md
 import importlib.util
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -307,25 +307,49 @@ def _overridable() -> set[str]:
     return {v.strip() for v in os.environ.get(ENV_OVERRIDE, "").split(",") if v.strip()}
 
 
-def registry(hook_name: str, key: Callable[[Any], str]) -> dict[str, tuple[str, Any]]:
-    """name -> (plugin name, item) for one hook.
+def _state() -> tuple[tuple[tuple[str, int], ...], frozenset[str]]:
+    """What a registry depends on: the registered plugins (by name and identity) and the override opt-ins."""
+    return tuple((name, id(plugin)) for name, plugin in pm.list_name_plugin()), frozenset(_overridable())
+
+
+_registries: dict[str, tuple[Any, dict[str, tuple[str, Any]]]] = {}  # hook -> (state it was built in, registry)
+
+
+def registry(hook_name: str, key: Callable[[Any], str | Iterable[str]]) -> dict[str, tuple[str, Any]]:
+    """name -> (plugin name, item) for one hook, built once and rebuilt only when the plugins change.
+
+    ``key`` gives the name(s) an item registers under (an architecture: each of its model types).
+    The result is cached per hook and rebuilt when a plugin is registered or unregistered
+    (``load_plugin_file``, entry points) or ``PRUNELENS_OVERRIDE`` changes.
 
     A built-in's name taken by another plugin keeps the built-in unless the name is listed in
     ``PRUNELENS_OVERRIDE`` (explicit opt-in); a clash between two third-party plugins keeps the
     one loaded last. Either way one warning line says what happened.
     """
+    load_plugins()
+    state = _state()
+    cached = _registries.get(hook_name)
+    if cached is not None and cached[0] == state:
+        return dict(cached[1])
+    out = _build_registry(hook_name, key, state[1])
+    _registries[hook_name] = (state, out)
+    return dict(out)
+
+
+def _build_registry(hook_name: str, key: Callable[[Any], str | Iterable[str]],
+                    allowed: frozenset[str]) -> dict[str, tuple[str, Any]]:
     out: dict[str, tuple[str, Any]] = {}
-    allowed = _overridable()
     items = collect(hook_name)  # built-ins first, whatever the registration order (stable otherwise)
     items.sort(key=lambda pair: _sources.get(pair[0], ("?",))[0] != "builtin")
     for owner, item in items:
-        k = key(item)
-        if k in out and out[k][0] != owner:
-            prev = out[k][0]
-            if _sources.get(prev, ("?",))[0] == "builtin" and k not in allowed:
-                warn_once(f"plugin {owner!r} registers {k!r}, a built-in name: ignored, the built-in is used "
-                          f"(set {ENV_OVERRIDE}={k} to use {owner!r}'s)")
-                continue
-            warn_once(f"{k!r} from plugin {owner!r} replaces the one from {prev!r}")
-        out[k] = (owner, item)
+        names = key(item)
+        for k in [names] if isinstance(names, str) else names:
+            if k in out and out[k][0] != owner:
+                prev = out[k][0]
+                if _sources.get(prev, ("?",))[0] == "builtin" and k not in allowed:
+                    warn_once(f"plugin {owner!r} registers {k!r}, a built-in name: ignored, the built-in is used "
+                              f"(set {ENV_OVERRIDE}={k} to use {owner!r}'s)")
+                    continue
+                warn_once(f"{k!r} from plugin {owner!r} replaces the one from {prev!r}")
+            out[k] = (owner, item)
     return out
