@@ -126,10 +126,20 @@ class BlockInfluence(_DenseRanker):
 class Angular(_DenseRanker):
     name = "angular"
     description = "Angular distance arccos(cos(x_in, x_out))/π on the last token (Gromov et al., n = 1)."
+    spans_blocks = True  # a plan of n blocks takes the n consecutive ones of least d(ℓ, n)
 
     def from_pair(self, x_in, x_out):
         c = row_cos(x_in[:, -1], x_out[:, -1]).clamp(-1.0, 1.0).double()
         return float((torch.arccos(c) / np.pi).mean())
+
+    def consecutive_blocks(self, ctx: RankContext, n: int) -> list[str]:
+        """Gromov et al.: the ``n`` consecutive blocks ``L{ℓ*}..L{ℓ*+n-1}`` with ``ℓ* = argmin_ℓ d(ℓ, n)``."""
+        loaded = ctx.model()
+        ids = dense_ids(ctx, self.values["samples"], self.values["length"], self.values["seed"])
+        with torch.no_grad():
+            d = angular_span(loaded.adapter, ids.to(loaded.model.device), n)
+        start = min(range(len(d)), key=d.__getitem__)
+        return [f"L{i}" for i in range(start, start + n)]
 
 
 class LLMDrop(_DenseRanker):

@@ -59,9 +59,14 @@ class Ranker(Parameterized):
     needs: ClassVar[str] = "store"  # "store" | "dense"
     unit_kinds: ClassVar[tuple[str, ...]] = KINDS
     params: ClassVar[dict[str, Param]] = {}
+    spans_blocks: ClassVar[bool] = False  # plans n consecutive blocks at once (``consecutive_blocks``)
 
     def score(self, ctx: RankContext) -> dict[str, float]:
         raise NotImplementedError
+
+    def consecutive_blocks(self, ctx: RankContext, n: int) -> list[str]:
+        """The ``n`` consecutive blocks to compress together (rankers with ``spans_blocks``)."""
+        raise PrunelensError(f"ranker {self.name!r} does not choose consecutive blocks")
 
 
 def ranker_registry() -> dict[str, tuple[str, type[Ranker]]]:
