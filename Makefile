@@ -1,4 +1,5 @@
 # Two entry points: `make demo` (the main job on the bundled model) and `make test`.
+# `make lint` (ruff, mypy, import-linter contracts) and `make bench` (speed/memory ratios) for developers.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint bench clean
 
 $(BIN)/prunelens: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,6 +25,17 @@ demo: install
 
 test: install
 	PRUNELENS_LOAD_PLUGINS= $(BIN)/python -m pytest -q
+
+# The linters' versions are pinned so that CI and laptops agree; they live in the project venv
+# (dev tools only, never a dependency of the package).
+LINT_TOOLS := ruff==0.17.6 mypy==2.4.1 import-linter==2.17
+$(BIN)/lint-imports: $(BIN)/prunelens
+	$(BIN)/pip install -q $(LINT_TOOLS)
+
+lint: $(BIN)/lint-imports
+	$(BIN)/ruff check src store tui plugins bench
+	$(BIN)/mypy src/prunelens store tui plugins
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python bench/run_all.py

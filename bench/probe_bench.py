@@ -127,7 +127,7 @@ def main() -> None:
         """Hook-based: the full model per unit; layer outputs caught by forward hooks."""
         def outputs(layer: int):
             caught = {}
-            h = ad.layers[layer].register_forward_hook(lambda m, a, o: caught.__setitem__("x", o[0] if isinstance(o, tuple) else o))
+            h = ad.layers[layer].register_forward_hook(lambda m, a, o, c=caught: c.__setitem__("x", o[0] if isinstance(o, tuple) else o))
             try:
                 model(input_ids=seq, use_cache=False)
             finally:
@@ -159,7 +159,7 @@ def main() -> None:
                         cm = method.perturb(ad, u, None)
                         cm.__enter__()
                         mod = ad.layers[u.layer]
-                    h = mod.register_forward_hook(lambda m, a, o: caught.__setitem__("x", o[0] if isinstance(o, tuple) else o))
+                    h = mod.register_forward_hook(lambda m, a, o, c=caught: c.__setitem__("x", o[0] if isinstance(o, tuple) else o))
                     try:
                         model(input_ids=prefix, use_cache=False)
                     finally:

@@ -112,7 +112,7 @@ def reference_sparsegpt(model, ids, sparsity: float, layer_seconds: list[float])
         hs = {n: torch.zeros(m.in_features, m.in_features) for n, m in lin.items()}
         count = {n: 0 for n in lin}
 
-        def hook(name):
+        def hook(name, hs=hs, count=count):
             def fn(mod, args, out):
                 x = args[0].reshape(-1, args[0].shape[-1]).float().t()
                 n_new = 1  # one sample per call, as the reference counts
