@@ -18,9 +18,7 @@ import json
 import os
 import shutil
 import tempfile
-import warnings
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +26,13 @@ import numpy as np
 
 from prunelens.errors import PrunelensError
 
-from .schema import SCHEMA_VERSION, VARIABLES, template
+from .quiet import quiet
+from .schema import METRICS, SCHEMA_VERSION, template
+from .stats import spearman
+from .view import StoreView
 
 EXTRA_CELL_VARS = {"nonfinite": ("method", "unit")}  # count of non-finite measured values per cell
 IDENTITY_ATTR = "identity"  # JSON of what must match for a resume
-
-
-@contextmanager
-def quiet() -> Iterator[None]:
-    """Silence zarr v3's warnings about string dtypes and consolidated metadata."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*(unstable|consolidated|Consolidated).*")
-        warnings.filterwarnings("ignore", category=UserWarning, module="zarr")
-        warnings.filterwarnings("ignore", category=FutureWarning, module="zarr")
-        yield
 
 
 def _encoding(ds: Any) -> dict[str, dict[str, Any]]:
@@ -89,7 +80,7 @@ def create_store(path: str | Path, ds: Any, identity: Mapping[str, Any]) -> None
         lazy = ds.copy()
         lazy.attrs[IDENTITY_ATTR] = json.dumps(dict(identity), sort_keys=True)
         lazy.attrs["complete"] = False
-        per_unit = list(VARIABLES) + list(EXTRA_CELL_VARS)
+        per_unit = [*METRICS, "free_tokens", "done", *EXTRA_CELL_VARS]
         for name in per_unit:
             lazy[name] = lazy[name].chunk({"method": 1, "unit": 1})
         with quiet():
@@ -175,9 +166,7 @@ class StoreWriter:
     def write_cell(self, m: int, u: int, arrays: Mapping[str, np.ndarray], free_tokens: np.ndarray, nonfinite: int) -> None:
         """Write every per-unit variable of cell (m, u) (whole chunks), then mark it done."""
         with quiet():
-            for name in VARIABLES:
-                if name in ("done", "free_tokens"):
-                    continue
+            for name in METRICS:
                 arr = self.group[name]
                 value = np.asarray(arrays[name], dtype=arr.dtype)
                 if value.shape != arr.shape[2:]:
@@ -211,28 +200,25 @@ class StoreWriter:
 def spearman_table(path: str | Path) -> dict[str, Any]:
     """Spearman rank correlation across units of mean predicted vs mean measured KL.
 
-    Nested ``{method: {locality: {timing: {temperature: rho}}}}``; units not done (or with too
-    few finite values) are left out; ``None`` when fewer than 3 units remain.
+    Nested ``{method: {locality: {timing: {temperature: rho}}}}``; the means are the readers'
+    (``StoreView.unit_means``: units not done, or with a non-finite value, are left out);
+    ``None`` when fewer than 3 units remain or one side is constant.
     """
     import xarray as xr
-    from scipy.stats import spearmanr
 
     with quiet():
         ds = xr.open_zarr(str(path), consolidated=False, zarr_format=3)
-    done = ds["done"].values
-    kl = ds["kl"].mean(dim=("sample", "step"), skipna=True).values  # [m, u, loc, tim, T]
-    pred = ds["kl_pred"].mean(dim=("sample", "step"), skipna=True).values
+    view = StoreView(ds, path)
+    units = view.labels("unit")
     out: dict[str, Any] = {}
-    for mi, m in enumerate(ds["method"].values):
-        for li, loc in enumerate(ds["locality"].values):
-            for ti, tim in enumerate(ds["timing"].values):
-                for k, t in enumerate(ds["temperature"].values):
-                    a, b = pred[mi, :, li, ti, k], kl[mi, :, li, ti, k]
-                    ok = done[mi] & np.isfinite(a) & np.isfinite(b)
-                    rho = None
-                    if ok.sum() >= 3 and np.ptp(a[ok]) > 0 and np.ptp(b[ok]) > 0:
-                        rho = round(float(spearmanr(a[ok], b[ok]).statistic), 6)
-                    out.setdefault(str(m), {}).setdefault(str(loc), {}).setdefault(str(tim), {})[f"{float(t):g}"] = rho
+    for m in view.labels("method"):
+        for loc in view.labels("locality"):
+            for tim in view.labels("timing"):
+                for t in view.temperatures:
+                    cell: dict[str, Any] = {"method": m, "temperature": t, "locality": loc, "timing": tim, "units": units}
+                    rho, _ = spearman(view.unit_means("kl_pred", **cell), view.unit_means("kl", **cell))
+                    value = round(rho, 6) if np.isfinite(rho) else None
+                    out.setdefault(m, {}).setdefault(loc, {}).setdefault(tim, {})[f"{t:g}"] = value
     return out
 
 
