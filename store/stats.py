@@ -32,19 +32,23 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-    """Spearman rank correlation over the pairs where both are finite, and how many pairs that is.
+def finite_pairs(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Where both ``x`` and ``y`` are finite (the pairs a correlation uses)."""
+    return np.isfinite(np.asarray(x, dtype=np.float64).reshape(-1)) & np.isfinite(np.asarray(y, dtype=np.float64).reshape(-1))
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation over the pairs where both are finite (ties share their mean rank).
 
     NaN when fewer than 3 pairs remain or either side is constant (no ranking to correlate).
     """
-    a, b = np.asarray(x, dtype=np.float64).reshape(-1), np.asarray(y, dtype=np.float64).reshape(-1)
-    ok = np.isfinite(a) & np.isfinite(b)
-    n = int(ok.sum())
-    if n < 3:
-        return float("nan"), n
-    ra, rb = average_ranks(a[ok]), average_ranks(b[ok])
+    ok = finite_pairs(x, y)
+    if ok.sum() < 3:
+        return float("nan")
+    ra = average_ranks(np.asarray(x, dtype=np.float64).reshape(-1)[ok])
+    rb = average_ranks(np.asarray(y, dtype=np.float64).reshape(-1)[ok])
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denom = float(np.sqrt((ra * ra).sum() * (rb * rb).sum()))
     if denom == 0.0:
-        return float("nan"), n
-    return float(np.clip((ra * rb).sum() / denom, -1.0, 1.0)), n
+        return float("nan")
+    return float(np.clip((ra * rb).sum() / denom, -1.0, 1.0))

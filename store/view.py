@@ -69,7 +69,12 @@ class StoreView:
 
     def __init__(self, ds: Any, path: str | Path | None = None):
         self.ds = ds
-        self.path = None if path is None else Path(path)
+        source = path if path is not None else getattr(ds, "encoding", {}).get("source")
+        self.path = Path(source) if source is not None and Path(source).is_dir() else None
+        # What may be kept: a lazy store's numbers change only when a cell is finished (``done`` flips),
+        # and a complete one not at all; an in-memory dataset may be edited in place, so nothing is kept.
+        self.lazy = "done" in ds and getattr(ds["done"], "chunks", None) is not None
+        self.static = self.lazy and str(ds.attrs.get("complete", False)).lower() in ("true", "1")
         self._done: np.ndarray | None = None
         self._means: dict[tuple[str, str], dict[str, np.ndarray]] = {}
         self._lock = threading.Lock()
@@ -114,15 +119,24 @@ class StoreView:
     # -- done mask and prompts -----------------------------------------------------
     @property
     def done(self) -> np.ndarray:
-        """The ``[method, unit]`` done mask (all True for a dataset without one); read once."""
-        if self._done is None:
-            self._done = self._read_done()
+        """The ``[method, unit]`` done mask (all True for a dataset without one), re-read unless the store is complete."""
+        if self._done is None or not self.static:
+            self._sync()
+        assert self._done is not None
         return self._done
+
+    def _sync(self) -> None:
+        """Read the done mask; forget the cached means when it changed or the dataset is in memory."""
+        done = self._read_done()
+        with self._lock:
+            if not self.lazy or self._done is None or not np.array_equal(done, self._done):
+                self._means.clear()
+            self._done = done
 
     def _read_done(self) -> np.ndarray:
         if "done" not in self.ds:
             return np.ones((self.ds.sizes["method"], self.ds.sizes["unit"]), dtype=bool)
-        if self.path is not None:  # zarr directly: a third of the cost of going through dask
+        if self.path is not None and (self.path / "done").is_dir():  # zarr directly: a third of dask's cost
             try:
                 import zarr
 
@@ -136,7 +150,8 @@ class StoreView:
         """Whether each of ``units`` is done for ``method``."""
         mi = self.labels("method").index(method)
         index = {u: i for i, u in enumerate(self.labels("unit"))}
-        return np.asarray([bool(self.done[mi, index[u]]) for u in units], dtype=bool)
+        done = self.done
+        return np.asarray([bool(done[mi, index[u]]) for u in units], dtype=bool)
 
     def prompts(self) -> StoredPrompts:
         """The stored token ids of every sample, compacted, with clear errors for what cannot be replayed."""
@@ -202,14 +217,16 @@ class StoreView:
         self.check_label("method", method)
         da = self.ds[var]
         dims = [d for d in da.dims if d not in ("method", "unit", *_REDUCED)]
+        done_all = self.done  # (re-)reads the mask first: stale means are dropped
         with self._lock:
             cache = self._means.setdefault((var, method), {})
             missing = list(dict.fromkeys(u for u in units if u not in cache))
         if missing:
-            done = self.done_for(method, missing)
-            cell = da.isel(method=self.labels("method").index(method)).transpose("unit", *dims, *_REDUCED)
-            computed: dict[str, np.ndarray] = {}
+            mi = self.labels("method").index(method)
             position = {u: i for i, u in enumerate(self.labels("unit"))}
+            done = np.asarray([done_all[mi, position[u]] for u in missing], dtype=bool)
+            cell = da.isel(method=mi).transpose("unit", *dims, *_REDUCED)
+            computed: dict[str, np.ndarray] = {}
             per_unit = int(np.prod([self.ds.sizes[d] for d in (*dims, *_REDUCED)]))
             batch = max(1, _BATCH_VALUES // max(1, per_unit))  # units read together: memory stays bounded
             for lo in range(0, len(missing), batch):
@@ -219,7 +236,10 @@ class StoreView:
                 flat = values.reshape(len(names) * int(np.prod(rest)), -1)
                 means = cell_means(flat, np.repeat(done[lo : lo + batch], int(np.prod(rest))))
                 computed.update(zip(names, means.reshape(len(names), *rest)))
-            with self._lock:
-                cache.update(computed)
+            if not self.lazy:  # in memory: computed for this call only
+                cache = {**cache, **computed}
+            else:
+                with self._lock:
+                    cache.update(computed)
         empty = np.zeros((0, *(self.ds.sizes[d] for d in dims)))
         return (np.stack([cache[u] for u in units]) if units else empty), dims

@@ -216,7 +216,7 @@ def spearman_table(path: str | Path) -> dict[str, Any]:
             for tim in view.labels("timing"):
                 for t in view.temperatures:
                     cell: dict[str, Any] = {"method": m, "temperature": t, "locality": loc, "timing": tim, "units": units}
-                    rho, _ = spearman(view.unit_means("kl_pred", **cell), view.unit_means("kl", **cell))
+                    rho = spearman(view.unit_means("kl_pred", **cell), view.unit_means("kl", **cell))
                     value = round(rho, 6) if np.isfinite(rho) else None
                     out.setdefault(m, {}).setdefault(loc, {}).setdefault(tim, {})[f"{t:g}"] = value
     return out

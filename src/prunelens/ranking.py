@@ -9,13 +9,16 @@ over calibration text (``block_influence``, ``angular``, ``llm_drop``). Every sc
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from .errors import PrunelensError
 from .params import Param, Parameterized, parse_spec
 from .units import KINDS, Unit
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 COLUMNS = ("unit", "layer", "kind", "score", "kl_pred", "kl", "cos_dev_embedding", "cos_dev_logit",
            "cos_dev_probability", "rank")
@@ -89,22 +92,7 @@ def get_ranker(by: str, **params: Any) -> Ranker:
     return reg[name][1](**{**params, **values})
 
 
-# -- reading the store ---------------------------------------------------------------
-def pick_temperature(ds: Any, temperature: float) -> float:
-    """The store's temperature label equal to ``temperature`` (within 1e-6), or a clear error."""
-    temps = np.asarray(ds["temperature"].values, dtype=float)
-    hit = np.nonzero(np.isclose(temps, float(temperature), atol=1e-6, rtol=0))[0]
-    if not len(hit):
-        raise PrunelensError(f"temperature {temperature} is not in the store; it has {', '.join(f'{t:g}' for t in temps)}")
-    return float(temps[hit[0]])
-
-
-def _check_label(ds: Any, dim: str, value: str) -> None:
-    labels = [str(v) for v in ds[dim].values]
-    if value not in labels:
-        raise PrunelensError(f"{dim} {value!r} is not in the store; it has {', '.join(labels)}")
-
-
+# -- reading the store (through prunelens_store.StoreView) ----------------------------
 def resolve_method(ds: Any, method: str | None) -> str:
     """The store's method label naming the same method as ``method`` with the same effective parameters
     (``methods.match_spec``: both sides canonicalised; ``wanda:sparsity=0.5`` matches ``wanda``)."""
@@ -134,36 +122,25 @@ def store_units(ds: Any, kind: str | None) -> list[Unit]:
 
 def store_means(ds: Any, *, method: str, temperature: float, locality: str, timing: str,
                 units: list[Unit]) -> dict[str, np.ndarray]:
-    """Per-unit means over samples and steps of kl_pred, kl and cos_dev per space.
+    """Per-unit means over samples and steps of kl_pred, kl and cos_dev per space (the ranking columns).
 
-    A cell not probed yet (``done`` False) gives NaN. A probed cell's non-finite values are
-    never skipped: one NaN step makes the unit's mean NaN, one inf makes it inf (see
-    ``nonfinite_units``), so a diverged unit can never look safe.
+    ``StoreView.unit_means``: a cell not probed yet (``done`` False) gives NaN; a probed cell's
+    non-finite values are never skipped (one NaN step makes the unit's mean NaN, one inf makes
+    it inf; see ``nonfinite_units``), so a diverged unit can never look safe. ``temperature``
+    must be one of the store's (a clear error otherwise). Repeated calls on one dataset are free.
     """
+    from prunelens_store import StoreView
+    from prunelens_store.schema import SPACES
+
+    view = StoreView.of(ds)
     for dim, val in (("locality", locality), ("timing", timing)):
-        _check_label(ds, dim, val)
-    t = pick_temperature(ds, temperature)
-    names = [u.name for u in units]
-    cell = ds.sel({"method": method, "locality": locality, "timing": timing}).sel(unit=names)
-    done = np.asarray(cell["done"].values, dtype=bool).reshape(-1) if "done" in cell else np.ones(len(names), dtype=bool)
-    out: dict[str, np.ndarray] = {}
-    for var in ("kl_pred", "kl"):
-        out[var] = _cell_mean(cell[var].sel(temperature=t).values, done)
-    cos = cell["cos_dev"].sel(temperature=t)
-    for space in ("embedding", "logit", "probability"):
-        out[f"cos_dev_{space}"] = _cell_mean(cos.sel(space=space).values, done)
+        view.check_label(dim, val)
+    cell = {"method": method, "temperature": view.temperature(temperature, exact=True), "locality": locality,
+            "timing": timing, "units": [u.name for u in units]}
+    out = {var: view.unit_means(var, **cell) for var in ("kl_pred", "kl")}
+    for space in SPACES:
+        out[f"cos_dev_{space}"] = view.unit_means("cos_dev", space=space, **cell)
     return out
-
-
-def _cell_mean(a: np.ndarray, done: np.ndarray) -> np.ndarray:
-    """Mean over every axis but the first (unit); NaN and inf propagate; units not done give NaN.
-
-    A cell that is done but holds nothing but NaN is a unit whose output was NaN; it stays NaN.
-    """
-    a = np.asarray(a, dtype=np.float64).reshape(a.shape[0], -1)
-    with np.errstate(invalid="ignore"):
-        mean = a.mean(axis=1) if a.shape[1] else np.full(a.shape[0], np.nan)
-    return np.where(done, mean, np.nan)
 
 
 def nonfinite_units(df: Any) -> list[str]:
@@ -195,7 +172,7 @@ def nonfinite_note(ds: Any, df: Any = None) -> str:
 # -- the public entry point ----------------------------------------------------------
 def rank_units(ds: Any, *, method: str, kind: str | None, temperature: float, by: str = "kl_pred",
                locality: str = "propagated", timing: str = "teacher_forced", loaded: Any = None,
-               calib_ids: Any = None, **ranker_params: Any) -> pandas.DataFrame:  # noqa: F821
+               calib_ids: Any = None, **ranker_params: Any) -> pd.DataFrame:
     """Units of one kind (or all) sorted safest first, with store metrics averaged over samples and steps.
 
     ``score`` is the chosen strategy's score (lower = safer); ties keep store order; a unit
@@ -240,10 +217,12 @@ def rank_units(ds: Any, *, method: str, kind: str | None, temperature: float, by
 
 def _probed(ds: Any, method: str, units: list[Unit]) -> list[str]:
     """Names of ``units`` whose cell for ``method`` is done (all of them without a store)."""
-    if ds is None or "done" not in ds:
+    if ds is None:
         return [u.name for u in units]
-    done = ds["done"].sel(method=method).sel(unit=[u.name for u in units]).values
-    return [u.name for u, d in zip(units, np.asarray(done, dtype=bool).reshape(-1)) if d]
+    from prunelens_store import StoreView
+
+    done = StoreView.of(ds).done_for(method, [u.name for u in units])
+    return [u.name for u, d in zip(units, done) if d]
 
 
 def sort_order(score: np.ndarray) -> np.ndarray:
@@ -253,20 +232,7 @@ def sort_order(score: np.ndarray) -> np.ndarray:
 
 
 def load_store(path: Any) -> Any:
-    """Open a probe store lazily (``prunelens_store.open_store``; a plain Zarr open if the reader is absent)."""
-    from pathlib import Path
+    """Open a probe store lazily (``prunelens_store.open_store``)."""
+    from prunelens_store import open_store
 
-    try:
-        from prunelens_store import open_store  # type: ignore[attr-defined]
-    except ImportError:
-        open_store = None
-    if open_store is not None:
-        return open_store(path)
-    import xarray as xr
-
-    if not Path(path).exists():
-        raise PrunelensError(f"store not found: {path}")
-    try:
-        return xr.open_zarr(path, consolidated=None)
-    except Exception as exc:  # noqa: BLE001 - any failure to open is a user error here
-        raise PrunelensError(f"{path} is not a probe store: {type(exc).__name__}: {exc}") from None
+    return open_store(path)

@@ -13,13 +13,8 @@ from typing import Any
 
 from .errors import PrunelensError
 
-SPACES = ("embedding", "logit", "probability")
 COLORS = {"embedding": "tab:blue", "logit": "tab:orange", "probability": "tab:red"}
 KIND_MARKERS = {"block": "s", "attn": "o", "mlp": "^"}
-
-
-def _cell(ds: Any, method: str, locality: str, timing: str) -> Any:
-    return ds.sel({"method": method, "locality": locality, "timing": timing})
 
 
 def _mean_over(a: Any, dims: tuple[str, ...]) -> Any:
@@ -28,31 +23,24 @@ def _mean_over(a: Any, dims: tuple[str, ...]) -> Any:
     return np.asarray(a.astype("float64").mean(dim=[d for d in dims if d in a.dims], skipna=True).values)
 
 
-def spearman(a: Any, b: Any) -> float:
-    """Spearman rank correlation over the pairs where both are finite (NaN if fewer than 3)."""
-    import numpy as np
-    from scipy.stats import spearmanr
-
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 3:
-        return float("nan")
-    return float(spearmanr(a[ok], b[ok]).statistic)
-
-
 def plot_cos_curves(ds: Any, path: Path, *, method: str, locality: str, timing: str, temperature: float) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    cell = _cell(ds, method, locality, timing).sel(temperature=temperature)
+    from prunelens_store import StoreView
+    from prunelens_store.schema import SPACES
+
+    view = StoreView.of(ds)
     kinds = [k for k in ("block", "attn", "mlp") if k in set(map(str, ds["kind"].values))]
     fig, axes = plt.subplots(1, len(kinds), figsize=(5.2 * len(kinds), 4), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
-        sel = cell.isel(unit=np.nonzero(np.asarray(ds["kind"].values) == kind)[0])
-        layers = np.asarray(sel["layer"].values)
+        picked = np.nonzero(np.asarray(ds["kind"].values) == kind)[0]
+        units = [str(u) for u in ds["unit"].values[picked]]
+        layers = np.asarray(ds["layer"].values[picked])
+        cell = {"method": method, "temperature": temperature, "locality": locality, "timing": timing, "units": units}
         for space in SPACES:
-            meas = _mean_over(sel["cos_dev"].sel(space=space), ("sample", "step"))
-            pred = _mean_over(sel["cos_dev_pred"].sel(space=space), ("sample", "step"))
+            meas = view.unit_means("cos_dev", space=space, **cell)
+            pred = view.unit_means("cos_dev_pred", space=space, **cell)
             ax.plot(layers, meas, "-o", ms=3, color=COLORS[space], label=f"{space} measured")
             ax.plot(layers, pred, "--", color=COLORS[space], alpha=0.7, label=f"{space} predicted")
         ax.set_yscale("log")
@@ -72,8 +60,10 @@ def plot_kl_scatter(df: Any, path: Path, *, title: str, plan_units: list[str] | 
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from prunelens_store import spearman
+
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    rho = spearman(df["kl_pred"].to_numpy(), df["kl"].to_numpy())
+    rho = spearman(df["kl_pred"].to_numpy(float), df["kl"].to_numpy(float))
     for kind, sub in df.groupby("kind"):
         ax.scatter(sub["kl_pred"], sub["kl"], s=22, marker=KIND_MARKERS.get(kind, "o"), label=kind, alpha=0.8)
     if plan_units:
@@ -101,14 +91,16 @@ def plot_steps(ds: Any, df: Any, path: Path, *, method: str, locality: str, temp
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from prunelens_store import StoreView
+
     ranked = df[df["rank"].notna()]
     chosen = list(ranked["unit"].head(n)) + [u for u in ranked["unit"].tail(n) if u not in set(ranked["unit"].head(n))]
     timings = [str(t) for t in ds["timing"].values]
     fig, axes = plt.subplots(1, len(timings), figsize=(5.5 * len(timings), 4), squeeze=False)
     for ax, timing in zip(axes[0], timings):
-        cell = _cell(ds, method, locality, timing).sel(temperature=temperature)
+        kl = StoreView.of(ds).cell("kl", method=method, locality=locality, timing=timing, temperature=temperature)
         for k, unit in enumerate(chosen):
-            curve = _mean_over(cell["kl"].sel(unit=unit), ("sample",))
+            curve = _mean_over(kl.sel(unit=unit), ("sample",))
             if not np.isfinite(curve).any():
                 continue
             style = "-" if k < n else "--"
@@ -177,7 +169,9 @@ def write_report(ds: Any, out_dir: str | Path, *, method: str | None = None, kin
     import matplotlib
     import numpy as np
 
-    from .ranking import nonfinite_note, pick_temperature, rank_units, resolve_method
+    from prunelens_store import StoreView
+
+    from .ranking import nonfinite_note, rank_units, resolve_method
 
     matplotlib.use("Agg")
     out = Path(out_dir)
@@ -186,12 +180,10 @@ def write_report(ds: Any, out_dir: str | Path, *, method: str | None = None, kin
         method = method or _plan_store_method(ds, plan)
         temperature = plan.temperature if temperature is None else temperature
     method = resolve_method(ds, method)
-    temps = [float(t) for t in ds["temperature"].values]
-    if temperature is None:
-        temperature = 1.0 if any(abs(t - 1.0) < 1e-9 for t in temps) else temps[len(temps) // 2]
-    temperature = pick_temperature(ds, temperature)
-    if locality not in set(map(str, ds["locality"].values)):
-        raise PrunelensError(f"locality {locality!r} is not in the store")
+    view = StoreView.of(ds)
+    temps = view.temperatures
+    temperature = view.temperature(temperature, exact=temperature is not None)  # None: 1.0 or the nearest
+    view.check_label("locality", locality)
     df = rank_units(ds, method=method, kind=kind, temperature=temperature, by=by, locality=locality, timing=timing)
     plan_units = plan.unit_names if plan is not None else None
     cos_png = plot_cos_curves(ds, out / "cos_curves.png", method=method, locality=locality, timing=timing,
