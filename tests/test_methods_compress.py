@@ -269,17 +269,16 @@ def _check_ternary():
 @pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_recorded_layer_calls_replay_the_dense_forward(arch):
     """Layer 0's input plus each layer's recorded arguments reproduce the model's own hidden states."""
-    from prunelens.compress import _run, capture_layer_calls
-
     model = make_tiny_model(arch, layers=4)
     ad = get_adapter(model)
     ids = torch.randint(2, 96, (2, 12), generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         ref = model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states
-        h, recs = capture_layer_calls(ad, ids)
+        recs = ad.layer_calls(ids)
+        h = recs[0].hidden
         assert torch.equal(h, ref[0])
         for i in range(3):  # the last entry of hidden_states has the final norm applied
-            h = _run(ad.layers[i], h, recs[i])
+            h = ad.run_layer(i, h, recs[i])
             assert torch.allclose(h, ref[i + 1], atol=1e-6), (arch, i)
     s = compress_model(loaded_of(model), parse_method("sparsegpt"), calib_ids=CALIB, progress=False)
     assert s["sparsity"] == pytest.approx(0.5, abs=0.01)

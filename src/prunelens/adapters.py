@@ -6,8 +6,8 @@ An architecture is data (an ``ArchitectureSpec``) registered through the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,11 +73,56 @@ def is_linear(module: nn.Module) -> bool:
 
 @dataclass
 class LayerCall:
-    """What one decoder layer received in the dense pass: run it again alone with ``Adapter.run_layer``."""
+    """What one decoder layer received in a recorded pass: run it again alone with ``Adapter.run_layer``."""
 
     hidden: torch.Tensor  # layer input hidden state [batch, seq, d]
     args: tuple
     kwargs: dict
+
+
+class _StopForward(Exception):
+    """Raised by ``stop_before`` to end a forward pass early."""
+
+
+@contextmanager
+def stop_before(module: nn.Module) -> Iterator[None]:
+    """End any forward pass when it reaches ``module`` (e.g. the final norm: no LM head, no logits)."""
+
+    def hook(_mod: nn.Module, _args: tuple) -> None:
+        raise _StopForward
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        yield
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+
+
+def _pass_through(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """A decoder layer's stand-in forward: return the hidden state unchanged."""
+    return args[0] if args else kwargs["hidden_states"]
+
+
+@contextmanager
+def _bypassed(layers: Sequence[nn.Module]) -> Iterator[None]:
+    """Each layer returns its input without computing (its hooks still fire); its own forward is restored on exit.
+
+    The module stays in place, so a model loop that reads layer attributes (``attention_type``) still works;
+    a forward patched by accelerate (an instance attribute) is put back as it was.
+    """
+    saved = [layer.__dict__.get("forward") for layer in layers]
+    for layer in layers:
+        layer.forward = _pass_through
+    try:
+        yield
+    finally:
+        for layer, forward in zip(layers, saved):
+            if forward is None:
+                del layer.forward
+            else:
+                layer.forward = forward
 
 
 class Adapter:
@@ -138,36 +183,82 @@ class Adapter:
             z = torch.tanh(z / cap) * cap
         return z
 
-    # -- capture ---------------------------------------------------------------
+    # -- capture and replay: the one primitive every dense pass goes through ------------------------
     @torch.no_grad()
+    def run_decoder(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None
+    ) -> None:
+        """One forward through the decoder layers, stopped at the final norm (no LM head); hooks see every layer."""
+        extra = {} if position_ids is None else {"position_ids": position_ids}
+        with stop_before(self.final_norm):
+            self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
+
+    @contextmanager
+    def watching(self, layers: Iterable[int], last_position: bool = False) -> Iterator[dict[int, list[torch.Tensor]]]:
+        """While open, each call of layer ``i`` appends its output (``last_position``: only ``[:, -1]``) to ``seen[i]``."""
+        seen: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
+
+        def hook(i: int) -> Callable[..., None]:
+            def fn(_mod: nn.Module, _args: tuple, _kwargs: dict, out: Any) -> None:
+                h = _first(out)
+                seen[i].append((h[:, -1] if last_position else h).detach())
+
+            return fn
+
+        handles = [self.layers[i].register_forward_hook(hook(i), with_kwargs=True) for i in seen]
+        try:
+            yield seen
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @torch.no_grad()
+    def _record(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None,
+        run_layers: bool,
+    ) -> tuple[list[LayerCall], list[torch.Tensor]]:
+        """Every layer's call in one decoder pass (``run_layers=False``: layers pass their input through)."""
+        calls: list[LayerCall | None] = [None] * self.num_layers
+
+        def pre_hook(i: int) -> Callable[..., None]:
+            def hook(_mod: nn.Module, args: tuple, kwargs: dict) -> None:
+                hidden = args[0] if args else kwargs["hidden_states"]
+                calls[i] = LayerCall(hidden.detach(), tuple(args[1:]), {k: v for k, v in kwargs.items() if k != "hidden_states"})
+
+            return hook
+
+        handles = [layer.register_forward_pre_hook(pre_hook(i), with_kwargs=True) for i, layer in enumerate(self.layers)]
+        bypass = _bypassed(list(self.layers)) if not run_layers else nullcontext()
+        try:
+            with bypass, self.watching([self.num_layers - 1]) as seen:
+                self.run_decoder(input_ids, attention_mask, position_ids)
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [i for i, c in enumerate(calls) if c is None]
+        if missing:
+            raise PrunelensError(f"the forward pass never called decoder layer(s) {missing} of {self.num_layers}")
+        return calls, seen[self.num_layers - 1]  # type: ignore[return-value]
+
     def capture(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None
     ) -> tuple[list[LayerCall], torch.Tensor]:
         """One dense forward; return every layer's call and the last layer's output (pre-norm)."""
-        calls: list[LayerCall | None] = [None] * self.num_layers
-        final: list[torch.Tensor] = []
+        calls, outputs = self._record(input_ids, attention_mask, position_ids, run_layers=True)
+        return calls, outputs[-1]
 
-        def pre_hook(i):
-            def hook(_mod, args, kwargs):
-                hidden = args[0] if args else kwargs["hidden_states"]
-                calls[i] = LayerCall(hidden.detach(), tuple(args[1:]), {k: v for k, v in kwargs.items() if k != "hidden_states"})
-            return hook
+    def layer_calls(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None
+    ) -> list[LayerCall]:
+        """Every layer's call arguments without running any layer (each ``hidden`` is layer 0's input).
 
-        def post_hook(_mod, _args, _kwargs, out):
-            final.append(_first(out).detach())
-
-        handles = [layer.register_forward_pre_hook(pre_hook(i), with_kwargs=True) for i, layer in enumerate(self.layers)]
-        handles.append(self.layers[-1].register_forward_hook(post_hook, with_kwargs=True))
-        try:
-            extra = {} if position_ids is None else {"position_ids": position_ids}
-            self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
-        finally:
-            for h in handles:
-                h.remove()
-        return calls, final[-1]  # type: ignore[return-value]
+        For sequential work (whole-model compression): start from ``calls[0].hidden`` and feed each
+        ``run_layer`` output to the next layer.
+        """
+        return self._record(input_ids, attention_mask, position_ids, run_layers=False)[0]
 
     def run_layer(self, i: int, hidden: torch.Tensor, call: LayerCall) -> torch.Tensor:
-        """Run decoder layer ``i`` alone on ``hidden`` with the arguments it saw in the dense pass."""
+        """Run decoder layer ``i`` alone on ``hidden`` with the arguments it saw in the recorded pass."""
         return _first(self.layers[i](hidden, *call.args, **call.kwargs))
 
 

@@ -102,32 +102,6 @@ class StatsCollector:
             self._last = None
 
 
-class _StopForward(Exception):
-    """Raised by ``stop_before`` to end a forward pass early."""
-
-
-@contextmanager
-def stop_before(module: nn.Module) -> Iterator[None]:
-    """End any forward pass when it reaches ``module`` (e.g. the final norm: no LM head, no logits)."""
-
-    def hook(_mod: nn.Module, _args: tuple) -> None:
-        raise _StopForward
-
-    handle = module.register_forward_pre_hook(hook)
-    try:
-        yield
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-
-
-def run_decoder(adapter: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
-    """Run the model's layers on ``input_ids`` and stop at the final norm (skips the LM head)."""
-    with stop_before(adapter.final_norm):
-        adapter.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-
-
 def _adapter_of(loaded_or_adapter: Any):
     return getattr(loaded_or_adapter, "adapter", loaded_or_adapter)
 
@@ -150,7 +124,7 @@ def collect_stats(
     batch_size: int = 8,
     progress: bool = False,
 ) -> dict[str, Stats]:
-    """One dense pass over ``input_ids`` [n, len]; statistics of every linear of ``units`` by name."""
+    """One dense pass over ``input_ids`` [n, len] (``Adapter.run_decoder``); statistics of every linear of ``units`` by name."""
     _check_kind(kind)
     adapter = _adapter_of(loaded_or_adapter)
     input_ids = torch.as_tensor(input_ids)
@@ -168,5 +142,5 @@ def collect_stats(
             ids = input_ids[s : s + batch_size].to(device)
             mask = None if attention_mask is None else attention_mask[s : s + batch_size].to(device)
             collector.mask = mask
-            run_decoder(adapter, ids, mask)
+            adapter.run_decoder(ids, mask)
     return collector.stats

@@ -26,53 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import Adapter, _get, _set, is_linear, linear_weight, set_linear_weight
-from .calibration import run_decoder
+from .adapters import Adapter, LayerCall, _get, _set, is_linear, linear_weight, set_linear_weight
+from .calibration import Stats, StatsCollector, unit_linears
 from .errors import PrunelensError
 from .methods import Method, WeightMethod
 from .units import Unit
-
-
-# -- layer inputs ---------------------------------------------------------------------------
-@dataclass
-class _Recorded:
-    args: tuple
-    kwargs: dict
-
-
-class _Recorder(nn.Module):
-    """Stands in for a decoder layer during capture: records its call and returns the input."""
-
-    def __init__(self, sink: list):
-        super().__init__()
-        self.sink = sink
-
-    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        self.sink.append((hidden, _Recorded(tuple(args[1:]), kwargs)))
-        return hidden
-
-
-@torch.no_grad()
-def capture_layer_calls(adapter: Adapter, input_ids: torch.Tensor) -> tuple[torch.Tensor, list[_Recorded]]:
-    """Layer 0's input hidden state and every layer's extra call arguments, without running any layer."""
-    sink: list = []
-    originals = list(adapter.layers)
-    for i in range(len(originals)):
-        adapter.layers[i] = _Recorder(sink)
-    try:
-        run_decoder(adapter, input_ids)
-    finally:
-        for i, layer in enumerate(originals):
-            adapter.layers[i] = layer
-    if len(sink) != len(originals):
-        raise PrunelensError(f"captured {len(sink)} layer calls for {len(originals)} layers")
-    return sink[0][0], [rec for _, rec in sink]
-
-
-def _run(layer: nn.Module, hidden: torch.Tensor, rec: _Recorded) -> torch.Tensor:
-    out = layer(hidden, *rec.args, **rec.kwargs)
-    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 # -- whole-model compression ------------------------------------------------------------------
@@ -82,19 +40,63 @@ def _default_calibration(loaded: Any, samples: int = 32, length: int = 256) -> t
     return torch.as_tensor(token_windows(loaded.tokenizer, samples, length, split="calib"))
 
 
+@dataclass
+class SequentialInputs:
+    """Calibration batches walked through the decoder one layer at a time (the reference Wanda/SparseGPT order).
+
+    ``hidden[b]`` is batch ``b``'s input to the current layer; ``calls[b][i]`` what layer ``i`` receives
+    besides it (masks, positions), recorded once by ``Adapter.layer_calls``.
+    """
+
+    adapter: Adapter
+    hidden: list[torch.Tensor]
+    calls: list[list[LayerCall]]
+
+    @classmethod
+    def capture(cls, adapter: Adapter, ids: torch.Tensor, batch_size: int) -> SequentialInputs:
+        """Layer 0's inputs for ``ids`` [n, len] in batches of ``batch_size``, on the model's device."""
+        device = next(adapter.model.parameters()).device
+        calls = [adapter.layer_calls(ids[s : s + batch_size].to(device)) for s in range(0, ids.shape[0], batch_size)]
+        return cls(adapter, [c[0].hidden for c in calls], calls)
+
+    @property
+    def samples(self) -> int:
+        return int(sum(h.shape[0] for h in self.hidden))
+
+    def stats(self, i: int, linears: dict[str, nn.Module], kind: str) -> dict[str, Stats]:
+        """Statistics of ``linears`` (inside layer ``i``) over every batch, running layer ``i`` as it is now."""
+        collector = StatsCollector(linears, kind)
+        with collector.attached():
+            for h, calls in zip(self.hidden, self.calls):
+                self.adapter.run_layer(i, h, calls[i])
+        return collector.stats
+
+    def advance(self, i: int) -> None:
+        """Layer ``i``'s outputs (as the layer is now) become the inputs of layer ``i + 1``."""
+        self.hidden = [self.adapter.run_layer(i, h, calls[i]) for h, calls in zip(self.hidden, self.calls)]
+
+
 def _validate_units(adapter: Adapter, method: Method, units: list[Unit]) -> None:
     for u in units:
         method.check_unit(u)
         adapter.module(u)  # raises on a layer that does not exist
 
 
-def _sparsity(mods: dict[str, nn.Module]) -> tuple[int, int]:
+def zero_count(mods: dict[str, nn.Module]) -> tuple[int, int]:
+    """(zero weights, all weights) over the given linear-like modules."""
     zeros = total = 0
     for m in mods.values():
         w = m.weight
         zeros += int((w == 0).sum())
         total += w.numel()
     return zeros, total
+
+
+def compress_linears(method: WeightMethod, linears: dict[str, nn.Module], stats: dict[str, Stats] | None) -> None:
+    """Rewrite each linear's weight for good with ``method.compress_weight`` (``stats`` by linear name)."""
+    for name, mod in linears.items():
+        w = linear_weight(mod).detach().float()
+        set_linear_weight(mod, method.compress_weight(w, None if stats is None else stats[name]))
 
 
 def compress_model(
@@ -108,19 +110,18 @@ def compress_model(
     """Compress ``loaded.model`` in place with ``method`` on ``units`` (None = every block).
 
     Weight methods run sequentially layer by layer on calibration inputs propagated through
-    the already-compressed layers; a method with an ``apply(loaded, units)`` (e.g. ``drop``)
-    is delegated to it. Returns a summary: seconds, sparsity, per-layer info.
+    the already-compressed layers; a ``whole_model`` method (e.g. ``drop``) is delegated to its
+    ``apply(loaded, units)``. Returns a summary: seconds, sparsity, per-layer info.
     """
     adapter: Adapter = loaded.adapter
     t0 = time.time()
     if not isinstance(method, WeightMethod):
-        apply = getattr(method, "apply", None)
-        if apply is None:
+        if not method.whole_model:
             raise PrunelensError(f"method {method.name!r} cannot compress a whole model (it has no apply())")
         if not units:
             raise PrunelensError(f"method {method.name!r} needs explicit units (e.g. --units L5,L7.attn)")
         _validate_units(adapter, method, units)
-        summary = apply(loaded, units)
+        summary = method.apply(loaded, units)
         return {"method": method.spec, "seconds": round(time.time() - t0, 3), **summary}
 
     if units is None:
@@ -136,19 +137,9 @@ def compress_model(
     if needs_stats and calib_ids is None:
         calib_ids = _default_calibration(loaded)
 
-    from .calibration import StatsCollector, unit_linears
-
     layers_info: list[dict] = []
     zeros_all = total_all = 0
-    hidden_batches: list[torch.Tensor] = []
-    records: list[list[_Recorded]] = []
-    if needs_stats:
-        ids = torch.as_tensor(calib_ids)
-        device = next(adapter.model.parameters()).device
-        for s in range(0, ids.shape[0], batch_size):
-            h, recs = capture_layer_calls(adapter, ids[s : s + batch_size].to(device))
-            hidden_batches.append(h)
-            records.append(recs)
+    inputs = SequentialInputs.capture(adapter, torch.as_tensor(calib_ids), batch_size) if needs_stats else None
     last = max(by_layer)
     layer_range = range(last + 1) if needs_stats else sorted(by_layer)
     bar = None
@@ -159,23 +150,14 @@ def compress_model(
     with torch.no_grad():
         for i in layer_range:
             tl = time.time()
-            layer = adapter.layers[i]
             lin = unit_linears(adapter, by_layer.get(i, []))
-            stats = None
-            if lin and needs_stats:
-                collector = StatsCollector(lin, method.calibration)
-                with collector.attached():
-                    for h, recs in zip(hidden_batches, records):
-                        _run(layer, h, recs[i])
-                stats = collector.stats
-            for name, mod in lin.items():
-                w = linear_weight(mod).detach().float()
-                set_linear_weight(mod, method.compress_weight(w, None if stats is None else stats[name]))
+            stats = inputs.stats(i, lin, method.calibration) if lin and inputs is not None else None
+            compress_linears(method, lin, stats)
             del stats
-            if needs_stats and i < last:  # next layer's inputs come from this compressed layer
-                hidden_batches = [_run(layer, h, recs[i]) for h, recs in zip(hidden_batches, records)]
+            if inputs is not None and i < last:  # next layer's inputs come from this compressed layer
+                inputs.advance(i)
             if lin:
-                z, t = _sparsity(lin)
+                z, t = zero_count(lin)
                 zeros_all += z
                 total_all += t
                 layers_info.append({"layer": i, "units": [u.name for u in by_layer[i]], "linears": len(lin),

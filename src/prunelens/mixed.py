@@ -6,10 +6,10 @@ statistics (Wanda's input norms, the SparseGPT/GPTQ Hessian) gathered by running
 as it is *now* (earlier units of the same layer already compressed); then the layer's
 compressed outputs become the next layer's inputs. So the result equals compressing the
 units one by one in that order with ``compress_model`` (each call re-propagating through the
-already-compressed model), in one pass. Units of methods without per-weight compression
-(``drop``) are held perturbed during the pass (so later layers calibrate on the model with
-them dropped) and applied for good with the method's ``apply`` at the end (blocks removed,
-sublayers' output projections zeroed).
+already-compressed model), in one pass. Units of ``whole_model`` methods (``drop``) are held
+perturbed during the pass (so later layers calibrate on the model with them dropped) and
+applied for good with the method's ``apply`` at the end (blocks removed, sublayers' output
+projections zeroed).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 
-from .adapters import linear_weight, set_linear_weight
 from .errors import PrunelensError
 from .methods import Method, WeightMethod
 from .units import Unit
@@ -41,20 +40,17 @@ def mixed_order(assignments: list[tuple[Unit, Method]]) -> list[tuple[Unit, Meth
 
 def linear_zeros(adapter: Any) -> tuple[int, int]:
     """(zero weights, all weights) over every linear of every decoder layer."""
-    zeros = total = 0
-    for i in range(adapter.num_layers):
-        for mod in adapter.linears(Unit(i, "block")).values():
-            zeros += int((mod.weight == 0).sum())
-            total += mod.weight.numel()
-    return zeros, total
+    from .compress import zero_count
+
+    counts = [zero_count(adapter.linears(Unit(i, "block"))) for i in range(adapter.num_layers)]
+    return sum(z for z, _ in counts), sum(t for _, t in counts)
 
 
 @torch.no_grad()
 def compress_mixed(loaded: Any, assignments: list[tuple[Unit, Method]], calib_ids: torch.Tensor | None = None,
                    progress: bool = True, batch_size: int = 8) -> dict:
     """Compress ``loaded.model`` in place, each unit with its own method (see the module docstring)."""
-    from .calibration import StatsCollector
-    from .compress import _default_calibration, _run, capture_layer_calls
+    from .compress import SequentialInputs, _default_calibration, compress_linears, zero_count
 
     adapter = loaded.adapter
     if not assignments:
@@ -62,21 +58,16 @@ def compress_mixed(loaded: Any, assignments: list[tuple[Unit, Method]], calib_id
     for u, m in assignments:
         m.check_unit(u)
         adapter.module(u)  # raises on a layer that does not exist
-        if not isinstance(m, WeightMethod) and getattr(m, "apply", None) is None:
+        if not isinstance(m, WeightMethod) and not m.whole_model:
             raise PrunelensError(f"method {m.name!r} cannot compress a whole model (it has no apply())")
     order = mixed_order(assignments)
     t0 = time.time()
     calibrated = [u.layer for u, m in order if isinstance(m, WeightMethod) and m.calibration != "none"]
     last = max(calibrated) if calibrated else -1
-    hidden: list[torch.Tensor] = []
-    records: list[list[Any]] = []
+    inputs = None
     if calibrated:
         ids = torch.as_tensor(_default_calibration(loaded) if calib_ids is None else calib_ids)
-        device = next(adapter.model.parameters()).device
-        for s in range(0, ids.shape[0], batch_size):
-            h, recs = capture_layer_calls(adapter, ids[s : s + batch_size].to(device))
-            hidden.append(h)
-            records.append(recs)
+        inputs = SequentialInputs.capture(adapter, ids, batch_size)
     by_layer: dict[int, list[tuple[Unit, Method]]] = {}
     for u, m in order:
         by_layer.setdefault(u.layer, []).append((u, m))
@@ -86,7 +77,7 @@ def compress_mixed(loaded: Any, assignments: list[tuple[Unit, Method]], calib_id
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(layers), desc="compress (mixed plan)", unit="layer")
-    held: dict[str, tuple[Method, list[Unit]]] = {}  # non-weight methods, applied at the end
+    held: dict[str, tuple[Method, list[Unit]]] = {}  # whole-model methods, applied at the end
     info: list[dict] = []
     with ExitStack() as stack:
         for i in layers:
@@ -98,26 +89,14 @@ def compress_mixed(loaded: Any, assignments: list[tuple[Unit, Method]], calib_id
                     continue
                 tu = time.time()
                 lin = adapter.linears(u)
-                stats = None
-                if m.calibration != "none":
-                    collector = StatsCollector(lin, m.calibration)
-                    layer = adapter.layers[i]
-                    with collector.attached():
-                        for h, recs in zip(hidden, records):
-                            _run(layer, h, recs[i])
-                    stats = collector.stats
-                zeros = total = 0
-                for name, mod in lin.items():
-                    w = linear_weight(mod).detach().float()
-                    set_linear_weight(mod, m.compress_weight(w, None if stats is None else stats[name]))
-                    zeros += int((mod.weight == 0).sum())
-                    total += mod.weight.numel()
+                stats = inputs.stats(i, lin, m.calibration) if inputs is not None and m.calibration != "none" else None
+                compress_linears(m, lin, stats)
                 del stats
+                zeros, total = zero_count(lin)
                 info.append({"unit": u.name, "method": m.spec, "sparsity": zeros / total if total else 0.0,
                              "seconds": round(time.time() - tu, 3)})
-            if calibrated and i < last:
-                layer = adapter.layers[i]
-                hidden = [_run(layer, h, recs[i]) for h, recs in zip(hidden, records)]
+            if inputs is not None and i < last:
+                inputs.advance(i)
             if bar is not None:
                 bar.update(1)
     if bar is not None:
@@ -130,7 +109,7 @@ def compress_mixed(loaded: Any, assignments: list[tuple[Unit, Method]], calib_id
     return {
         "method": "mixed",
         "units": [{"unit": u.name, "method": m.spec} for u, m in order],
-        "calibration_samples": 0 if not calibrated else int(sum(h.shape[0] for h in hidden)),
+        "calibration_samples": 0 if inputs is None else inputs.samples,
         "seconds": round(time.time() - t0, 3),
         "per_unit": info,
         **dropped,

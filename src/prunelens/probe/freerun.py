@@ -12,11 +12,12 @@ through the model (and a change that does nothing samples the same tokens).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 
 import torch
 
-from ..adapters import Adapter, _first
+from ..adapters import Adapter
 from .capture import MidStream, position_ids_for
 
 
@@ -50,7 +51,7 @@ class Sampler:
 class Decoded:
     tokens: torch.Tensor  # [B, S]
     watched: dict[int, torch.Tensor]  # layer -> [B, S, d] output at the last position of each step
-    mid: dict[int, torch.Tensor] = None  # type: ignore[assignment]  # layer -> [B, S, d] stream after attention
+    mid: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, S, d] stream after attention
 
 
 def _new_cache(model):
@@ -81,39 +82,26 @@ def greedy_decode(
     samples ``offset, offset + 1, ...`` for the seeds).
     """
     model = adapter.model
-    seen: dict[int, list[torch.Tensor]] = {i: [] for i in watch}
-
-    def hook(i: int):
-        def fn(_mod, _args, _kwargs, out):
-            seen[i].append(_first(out)[:, -1].detach())
-        return fn
-
-    handles = [adapter.layers[i].register_forward_hook(hook(i), with_kwargs=True) for i in seen]
-    mids = {i: MidStream(adapter, i, last_only=True) for i in mid}
-    for m in mids.values():
-        m.__enter__()
-    gens = sampler.generators(offset, prompt_ids.shape[0]) if sampler is not None else None
+    gens = sampler.generators(offset, prompt_ids.shape[0]) if sampler is not None else []
     cache = _new_cache(model)
     ids, mask = prompt_ids, prompt_mask
     positions = position_ids_for(mask)
     tokens = []
-    try:
+    mids = {i: MidStream(adapter, i, last_only=True) for i in mid}
+    with ExitStack() as stack, adapter.watching(watch, last_position=True) as seen:
+        for m in mids.values():
+            stack.enter_context(m)
         for s in range(steps):
             kwargs = {"cache": cache, "use_cache": True, "logits_to_keep": 1}
-            if mask is not None:
+            if mask is not None and positions is not None:  # both or neither
                 kwargs.update(attention_mask=mask, position_ids=positions if s == 0 else positions[:, -1:])
             out = model(input_ids=ids, **kwargs)
             last = out.logits[:, -1]
             nxt = last.argmax(-1, keepdim=True) if sampler is None else sampler.pick(last, gens)
             tokens.append(nxt)
             ids = nxt
-            if mask is not None:
+            if mask is not None and positions is not None:
                 mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
                 positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
-    finally:
-        for h in handles:
-            h.remove()
-        for m in mids.values():
-            m.__exit__()
     return Decoded(torch.cat(tokens, dim=1), {i: torch.stack(v, dim=1) for i, v in seen.items()},
                    {i: torch.stack(m.seen, dim=1) for i, m in mids.items()})
