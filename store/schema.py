@@ -14,15 +14,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import xarray as xr
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 SCHEMA_VERSION = 2
 SPACES = ("embedding", "logit", "probability")
-LOCALITIES = ("local", "propagated")  # the default pair
-ALL_LOCALITIES = ("local", "propagated", "sublayer")  # sublayer: the unit's own residual-stream output (docs/probe.md)
+LOCALITIES = ("local", "propagated", "sublayer")  # sublayer: the unit's own residual-stream output (docs/probe.md)
+DEFAULT_LOCALITIES = ("local", "propagated")  # what a probe measures unless asked
 TIMINGS = ("teacher_forced", "free_running")
 KL_CONVENTION = "KL(p_dense || q_perturbed)"
 
@@ -99,11 +101,13 @@ def template(
     samples: int,
     steps: int,
     temperatures: Sequence[float],
-    localities: Sequence[str] = LOCALITIES,
+    localities: Sequence[str] = DEFAULT_LOCALITIES,
     timings: Sequence[str] = TIMINGS,
     attrs: dict[str, Any] | None = None,
 ) -> xr.Dataset:
     """An all-fill dataset of the right shape (NaN, ``done`` all False, ``free_tokens`` all -1)."""
+    import xarray as xr
+
     sizes = {
         "method": len(methods), "unit": len(units), "locality": len(localities), "timing": len(timings),
         "space": len(SPACES), "temperature": len(temperatures), "sample": samples, "step": steps,

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from prunelens_store.schema import DEFAULT_LOCALITIES, LOCALITIES, METRICS, SPACES, TIMINGS, cell_shape
+
 from ..adapters import Adapter
 from ..errors import PrunelensError
 from ..methods import Method
@@ -35,16 +37,10 @@ from ..units import Unit
 from .capture import DenseBatch, MidStream, capture_layers
 from .freerun import Sampler, greedy_decode
 from .kernel import DenseRows, SumsKernel, kernel_key
-from .metrics import ROW_FIELDS, SPACE_FIELDS, RowMetrics, row_metrics
+from .metrics import RowMetrics, row_metrics
 from .prompts import Prompts
 
-LOCALITIES = ("local", "propagated", "sublayer")
-DEFAULT_LOCALITIES = ("local", "propagated")
 DECODES = ("greedy", "sample")
-TIMINGS = ("teacher_forced", "free_running")
-CELL_ARRAYS = ("cos_dev", "cos_dev_pred", "rel_norm", "rel_par", "rel_perp", "kl", "kl_pred", "top1_agree",
-               "dz_var_uniform", "dz_var_top5", "dz_var_top10", "dz_l1", "dz_l2",
-               "cand_kl", "cand_top1_agree", "cand_mass", "cand_rank")
 COMPILE_MIN_VOCAB = 4096  # below this the metric kernels are cheap and compiling is not worth it
 
 
@@ -133,7 +129,7 @@ class ProbeEngine:
 
     def __post_init__(self) -> None:
         self.readout = Readout(self.adapter, self.settings.readout)
-        self._dense_z: dict[tuple[int, int], DenseRows] = {}
+        self._dense_z: dict[tuple[int, int, bool, bool], DenseRows] = {}  # (batch, layer, mid, free)
         self._dense_layer: int | None = None
         self.compiled = self.settings.compile  # None = auto: compile when the measured eager cost would pay for it
         self.kernel = SumsKernel("auto" if self.compiled is None else ("compiled" if self.compiled else "eager"))
@@ -287,15 +283,15 @@ class ProbeEngine:
 
     def _assemble(self, per: dict[tuple[str, str], list[RowMetrics]], free: list[torch.Tensor]) -> CellResult:
         s = self.settings
-        n, steps, nt = len(self.prompts), s.steps, len(s.temperatures)
-        lead = (len(s.localities), len(s.timings))
-        shapes = {**{k: (3, nt) for k in SPACE_FIELDS}, **{k: () for k in ROW_FIELDS}}
-        arrays = {k: np.full(lead + shapes.get(k, (nt,)) + (n, steps), np.nan, dtype=np.float32) for k in CELL_ARRAYS}
+        n, steps = len(self.prompts), s.steps
+        sizes = {"locality": len(s.localities), "timing": len(s.timings), "space": len(SPACES),
+                 "temperature": len(s.temperatures), "sample": n, "step": steps}
+        arrays = {k: np.full(cell_shape(k, sizes), np.nan, dtype=np.float32) for k in METRICS}
         nonfinite = 0
         for (loc, tim), parts in per.items():
             m = RowMetrics.cat(parts)
             li, ti = s.localities.index(loc), s.timings.index(tim)
-            for k in CELL_ARRAYS:
+            for k in METRICS:
                 v = getattr(m, k).cpu().numpy()
                 arrays[k][li, ti] = v.reshape(v.shape[:-1] + (n, steps))
                 if not k.startswith("cand_"):

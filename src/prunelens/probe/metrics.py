@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .kernel import DenseRows, SumsKernel
+from prunelens_store.schema import METRICS, SCHEMA
 
-SPACE_INDEX = {"embedding": 0, "logit": 1, "probability": 2}
+from .kernel import DenseRows, SumsKernel
 
 
 def one_minus_cos(norm_x: torch.Tensor, par: torch.Tensor, perp_sq: torch.Tensor) -> torch.Tensor:
@@ -68,10 +68,10 @@ def _vector_from_sums(xx: torch.Tensor, xd: torch.Tensor, perp_sq: torch.Tensor,
             "rel_par": par.abs() / norm_x, "rel_perp": perp_sq.sqrt() / norm_x}
 
 
-SPACE_FIELDS = ("cos_dev", "cos_dev_pred", "rel_norm", "rel_par", "rel_perp")  # [space, T, rows]
-T_FIELDS = ("kl", "kl_pred", "dz_var_uniform", "dz_var_top5", "dz_var_top10")  # [T, rows]
-ROW_FIELDS = ("top1_agree", "dz_l1", "dz_l2")  # [rows]
-CAND_FIELDS = ("cand_kl", "cand_top1_agree", "cand_mass", "cand_rank")  # [T, rows]
+# RowMetrics fields are the schema's metrics, shaped like their store dims after (method, unit, locality,
+# timing) with (sample, step) flattened to rows: [space, T, rows], [T, rows] or [rows].
+SPACE_FIELDS = tuple(name for name in METRICS if "space" in SCHEMA[name].dims)
+CAND_FIELDS = tuple(name for name in METRICS if name.startswith("cand_"))
 
 
 @dataclass

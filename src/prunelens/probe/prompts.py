@@ -34,9 +34,11 @@ class Prompts:
 
     def repeated(self, k: int) -> Prompts:
         """Each prompt ``k`` times in a row (sampled decoding: ``k`` continuations per prompt)."""
-        rep = lambda rows: None if rows is None else [list(r) for r in rows for _ in range(k)]  # noqa: E731
-        return Prompts(rep(self.ids), rep(self.candidates), f"{self.source} x{k}" if self.source else f"x{k}",
-                       [t for t in self.texts for _ in range(k)])
+        def rep(rows: list[list[int]]) -> list[list[int]]:
+            return [list(r) for r in rows for _ in range(k)]
+
+        return Prompts(rep(self.ids), None if self.candidates is None else rep(self.candidates),
+                       f"{self.source} x{k}" if self.source else f"x{k}", [t for t in self.texts for _ in range(k)])
 
     @property
     def max_len(self) -> int:
