@@ -7,10 +7,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from prunelens.errors import PrunelensError
 from prunelens.safe_text import clean
+from prunelens_store.view import StoreView
 
 from . import backend
 
@@ -66,16 +65,6 @@ class StoreSummary:
         return f"resumable {self.done}/{self.cells}"
 
 
-def _done_mask(path: Path, ds) -> np.ndarray:
-    """The (method, unit) done mask, read with zarr directly (a third of the cost of going through dask)."""
-    try:
-        import zarr
-
-        return np.asarray(zarr.open_array(str(Path(path) / "done"), mode="r")[:], dtype=bool)
-    except Exception:
-        return np.asarray(ds["done"].values, dtype=bool)
-
-
 def _truthy(value) -> bool:
     return value is True or str(value).lower() in ("true", "1", "yes")
 
@@ -84,7 +73,7 @@ def summarize(path: Path) -> StoreSummary:
     """Provenance of one store from its attrs and ``done`` mask; errors become ``.error``."""
     try:
         ds = backend.open_store(path)
-        done = _done_mask(path, ds)
+        done = StoreView.of(ds, path).done
     except PrunelensError as exc:
         return StoreSummary(path, error=clean(exc))
     except Exception as exc:  # never let one bad store take the UI down

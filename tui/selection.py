@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-METRICS = ("kl_pred", "kl", "cos_dev", "cos_dev_pred", "rel_norm", "top1_agree",
-           "cand_kl", "cand_top1_agree", "cand_mass", "cand_rank")
+from prunelens_store import schema
+from prunelens_store.view import select_temperature
+
+HEADLINE = ("kl_pred", "kl")  # shown first; every other metric of the store schema follows in schema order
+METRICS = HEADLINE + tuple(m for m in schema.METRICS if m not in HEADLINE)
 KIND_CHOICES = ("all", "block", "attn", "mlp")
 # field -> (key, label) for the one-key switches shared by the data screens
 SWITCHES = {
@@ -44,8 +47,7 @@ def choices(ds: Any, field: str) -> list:
 
 
 def default_selection(ds: Any) -> Selection:
-    """A sensible first view: propagated, teacher-forced predicted KL at the T closest to 1."""
-    temps = choices(ds, "temperature")
+    """A sensible first view: propagated, teacher-forced predicted KL at the store's default temperature."""
 
     def pick(field: str, want: str) -> str:
         options = choices(ds, field)
@@ -53,7 +55,7 @@ def default_selection(ds: Any) -> Selection:
 
     return Selection(
         method=choices(ds, "method")[0], metric=pick("metric", "kl_pred"), space=pick("space", "probability"),
-        temperature=min(temps, key=lambda t: abs(t - 1.0)), locality=pick("locality", "propagated"),
+        temperature=select_temperature(choices(ds, "temperature")), locality=pick("locality", "propagated"),
         timing=pick("timing", "teacher_forced"), kind="all",
     )
 

@@ -38,7 +38,8 @@ class CurvesScreen(DataScreen):
 
     def show(self, data: views.Curves) -> None:
         self.query_one(SelectionBar).show(self.app.selection, self.FIELDS, shown={"kind": data.kind})
-        cos, kl = [], []
+        cos: list[Series] = []
+        kl: list[Series] = []
         for name, (measured, predicted) in data.series.items():
             colour = SPACE_COLOURS[name]
             target = kl if name == "KL" else cos

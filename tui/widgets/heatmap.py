@@ -15,8 +15,10 @@ from .scale import Scale
 LABEL_WIDTH = 9
 
 
-class HeatmapGrid(Widget, can_focus=True):
+class HeatmapGrid(Widget):
     """Rows are units, columns are steps; one character per cell."""
+
+    can_focus = True
 
     BINDINGS = [
         Binding("up", "move(-1, 0)", "Up", show=False), Binding("down", "move(1, 0)", "Down", show=False),
