@@ -17,7 +17,8 @@ import yaml
 from rank_helpers import save_tiny, synthetic_store
 
 from prunelens.models import BUNDLED, load_model, prepared_path
-from prunelens.plans import mergekit_source, plan_from_store
+from prunelens.planning import plan_from_store
+from prunelens.plans import mergekit_source
 
 
 def _mergekit_python() -> str | None:

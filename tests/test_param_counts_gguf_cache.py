@@ -36,7 +36,7 @@ def saved(request, tmp_path):
 
 def test_unit_param_counts_count_tied_embeddings_once(saved):
     from prunelens.models import load_model
-    from prunelens.plans import unit_param_counts
+    from prunelens.modelinfo import unit_param_counts
     from prunelens.units import Unit
 
     path, cfg, tied = saved

@@ -12,7 +12,9 @@ from rank_helpers import save_tiny, synthetic_store
 
 from prunelens.errors import PrunelensError
 from prunelens.models import load_model
-from prunelens.plans import Plan, iterative_plan, parse_budget, plan_from_store, select_units, unit_param_counts
+from prunelens.modelinfo import unit_param_counts
+from prunelens.planning import iterative_plan, plan_from_store, select_units
+from prunelens.plans import Plan, parse_budget
 
 
 @pytest.fixture(scope="module")

@@ -193,7 +193,7 @@ def test_one_minus_cos_of_nan_or_inf_is_not_zero():
 
 
 def test_nan_units_are_counted_flagged_and_never_planned(tmp_path, tiny, nan_method):
-    from prunelens.plans import plan_from_store
+    from prunelens.planning import plan_from_store
     from prunelens.ranking import nonfinite_units, rank_units
 
     path, loaded = tiny
@@ -268,7 +268,7 @@ def test_every_transformers_load_passes_trust_remote_code():
 
 
 def test_a_store_naming_a_model_with_custom_code_never_runs_it(tmp_path, monkeypatch):
-    from prunelens.plans import model_config
+    from prunelens.modelinfo import model_config
 
     evil = tmp_path / "evil"
     evil.mkdir()

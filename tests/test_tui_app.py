@@ -77,7 +77,7 @@ async def test_every_screen_and_switches(store):
 
 
 async def test_rank_and_export_equal_plan_from_store(store, tmp_path):
-    plans = pytest.importorskip("prunelens.plans", reason="prunelens.plans is not in the tree")
+    plans = pytest.importorskip("prunelens.planning", reason="prunelens.planning is not in the tree")
     from textual.widgets import Input, Select
 
     from prunelens_tui.backend import open_store
@@ -198,7 +198,7 @@ def real_store(tmp_path_factory):
 
 
 async def test_real_probe_store_every_screen_and_plan(real_store, tmp_path):
-    plans = pytest.importorskip("prunelens.plans", reason="prunelens.plans is not in the tree")
+    plans = pytest.importorskip("prunelens.planning", reason="prunelens.planning is not in the tree")
     from textual.widgets import Input
 
     from prunelens_tui.backend import open_store

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from textual.app import App
 from textual.binding import Binding
+from textual.screen import Screen
 
 from prunelens.errors import PrunelensError
 from prunelens.safe_text import esc
@@ -22,7 +23,7 @@ from .screens.theory import TheoryScreen
 from .selection import Selection, default_selection
 from .widgets.heatmap import HeatmapGrid
 
-SCREENS = {"runs": RunsScreen, "heatmap": HeatmapScreen, "curves": CurvesScreen, "theory": TheoryScreen,
+SCREENS: dict[str, type[Screen]] = {"runs": RunsScreen, "heatmap": HeatmapScreen, "curves": CurvesScreen, "theory": TheoryScreen,
            "plan": PlanScreen}
 
 

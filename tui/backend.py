@@ -1,24 +1,20 @@
-"""The TUI's thin door to the core: open a store, rank units, build a plan.
+"""The TUI's thin door to the core: open a store, rank units, build and export a plan.
 
 Every function calls the real implementation (``prunelens_store.reader``,
-``prunelens.ranking``, ``prunelens.plans``); nothing here ranks or plans by itself. A
-missing piece becomes a ``PrunelensError`` that the UI shows as a message.
+``prunelens.ranking``, ``prunelens.planning``, ``prunelens.plans``); nothing here ranks or
+plans by itself. A missing piece becomes a ``PrunelensError`` that the UI shows as a message.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
+import prunelens.planning
+import prunelens.ranking
 from prunelens.errors import PrunelensError
-
-
-def _import(module: str, what: str):
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise PrunelensError(f"{what} is not available ({module}: {exc})") from exc
+from prunelens.fileio import atomic_write
+from prunelens.plans import Plan
 
 
 def open_store(path: str | Path):
@@ -60,49 +56,33 @@ def clean_labels(ds):
 
 def ranker_choices() -> list[tuple[str, str]]:
     """(name, description) of every ranking strategy that needs only the store."""
-    ranking = _import("prunelens.ranking", "ranking")
-    out = []
-    for name, entry in sorted(ranking.ranker_registry().items()):
-        cls = entry[1] if isinstance(entry, tuple) else entry
-        if getattr(cls, "needs", "store") == "store":
-            out.append((name, str(getattr(cls, "description", ""))))
-    return out
+    return [(name, cls.description) for name, (_, cls) in sorted(prunelens.ranking.ranker_registry().items())
+            if cls.needs == "store"]
 
 
-def rank_units(ds, **choices: Any):
+def rank_units(ds: Any, **choices: Any) -> Any:
     """``prunelens.ranking.rank_units`` (a DataFrame sorted safest first)."""
-    return _import("prunelens.ranking", "ranking").rank_units(ds, **choices)
+    return prunelens.ranking.rank_units(ds, **choices)
 
 
-def plan_from_store(ds, **choices: Any):
-    """``prunelens.plans.plan_from_store`` (a ``Plan``)."""
-    return _import("prunelens.plans", "plans").plan_from_store(ds, **choices)
+def plan_from_store(ds: Any, ranked: Any, *, budget: str, store_path: str, **choices: Any) -> Plan:
+    """``prunelens.planning.plan_from_store`` on the ranking already shown (the store is not ranked again)."""
+    return prunelens.planning.plan_from_store(ds, ranking=ranked, budget=budget, store_path=store_path, **choices)
 
 
-def plan_unit_names(plan: Any) -> list[str]:
-    """The unit names a plan selects, in plan order."""
-    names = []
-    for u in getattr(plan, "units", []) or []:
-        if isinstance(u, str):
-            names.append(u)
-        elif isinstance(u, dict):
-            names.append(str(u.get("unit") or u.get("name")))
-        else:
-            names.append(str(getattr(u, "unit", None) or getattr(u, "name", u)))
-    return names
+def exports_mergekit(plan: Plan) -> bool:
+    """A block plan whose every unit is removed (drop) also exports a mergekit YAML."""
+    return plan.kind == "block" and plan.removes_units
 
 
-def save_plan(plan: Any, path: str | Path, mergekit: bool) -> list[Path]:
-    """Write the plan JSON (and the mergekit YAML beside it when ``mergekit``); return the paths."""
+def save_plan(plan: Plan, path: str | Path) -> list[Path]:
+    """Write the plan JSON (and the mergekit YAML beside it for a block-removal plan) atomically; return the paths."""
     path = Path(path).expanduser()
     if not path.name:
         raise PrunelensError("type a file name for the plan")
     if path.parent and not path.parent.exists():
         raise PrunelensError(f"{path.parent}: no such directory")
-    plan.save(path)
-    written = [path]
-    if mergekit:
-        yaml_path = path.with_suffix(".yaml")
-        yaml_path.write_text(plan.to_mergekit_yaml())
-        written.append(yaml_path)
+    written = [plan.save(path)]
+    if exports_mergekit(plan):
+        written.append(atomic_write(path.with_suffix(".yaml"), plan.to_mergekit_yaml()))
     return written

@@ -311,9 +311,9 @@ def allocate_plan(ds: Any, *, allocator: str = "knapsack", budget: Any, temperat
     b = parse_budget_spec(budget)
     alloc = get_allocator(allocator, **allocator_params)
     if ds is not None:
-        from .ranking import pick_temperature
+        from prunelens_store import StoreView
 
-        pick_temperature(ds, temperature)  # a clear error for a temperature the store lacks
+        StoreView.of(ds).temperature(temperature, exact=True)  # a clear error for a temperature the store lacks
     ctx = AllocContext(ds, b, float(temperature), list(methods) if methods else None, kind, locality, timing,
                        loaded=loaded, calib_ids=calib_ids, dense_bits=dense_bits)
     result = alloc.allocate(ctx)
@@ -327,7 +327,8 @@ def allocate_plan(ds: Any, *, allocator: str = "knapsack", budget: Any, temperat
     if total_saving < need * (1 - 1e-6) - 1e-9:
         raise PrunelensError(f"allocator {allocator!r} does not meet budget {b.text}: it reaches "
                              f"{achieved(b, total_saving, sizes, dense_bits):.6g}")
-    units, cum = [], 0.0
+    units: list[PlanUnit] = []
+    cum: float | None = 0.0
     for c in choices:
         cum = None if cum is None or c.predicted_kl is None else cum + c.predicted_kl
         units.append(PlanUnit(unit=c.unit, method=c.method, predicted_kl=c.predicted_kl,

@@ -123,8 +123,8 @@ def unit_sizes(model: Any, bytes_per_param: int | None = None) -> UnitSizes:
     """Sizes of every unit (blocks and sublayers) of ``model``: a LoadedModel, or a model id (meta model from its config)."""
     if isinstance(model, str):
         from .adapters import get_adapter
+        from .modelinfo import model_config
         from .paramcount import meta_model
-        from .plans import model_config
 
         config = model_config(model)
         torch_model = meta_model(config)  # tied weights tied, as loading would (counted once below)
@@ -158,19 +158,18 @@ class Effect:
 
 def option_effect(method: Any) -> Effect:
     """The ``Effect`` of a method: its own ``budget_effect()``, else read from ``pattern``/``sparsity``/``bits``."""
-    own = getattr(type(method), "budget_effect", None)
+    own = method.budget_effect()
     if own is not None:
-        eff = method.budget_effect()
-        return eff if isinstance(eff, Effect) else Effect(**eff)
-    if method.name == "drop":
+        return own if isinstance(own, Effect) else Effect(**own)
+    if method.removes_unit:
         return Effect(1.0, 0.0, True)
     values = getattr(method, "values", {})
     zero = None
     if values.get("pattern"):
         from .sparsity import parse_pattern
 
-        n, m = parse_pattern(values["pattern"])
-        zero = 1.0 - n / m
+        n_m = parse_pattern(values["pattern"])
+        zero = None if n_m is None else 1.0 - n_m[0] / n_m[1]
     elif "sparsity" in values:
         zero = float(values["sparsity"])
     bits = float(values["bits"]) if "bits" in values and values["bits"] is not None else None

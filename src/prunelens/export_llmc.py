@@ -47,7 +47,7 @@ def _meta_adapter(model_id: str) -> Any:
     from transformers import AutoModelForCausalLM
 
     from .adapters import get_adapter
-    from .plans import model_config
+    from .modelinfo import model_config
 
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(model_config(model_id), trust_remote_code=False)
@@ -59,8 +59,8 @@ def _mask_structure(pattern: str | None) -> str:
         return "0:0"
     from .sparsity import parse_pattern
 
-    n, m = parse_pattern(pattern)
-    return f"{n}:{m}"
+    n_m = parse_pattern(pattern)
+    return "0:0" if n_m is None else f"{n_m[0]}:{n_m[1]}"
 
 
 def _weights_scheme(values: dict[str, Any]) -> dict[str, Any]:
@@ -98,6 +98,7 @@ def llmcompressor_recipe(plan: Any, adapter: Any = None) -> dict[str, Any]:
     groups: dict[tuple, list[tuple[Unit, Any]]] = {}
     for unit, m in methods:
         v = dict(m.values)
+        key: tuple[Any, ...]
         if m.name in PRUNERS:
             key = (m.name, _mask_structure(v.get("pattern")), v.get("blocksize"), v.get("percdamp"))
         else:
@@ -154,7 +155,7 @@ def recipe_yaml(plan: Any, adapter: Any = None) -> str:
 
 def write_recipe(plan: Any, path: str, adapter: Any = None) -> str:
     """Write the recipe YAML atomically; returns the text."""
-    from .plans import atomic_write
+    from .fileio import atomic_write
 
     text = recipe_yaml(plan, adapter)
     atomic_write(path, text)

@@ -50,6 +50,11 @@ class Method(Parameterized):
         raise NotImplementedError
         yield  # pragma: no cover
 
+    def budget_effect(self) -> Any:
+        """What the method does to a unit's linear weights under a budget: a ``prunelens.budgets.Effect``
+        (or a dict of its fields); None (the default) reads it from ``sparsity``/``pattern``/``bits``."""
+        return None
+
     def apply(self, loaded: Any, units: list[Unit], progress: bool = False) -> dict[str, Any]:
         """Whole-model form: compress ``units`` of ``loaded`` for good and return a summary.
 

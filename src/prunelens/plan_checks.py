@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from .errors import PrunelensError
+from .modelinfo import num_layers_of
+from .plans import Plan
 from .units import Unit
 
 
@@ -30,11 +32,14 @@ def check_units_disjoint(names: Iterable[str]) -> None:
 
 
 def removed_layers(units: Iterable[tuple[Unit, str]]) -> set[int]:
-    """Layers a plan removes entirely: dropped blocks, and layers whose attention and MLP are both dropped."""
+    """Layers a plan removes entirely: blocks of a method that removes units (``Method.removes_unit``: drop),
+    and layers whose attention and MLP are both removed."""
+    from .methods import removes_unit
+
     gone: set[int] = set()
     parts: dict[int, set[str]] = {}
     for unit, method in units:
-        if str(method).split(":", 1)[0] != "drop":
+        if not removes_unit(str(method)):
             continue
         if unit.kind == "block":
             gone.add(unit.layer)
@@ -43,31 +48,16 @@ def removed_layers(units: Iterable[tuple[Unit, str]]) -> set[int]:
     return gone | {layer for layer, kinds in parts.items() if {"attn", "mlp"} <= kinds}
 
 
-def num_layers_of(model_id: str | None) -> int | None:
-    """The model's number of layers from its config (no weights loaded), or None when it cannot be read."""
-    if not model_id:
-        return None
-    try:
-        from .plans import model_config
-
-        cfg = model_config(str(model_id))
-    except Exception:  # noqa: BLE001 - the check is skipped, apply checks again with the real model
-        return None
-    n = getattr(cfg, "num_hidden_layers", None) or getattr(getattr(cfg, "text_config", None), "num_hidden_layers", None)
-    return int(n) if n else None
-
-
-def check_plan_sane(plan: Any, ds: Any = None) -> None:
+def check_plan_sane(plan: Plan, ds: Any = None) -> None:
     """Refuse a plan that selects no unit, lists overlapping units, or removes every layer of the model."""
     if not plan.units:
         raise PrunelensError(f"the budget {plan.budget} selects no unit; raise --budget (or check the store's "
                              "results: units with non-finite results are never planned)")
     check_units_disjoint(u.unit for u in plan.units)
-    pairs = [(Unit.parse(u.unit), getattr(u, "method", None) or plan.method) for u in plan.units]
-    gone = removed_layers(pairs)
+    gone = removed_layers(plan.unit_methods())
     if not gone:
         return
-    model_id = getattr(plan, "model_id", None) or (ds.attrs.get("model_id") if ds is not None else None)
+    model_id = plan.model_id or (ds.attrs.get("model_id") if ds is not None else None)
     n = num_layers_of(model_id)
     if n is not None and set(range(n)) <= gone:
         raise PrunelensError(f"the plan would remove every one of the model's {n} layers (budget {plan.budget}); "

@@ -1,9 +1,10 @@
-"""Plans: which units to compress, chosen from a ranking under a budget, as data.
+"""Plans as data: which units to compress, with what, and what it is predicted to cost.
 
-A plan is canonical JSON (schema version ``PLAN_SCHEMA_VERSION``): model id + config hash,
-method + params, the ordered units with their predicted KL (and, after ``apply`` +
-``validate``, the measured KL), temperature, budget, strategy, store path. Block drops also
-export as a mergekit ``passthrough`` config.
+A plan is canonical JSON (schema version ``PLAN_SCHEMA_VERSION``; version 1 still loads):
+model id + config hash, method + params, the ordered units with their predicted KL (and,
+after ``apply`` + ``validate``, the measured KL), temperature, budget, strategy, store path.
+Plans whose units are removed (drops) also export as a mergekit ``passthrough`` config.
+Choosing the units is ``prunelens.planning``'s job; this module only holds and writes them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PrunelensError
+from .fileio import atomic_write
 from .units import Unit
 
 PLAN_SCHEMA_VERSION = 2
@@ -78,6 +80,13 @@ class Plan:
     def unit_names(self) -> list[str]:
         return [u.unit for u in self.units]
 
+    @property
+    def removes_units(self) -> bool:
+        """Every unit's method removes it (``Method.removes_unit``, e.g. drop): the plan keeps layer ranges."""
+        from .methods import removes_unit
+
+        return all(removes_unit(spec) for _, spec in self.unit_methods())
+
     def kept_layer_ranges(self) -> list[tuple[int, int]]:
         """Half-open ``[start, end)`` ranges of the layers a block-drop plan keeps."""
         if self.num_layers is None:
@@ -101,8 +110,8 @@ class Plan:
         """A mergekit ``passthrough`` config whose slices are the kept layer ranges (block drops only)."""
         import yaml
 
-        specs = sorted({spec for _, spec in self.unit_methods()})
-        if any(spec.split(":", 1)[0] != "drop" for spec in specs):
+        if not self.removes_units:
+            specs = sorted({spec for _, spec in self.unit_methods()})
             raise PrunelensError(f"mergekit export is for drop plans; this plan uses {', '.join(specs)}")
         ranges = self.kept_layer_ranges()
         if not ranges:
@@ -233,13 +242,6 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def atomic_write(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` atomically with the umask's mode (``prunelens.fileio.atomic_write``)."""
-    from .fileio import atomic_write as write
-
-    return write(path, text)
-
-
 # -- budgets -------------------------------------------------------------------------
 def parse_budget(value: Any) -> int | float:
     """``4`` -> 4 units; ``0.25`` -> a quarter of the model's parameters."""
@@ -263,232 +265,3 @@ def parse_budget(value: Any) -> int | float:
     if isinstance(value, float) and 0.0 < value < 1.0:
         return value
     raise PrunelensError(f"bad budget {value!r}: a unit count >= 1 or a parameter fraction in (0, 1)")
-
-
-def unit_param_counts(model_id: str, units: list[Unit], loaded: Any = None) -> tuple[dict[str, int], int]:
-    """Parameters held by each unit and by the whole model (a meta model when not loaded: no weights read).
-
-    Counted by unique storage (``paramcount``): tied input/output embeddings count once."""
-    from .paramcount import meta_model, module_param_count
-
-    if loaded is not None:
-        model, adapter = loaded.model, loaded.adapter
-    else:
-        from .adapters import get_adapter
-
-        model = meta_model(model_config(model_id))
-        adapter = get_adapter(model)
-    counts = {u.name: module_param_count(adapter.module(u)) for u in units}
-    return counts, module_param_count(model)
-
-
-def model_config(model_id: str) -> Any:
-    """The model's transformers config, without loading weights."""
-    from transformers import AutoConfig
-
-    from .models import _resolve
-
-    target, extra = _resolve(model_id)
-    try:
-        # a store names the model: never run code found beside it
-        return AutoConfig.from_pretrained(target, **extra, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise PrunelensError(f"cannot read the config of {model_id!r}: {str(exc).splitlines()[0]}") from None
-
-
-def select_units(ranked: list[str], budget: int | float, counts: dict[str, int] | None = None,
-                 total: int | None = None) -> list[str]:
-    """Take units safest first: ``budget`` of them, or while their parameters fit in ``budget × total``.
-
-    A unit overlapping one already taken (a block and a sublayer of the same layer) is skipped;
-    under a parameter budget a unit too large to fit is skipped and smaller ones still considered.
-    """
-    chosen: list[str] = []
-    used = 0
-    taken: dict[int, set[str]] = {}
-    for name in ranked:
-        u = Unit.parse(name)
-        kinds = taken.get(u.layer, set())
-        if "block" in kinds or (u.kind == "block" and kinds) or u.kind in kinds:
-            continue
-        if isinstance(budget, int):
-            if len(chosen) >= budget:
-                break
-        else:
-            assert counts is not None and total is not None
-            if used + counts[name] > budget * total:
-                continue
-            used += counts[name]
-        chosen.append(name)
-        taken.setdefault(u.layer, set()).add(u.kind)
-    return chosen
-
-
-# -- building plans ------------------------------------------------------------------
-def plan_from_store(ds: Any, *, method: str, kind: str | None, temperature: float, by: str, budget: int | float | str,
-                    locality: str = "propagated", timing: str = "teacher_forced", store_path: str | None = None,
-                    loaded: Any = None, consecutive: bool | None = None, **ranker_params: Any) -> Plan:
-    """One-shot plan: rank the store's units and take the safest under ``budget``.
-
-    With ``by="angular"`` on blocks and a unit-count budget n, ``consecutive`` (default on)
-    follows Gromov et al.: the n consecutive blocks starting at ``argmin_ℓ d(ℓ, n)``.
-    """
-    from .params import parse_spec
-    from .ranking import rank_units
-
-    budget = parse_budget(budget)
-    by_name, by_values = parse_spec(by, "ranker")
-    df = rank_units(ds, method=method, kind=kind, temperature=temperature, by=by, locality=locality, timing=timing,
-                    loaded=loaded, **ranker_params)
-    ranker_params = {**ranker_params, **by_values}
-    from .ranking import nonfinite_units
-
-    df = df[df["rank"].notna() & ~df["unit"].isin(nonfinite_units(df))]  # never plan a non-finite unit
-    if df.empty:
-        raise PrunelensError("no unit has a score (is the store's probe complete for this method?)")
-    model_id = str(ds.attrs.get("model_id")) if ds is not None else loaded.model_id
-    counts = total = None
-    if isinstance(budget, float):
-        counts, total = unit_param_counts(model_id, [Unit.parse(u) for u in df["unit"]], loaded)
-    if consecutive is None:
-        consecutive = by_name == "angular" and kind == "block" and isinstance(budget, int)
-    if consecutive:
-        chosen = _consecutive_blocks(ds, loaded, budget, ranker_params)
-    else:
-        chosen = select_units(list(df["unit"]), budget, counts, total)
-    rows = df.set_index("unit")
-    return make_plan(ds, chosen, rows, method=df.attrs["method"], kind=kind, temperature=temperature, by=by,
-                     budget=budget, locality=locality, timing=timing, store_path=store_path, loaded=loaded,
-                     counts=counts)
-
-
-def _consecutive_blocks(ds: Any, loaded: Any, n: Any, ranker_params: dict[str, Any]) -> list[str]:
-    import torch
-
-    from prunelens_plugins.rankers import angular_span
-
-    from .ranking import RankContext
-
-    if not isinstance(n, int):
-        raise PrunelensError("consecutive angular plans need a unit-count budget")
-    ctx = RankContext(ds, None, "block", 1.0, loaded=loaded)
-    model = ctx.model()
-    from .data import token_windows
-
-    ids = token_windows(model.tokenizer, int(ranker_params.get("samples", 8)), int(ranker_params.get("length", 128)),
-                        split="calib", seed=int(ranker_params.get("seed", 0)))
-    with torch.no_grad():
-        d = angular_span(model.adapter, torch.as_tensor(ids), n)
-    start = min(range(len(d)), key=d.__getitem__)
-    return [f"L{i}" for i in range(start, start + n)]
-
-
-def make_plan(ds: Any, chosen: list[str], rows: Any, *, method: str, kind: str | None, temperature: float, by: str,
-              budget: int | float, locality: str, timing: str, store_path: str | None, loaded: Any = None,
-              counts: dict[str, int] | None = None, iterative: bool = False) -> Plan:
-    """A Plan from chosen unit names and a ranking table indexed by unit."""
-    from .methods import parse_method
-
-    units, cum = [], 0.0
-    for name in chosen:
-        pred = _num(rows.loc[name, "kl_pred"]) if name in rows.index else None
-        cum = cum + pred if pred is not None and cum is not None else None
-        units.append(PlanUnit(unit=name, score=_num(rows.loc[name, "score"]) if name in rows.index else None,
-                              predicted_kl=pred, params=None if counts is None else counts.get(name),
-                              cumulative_predicted_kl=cum))
-    attrs = ds.attrs if ds is not None else {}
-    try:
-        params = dict(parse_method(method).values)
-    except PrunelensError:
-        params = {}
-    if loaded is not None:
-        num_layers = loaded.adapter.num_layers
-    else:
-        try:
-            num_layers = int(model_config(str(attrs["model_id"])).num_hidden_layers)
-        except (PrunelensError, KeyError, AttributeError):
-            num_layers = int(max(ds["layer"].values)) + 1  # the store's own units (all layers when probed whole)
-    return Plan(
-        model_id=str(attrs.get("model_id", getattr(loaded, "model_id", ""))),
-        config_hash=str(attrs.get("config_hash", getattr(loaded, "config_hash", ""))),
-        method=method, method_params=params, units=units, temperature=float(temperature), budget=budget,
-        strategy=by, kind=kind, locality=locality, timing=timing, iterative=iterative, num_layers=num_layers,
-        store_path=None if store_path is None else str(store_path),
-        prompts_hash=attrs.get("prompts_hash"), predicted_kl_total=cum if units else None,
-    )
-
-
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def iterative_plan(ds: Any, *, method: str, kind: str | None, temperature: float, budget: int | float | str,
-                   store_path: str | None = None, loaded: Any = None,
-                   progress: Any = None) -> Plan:
-    """Greedy plan: take the unit of lowest predicted KL, re-probe the rest on the already-compressed model, repeat.
-
-    Each round re-probes with the probe engine on the store's prompts: the model with the
-    chosen units already perturbed is the new reference (its own greedy continuation,
-    teacher-forced, propagated to the output) and every remaining candidate is perturbed on
-    top, scored by the mean ``Var_p(Δz)/(2T²)``. A unit's
-    ``predicted_kl`` is its increment when chosen; the cumulative sum is the plan's prediction.
-    Methods that need calibration statistics are not supported here (use the one-shot plan).
-    """
-    import numpy as np
-
-    from .apply import perturbed, store_prompt_ids
-    from .methods import parse_method
-    from .models import load_model
-    from .probe.engine import ProbeEngine, ProbeSettings
-    from .probe.prompts import Prompts
-    from .ranking import resolve_method, store_units
-
-    budget = parse_budget(budget)
-    label = resolve_method(ds, method)
-    m = parse_method(label)
-    if m.calibration != "none":
-        raise PrunelensError(f"iterative plans support methods without calibration; {m.name!r} needs {m.calibration}")
-    if loaded is None:
-        loaded = load_model(str(ds.attrs["model_id"]))
-    if ds.attrs.get("config_hash") and ds.attrs["config_hash"] != loaded.config_hash:
-        raise PrunelensError("the store was made for another model (config hash differs)")
-    candidates = [u for u in store_units(ds, kind) if u.kind in m.unit_kinds]
-    counts = total = None
-    if isinstance(budget, float):
-        counts, total = unit_param_counts(loaded.model_id, candidates, loaded)
-    prompts = Prompts(store_prompt_ids(ds), source="store")
-    settings = ProbeSettings(steps=int(ds.sizes["step"]), temperatures=(float(temperature),), localities=("propagated",),
-                             timings=("teacher_forced",), readout=str(ds.attrs.get("readout", "norm")))
-    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer is not None and loaded.tokenizer.pad_token_id is not None else 0
-    chosen: list[str] = []
-    rows: dict[str, dict[str, float]] = {}
-    while True:
-        remaining = [u for u in candidates if u.name not in chosen]
-        fits = [u for u in remaining if select_units(chosen + [u.name], budget if isinstance(budget, float) else len(chosen) + 1,
-                                                     counts, total) == chosen + [u.name]]
-        if not fits or (isinstance(budget, int) and len(chosen) >= budget):
-            break
-        with perturbed(m, loaded.adapter, [Unit.parse(c) for c in chosen]):
-            engine = ProbeEngine(loaded.adapter, prompts, settings, pad_id=pad_id)
-            engine.prepare()  # the already-compressed model's own greedy continuation is the new reference
-            scores = {}
-            for u in fits:
-                if progress:
-                    progress(f"round {len(chosen) + 1}: {u.name}")
-                kl_pred = engine.measure(m, u).arrays["kl_pred"]
-                scores[u.name] = {"kl_pred": float(np.nanmean(kl_pred))}
-        best = min(fits, key=lambda u: scores[u.name]["kl_pred"])
-        chosen.append(best.name)
-        rows[best.name] = {"score": scores[best.name]["kl_pred"], "kl_pred": scores[best.name]["kl_pred"]}
-    if not chosen:
-        raise PrunelensError("no unit fits the budget")
-    import pandas as pd
-
-    table = pd.DataFrame.from_dict(rows, orient="index")
-    return make_plan(ds, chosen, table, method=label, kind=kind, temperature=temperature, by="kl_pred", budget=budget,
-                     locality="propagated", timing="teacher_forced", store_path=store_path, loaded=loaded,
-                     counts=counts, iterative=True)

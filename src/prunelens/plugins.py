@@ -268,13 +268,13 @@ def plugin_infos(import_builtins: bool = True) -> list[PluginInfo]:
     infos = []
     if not _builtins_loaded:
         for name, declared in BUILTIN_MANIFEST.items():
+            listed: dict[str, Any] = {k: sorted(declared.get(k, [])) for k, _ in REGISTRY_KINDS}
             infos.append(PluginInfo(name=name, version=__version__, source="builtin", hooks=list(declared["hooks"]),
-                                    distribution=BUILTIN_DISTRIBUTION,
-                                    **{k: sorted(declared.get(k, [])) for k, _ in REGISTRY_KINDS}))
+                                    distribution=BUILTIN_DISTRIBUTION, **listed))
     for name, plugin in pm.list_name_plugin():
         source, version = _sources.get(name, ("?", None))
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
-        own = owners.get(name, {})
+        own: dict[str, Any] = {k: sorted(owners.get(name, {}).get(k, [])) for k, _ in REGISTRY_KINDS}
         infos.append(
             PluginInfo(
                 name=name,
@@ -283,7 +283,7 @@ def plugin_infos(import_builtins: bool = True) -> list[PluginInfo]:
                 hooks=hooks,
                 error=next((f.error for f in _failed if f.name == name), None),
                 distribution=_dists.get(name),
-                **{k: sorted(own.get(k, [])) for k, _ in REGISTRY_KINDS},
+                **own,
             )
         )
     seen = {i.name for i in infos}

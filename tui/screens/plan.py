@@ -14,6 +14,7 @@ from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Header, Input, ProgressBar, Select, Static
 
 from prunelens.errors import PrunelensError
+from prunelens.plans import Plan
 from prunelens.safe_text import clean, esc
 
 from .. import backend
@@ -46,7 +47,7 @@ class PlanScreen(Screen):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.plan: Any = None
+        self.plan: Plan | None = None
         self.planned: Choices | None = None
         self._store_id: int | None = None
         self._loading = False  # the strategies are being listed (first visit: imports torch)
@@ -101,8 +102,7 @@ class PlanScreen(Screen):
     def _warm_up(self) -> None:
         """List the strategies (this imports the planning code: torch, plugins) off the UI thread."""
         try:
-            strategies = backend.ranker_choices()
-            import prunelens.plans  # noqa: F401  (so the first ranking starts at once)
+            strategies = backend.ranker_choices()  # loads the plugins, so the first ranking starts at once
         except Exception as exc:
             self.app.call_from_thread(self._warm_up_failed, str(exc))
             return
@@ -168,16 +168,16 @@ class PlanScreen(Screen):
         try:
             df = backend.rank_units(ds, **choices.as_kwargs())
             call(self.query_one(ProgressBar).advance, 1)
-            plan = backend.plan_from_store(ds, **choices.as_kwargs(), budget=choices.budget, store_path=store_path)
+            plan = backend.plan_from_store(ds, df, **choices.as_kwargs(), budget=choices.budget, store_path=store_path)
             call(self.query_one(ProgressBar).advance, 1)
         except Exception as exc:  # shown, never raised into the UI
             call(self._status, str(exc) if isinstance(exc, PrunelensError) else f"{type(exc).__name__}: {exc}", "red")
             return
         call(self._show_ranking, df, plan, choices)
 
-    def _show_ranking(self, df, plan, choices: Choices) -> None:
+    def _show_ranking(self, df, plan: Plan, choices: Choices) -> None:
         self.plan, self.planned = plan, choices
-        chosen = set(backend.plan_unit_names(plan))
+        chosen = set(plan.unit_names)
         table = self.query_one(DataTable)
         table.clear()
         for row in df.itertuples(index=False):
@@ -185,7 +185,7 @@ class PlanScreen(Screen):
             rank = "" if row.rank is None or str(row.rank) == "<NA>" else str(row.rank)
             table.add_row(rank, Text(clean(row.unit)), fmt(row.score), fmt(row.kl_pred), fmt(row.kl),
                           fmt(row.cos_dev_probability), mark)
-        names = ", ".join(backend.plan_unit_names(plan))
+        names = ", ".join(plan.unit_names)
         self._status(f"plan: {names} ({choices.by}, T={choices.temperature:g}); e exports", "green")
 
     def action_export(self) -> None:
@@ -193,10 +193,8 @@ class PlanScreen(Screen):
             self._status("rank first (r), then export", "yellow")
             return
         path = self.query_one("#path", Input).value.strip()
-        mergekit = self.planned is not None and self.planned.kind == "block" and \
-            self.planned.method.split(":", 1)[0] == "drop"
         try:
-            written = backend.save_plan(self.plan, path, mergekit=mergekit)
+            written = backend.save_plan(self.plan, path)
         except Exception as exc:
             self._status(f"export failed: {exc}", "red")
             return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .rank import fmt, store_options
+from .rank import store_options
 
 
 @click.command("plan")
@@ -33,12 +33,10 @@ def command(store, method, kind, temperature, by, locality, timing, budget, allo
     """Write a plan: the safest units of STORE under --budget, at --temperature."""
     from pathlib import Path
 
-    from rich.table import Table
-
     from ..console import make_console
     from ..fileio import is_stdout, write_output
     from ..paths import check_writable_file
-    from ..plans import iterative_plan, plan_from_store
+    from ..planning import iterative_plan, plan_from_store
     from ..ranking import load_store
     from ..safe_text import esc
 
@@ -74,44 +72,19 @@ def command(store, method, kind, temperature, by, locality, timing, budget, allo
         plan = plan_from_store(ds, method=method, kind=kind_, temperature=temperature, by=by, budget=budget,
                                locality=locality, timing=timing, store_path=str(Path(store).resolve()))
     from ..plan_checks import check_plan_sane
+    from ..workflow.export import export_plan
+    from ..workflow.tables import allocation_line, plan_table
 
     check_plan_sane(plan, ds)  # 0 units or every layer removed: refuse before writing
-    yaml_text = plan.to_mergekit_yaml() if mergekit else None
-    if llmc:
-        from ..export_llmc import recipe_yaml
-
-        llmc_text = recipe_yaml(plan)  # an unsupported method fails here, before anything is written
-    if is_stdout(out):
-        write_output(out, plan.to_json())
-    else:
-        plan.save(out)
-    if yaml_text is not None:
-        write_output(mergekit, yaml_text)
-    if llmc:
-        write_output(llmc, llmc_text)
+    export_plan(plan, out, mergekit, llmc)  # every text is built (and checked) before anything is written
     if as_json and not is_stdout(out):
         write_output("-", plan.to_json())
     if quiet:
         return
-    t = Table(title=f"plan: {esc(plan.method)} · {esc(plan.strategy)}{' (iterative)' if plan.iterative else ''} · "
-                    f"T={plan.temperature:g} · budget {plan.budget}", title_justify="left")
-    if plan.allocation:
-        t.add_column("method", justify="left")
-    cols = ("#", "unit", "score", "predicted KL", "cumulative predicted KL", "params")
-    if plan.allocation:  # allocators give no ranking score; params = the unit's decoder linear weights
-        cols = ("#", "unit", "predicted KL", "cumulative predicted KL", "linear weights")
-    for col in cols:
-        t.add_column(col, justify="left" if col == "unit" else "right")
-    for i, u in enumerate(plan.units, 1):
-        cells = [str(i), esc(u.unit), *([] if plan.allocation else [fmt(u.score)]), fmt(u.predicted_kl),
-                 fmt(u.cumulative_predicted_kl), "-" if u.params is None else f"{u.params:,}"]
-        t.add_row(*([esc(u.method or plan.method)] if plan.allocation else []), *cells)
-    console.print(t)
-    if plan.allocation:
-        a = plan.allocation
-        console.print(f"budget {a['budget']}: reached {a['achieved']:.6g}; decoder linear weights zeroed or removed "
-                      f"{a['decoder_linear_sparsity']:.1%}"
-                      + (f"; optimality gap {a['gap']:.3g} (lower bound {a['lower_bound']:.6g})" if "gap" in a else ""))
+    console.print(plan_table(plan))
+    line = allocation_line(plan)
+    if line:
+        console.print(line)
     console.print(esc(f"wrote {out}" + (f" and {mergekit}" if mergekit else "") + (f" and {llmc}" if llmc else "")))
     from ..ranking import nonfinite_note
 
