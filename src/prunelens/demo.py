@@ -52,10 +52,13 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, say: Callabl
     """Run every step into ``out``; returns paths and headline numbers. A rerun resumes the probe."""
     from .apply import apply_plan, validate_plan
     from .evaluation import run_tasks
+    from .fileio import atomic_write
     from .models import load_model
-    from .plans import plan_from_store
+    from .planning import plan_from_store
     from .ranking import load_store, rank_units
     from .report import write_report
+    from .workflow.export import export_plan
+    from .workflow.tables import eval_comparison_table, ranking_table, validation_table
 
     s = settings or DemoSettings()
     out = Path(out)
@@ -78,15 +81,13 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, say: Callabl
     done = step("2/7 rank")
     ds = load_store(store)
     df = rank_units(ds, method=s.method, kind=s.kind, temperature=s.temperature, by="kl_pred")
-    from .cli.rank import ranking_table
-
     say(ranking_table(df.head(10), f"{s.kind} units by predicted KL at T={s.temperature:g} (10 safest)"))
     done()
 
     done = step("3/7 plan")
     plan = plan_from_store(ds, method=s.method, kind=s.kind, temperature=s.temperature, by="kl_pred", budget=s.budget,
-                           store_path=str(store))
-    plan.save(plan_path)
+                           store_path=str(store), ranking=df)
+    export_plan(plan, plan_path)
     say(f"plan: {s.method} {', '.join(plan.unit_names)} (predicted KL {plan.predicted_kl_total:.4g}) -> {plan_path}")
     done()
 
@@ -98,8 +99,6 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, say: Callabl
     done = step("5/7 validate: predicted vs measured KL on the store's prompts")
     dense = load_model(s.model)
     rows = validate_plan(plan, ds, dense=dense, checkpoint=path)
-    from .cli.validate import validation_table
-
     say(validation_table(plan, rows))
     done()
 
@@ -110,9 +109,9 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, say: Callabl
     results = {"dense": run_tasks(dense, [t for t in tasks if not t.startswith("gen_agreement")]),
                "plan": run_tasks(applied, tasks, reference=dense)}
     plan.eval = results
-    plan.save(plan_path)
-    (out / "eval.json").write_text(json.dumps(results, indent=2))
-    say(_eval_table(results))
+    export_plan(plan, plan_path)
+    atomic_write(out / "eval.json", json.dumps(results, indent=2))
+    say(eval_comparison_table(results))
     done()
 
     done = step("7/7 report")
@@ -124,13 +123,3 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, say: Callabl
     return {"store": str(store), "plan": str(plan_path), "model": str(path), "report": str(md), "timings": timings,
             "predicted_kl": plan.predicted_kl_total, "measured_kl": plan.measured_kl_total, "eval": results}
 
-
-def _eval_table(results: dict[str, dict[str, dict[str, float]]]) -> Any:
-    """One row per task metric, one column per model."""
-    from rich.table import Table
-
-    rows = sorted({(t, m) for r in results.values() for t, ms in r.items() for m in ms if m not in ("n", "tokens")})
-    table = Table("task", "metric", *results, title="tasks (dense vs applied plan)", title_justify="left")
-    for t, m in rows:
-        table.add_row(t, m, *[("-" if m not in r.get(t, {}) else f"{r[t][m]:.4g}") for r in results.values()])
-    return table

@@ -25,6 +25,7 @@ def command(plan_path, out, overwrite, force, calib_samples, calib_len, validate
     from ..fileio import refuse_stdout_dir
     from ..paths import guard_output_dir
     from ..plans import Plan
+    from ..workflow.summaries import apply_lines
 
     refuse_stdout_dir(out, "--out")
     guard_output_dir(out, overwrite=overwrite, force=force)  # before any work
@@ -32,24 +33,13 @@ def command(plan_path, out, overwrite, force, calib_samples, calib_len, validate
     plan = Plan.load(plan_path)
     path, summary = apply_plan(plan, out, calib_samples=calib_samples, calib_len=calib_len, overwrite=overwrite,
                                force=force)
-    console.print(f"applied {plan.method} to {', '.join(plan.unit_names)} -> {path}"
-                  if len(plan.units) <= 12 else f"applied {plan.method} to {len(plan.units)} units -> {path}")
-    if plan.is_mixed:
-        specs = sorted({spec for _, spec in plan.unit_methods()})
-        console.print(f"  {len(plan.units)} units, {len(specs)} method specs: {', '.join(specs[:6])}"
-                      + (" ..." if len(specs) > 6 else ""))
-    console.print(f"  checkpoint {summary['checkpoint_bytes'] / 1e6:,.1f} MB (safetensors); zero weights "
-                  f"{summary['zero_fraction']:.1%} of the decoder's linear weights stored, "
-                  f"{summary['linear_zero_or_removed']:.1%} zero or removed")
-    keep = {k: v for k, v in summary.items() if k in ("seconds", "dropped_blocks", "dropped_sublayers", "layers_after",
-                                                       "sparsity")}
-    if keep:
-        console.print("  " + "; ".join(f"{k.replace('_', ' ')} {_shown(v)}" for k, v in keep.items()))
+    for line in apply_lines(plan, path, summary):
+        console.print(line)
     rows = None
     if validate_store:
         from ..apply import validate_plan
         from ..ranking import load_store
-        from .validate import validation_table
+        from ..workflow.tables import validation_table
 
         rows = validate_plan(plan, load_store(validate_store), checkpoint=path)
         console.print(validation_table(plan, rows))
@@ -61,10 +51,3 @@ def command(plan_path, out, overwrite, force, calib_samples, calib_len, validate
         click.echo(json_text({"plan": str(plan_path), "checkpoint": str(path), "method": plan.method,
                               "units": plan.unit_names, "summary": summary, "validation": rows}), nl=False)
 
-
-def _shown(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, (list, tuple)):
-        return ", ".join(map(str, v)) or "-"
-    return str(v)

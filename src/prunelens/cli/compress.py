@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
 from ..devices import DEVICE_HELP
 from ._complete import complete_method
 
+if TYPE_CHECKING:
+    from ..methods import Method
+
 # option name -> method parameter; an option given for a method without that parameter is an error
 PARAM_OPTIONS = ("sparsity", "pattern", "bits", "group_size", "sym")
 
 
-def method_from_options(method: str, options: dict, extra: tuple[str, ...]) -> object:
+def method_from_options(method: str, options: dict, extra: tuple[str, ...]) -> Method:
     """``--method wanda:sparsity=0.5`` plus ``--sparsity``/``--param k=v`` -> a validated method.
 
     Options override values written in the spec; unknown parameters are reported by the method.
@@ -131,11 +135,6 @@ def command(model_spec, method, sparsity, pattern, bits, group_size, sym, extra,
     if as_json:
         click.echo(json.dumps({"out": str(path), **summary}, indent=2, default=str))
         return
-    line = f"{m.spec}: wrote {path} in {summary['seconds']:.1f}s"
-    if "sparsity" in summary and summary.get("layers"):
-        line += f"; sparsity of compressed linears {summary['sparsity']:.3f}"
-    if "layers_after" in summary:
-        line += f"; layers {summary['layers_before']} -> {summary['layers_after']}"
-    if before is not None:
-        line += f"; held-out perplexity {before:.2f} -> {summary['heldout_ppl_after']:.2f}"
-    click.echo(line)
+    from ..workflow.summaries import compress_line
+
+    click.echo(compress_line(m.spec, path, summary))

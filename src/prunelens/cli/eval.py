@@ -115,28 +115,18 @@ def command(model: str | None, task_list: str | None, reference: str | None, sam
         click.echo(f"wrote {json_path}")
 
 
+
 def _print_results(model: str, results: dict[str, dict[str, float]], timings: dict[str, float]) -> None:
-    from rich.table import Table
-
     from ..console import make_console
+    from ..workflow.tables import eval_table
 
-    table = Table("task", "metric", "value", "seconds")
-    for task, metrics in results.items():
-        for i, (metric, value) in enumerate(metrics.items()):
-            shown = f"{value:.0f}" if metric in ("n", "tokens") else f"{value:.4f}"
-            table.add_row(task if i == 0 else "", metric, shown, f"{timings.get(task, 0):.1f}" if i == 0 else "")
     console = make_console()
     console.print(f"prunelens eval: {model}", highlight=False, markup=False, soft_wrap=True)  # a long path stays whole
-    console.print(table)
+    console.print(eval_table(results, timings))
 
 
 def _print_tasks(reg: dict) -> None:
-    from rich.table import Table
-
     from ..console import make_console
+    from ..workflow.listings import tasks_table
 
-    table = Table("task", "plugin", "parameters (default)", "description")
-    for name, (owner, cls) in sorted(reg.items()):
-        params = ", ".join(f"{k}={p.default}" for k, p in cls.params.items())
-        table.add_row(name, owner, params, cls.description + (" [needs --reference]" if cls.needs_reference else ""))
-    make_console().print(table)
+    make_console().print(tasks_table(reg))

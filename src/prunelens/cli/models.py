@@ -22,14 +22,10 @@ def list_cmd(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    from rich.table import Table
-
     from ..console import make_console
+    from ..workflow.listings import models_table
 
-    table = Table("alias", "prepared", "path", "description")
-    for r in rows:
-        table.add_row(r["alias"], "yes" if r["prepared"] else "no", r["path"], r["description"])
-    make_console().print(table)
+    make_console().print(models_table(rows))
 
 
 @command.command("prepare")

@@ -18,17 +18,7 @@ def command(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(i) for i in infos], indent=2))
         return
-    from rich.table import Table
-
     from ..console import make_console
-    from ..safe_text import esc
+    from ..workflow.listings import plugins_table
 
-    table = Table("plugin", "version", "source", "hooks", "registers")
-    for i in infos:
-        regs = "; ".join(f"{k}: {', '.join(v)}" for k, v in
-                         (("methods", i.methods), ("architectures", i.architectures), ("tasks", i.tasks), ("rankers", i.rankers),
-                          ("allocators", i.allocators)) if v)
-        # plugin strings are escaped: an error text like "[/0]" must print, not be parsed as markup
-        table.add_row(esc(i.name), esc(i.version or "-"), esc(i.source), esc(", ".join(i.hooks)),
-                      esc(regs) if not i.error else f"[red]error: {esc(i.error)}[/red]")
-    make_console().print(table)
+    make_console().print(plugins_table(infos))

@@ -134,44 +134,15 @@ def print_summary(path: str, attrs: dict) -> None:
     """Means over units, samples and steps per method / locality / timing / T, and Spearman(pred, measured KL)."""
     import json
 
-    from rich.table import Table
-
     from prunelens_store import open_store
 
     from ..console import make_console
-    from ..safe_text import esc
+    from ..workflow.tables import probe_summary_line, probe_summary_table
 
     ds = open_store(path, allow_incomplete=True)
     rho = json.loads(attrs.get("spearman_kl_pred_vs_kl") or ds.attrs.get("spearman_kl_pred_vs_kl", "{}"))
-    means = {v: ds[v].mean(dim=("unit", "sample", "step"), skipna=True).compute()
-             for v in ("cos_dev", "kl", "kl_pred", "top1_agree")}
-    table = Table(title="means over units, samples and steps", title_justify="left")
-    for col in ("method", "where", "timing", "T", "1-cos h", "1-cos z", "1-cos p", "KL", "KL pred", "top-1", "ρ(pred,KL)"):
-        table.add_column(col, justify="left" if col in ("method", "where", "timing") else "right")
-    short = {"teacher_forced": "forced", "free_running": "free", "propagated": "prop.", "local": "local"}
-    for m in ds["method"].values:
-        for loc in ds["locality"].values:
-            for tim in ds["timing"].values:
-                sel = {"method": m, "locality": loc, "timing": tim}
-                cos = means["cos_dev"].sel(sel)
-                for k, t in enumerate(ds["temperature"].values):
-                    r = rho.get(str(m), {}).get(str(loc), {}).get(str(tim), {}).get(f"{float(t):g}")
-                    first = k == 0
-                    table.add_row(
-                        esc(m) if first else "", short[str(loc)] if first else "", short[str(tim)] if first else "",
-                        f"{float(t):g}",
-                        f"{float(cos.sel(space='embedding').isel(temperature=k)):.2e}" if first else "",
-                        f"{float(cos.sel(space='logit').isel(temperature=k)):.2e}" if first else "",
-                        f"{float(cos.sel(space='probability').isel(temperature=k)):.2e}",
-                        f"{float(means['kl'].sel(sel).isel(temperature=k)):.2e}",
-                        f"{float(means['kl_pred'].sel(sel).isel(temperature=k)):.2e}",
-                        f"{float(means['top1_agree'].sel(sel)):.3f}" if first else "",
-                        "-" if r is None else f"{r:.3f}",
-                    )
     console = make_console()
-    console.print(table)
-    console.print(f"{esc(path)}: {attrs.get('cells_done')}/{attrs.get('cells_total')} cells, "
-                  f"non-finite cells: {attrs.get('nonfinite_cells', 0)}, complete: {attrs.get('complete')}. "
-                  "ρ = Spearman across units of mean predicted vs measured KL.")
+    console.print(probe_summary_table(ds, rho))
+    console.print(probe_summary_line(path, attrs))
     if not attrs.get("complete"):
         console.print("[yellow]the store is incomplete; rerun the same command to finish it[/yellow]")

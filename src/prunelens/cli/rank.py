@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
-from ..report import fmt
 from ._complete import complete_method, complete_ranker
 
 KIND_CHOICE = click.Choice(["attn", "mlp", "block", "all"])
@@ -29,38 +26,6 @@ def store_options(f):
     return f
 
 
-def ranking_table(df: Any, title: str = "") -> Any:
-    from rich.table import Table
-
-    from ..report import rank_label
-    from ..safe_text import esc
-
-    by = df.attrs.get("by", "kl_pred")
-    table = Table(title=title, title_justify="left")  # the caller escapes the title
-    for col in ("rank", "unit"):
-        table.add_column(col, justify="right" if col == "rank" else "left")
-    if by not in ("kl_pred", "kl"):
-        table.add_column(f"score ({by})", justify="right")
-    for col in ("predicted KL", "measured KL", "1-cos emb", "1-cos logit", "1-cos prob"):
-        table.add_column(col, justify="right")
-    for _, r in df.iterrows():
-        cells = [rank_label(r["rank"]), esc(r["unit"])]
-        if by not in ("kl_pred", "kl"):
-            cells.append(fmt(r["score"]))
-        cells += [fmt(r[c]) for c in ("kl_pred", "kl", "cos_dev_embedding", "cos_dev_logit", "cos_dev_probability")]
-        table.add_row(*cells)
-    return table
-
-
-def ranking_json(df: Any, *, store: str, kind: str) -> dict:
-    """``rank --json``: the ranking's settings and one object per unit (safest first; null = not measured)."""
-    a = df.attrs
-    return {"store": str(store), "method": a.get("method"), "kind": kind, "temperature": a.get("temperature"),
-            "by": a.get("by"), "locality": a.get("locality"), "timing": a.get("timing"),
-            "units": [{k: r[k] for k in ("rank", "unit", "layer", "kind", "score", "kl_pred", "kl", "cos_dev_embedding",
-                                         "cos_dev_logit", "cos_dev_probability")} for _, r in df.iterrows()]}
-
-
 @click.command("rank")
 @click.argument("store", type=click.Path(exists=True, file_okay=False), required=False)
 @store_options
@@ -76,13 +41,9 @@ def command(store, method, kind, temperature, by, locality, timing, top, csv_pat
 
     console = make_console()
     if list_strategies:
-        from rich.table import Table
+        from ..workflow.listings import strategies_table
 
-        t = Table("strategy", "needs", "plugin", "parameters (default)", "description")
-        for name, (owner, cls) in sorted(ranker_registry().items()):
-            params = ", ".join(f"{k}={p.default}" for k, p in cls.params.items()) or "-"
-            t.add_row(name, cls.needs, owner, params, cls.description)
-        console.print(t)
+        console.print(strategies_table(ranker_registry()))
         return
     if not store:
         raise click.UsageError("missing argument STORE (only --list-strategies works without one)")
@@ -90,6 +51,7 @@ def command(store, method, kind, temperature, by, locality, timing, top, csv_pat
     from ..paths import check_writable_file
     from ..ranking import nonfinite_note
     from ..safe_text import esc
+    from ..workflow.tables import ranking_json, ranking_table, ranking_title
 
     check_writable_file(None if is_stdout(csv_path) else csv_path, flag="--csv")
     ds = load_store(store)
@@ -102,8 +64,7 @@ def command(store, method, kind, temperature, by, locality, timing, top, csv_pat
         click.echo(json_text(ranking_json(shown, store=store, kind=kind)), nl=False)
     if as_json or is_stdout(csv_path):
         return
-    title = (f"{esc(df.attrs['method'])} · {kind} · T={temperature:g} · by {by} · {locality}/{timing} "
-             f"(means over samples and steps; KL = KL(p_dense‖q))")
+    title = ranking_title(df, kind=kind, temperature=temperature, by=by, locality=locality, timing=timing)
     console.print(ranking_table(shown, title))
     note = nonfinite_note(ds, df)
     if note:

@@ -2,28 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
-
-from .rank import fmt
-
-
-def validation_table(plan: Any, rows: list[dict]) -> Any:
-    from rich.table import Table
-
-    t = Table(title=f"predicted vs measured KL(p_dense‖q) · {plan.method} · T={plan.temperature:g} · "
-                    "store prompts, teacher-forced, at the output", title_justify="left",
-              caption="row k: units 1..k applied together; pred KL: the unit alone (store); Σ pred: sum so far; "
-                      "Taylor(set): Var_p(Δz)/(2T²) of the set", caption_justify="left")
-    for col in ("k", "unit", "pred KL", "Σ pred KL", "measured KL", "meas/Σpred", "Taylor(set)", "top-1"):
-        t.add_column(col, justify="left" if col == "unit" else "right", no_wrap=True)
-    for r in rows:
-        pred, meas = r["cumulative_predicted_kl"], r["measured_kl"]
-        ratio = meas / pred if pred else None
-        t.add_row(str(r["k"]), r["unit"], fmt(r["predicted_kl"]), fmt(pred), fmt(meas), fmt(ratio), fmt(r["taylor_kl_of_set"]),
-                  f"{r['top1_agree']:.3f}")
-    return t
 
 
 @click.command("validate")
@@ -54,12 +33,13 @@ def command(plan_path, store, checkpoint, no_cumulative, no_write, as_json) -> N
                              progress=lambda m: status.update(f"measuring {m}"))
     if as_json:
         from ..fileio import json_text
+        from ..workflow.tables import validation_json
 
-        click.echo(json_text({"plan": str(plan_path), "store": str(store), "checkpoint": checkpoint,
-                              "method": plan.method, "temperature": plan.temperature,
-                              "predicted_kl_total": plan.predicted_kl_total, "measured_kl_total": plan.measured_kl_total,
-                              "measured": plan.measured, "rows": rows}), nl=False)
+        click.echo(json_text(validation_json(plan, rows, plan_path=plan_path, store=store, checkpoint=checkpoint)),
+                   nl=False)
     else:
+        from ..workflow.tables import validation_table
+
         console.print(validation_table(plan, rows))
     if not no_write:
         plan.save(plan_path)

@@ -1,0 +1,10 @@
+"""The workflow layer: what the CLI, the TUI, the demo and the report share above the core.
+
+- ``tables``: rich tables and JSON shapes of rankings, plans, validations, evaluations and probe summaries;
+- ``listings``: the tables that list installed strategies, tasks, plugins and bundled models;
+- ``export``: plan export (JSON, mergekit YAML, llm-compressor recipe) through one atomic writer;
+- ``summaries``: the one-line results of ``compress`` and ``apply``.
+
+Modules here import rich and the core lazily enough that ``prunelens --help`` stays fast; they never
+import click or textual (the CLI and the TUI sit above this layer).
+"""
