@@ -47,7 +47,7 @@ def signal_table(ds, rows: list[dict], kinds: list[str]) -> list[dict]:
     Per unit, the signal is the mean over samples and steps of the ``drop`` cell (``1 - top1_agree``
     for agreement). Targets: 1 - greedy token agreement and (steps - first divergence), over all units.
     """
-    from prunelens.report import spearman
+    from prunelens_store import spearman
 
     names = [r["unit"] for r in rows]
     deg = np.array([r.get("gen_degradation", np.nan) for r in rows], float)
@@ -172,7 +172,7 @@ def main() -> None:
 
     from prunelens.models import load_model
     from prunelens.ranking import load_store, rank_units
-    from prunelens.report import spearman
+    from prunelens_store import spearman
 
     console = Console()
     kinds = args.kinds.split(",")
