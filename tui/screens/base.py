@@ -6,14 +6,17 @@ from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import work
+from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Static
+from textual.widgets import Footer, Header, Static
 
 from prunelens.safe_text import esc
 
 from .. import selection as S
 from ..selection import SWITCHES
+from ..widgets.plot import Plot
 
 
 def switch_bindings(fields: tuple[str, ...]) -> list[Binding]:
@@ -88,3 +91,19 @@ class DataScreen(Screen):
 
     def show_empty(self) -> None:
         pass
+
+
+class TwoPlotScreen(DataScreen):
+    """A data screen of two plots side by side (``PLOTS``: (title, id) each) over a legend line."""
+
+    PLOTS: ClassVar[tuple[tuple[str, str], ...]] = ()
+    LEGEND: ClassVar[str] = ""
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield SelectionBar(id="selection")
+        with Horizontal(id="plots"):
+            for title, plot_id in self.PLOTS:
+                yield Plot(title, id=plot_id)
+        yield Static(self.LEGEND, id="legend")
+        yield Footer()

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.app import ComposeResult
-from textual.containers import Horizontal
-from textual.widgets import Footer, Header, Static
+from textual.widgets import Static
 
 from .. import views
 from ..widgets.braille import Series
 from ..widgets.plot import Plot
-from .base import DataScreen, SelectionBar, switch_bindings
+from .base import SelectionBar, TwoPlotScreen, switch_bindings
 
 FIELDS = ("method", "temperature", "locality", "timing", "kind")
 SPACE_COLOURS = {"1-cos embedding": "cyan", "1-cos logit": "green", "1-cos probability": "magenta", "KL": "yellow"}
@@ -19,19 +17,11 @@ MEASURED_GLYPHS = {"1-cos embedding": "●", "1-cos logit": "▲", "1-cos probab
 PREDICTED_GLYPHS = {"1-cos embedding": "○", "1-cos logit": "△", "1-cos probability": "□", "KL": "◇"}
 
 
-class CurvesScreen(DataScreen):
+class CurvesScreen(TwoPlotScreen):
     CSS_PATH = "curves.tcss"
     FIELDS = FIELDS
     BINDINGS = switch_bindings(FIELDS)
-
-    def compose(self) -> ComposeResult:
-        yield Header()
-        yield SelectionBar(id="selection")
-        with Horizontal(id="plots"):
-            yield Plot("1-cos by layer", id="cos")
-            yield Plot("KL by layer", id="kl")
-        yield Static(id="legend")
-        yield Footer()
+    PLOTS = (("1-cos by layer", "cos"), ("KL by layer", "kl"))
 
     def load(self, ds, sel) -> views.Curves:
         return views.layer_curves(ds, sel)

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import math
 
-from textual.app import ComposeResult
-from textual.containers import Horizontal
-from textual.widgets import Footer, Header, Static
-
 from .. import views
 from ..widgets.braille import Series
 from ..widgets.plot import Plot
-from .base import DataScreen, SelectionBar, switch_bindings
+from .base import TwoPlotScreen, switch_bindings
 
 FIELDS = ("method", "temperature", "locality", "timing", "kind")
 
@@ -20,20 +16,12 @@ def rho_text(rho: float, n: int) -> str:
     return f"Spearman rho = {rho:.3f} (n={n})" if math.isfinite(rho) else f"Spearman rho = n/a (n={n})"
 
 
-class TheoryScreen(DataScreen):
+class TheoryScreen(TwoPlotScreen):
     CSS_PATH = "theory.tcss"
     FIELDS = FIELDS
     BINDINGS = switch_bindings(FIELDS)
-
-    def compose(self) -> ComposeResult:
-        yield Header()
-        yield SelectionBar(id="selection")
-        with Horizontal(id="plots"):
-            yield Plot("KL", id="kl")
-            yield Plot("1-cos(p)", id="cos")
-        yield Static("x = predicted (Taylor), y = measured, one dot per unit (mean over samples and steps); "
-                     "dim line: y = x", id="legend")
-        yield Footer()
+    PLOTS = (("KL", "kl"), ("1-cos(p)", "cos"))
+    LEGEND = "x = predicted (Taylor), y = measured, one dot per unit (mean over samples and steps); dim line: y = x"
 
     def load(self, ds, sel) -> views.Theory:
         return views.theory(ds, sel)
