@@ -90,6 +90,6 @@ def load_slim(path: str, **load_kwargs: Any) -> Any:
     """Load a prunelens checkpoint with its dropped sublayers physically removed."""
     from .models import load_model
 
-    loaded = load_model(path, **load_kwargs)
+    loaded: Any = load_model(path, **load_kwargs)  # a LoadedModel that also carries ``slim`` (what was removed)
     loaded.slim = slim_model(loaded)
     return loaded
