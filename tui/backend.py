@@ -13,8 +13,8 @@ from typing import Any
 import prunelens.planning
 import prunelens.ranking
 from prunelens.errors import PrunelensError
-from prunelens.fileio import atomic_write
 from prunelens.plans import Plan
+from prunelens.workflow.export import export_plan
 
 
 def open_store(path: str | Path):
@@ -76,13 +76,12 @@ def exports_mergekit(plan: Plan) -> bool:
 
 
 def save_plan(plan: Plan, path: str | Path) -> list[Path]:
-    """Write the plan JSON (and the mergekit YAML beside it for a block-removal plan) atomically; return the paths."""
+    """Write the plan JSON (and the mergekit YAML beside it for a block-removal plan) as ``prunelens plan`` does
+    (``workflow.export.export_plan``: every text built first, then atomic writes); return the paths."""
     path = Path(path).expanduser()
     if not path.name:
         raise PrunelensError("type a file name for the plan")
     if path.parent and not path.parent.exists():
         raise PrunelensError(f"{path.parent}: no such directory")
-    written = [plan.save(path)]
-    if exports_mergekit(plan):
-        written.append(atomic_write(path.with_suffix(".yaml"), plan.to_mergekit_yaml()))
-    return written
+    path = path.absolute()  # a file named "-" is a file here, not standard output
+    return export_plan(plan, path, path.with_suffix(".yaml") if exports_mergekit(plan) else None)

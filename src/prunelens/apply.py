@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .errors import PrunelensError
+from .plan_checks import check_units_disjoint
 from .plans import Plan
 from .units import Unit
 
@@ -30,7 +31,6 @@ def compress_with_plan(loaded: Any, plan: Plan, *, calib_samples: int = 32, cali
     from .compress import compress_model
     from .methods import parse_method
     from .mixed import compress_mixed
-    from .plan_checks import check_units_disjoint
 
     check_units_disjoint(u.unit for u in plan.units)
     plan.validate_for(loaded)
@@ -56,7 +56,6 @@ def apply_plan(plan: Plan, out_dir: str | Path, *, loaded: Any = None, calib_sam
     from .mixed import linear_zeros
     from .models import load_model
     from .paths import guard_output_dir
-    from .plan_checks import check_units_disjoint
 
     guard_output_dir(out_dir, overwrite=overwrite, force=force)  # before loading and compressing
     check_units_disjoint(u.unit for u in plan.units)
@@ -79,30 +78,26 @@ def apply_plan(plan: Plan, out_dir: str | Path, *, loaded: Any = None, calib_sam
 def store_prompts(ds: Any) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, int]:
     """(ids [N, L] right-padded with 0, attention mask, prompt lengths, steps) from a probe store.
 
-    The store keeps prompt (left-padded with -1) + dense continuation; each row is compacted
-    so that position ``prompt_len - 1 + s`` predicts continuation token ``s``.
+    The store keeps prompt + dense continuation (``StoreView.prompts``, compacted per row) so
+    that position ``prompt_len - 1 + s`` predicts continuation token ``s``.
     """
-    for var in ("tokens", "prompt_len"):
-        if var not in ds:
-            raise PrunelensError(f"the store has no {var!r} variable (token ids of its prompts); cannot replay them")
-    tokens = np.asarray(ds["tokens"].values, dtype=np.int64)
-    plen = np.asarray(ds["prompt_len"].values, dtype=np.int64)
-    steps = int(ds.sizes["step"])
-    rows = [t[t >= 0] for t in tokens]
-    if any(len(r) < p + steps - 1 for r, p in zip(rows, plen)):
-        raise PrunelensError("the store's token ids are shorter than prompt + steps")
+    from prunelens_store import StoreView
+
+    stored = StoreView.of(ds).prompts()
+    rows = stored.rows
     width = max(len(r) for r in rows)
     ids = np.zeros((len(rows), width), dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=np.int64)
     for i, r in enumerate(rows):
         ids[i, : len(r)], mask[i, : len(r)] = r, 1
-    return torch.as_tensor(ids), torch.as_tensor(mask), plen, steps
+    return torch.as_tensor(ids), torch.as_tensor(mask), stored.prompt_len, stored.steps
 
 
 def store_prompt_ids(ds: Any) -> list[list[int]]:
     """The prompts alone (without the continuation), as token-id lists."""
-    ids, _, plen, _ = store_prompts(ds)
-    return [list(map(int, ids[i, : plen[i]])) for i in range(len(plen))]
+    from prunelens_store import StoreView
+
+    return StoreView.of(ds).prompts().prompt_ids()
 
 
 @torch.no_grad()
