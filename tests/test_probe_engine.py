@@ -161,3 +161,24 @@ def test_bfloat16_model_is_read_out_in_float32():
     for k in ("kl", "cos_dev"):
         assert np.isfinite(out[torch.bfloat16][k]).all()
         np.testing.assert_allclose(out[torch.bfloat16][k], out[torch.float32][k], rtol=0.15, atol=1e-6, err_msg=k)
+
+
+def test_uncached_inner_layer_logits_give_the_same_cells(monkeypatch):
+    """A long probe recomputes inner-layer dense logits instead of caching them: same numbers either way."""
+    import prunelens.probe.engine as engine_mod
+
+    model = make_tiny_model("llama", layers=3)
+    adapter = get_adapter(model)
+    settings = ProbeSettings(steps=4, temperatures=(0.7, 1.0), localities=("local", "propagated"),
+                             timings=("teacher_forced", "free_running"))
+    cells = {}
+    for budget in (1 << 40, 0):
+        monkeypatch.setattr(engine_mod, "INNER_CACHE_BYTES", budget)
+        eng = ProbeEngine(adapter, prompts(seed=5), settings)
+        eng.prepare()
+        cells[budget] = [eng.measure(ZeroOutput(), u) for u in (Unit(0, "attn"), Unit(0, "mlp"), Unit(1, "mlp"))]
+        cached_inner = [k for k in eng._dense_z if k[1] != adapter.num_layers - 1]
+        assert bool(cached_inner) == (budget > 0)
+    for a, b in zip(cells[1 << 40], cells[0]):
+        for k in a.arrays:
+            np.testing.assert_array_equal(a.arrays[k], b.arrays[k], err_msg=k)

@@ -42,6 +42,7 @@ from .prompts import Prompts
 
 DECODES = ("greedy", "sample")
 COMPILE_MIN_VOCAB = 4096  # below this the metric kernels are cheap and compiling is not worth it
+INNER_CACHE_BYTES = 256 << 20  # one inner layer's dense logits are cached only below this size
 
 
 @dataclass
@@ -182,16 +183,30 @@ class ProbeEngine:
         return self._dense_rows(b, layer).z
 
     def _dense_rows(self, b: int, layer: int, mid: bool = False, free: bool = False) -> DenseRows:
-        """Dense logits of layer ``layer`` (``mid``: its mid stream; ``free``: the dense cached decode) on batch ``b``."""
+        """Dense logits of layer ``layer`` (``mid``: its mid stream; ``free``: the dense cached decode) on batch ``b``.
+
+        The last layer's rows are cached for the whole run (every propagated cell reads them); one
+        inner layer's rows are cached while its units are measured, unless they would take more
+        than ``INNER_CACHE_BYTES`` (a long probe's [rows x vocab] logits: recomputing one LM-head
+        projection per cell then costs less than holding them).
+        """
         last = self.adapter.num_layers - 1
         if layer != last and layer != self._dense_layer:  # keep one inner layer's logits (+ the last layer's)
             self._dense_z = {k: v for k, v in self._dense_z.items() if k[1] == last and not k[2]}
             self._dense_layer = layer
         key = (b, layer, mid, free)
-        if key not in self._dense_z:
-            z = self.readout(self._dense_h(b, layer, mid, free))
-            self._dense_z[key] = DenseRows.of(z, list(self.settings.temperatures))
-        return self._dense_z[key]
+        if key in self._dense_z:
+            return self._dense_z[key]
+        rows = DenseRows.of(self.readout(self._dense_h(b, layer, mid, free)), list(self.settings.temperatures))
+        if (layer == last and not mid) or self._inner_cache_fits():
+            self._dense_z[key] = rows
+        return rows
+
+    def _inner_cache_fits(self) -> bool:
+        """Whether one inner layer's dense logits (every batch and timing) fit in ``INNER_CACHE_BYTES``."""
+        s = self.settings
+        vocab = self.adapter.lm_head.weight.shape[0]
+        return len(self.prompts) * s.steps * vocab * 4 * len(s.timings) <= INNER_CACHE_BYTES
 
     def _dense_h(self, b: int, layer: int, mid: bool = False, free: bool = False) -> torch.Tensor:
         """Dense hidden rows [B * S, d] of layer ``layer``'s output (``mid``: the stream after its attention).
