@@ -122,15 +122,15 @@ def _store_kl(ctx: AllocContext, spec: str, units: list[Unit]) -> list[float | N
             labels[parse_method(lab).spec] = lab
         except PrunelensError:
             continue
-    spec = labels.get(parse_method(spec).spec)
-    if spec is None:
+    label = labels.get(parse_method(spec).spec)
+    if label is None:
         return [None] * len(units)
 
     have = {str(u) for u in ctx.ds["unit"].values}
     probe = [u for u in units if u.name in have]
     if not probe:
         return [None] * len(units)
-    means = store_means(ctx.ds, method=spec, temperature=ctx.temperature, locality=ctx.locality, timing=ctx.timing,
+    means = store_means(ctx.ds, method=label, temperature=ctx.temperature, locality=ctx.locality, timing=ctx.timing,
                         units=probe)["kl_pred"]
     got = {u.name: float(v) for u, v in zip(probe, means) if math.isfinite(float(v))}
     return [got.get(u.name) for u in units]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ def is_store_dir(path: Path) -> bool:
     return path.is_dir() and (path.suffix == ".zarr" or (path / "zarr.json").exists())
 
 
-def find_stores(paths: list[str | Path]) -> list[Path]:
+def find_stores(paths: Sequence[str | Path]) -> list[Path]:
     """Each path that is a store, plus the stores found (not inside other stores) under each directory."""
     found: list[Path] = []
     for raw in paths:

@@ -144,7 +144,7 @@ def remove_stale_temps(target: Path, *, any_owner: bool = False) -> list[Path]:
 
     target = Path(target)
     pattern = re.compile(rf"^\.{re.escape(target.name)}\.(?:tmp|old)-(?:(\d+)-)?")
-    removed = []
+    removed: list[Path] = []
     if not target.parent.is_dir():
         return removed
     for p in target.parent.iterdir():

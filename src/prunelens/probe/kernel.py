@@ -154,8 +154,8 @@ class SumsKernel:
         self.mode = mode
         self._compiled: Any = None  # None: not yet; False: failed, eager for good
         self.remaining = 0  # vocab elements still expected (auto mode)
-        self.timing = {"eager_s": 0.0, "eager_elems": 0, "compiled_s": 0.0, "compiled_elems": 0, "first_compiled_s": None,
-                       "first_compiled_elems": 0}
+        self.timing: dict[str, Any] = {"eager_s": 0.0, "eager_elems": 0, "compiled_s": 0.0, "compiled_elems": 0,
+                                       "first_compiled_s": None, "first_compiled_elems": 0}
         self.key = ""
 
     @property
