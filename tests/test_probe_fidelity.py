@@ -265,7 +265,7 @@ def test_checkpoint_of_another_architecture_or_shape_is_refused_with_one_line(tm
 def test_base_plan_probes_every_unit_on_top_of_the_applied_plan(tmp_path):
     from prunelens.apply import perturbed
     from prunelens.plans import Plan, PlanUnit
-    from prunelens.probe.run import apply_base
+    from prunelens.apply import apply_base
 
     ref = tiny_loaded("llama")
     plan = Plan(model_id="tiny", config_hash=ref.config_hash, method="drop", units=[PlanUnit("L1.attn")],

@@ -10,6 +10,8 @@ temperature: cumulatively unit by unit (reversible perturbations) and for the ch
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -192,3 +194,17 @@ def perturbed(method: Any, adapter: Any, units: list[Unit]) -> Iterator[None]:
         for u in units:
             stack.enter_context(method.perturb(adapter, u))
         yield
+
+
+def apply_base(loaded: Any, plan_path: str | Path, *, calib_samples: int = 32, calib_len: int = 256,
+               seed: int = 0) -> dict[str, Any]:
+    """Compress ``loaded`` in memory with the plan at ``plan_path`` (``probe --base``); return the store's record of it.
+
+    The same compression as ``prunelens apply`` (``apply.compress_with_plan``), without writing a checkpoint.
+    Every unit is then probed on top of that model: it is the dense reference.
+    """
+    plan = Plan.load(plan_path)
+    compress_with_plan(loaded, plan, calib_samples=calib_samples, calib_len=calib_len, seed=seed, progress=False)
+    text = json.dumps(plan.to_dict(), sort_keys=True, default=str)
+    return {"path": str(Path(plan_path).resolve()), "sha256": hashlib.sha256(text.encode()).hexdigest()[:16],
+            "units": [f"{u.name}:{spec}" for u, spec in plan.unit_methods()]}

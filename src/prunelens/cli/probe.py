@@ -100,7 +100,7 @@ def command(model, methods, units, samples, steps, prompt_len, temperatures, loc
         chosen = select_units(units, loaded.adapter.num_layers)
         base = None
         if base_plan:
-            from ..probe.run import apply_base
+            from ..apply import apply_base
 
             base = apply_base(loaded, base_plan, calib_samples=calib_samples, calib_len=calib_len, seed=seed)
         if ranks.is_main and not quiet:

@@ -256,22 +256,3 @@ def _progress(total: int, ranks: Ranks, enabled: bool, skipped: int) -> Any:
     if skipped:
         desc += f", {skipped} cells already done"
     return tqdm(total=total, desc=desc, unit="cell", dynamic_ncols=True, disable=os.environ.get("PRUNELENS_NO_PROGRESS") == "1")
-
-
-def apply_base(loaded: Any, plan_path: str | Path, *, calib_samples: int = 32, calib_len: int = 256,
-               seed: int = 0) -> dict[str, Any]:
-    """Compress ``loaded`` in memory with the plan at ``plan_path`` (``probe --base``); return the store's record of it.
-
-    The same compression as ``prunelens apply`` (``apply.compress_with_plan``), without writing a checkpoint.
-    Every unit is then probed on top of that model: it is the dense reference.
-    """
-    import hashlib
-
-    from ..apply import compress_with_plan
-    from ..plans import Plan
-
-    plan = Plan.load(plan_path)
-    compress_with_plan(loaded, plan, calib_samples=calib_samples, calib_len=calib_len, seed=seed, progress=False)
-    text = json.dumps(plan.to_dict(), sort_keys=True, default=str)
-    return {"path": str(Path(plan_path).resolve()), "sha256": hashlib.sha256(text.encode()).hexdigest()[:16],
-            "units": [f"{u.name}:{spec}" for u, spec in plan.unit_methods()]}
