@@ -83,5 +83,6 @@ def save_plan(plan: Plan, path: str | Path) -> list[Path]:
         raise PrunelensError("type a file name for the plan")
     if path.parent and not path.parent.exists():
         raise PrunelensError(f"{path.parent}: no such directory")
-    path = path.absolute()  # a file named "-" is a file here, not standard output
+    if str(path) == "-":  # a file named "-" is a file here, not standard output
+        path = path.absolute()
     return export_plan(plan, path, path.with_suffix(".yaml") if exports_mergekit(plan) else None)
