@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 STDOUT = "-"
 _umask_lock = threading.Lock()
@@ -72,16 +73,16 @@ def write_output(path: str | os.PathLike[str], text: str) -> Path | None:
     return atomic_write(path, text)
 
 
-def _plain(obj: object) -> object:
+def json_safe(obj: Any) -> Any:
     """JSON-safe: NaN/inf and pandas NA -> None, numpy scalars and arrays -> Python, tuples -> lists."""
     import math
 
     if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
-        return _plain(obj.tolist())
+        return json_safe(obj.tolist())
     if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -102,7 +103,7 @@ def json_text(obj: object) -> str:
     """Strict JSON (no NaN) for ``--json`` outputs, indented, ending in a newline."""
     import json
 
-    return json.dumps(_plain(obj), indent=2, allow_nan=False) + "\n"
+    return json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n"
 
 
 def follow_umask(root: str | os.PathLike[str]) -> None:

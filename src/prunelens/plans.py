@@ -10,7 +10,6 @@ Choosing the units is ``prunelens.planning``'s job; this module only holds and w
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PrunelensError
-from .fileio import atomic_write
+from .fileio import atomic_write, json_safe
 from .units import Unit
 
 PLAN_SCHEMA_VERSION = 2
@@ -130,7 +129,7 @@ class Plan:
 
     # -- (de)serialisation ---------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return _clean(asdict(self))
+        return json_safe(asdict(self))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n"
@@ -227,19 +226,6 @@ def mergekit_source(model_id: str) -> str:
     if p.is_dir():
         return str(p.resolve())
     return model_id
-
-
-def _clean(obj: Any) -> Any:
-    """JSON-safe: NaN/inf -> None, tuples -> lists, numpy scalars -> Python."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 # -- budgets -------------------------------------------------------------------------
