@@ -14,7 +14,6 @@ was dropped there: probe it with ``--method drop``). Packed/compressed tensor fo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import lru_cache
@@ -25,6 +24,7 @@ import torch
 
 from prunelens.adapters import Adapter
 from prunelens.errors import PrunelensError
+from prunelens.fileio import read_json
 from prunelens.hookspecs import hookimpl
 from prunelens.methods import Method, Param
 from prunelens.units import Unit
@@ -79,10 +79,7 @@ def check_architecture(path: str, config: Any) -> None:
     cfg_file = Path(path) / "config.json"
     if not cfg_file.is_file():
         raise PrunelensError(f"checkpoint:path={path}: no config.json (cannot check it is the same architecture)")
-    try:
-        other = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise PrunelensError(f"checkpoint:path={path}: config.json is not valid JSON ({exc.msg})") from None
+    other = read_json(cfg_file, f"checkpoint:path={path}: config.json")
     text = other.get("text_config") if isinstance(other.get("text_config"), dict) and "num_hidden_layers" not in other else None
     other = text or other
     mine = config.to_dict()

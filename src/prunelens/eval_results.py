@@ -24,13 +24,13 @@ and several models side by side (``{label: record}``, as ``eval.json`` of ``prun
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .errors import PrunelensError
+from .fileio import read_json
 
 FILTER = "none"  # lm-eval's default filter name
 COUNT_METRICS = ("n",)  # item counts: go to n-samples, not to results
@@ -134,12 +134,7 @@ def read_results(obj: Any) -> dict[str, dict[str, dict[str, float]]]:
 
 def load_results(path: str | Path) -> dict[str, dict[str, dict[str, float]]]:
     """Read an eval-results JSON file (see ``read_results``); one clear error for a bad file."""
-    try:
-        obj = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise PrunelensError(f"{path}: not valid JSON ({exc.msg})") from None
-    except OSError as exc:
-        raise PrunelensError(f"{path}: cannot read ({exc.strerror})") from None
+    obj = read_json(path)
     try:
         return read_results(obj)
     except PrunelensError as exc:

@@ -8,12 +8,15 @@ mode before the rename, so all outputs follow the umask like ``open()`` and ``mk
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any
+
+from .errors import PrunelensError
 
 STDOUT = "-"
 _umask_lock = threading.Lock()
@@ -73,6 +76,22 @@ def write_output(path: str | os.PathLike[str], text: str) -> Path | None:
     return atomic_write(path, text)
 
 
+def read_json(path: str | os.PathLike[str], what: str | None = None) -> Any:
+    """Parse a JSON file; one-line ``PrunelensError`` (naming ``what`` or the path) if missing, unreadable or invalid."""
+    name = what or str(path)
+    p = Path(path)
+    if not p.is_file():
+        raise PrunelensError(f"{name}: file not found")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise PrunelensError(f"{name}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise PrunelensError(f"{name}: not valid JSON (not UTF-8 text)") from None
+    except OSError as exc:
+        raise PrunelensError(f"{name}: cannot read ({exc.strerror})") from None
+
+
 def json_safe(obj: Any) -> Any:
     """JSON-safe: NaN/inf and pandas NA -> None, numpy scalars and arrays -> Python, tuples -> lists."""
     import math
@@ -101,8 +120,6 @@ def json_safe(obj: Any) -> Any:
 
 def json_text(obj: object) -> str:
     """Strict JSON (no NaN) for ``--json`` outputs, indented, ending in a newline."""
-    import json
-
     return json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n"
 
 
@@ -124,6 +141,4 @@ def follow_umask(root: str | os.PathLike[str]) -> None:
 def refuse_stdout_dir(path: str | os.PathLike[str] | None, flag: str) -> None:
     """A directory output cannot go to standard output: one clear error instead of a folder named ``-``."""
     if is_stdout(path):
-        from .errors import PrunelensError
-
         raise PrunelensError(f"{flag} names a directory; '-' (standard output) only works for file outputs")

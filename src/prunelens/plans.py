@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PrunelensError
-from .fileio import atomic_write, json_safe
+from .fileio import atomic_write, json_safe, read_json
 from .units import Unit
 
 PLAN_SCHEMA_VERSION = 2
@@ -176,10 +176,7 @@ class Plan:
         p = Path(path)
         if not p.is_file():
             raise PrunelensError(f"plan file not found: {path}")
-        try:
-            d = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise PrunelensError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        d = read_json(p, str(path))
         plan = cls.from_dict(d, source=str(path))
         plan.store_path = resolve_store_path(plan.store_path, p)
         return plan
