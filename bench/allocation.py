@@ -305,6 +305,23 @@ def print_tables(res: dict[str, Any]) -> str:
     return text
 
 
+def merge_results(res: dict[str, Any], other: dict[str, Any], where: str) -> dict[str, Any]:
+    """``res`` with ``other``'s conditions and llm-compressor rows added, rows ordered by family and allocator."""
+    if other.get("setup") != res.get("setup"):
+        raise SystemExit(f"{where} was made with other settings: {other.get('setup')}")
+    conds = {**other.get("conditions", {}), **res.get("conditions", {})}
+    families = ["wanda50", "wanda60", "wanda70", "sparsegpt60", "sparsegpt70", "rtn", "gptq"]
+    kinds = ["uniform", "uniform4", "uniform3", "owl", "knapsack", "knapsack3.5", "knapsack-T0.7", "knapsack-band0.1",
+             "iterative", "knapsack-local"]
+
+    def order(name: str) -> tuple[int, int, str]:
+        fam, _, kind = name.partition("-")
+        return (families.index(fam) if fam in families else 99, kinds.index(kind) if kind in kinds else 99, name)
+
+    return {**res, "conditions": {k: conds[k] for k in sorted(conds, key=order)},
+            "llmc": {**other.get("llmc", {}), **res.get("llmc", {})}}
+
+
 # -- main ----------------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -321,6 +338,8 @@ def main() -> None:
     ap.add_argument("--remedies", action="store_true", help="also knapsack at T=0.7 and on local predictions")
     ap.add_argument("--llmc-dir", default=None, help="evaluate llm-compressor checkpoints under this folder")
     ap.add_argument("--table", action="store_true", help="print the cached tables and exit")
+    ap.add_argument("--merge", default="", help="with --table: also the rows of these OUT folders (comma-separated; "
+                    "the same settings, e.g. remedies run in a second process)")
     ap.add_argument("--baselines-without-store", action="store_true",
                     help="run uniform/owl rows without probing the store first (their pred ΣKL and KL@store stay empty)")
     ap.add_argument("--threads", type=int, default=0)
@@ -330,6 +349,8 @@ def main() -> None:
     cache = out / "results.json"
     res: dict[str, Any] = json.loads(cache.read_text()) if cache.is_file() else {}
     if args.table:
+        for extra in filter(None, args.merge.split(",")):
+            res = merge_results(res, json.loads((Path(extra) / "results.json").read_text()), extra)
         (out / "tables.md").write_text(print_tables(res) + "\n")
         return
 
