@@ -24,6 +24,12 @@ def _hooks(ad):
     return [(list(m._forward_pre_hooks), list(m._forward_hooks)) for m in mods]
 
 
+def _four_layers(arch):
+    """A tiny 4-layer model's adapter, its forward's hidden states, and the hooks it starts with."""
+    ad = get_adapter(make_tiny_model(arch, layers=4))
+    return ad, _reference(ad.model), _hooks(ad)
+
+
 def _no_leftovers(ad, before):
     """Every hook added is removed and every layer runs its own forward again."""
     assert all("forward" not in layer.__dict__ for layer in ad.layers)
@@ -32,10 +38,7 @@ def _no_leftovers(ad, before):
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_capture_records_every_layer_input_and_the_last_output(arch):
-    model = make_tiny_model(arch, layers=4)
-    ad = get_adapter(model)
-    ref = _reference(model)
-    before = _hooks(ad)
+    ad, ref, before = _four_layers(arch)
     with torch.no_grad():
         calls, final = ad.capture(IDS)
         assert len(calls) == 4 and all(isinstance(c, LayerCall) for c in calls)
@@ -48,10 +51,7 @@ def test_capture_records_every_layer_input_and_the_last_output(arch):
 @pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_layer_calls_run_no_layer_and_replay_the_forward(arch):
     """Sequential replay from layer 0's input with ``run_layer`` gives every hidden state of a plain forward."""
-    model = make_tiny_model(arch, layers=4)
-    ad = get_adapter(model)
-    ref = _reference(model)
-    before = _hooks(ad)
+    ad, ref, before = _four_layers(arch)
     ran = []
     hooks = [m.register_forward_hook(lambda *_: ran.append(1)) for m in ad.model.modules() if type(m).__name__ == "Linear"]
     with torch.no_grad():
