@@ -59,8 +59,9 @@ def run_one(bench: Bench, full: bool, out: Path, timeout: float) -> tuple[str, f
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         status = "ok" if proc.returncode == 0 else f"failed ({proc.returncode})"
         text = proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as exc:
-        status, text = "timed out", (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+    except subprocess.TimeoutExpired as exc:  # its stdout may be bytes even with text=True
+        partial = exc.stdout or ""
+        status, text = "timed out", partial.decode(errors="replace") if isinstance(partial, bytes) else partial
     seconds = time.perf_counter() - t0
     log.write_text(f"$ {' '.join(cmd)}\n{text}", encoding="utf-8")
     lines = [line for line in text.splitlines() if line.strip()]
