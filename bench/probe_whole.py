@@ -2,7 +2,8 @@
 
     python bench/probe_whole.py [--samples 4] [--steps 32] [--units attn,mlp] [--repeats 3] [--threads 1]
     python bench/probe_bench.py --whole-process ...        (the same)
-    python bench/probe_whole.py --procs ...                (2 processes under torchrun vs 1, local and propagated)
+    python bench/probe_whole.py --prebuild ...             (first load/build the kept compiled metric kernel)
+    python bench/probe_whole.py --procs ...                (2 processes under torchrun vs 1 x 2 threads vs 1 x 1)
 
 Per repeat, alternating, each in a fresh Python process:
 
@@ -186,12 +187,26 @@ def med(rows: list[dict], key: str) -> float:
     return statistics.median(vals)
 
 
+def prebuild(a: argparse.Namespace, tmp: Path) -> None:
+    """Load or build the kept compiled metric kernel for each temperature count (one tiny ``--compile`` probe)."""
+    for temps in [a.temperature] + (["0.5,0.7,1.0"] if a.temps3 else []):
+        store = tmp / "prebuild.zarr"
+        tiny = argparse.Namespace(**{**vars(a), "units": "L0.attn", "samples": 1, "steps": 8, "compile": "compiled"})
+        res = run_child(CHILD_PROBE, probe_args(tiny, store, temps), a.threads, tmp)
+        shutil.rmtree(store, ignore_errors=True)
+        k = res.get("kernel") or {}
+        what = f"built in {k['build_s']:.1f} s" if k.get("build_s") else ("kept from before, loaded" if k.get("loaded") else "not compiled")
+        print(f"compiled metric kernel, T={temps}: {what}", flush=True)
+
+
 def whole_process(a: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="probe-whole-"))
     runs: dict[str, list[dict]] = {"probe": [], "floor": []}
     if a.temps3:
         runs["probe T=3"] = []
     try:
+        if a.prebuild:
+            prebuild(a, tmp)
         for r in range(a.repeats):
             order = ["floor", "probe"] + (["probe T=3"] if a.temps3 else [])
             if r % 2:
@@ -231,7 +246,8 @@ def report(a: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
         print(f"\n{name}: wall {parts['wall']:.2f} s, peak RSS {med(pr, 'peak_rss_mib'):.0f} MiB (after model load "
               f"{med(pr, 'rss_after_load_mib'):.0f} MiB: +{med(pr, 'peak_rss_mib') - med(pr, 'rss_after_load_mib'):.0f}), kernel mode "
               f"{pr[-1]['kernel']['mode'] if pr[-1].get('kernel') else '?'} (compiled: "
-              f"{pr[-1]['kernel']['compiled'] if pr[-1].get('kernel') else '?'})")
+              f"{pr[-1]['kernel']['compiled'] if pr[-1].get('kernel') else '?'}, kept kernel loaded: "
+              f"{pr[-1]['kernel'].get('loaded') if pr[-1].get('kernel') else '?'})")
         for label, v in (("import", parts["import"]), ("model load", parts["load"]), ("dense greedy continuation", parts["greedy"]),
                          ("dense pass (capture)", dense_pass), ("per-unit ops (layer + perturbed readout)", units),
                          ("dense readouts + softmax stats", parts["dense_readouts"]), ("metrics", parts["metrics"]),
@@ -249,25 +265,28 @@ def report(a: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
               f"wall {med(runs['probe T=3'], 'wall') / med(runs['probe'], 'wall'):.2f}x")
 
 
+MODES = {"1 proc x 1 thread": (1, 1), "1 proc x 2 threads": (1, 2), "2 procs x 1 thread": (2, 1)}
+
+
 def procs(a: argparse.Namespace) -> None:
-    """2 processes (torchrun, gloo, 1 thread each) vs 1 process with 2 threads, same total cores; local and propagated."""
+    """2 processes (torchrun, gloo, 1 thread each) vs 1 process with 2 threads (same total cores) and vs
+    1 process with 1 thread (how each way of using the second core scales); local and propagated."""
     tmp = Path(tempfile.mkdtemp(prefix="probe-procs-"))
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     res: dict[tuple[str, str], list[float]] = {}
     try:
         for r in range(a.repeats):
             for loc in ("local", "propagated"):
-                for mode in (("1 proc x 2 threads", "2 procs x 1 thread") if r % 2 == 0 else ("2 procs x 1 thread", "1 proc x 2 threads")):
-                    store = tmp / f"p{r}{loc}{mode[0]}.zarr"
+                for mode in (list(MODES) if r % 2 == 0 else list(reversed(MODES))):
+                    nproc, threads = MODES[mode]
+                    store = tmp / f"p{r}{loc}{nproc}{threads}.zarr"
                     args = probe_args(a, store, a.temperature, loc)
-                    if mode.startswith("2"):
-                        cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "prunelens"] + args
-                        env = child_env(1)
+                    if nproc > 1:
+                        cmd = [torchrun, "--standalone", "--nproc_per_node", str(nproc), "-m", "prunelens"] + args
                     else:
                         cmd = [sys.executable, "-m", "prunelens"] + args
-                        env = child_env(2)
                     t = time.perf_counter()
-                    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                    proc = subprocess.run(cmd, env=child_env(threads), capture_output=True, text=True)
                     wall = time.perf_counter() - t
                     if proc.returncode != 0:
                         sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
@@ -276,9 +295,10 @@ def procs(a: argparse.Namespace) -> None:
                     print(f"repeat {r}: {loc:10s} {mode:20s} {wall:8.2f} s", flush=True)
         print(f"\n{a.model}, units {a.units}, {a.samples} x {a.steps}, whole-process wall, medians of {a.repeats}")
         for loc in ("local", "propagated"):
-            one, two = statistics.median(res[(loc, "1 proc x 2 threads")]), statistics.median(res[(loc, "2 procs x 1 thread")])
-            print(f"{loc:10s} 1 proc x 2 threads {one:8.2f} s   2 procs x 1 thread {two:8.2f} s   throughput 2 procs / 1 proc "
-                  f"{one / two:5.2f}x  target >= 1.7x")
+            one, threads2, two = (statistics.median(res[(loc, m)]) for m in MODES)
+            print(f"{loc:10s} 1x1 {one:7.2f} s   1x2 {threads2:7.2f} s   2x1 {two:7.2f} s   "
+                  f"2 threads scale {one / threads2:4.2f}x, 2 processes scale {one / two:4.2f}x; "
+                  f"throughput 2 procs / 1 proc x 2 threads {threads2 / two:4.2f}x  target >= 1.7x")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -298,6 +318,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--compile", choices=("auto", "eager", "compiled"), default="auto")
+    ap.add_argument("--prebuild", action="store_true",
+                    help="first load or build this machine's kept compiled metric kernel (a one-time cost, printed)")
     ap.add_argument("--procs", action="store_true", help="2 processes vs 1 on the same total cores")
     return ap
 

@@ -4,6 +4,9 @@ version-1 stores still readable."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -57,11 +60,63 @@ def test_eps_sweep_eager_matches_float64_truth():
     check_sweep(K.SumsKernel("eager"))
 
 
-def test_eps_sweep_compiled_matches_float64_truth():
-    """CI's compiled-mode test (one torch.compile of the kernel, ~tens of seconds on a small CPU)."""
+@pytest.fixture(scope="module")
+def kernel_home(tmp_path_factory):
+    """One PRUNELENS_HOME for this module's compiled kernels: built once, reused by the tests after."""
+    return tmp_path_factory.mktemp("prunelens-home")
+
+
+def test_eps_sweep_compiled_matches_float64_truth(kernel_home, monkeypatch):
+    """CI's compiled-mode test: one AOTInductor build of the kernel (~tens of seconds on a small CPU), kept."""
+    monkeypatch.setenv("PRUNELENS_HOME", str(kernel_home))
     kernel = K.SumsKernel("compiled")
     check_sweep(kernel)
     assert kernel.using_compiled
+    z, z2, _ = sweep_rows()  # the raw sums, not only the metrics (which recompute bad rows directly)
+    dense = K.DenseRows.of(z, TEMPS)
+    assert_same_sums(kernel(dense, z2), K.SumsKernel("eager")(dense, z2))
+
+
+def assert_same_sums(got: tuple[torch.Tensor, torch.Tensor], want: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Compiled sums = eager sums: finite, relative 1e-3 (signed sums of 10-sized b differ by 2e-4), and the
+    residual Σeb within float32 rounding of Σe|b| ≤ sqrt(s Σeb²)."""
+    (per, once), (per_e, once_e) = got, want
+    assert torch.isfinite(per).all() and torch.isfinite(once).all()
+    eb, s, ebb = (K.PER_T.index(n) for n in ("eb", "s", "ebb"))
+    rest = [k for k in range(len(K.PER_T)) if k != eb]
+    torch.testing.assert_close(per[rest], per_e[rest], rtol=1e-3, atol=1e-9)
+    torch.testing.assert_close(once, once_e, rtol=1e-4, atol=1e-9)
+    assert ((per[eb] - per_e[eb]).abs() <= 1e-5 * (per_e[s] * per_e[ebb]).sqrt() + 1e-9).all()
+
+
+def test_a_later_process_loads_the_kept_kernel_without_building(kernel_home, monkeypatch):
+    """A fresh process in auto mode finds the kept kernel: compiled from its first call, nothing built, same sums."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("PRUNELENS_HOME", str(kernel_home))
+    z, z2, _ = sweep_rows()
+    dense = K.DenseRows.of(z, TEMPS)
+    K.compiled_kernel(K._example_args(dense))  # kept by the test above, or built here when run alone
+    code = (
+        "import json, sys, torch\n"
+        f"torch.set_num_threads({torch.get_num_threads()})\n"
+        "sys.path[:0] = " + repr(sys.path) + "\n"
+        "from prunelens.probe import kernel as K\n"
+        "import test_probe_kernel as T\n"
+        "z, z2, _ = T.sweep_rows()\n"
+        "k = K.SumsKernel('auto')\n"
+        "per, once = k(K.DenseRows.of(z, T.TEMPS), z2)\n"
+        "print(json.dumps({'compiled': k.using_compiled, 'build_s': k.timing['build_s'], 'loaded': k.timing['loaded'],\n"
+        "                  'per': per.tolist(), 'once': once.tolist()}))\n"
+    )
+    env = {**__import__("os").environ, "PRUNELENS_HOME": str(kernel_home), "PYTHONPATH": str(Path(__file__).parent)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["compiled"] and res["loaded"] is True and res["build_s"] == 0.0
+    got = (torch.tensor(res["per"], dtype=z.dtype), torch.tensor(res["once"], dtype=z.dtype))
+    assert_same_sums(got, K.SumsKernel("eager")(dense, z2))
 
 
 def test_series_is_accurate_where_expm1_minus_b_is_not():
@@ -153,33 +208,59 @@ def test_chunks_stay_cache_sized():
 
 
 def test_auto_compiles_only_when_the_measured_eager_cost_pays(monkeypatch, tmp_path):
-    """A short run stays eager; a long one compiles; the decision uses this machine's recorded compile time."""
+    """A short run stays eager; a long one builds; the decision uses this machine's recorded build time;
+    a kept kernel is used from the first call of a later run."""
     monkeypatch.setenv("PRUNELENS_HOME", str(tmp_path))
-    compiled_calls = []
+    builds = []
 
-    def fake_compiled(*args):
-        compiled_calls.append(1)
-        return K.chunk_sums(*args)
+    def fake_kernel(args):
+        path = K.kernel_path(args)
+        if path.exists():
+            return K.chunk_sums, 0.0
+        builds.append(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("kept")
+        return K.chunk_sums, 0.5
 
-    monkeypatch.setattr(K, "compiled_sums", lambda: fake_compiled)
+    monkeypatch.setattr(K, "compiled_kernel", fake_kernel)
     z, z2, _ = sweep_rows()
     dense = K.DenseRows.of(z, TEMPS)
     k = K.SumsKernel("auto")
     k(dense, z2)  # nothing announced: eager
     assert not k.using_compiled and k.timing["eager_elems"] == ROWS * VOCAB
     rate = k.timing["eager_s"] / k.timing["eager_elems"]
-    k.expect(int(10 / rate), key="test")  # ~10 s of eager work to come < default compile seconds
+    k.expect(int(10 / rate), key="test/T2/x")  # ~10 s of eager work to come < default build seconds
     k(dense, z2)
-    assert not k.using_compiled and not compiled_calls
-    K._save_records({"test": {"compile_seconds": 0.001, "speedup": 3.0}})  # this machine compiles fast
+    assert not k.using_compiled and not builds
+    K._save_records({"test/T3/x": {"compile_seconds": 0.001, "speedup": 3.0}})  # another T count, same machine
     k(dense, z2)
-    assert k.using_compiled and compiled_calls
-    k(dense, z2)  # the second compiled call records compile seconds and speedup
-    rec = K._records()["test"]
-    assert rec["compile_seconds"] >= 0 and rec["speedup"] > 0
+    assert k.using_compiled and len(builds) == 1 and k.timing["build_s"] == 0.5
+    rec = K._records()["test/T2/x"]  # the first compiled call records build seconds and speedup
+    assert rec["compile_seconds"] == 0.5 and rec["speedup"] > 0
+    later = K.SumsKernel("auto")
+    later(dense, z2)  # a later run: the kept kernel, nothing measured or built
+    assert later.using_compiled and later.timing["loaded"] is True and len(builds) == 1
+    assert K._record_for("test/T5/x") == K._records()["test/T2/x"] and K._record_for("other/T2/x") == {}
 
 
-def test_compiled_engine_probe_equals_eager(tiny_llama):
+def test_a_kernel_that_cannot_be_built_falls_back_to_eager(monkeypatch, tmp_path):
+    """No compiler (or any build failure): a warning, eager sums, the same numbers."""
+    monkeypatch.setenv("PRUNELENS_HOME", str(tmp_path))
+
+    def broken(args):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(K, "compiled_kernel", broken)
+    z, z2, _ = sweep_rows()
+    dense = K.DenseRows.of(z, TEMPS)
+    with pytest.warns(UserWarning, match="eager"):
+        got = K.SumsKernel("compiled")(dense, z2)
+    ref = K.SumsKernel("eager")(dense, z2)
+    torch.testing.assert_close(got[0], ref[0])
+    torch.testing.assert_close(got[1], ref[1])
+
+
+def test_compiled_engine_probe_equals_eager(tiny_llama, kernel_home, monkeypatch):
     """A whole compiled-mode probe (tiny model, vocabulary 96) equals the eager one."""
     from prunelens.adapters import get_adapter
     from prunelens.methods import parse_method
@@ -191,6 +272,7 @@ def test_compiled_engine_probe_equals_eager(tiny_llama):
     prompts = Prompts([[5, 6, 7, 8], [9, 10, 11, 12]], source="test")
     unit = select_units("L1.attn", ad.num_layers)[0]
     cells = []
+    monkeypatch.setenv("PRUNELENS_HOME", str(kernel_home))  # the kernel the sweep test kept (same shape)
     for compile_ in (False, True):
         st = ProbeSettings(steps=8, temperatures=tuple(TEMPS), timings=("teacher_forced",), compile=compile_)
         eng = ProbeEngine(ad, prompts, st)

@@ -124,8 +124,7 @@ def probability_metrics(z: torch.Tensor, dz: torch.Tensor, temperature: float) -
 def _probability_from_sums(dense: DenseRows, per: torch.Tensor, z: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tensor]:
     """``[T, rows]`` probability-space metrics from the kernel's per-temperature sums (float64);
     rows with a large or non-finite result are recomputed directly from p and q."""
-    eb, eh, ebb, wb, wbb, wg, wgg, bmax = (x.double() for x in per)
-    sd, sw = dense.s.double(), dense.sw.double()
+    sd, sw, eb, eh, ebb, wb, wbb, wg, wgg, bmax = (x.double() for x in per)
     delta, h_mean, var_p = eb / sd, eh / sd, ebb / sd
     m = delta + h_mean
     kl = (torch.log1p(m) - delta).clamp_min(0)  # ≥ 0 as the true KL (rounding can dip below at KL ~ 1e-20)
