@@ -214,7 +214,7 @@ def test_auto_compiles_only_when_the_measured_eager_cost_pays(monkeypatch, tmp_p
     builds = []
 
     def fake_kernel(args):
-        path = K.kernel_path(args)
+        path = K._args_path(args)
         if path.exists():
             return K.chunk_sums, 0.0
         builds.append(path)
@@ -241,6 +241,34 @@ def test_auto_compiles_only_when_the_measured_eager_cost_pays(monkeypatch, tmp_p
     later(dense, z2)  # a later run: the kept kernel, nothing measured or built
     assert later.using_compiled and later.timing["loaded"] is True and len(builds) == 1
     assert K._record_for("test/T5/x") == K._records()["test/T2/x"] and K._record_for("other/T2/x") == {}
+
+
+def test_one_compiled_shape_per_vocabulary_smaller_inputs_padded(monkeypatch, tmp_path):
+    """The compiled kernel always sees its one shape (fewer rows are padded, more are split); another
+    vocabulary gets its own kernel; the sums equal the eager ones."""
+    monkeypatch.setenv("PRUNELENS_HOME", str(tmp_path))
+    prepared, seen = [], []
+
+    def fake_kernel(args):
+        prepared.append(tuple(args[0].shape))
+
+        def run(*a):
+            seen.append(tuple(a[0].shape))
+            return K.chunk_sums(*a)
+
+        return run, 0.5
+
+    monkeypatch.setattr(K, "compiled_kernel", fake_kernel)
+    z, z2, _ = sweep_rows()
+    k = K.SumsKernel("compiled")
+    for rows in (ROWS, 3, ROWS):  # a full batch, a short last batch, a full one again
+        dense = K.DenseRows.of(z[:rows], TEMPS)
+        assert_same_sums(k(dense, z2[:rows]), K.SumsKernel("eager")(dense, z2[:rows]))
+    wide = torch.cat([z, z], 1)  # another vocabulary: its own kernel
+    dense = K.DenseRows.of(wide, TEMPS)
+    assert_same_sums(k(dense, torch.cat([z2, z2], 1)), K.SumsKernel("eager")(dense, torch.cat([z2, z2], 1)))
+    assert prepared == [(ROWS, VOCAB), (ROWS, 2 * VOCAB)]
+    assert set(seen) == {(ROWS, VOCAB), (ROWS, 2 * VOCAB)}
 
 
 def test_a_kernel_that_cannot_be_built_falls_back_to_eager(monkeypatch, tmp_path):

@@ -38,8 +38,9 @@ def _csv(value: str) -> list[str]:
 @click.option("--calib-samples", default=32, show_default=True, type=click.IntRange(1), help="Calibration windows (wanda, sparsegpt, gptq).")
 @click.option("--calib-len", default=256, show_default=True, type=click.IntRange(2), help="Calibration window length in tokens.")
 @click.option("--compile/--no-compile", "compile_metrics", default=None,
-              help="Fuse the metric kernel with torch.compile (default: auto, compiled only when the measured "
-                   "eager cost of the cells to come exceeds the compile time).")
+              help="Use the compiled metric kernel (built once per machine with AOTInductor and kept in "
+                   "PRUNELENS_HOME/kernels; default: auto, compiled when a kept kernel exists or when the measured "
+                   "eager cost of the cells to come exceeds the build time).")
 @click.option("--decode", default="greedy", show_default=True, type=click.Choice(["greedy", "sample"]),
               help="How the dense continuation and the free-running tokens are chosen: greedy, or sampled at "
                    "--decode-temperature with noise seeded by --seed and shared by dense and perturbed.")
@@ -123,11 +124,15 @@ def command(model, methods, units, samples, steps, prompt_len, temperatures, loc
 
 
 def _announce_compile(settings, loaded) -> None:
-    """Say so before the one-time torch.compile warm-up, so the first slow cells are not a surprise."""
+    """Say so before a one-time kernel build, so the first slow cells are not a surprise."""
+    if not settings.compile:
+        return
+    from ..probe.kernel import kept_kernel_exists
+
     vocab = loaded.adapter.lm_head.weight.shape[0]
-    if settings.compile:
-        click.echo(f"compiling the metric kernel with torch.compile (vocabulary {vocab}): a one-time warm-up of "
-                   "tens of seconds before the first cells; without --compile it compiles only when that pays", err=True)
+    if not kept_kernel_exists(vocab, len(settings.temperatures), loaded.adapter.lm_head.weight.device):
+        click.echo(f"building the compiled metric kernel (vocabulary {vocab}): a one-time build of tens of seconds, "
+                   "kept in PRUNELENS_HOME/kernels for every later run on this machine", err=True)
 
 
 def print_summary(path: str, attrs: dict) -> None:

@@ -41,7 +41,6 @@ from .metrics import RowMetrics, row_metrics
 from .prompts import Prompts
 
 DECODES = ("greedy", "sample")
-COMPILE_MIN_VOCAB = 4096  # below this the metric kernels are cheap and compiling is not worth it
 INNER_CACHE_BYTES = 256 << 20  # one inner layer's dense logits are cached only below this size
 
 
@@ -55,7 +54,7 @@ class ProbeSettings:
     timings: tuple[str, ...] = TIMINGS
     readout: str = "norm"
     batch_size: int = 16  # samples per batch
-    compile: bool | None = None  # fuse the metric kernels with torch.compile; None = auto (real vocabularies)
+    compile: bool | None = None  # the compiled (kept, AOTInductor) metric kernel; None = auto (real vocabularies)
     decode: str = "greedy"  # how the dense continuation and free-running tokens are chosen: greedy | sample
     decode_temperature: float = 1.0  # sampling temperature (decode = sample)
     decode_seed: int = 0  # seed of the sampling noise, shared by dense and perturbed

@@ -32,7 +32,8 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,7 +124,8 @@ class DenseRows:
         z = z if z.dtype in (torch.float32, torch.float64) else z.float()
         inv_t = torch.tensor([1.0 / t for t in temperatures], dtype=z.dtype, device=z.device)
         top = z.topk(min(TOPK, z.shape[1]), dim=-1)
-        return cls(z, top.values[:, 0].contiguous(), torch.linalg.vecdot(z, z), top.indices, z.argmax(-1), inv_t)
+        zz = torch.linalg.vector_norm(z, dim=-1).square()  # one pass (vecdot multiplies into a [R, V] temporary first)
+        return cls(z, top.values[:, 0].contiguous(), zz, top.indices, z.argmax(-1), inv_t)
 
 
 def _chunks(rows: int, vocab: int, itemsize: int, device: torch.device | None = None) -> list[tuple[int, int]]:
@@ -152,7 +154,9 @@ class SumsKernel:
         if mode not in ("eager", "compiled", "auto"):
             raise ValueError(f"kernel mode must be eager, compiled or auto, not {mode!r}")
         self.mode = mode
-        self._state: bool | None = None  # None: undecided; True: compiled; False: eager (for good once a build failed)
+        self._state: bool | None = None  # None: undecided (auto); True: compiled; False: eager
+        # per (vocab, temperatures, dtype, device): the compiled kernel and its rows per call, or None (eager)
+        self._fns: dict[tuple[Any, ...], tuple[Callable[..., Any], int] | None] = {}
         self.remaining = 0  # vocab elements still expected (auto mode)
         self.timing: dict[str, Any] = {"eager_s": 0.0, "eager_elems": 0, "compiled_s": 0.0, "compiled_elems": 0,
                                        "build_s": 0.0, "loaded": False}
@@ -160,7 +164,7 @@ class SumsKernel:
 
     @property
     def using_compiled(self) -> bool:
-        return self._state is True
+        return self._state is True and any(v is not None for v in self._fns.values())
 
     def expect(self, elements: int, key: str = "") -> None:
         """Announce ``elements`` more vocab elements (rows × vocab) to come; ``key`` names the shape/machine."""
@@ -173,18 +177,24 @@ class SumsKernel:
         z2 = z2.to(z.dtype)
         rows, vocab = z.shape
         if self._state is None and (self.mode == "compiled" or self._decide(dense)):
-            self._state = self._prepare(dense)
-        compiled = self._state is True
+            self._state = True
+        sig = (vocab, dense.inv_t.shape[0], z.dtype, z.device)
+        if self._state and sig not in self._fns:
+            self._fns[sig] = self._prepare(dense)
+        entry = self._fns.get(sig) if self._state else None
+        compiled = entry is not None
         t0 = time.perf_counter()
         try:
-            out = self._run(dense, z2, compiled)
+            with denormals_flushed(z.device):
+                out = self._run(dense, z2, entry)
         except Exception as exc:  # a kernel that does not run here: stay correct, just slower
             if not compiled:
                 raise
             warnings.warn(f"the compiled probe metric kernel failed ({type(exc).__name__}); using eager mode", stacklevel=2)
-            self._state, compiled = False, False
+            self._fns[sig], compiled = None, False
             t0 = time.perf_counter()
-            out = self._run(dense, z2, False)
+            with denormals_flushed(z.device):
+                out = self._run(dense, z2, None)
         dt = time.perf_counter() - t0
         kind = "compiled" if compiled else "eager"
         self.timing[f"{kind}_s"] += dt
@@ -194,31 +204,41 @@ class SumsKernel:
         self.remaining = max(0, self.remaining - rows * vocab)
         return out
 
-    def _prepare(self, dense: DenseRows) -> bool:
-        """Load (or build and keep) the compiled kernel for ``dense``'s shape; False (and a warning) if it cannot be."""
+    def _prepare(self, dense: DenseRows) -> tuple[Callable[..., Any], int] | None:
+        """Load (or build and keep) the compiled kernel for ``dense``'s shape and its rows per call; None (and a
+        warning) if it cannot be built or disagrees with the eager sums."""
         try:
-            fn, built_s = compiled_kernel(_example_args(dense))
+            args = _example_args(dense)
+            fn, built_s = compiled_kernel(args)
             agrees = _self_test(fn, dense)
         except Exception as exc:  # no compiler, unsupported backend
             warnings.warn(f"building the compiled probe metric kernel failed ({type(exc).__name__}: {exc}); "
                           "using eager mode", stacklevel=3)
-            return False
+            return None
         if not agrees:
             warnings.warn("the compiled probe metric kernel disagrees with the eager one on a test input; "
                           "using eager mode", stacklevel=3)
-            return False
-        self.timing["build_s" if built_s else "loaded"] = built_s or True
-        return True
+            return None
+        if built_s:
+            self.timing["build_s"] += built_s
+        else:
+            self.timing["loaded"] = True
+        return fn, args[0].shape[0]
 
-    def _run(self, dense: DenseRows, z2: torch.Tensor, compiled: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run(self, dense: DenseRows, z2: torch.Tensor, compiled: tuple[Callable[..., Any], int] | None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eager over cache-sized chunks, or the compiled kernel over chunks of exactly its rows (the last padded)."""
         z = dense.z
-        spans = _chunks(z.shape[0], z.shape[1], z.element_size(), z.device)
-        step = _kernel_rows(z)
-        fn = compiled_kernel(_example_args(dense))[0] if compiled else chunk_sums_eager
+        if compiled is not None:
+            fn, step = compiled
+            spans = [(lo, min(z.shape[0], lo + step)) for lo in range(0, z.shape[0], step)]
+        else:
+            fn, step = chunk_sums_eager, 0
+            spans = _chunks(z.shape[0], z.shape[1], z.element_size(), z.device)
         per, once = [], []
         for lo, hi in spans:
             args = (z[lo:hi], z2[lo:hi], dense.zmax[lo:hi], dense.zz[lo:hi], dense.inv_t)
-            if compiled and hi - lo < step:  # one kernel shape: pad the last chunk
+            if hi - lo < step:
                 args = _pad(args, step - (hi - lo))
             p, o = fn(*args)
             per.append(p[..., : hi - lo])
@@ -230,7 +250,7 @@ class SumsKernel:
         to come would exceed build + compiled time."""
         if self.mode != "auto":
             return False
-        if kernel_path(_example_args(dense)).exists():
+        if _args_path(_example_args(dense)).exists():
             return True
         t = self.timing
         if not t["eager_elems"] or not self.remaining:
@@ -259,6 +279,27 @@ class SumsKernel:
     def summary(self) -> dict[str, Any]:
         """What ran: mode, whether compiled, measured seconds."""
         return {"mode": self.mode, "compiled": self.using_compiled, **{k: v for k, v in self.timing.items()}}
+
+
+@contextmanager
+def denormals_flushed(device: torch.device) -> Iterator[None]:
+    """Flush subnormal floats to zero on this CPU thread while the sums run, then restore the setting.
+
+    Tiny ``e = exp(z - max z)`` times tiny ``b`` makes subnormal products, whose arithmetic costs
+    ~100x on x86; every sum has a term ≥ 1e-38 (the top token: ``e = 1``), so flushed terms change
+    nothing at float32 precision.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    was = bool((torch.tensor([1e-39]) * 2 == 0).item())  # already flushing (set by the user)?
+    if not was:
+        torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if not was:
+            torch.set_flush_denormal(False)
 
 
 DEFAULT_COMPILE_SECONDS = 60.0  # before this machine has built a kernel once
@@ -297,18 +338,28 @@ def _self_test(fn: Callable[..., Any], dense: DenseRows) -> bool:
     return all(bool(torch.isfinite(a).all()) and bool(((a - b).abs() <= 1e-3 * b.abs() + 1e-6).all()) for a, b in pairs)
 
 
-def kernel_path(args: tuple[torch.Tensor, ...]) -> Path:
-    """Where the compiled kernel for these inputs' shapes is kept (one file per machine-relevant key)."""
-    z, inv_t = args[0], args[-1]
-    dev = z.device
-    arch = f"{dev.type}"
-    if dev.type == "cuda":
-        arch += "-sm{}{}".format(*torch.cuda.get_device_capability(dev))
-    key = (f"torch{torch.__version__}/{arch}/threads{torch.get_num_threads()}/rows{z.shape[0]}/V{z.shape[1]}/"
-           f"T{inv_t.shape[0]}/{z.dtype}/{_source_digest()}")
+def kernel_path(rows: int, vocab: int, temperatures: int, dtype: torch.dtype, device: torch.device) -> Path:
+    """Where the compiled kernel for ``[rows, vocab]`` chunks is kept (one file per machine-relevant key)."""
+    arch = device.type
+    if device.type == "cuda":
+        arch += "-sm{}{}".format(*torch.cuda.get_device_capability(device))
+    key = (f"torch{torch.__version__}/{arch}/threads{torch.get_num_threads()}/rows{rows}/V{vocab}/"
+           f"T{temperatures}/{dtype}/{_source_digest()}")
     from ..paths import home
 
     return Path(home()) / "kernels" / f"sums-{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt2"
+
+
+def _args_path(args: tuple[torch.Tensor, ...]) -> Path:
+    z, inv_t = args[0], args[-1]
+    return kernel_path(z.shape[0], z.shape[1], inv_t.shape[0], z.dtype, z.device)
+
+
+def kept_kernel_exists(vocab: int, temperatures: int, device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether this machine kept a compiled kernel for full chunks of this vocabulary (what a long run uses)."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    rows = _chunks(1 << 20, vocab, itemsize, device)[0][1]
+    return kernel_path(rows, vocab, temperatures, dtype, device).exists()
 
 
 class _Sums(torch.nn.Module):
@@ -322,7 +373,7 @@ def compiled_kernel(args: tuple[torch.Tensor, ...]) -> tuple[Callable[..., Any],
     Loaded from ``kernel_path`` when a build was kept; otherwise exported, compiled with
     AOTInductor and kept (written under a temporary name, then renamed: concurrent ranks are safe).
     """
-    path = kernel_path(args)
+    path = _args_path(args)
     key = str(path)
     if key in _LOADED:
         return _LOADED[key], 0.0
