@@ -351,3 +351,15 @@ def test_version_1_store_still_reads(tmp_path):
     (v2 / "zarr.json").write_text(json.dumps(meta))
     with pytest.raises(PrunelensError, match="rel_par"):
         open_store(v2)
+
+
+def test_dense_rows_argmax_keeps_the_first_index_rule_on_ties():
+    """The dense argmax comes from the top-k (one pass fewer) but follows argmax's first-index rule on ties."""
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(64, 300, generator=g)
+    z[::3, 17] = z[::3, 250] = 9.0  # two tied maxima in every third row
+    z[1::3, 5] = z[1::3, 6] = z[1::3, 290] = 8.0  # three in others
+    dense = K.DenseRows.of(z, [1.0])
+    torch.testing.assert_close(dense.argmax, z.argmax(-1))
+    torch.testing.assert_close(dense.zmax, z.amax(-1))
+    torch.testing.assert_close(dense.zz, (z.double() ** 2).sum(-1).float(), rtol=1e-6, atol=0)

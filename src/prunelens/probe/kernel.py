@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 CACHE_BYTES = 1 << 20  # [rows x vocab] temporaries per chunk: about one L2 cache (CPU)
+COMPILED_ROWS = 32  # rows per compiled call on a CPU: its loops stay within one row, fewer calls cost less
 GPU_CHUNK_BYTES = 1 << 26  # on an accelerator: fewer, larger launches
 TOPK = 10
 SERIES_LIMIT = 0.5  # |b| below this: hb from the series
@@ -125,7 +126,12 @@ class DenseRows:
         inv_t = torch.tensor([1.0 / t for t in temperatures], dtype=z.dtype, device=z.device)
         top = z.topk(min(TOPK, z.shape[1]), dim=-1)
         zz = torch.linalg.vector_norm(z, dim=-1).square()  # one pass (vecdot multiplies into a [R, V] temporary first)
-        return cls(z, top.values[:, 0].contiguous(), zz, top.indices, z.argmax(-1), inv_t)
+        argmax = top.indices[:, 0].clone()
+        if top.values.shape[1] > 1:  # argmax's first-index rule where the top two tie (topk's order is unspecified)
+            tied = (top.values[:, 0] == top.values[:, 1]).nonzero().view(-1)
+            if tied.numel():
+                argmax[tied] = z[tied].argmax(-1)
+        return cls(z, top.values[:, 0].contiguous(), zz, top.indices, argmax, inv_t)
 
 
 def _chunks(rows: int, vocab: int, itemsize: int, device: torch.device | None = None) -> list[tuple[int, int]]:
@@ -135,9 +141,10 @@ def _chunks(rows: int, vocab: int, itemsize: int, device: torch.device | None = 
 
 
 def _kernel_rows(z: torch.Tensor) -> int:
-    """Rows per compiled call: one chunk, or the next power of two above a smaller input (few shapes)."""
-    spans = _chunks(z.shape[0], z.shape[1], z.element_size(), z.device)
-    return min(spans[0][1] - spans[0][0], 1 << (z.shape[0] - 1).bit_length())
+    """Rows per compiled call: ``COMPILED_ROWS`` (CPU) or one chunk (GPU), or the next power of two above
+    a smaller input (few shapes)."""
+    full = COMPILED_ROWS if z.device.type == "cpu" else _chunks(z.shape[0], z.shape[1], z.element_size(), z.device)[0][1]
+    return min(full, 1 << (z.shape[0] - 1).bit_length())
 
 
 class SumsKernel:
@@ -357,8 +364,9 @@ def _args_path(args: tuple[torch.Tensor, ...]) -> Path:
 
 def kept_kernel_exists(vocab: int, temperatures: int, device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
     """Whether this machine kept a compiled kernel for full chunks of this vocabulary (what a long run uses)."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    rows = _chunks(1 << 20, vocab, itemsize, device)[0][1]
+    rows = COMPILED_ROWS
+    if device.type != "cpu":
+        rows = _chunks(1 << 20, vocab, torch.empty((), dtype=dtype).element_size(), device)[0][1]
     return kernel_path(rows, vocab, temperatures, dtype, device).exists()
 
 
