@@ -191,7 +191,7 @@ def prebuild(a: argparse.Namespace, tmp: Path) -> None:
     """Load or build the kept compiled metric kernel for each temperature count (one tiny ``--compile`` probe)."""
     for temps in [a.temperature] + (["0.5,0.7,1.0"] if a.temps3 else []):
         store = tmp / "prebuild.zarr"
-        tiny = argparse.Namespace(**{**vars(a), "units": "L0.attn", "samples": 1, "steps": 8, "compile": "compiled"})
+        tiny = argparse.Namespace(**{**vars(a), "units": "L0.attn", "samples": 1, "steps": 8, "compile": "compiled"})  # one kernel shape, any rows
         res = run_child(CHILD_PROBE, probe_args(tiny, store, temps), a.threads, tmp)
         shutil.rmtree(store, ignore_errors=True)
         k = res.get("kernel") or {}

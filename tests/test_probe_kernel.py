@@ -246,6 +246,7 @@ def test_auto_compiles_only_when_the_measured_eager_cost_pays(monkeypatch, tmp_p
 def test_one_compiled_shape_per_vocabulary_smaller_inputs_padded(monkeypatch, tmp_path):
     """The compiled kernel always sees its one shape (fewer rows are padded, more are split); another
     vocabulary gets its own kernel; the sums equal the eager ones."""
+    assert 3 * ROWS > K.COMPILED_ROWS > ROWS
     monkeypatch.setenv("PRUNELENS_HOME", str(tmp_path))
     prepared, seen = [], []
 
@@ -267,8 +268,11 @@ def test_one_compiled_shape_per_vocabulary_smaller_inputs_padded(monkeypatch, tm
     wide = torch.cat([z, z], 1)  # another vocabulary: its own kernel
     dense = K.DenseRows.of(wide, TEMPS)
     assert_same_sums(k(dense, torch.cat([z2, z2], 1)), K.SumsKernel("eager")(dense, torch.cat([z2, z2], 1)))
-    assert prepared == [(ROWS, VOCAB), (ROWS, 2 * VOCAB)]
-    assert set(seen) == {(ROWS, VOCAB), (ROWS, 2 * VOCAB)}
+    rows = K.COMPILED_ROWS  # one shape per vocabulary on a CPU, whatever the input's rows
+    assert prepared == [(rows, VOCAB), (rows, 2 * VOCAB)]
+    assert set(seen) == {(rows, VOCAB), (rows, 2 * VOCAB)}
+    k(K.DenseRows.of(torch.cat([z, z, z]), TEMPS), torch.cat([z2, z2, z2]))  # more rows than one call: split
+    assert seen[-2:] == [(rows, VOCAB), (rows, VOCAB)] and len(prepared) == 2
 
 
 def test_a_kernel_that_cannot_be_built_falls_back_to_eager(monkeypatch, tmp_path):

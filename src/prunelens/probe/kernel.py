@@ -141,10 +141,11 @@ def _chunks(rows: int, vocab: int, itemsize: int, device: torch.device | None = 
 
 
 def _kernel_rows(z: torch.Tensor) -> int:
-    """Rows per compiled call: ``COMPILED_ROWS`` (CPU) or one chunk (GPU), or the next power of two above
-    a smaller input (few shapes)."""
-    full = COMPILED_ROWS if z.device.type == "cpu" else _chunks(z.shape[0], z.shape[1], z.element_size(), z.device)[0][1]
-    return min(full, 1 << (z.shape[0] - 1).bit_length())
+    """Rows per compiled call, whatever the input's rows (fewer are padded, so one kept kernel serves every
+    run): ``COMPILED_ROWS`` on a CPU (its loops stay within one row), one chunk (at most 1024 rows) on a GPU."""
+    if z.device.type == "cpu":
+        return COMPILED_ROWS
+    return min(1024, _chunks(1 << 20, z.shape[1], z.element_size(), z.device)[0][1])
 
 
 class SumsKernel:
@@ -364,9 +365,7 @@ def _args_path(args: tuple[torch.Tensor, ...]) -> Path:
 
 def kept_kernel_exists(vocab: int, temperatures: int, device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
     """Whether this machine kept a compiled kernel for full chunks of this vocabulary (what a long run uses)."""
-    rows = COMPILED_ROWS
-    if device.type != "cpu":
-        rows = _chunks(1 << 20, vocab, torch.empty((), dtype=dtype).element_size(), device)[0][1]
+    rows = _kernel_rows(torch.empty(0, vocab, dtype=dtype, device="meta")) if device.type != "cpu" else COMPILED_ROWS
     return kernel_path(rows, vocab, temperatures, dtype, device).exists()
 
 
