@@ -187,16 +187,17 @@ def med(rows: list[dict], key: str) -> float:
     return statistics.median(vals)
 
 
-def prebuild(a: argparse.Namespace, tmp: Path) -> None:
+def prebuild(a: argparse.Namespace, tmp: Path, threads: int | None = None) -> None:
     """Load or build the kept compiled metric kernel for each temperature count (one tiny ``--compile`` probe)."""
+    threads = threads or a.threads
     for temps in [a.temperature] + (["0.5,0.7,1.0"] if a.temps3 else []):
         store = tmp / "prebuild.zarr"
         tiny = argparse.Namespace(**{**vars(a), "units": "L0.attn", "samples": 1, "steps": 8, "compile": "compiled"})  # one kernel shape, any rows
-        res = run_child(CHILD_PROBE, probe_args(tiny, store, temps), a.threads, tmp)
+        res = run_child(CHILD_PROBE, probe_args(tiny, store, temps), threads, tmp)
         shutil.rmtree(store, ignore_errors=True)
         k = res.get("kernel") or {}
         what = f"built in {k['build_s']:.1f} s" if k.get("build_s") else ("kept from before, loaded" if k.get("loaded") else "not compiled")
-        print(f"compiled metric kernel, T={temps}: {what}", flush=True)
+        print(f"compiled metric kernel, T={temps}, {threads} thread(s): {what}", flush=True)
 
 
 def whole_process(a: argparse.Namespace) -> None:
@@ -275,6 +276,9 @@ def procs(a: argparse.Namespace) -> None:
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     res: dict[tuple[str, str], list[float]] = {}
     try:
+        if a.prebuild:  # a kept kernel is per thread count
+            for threads in sorted({t for _, t in MODES.values()}):
+                prebuild(a, tmp, threads)
         for r in range(a.repeats):
             for loc in ("local", "propagated"):
                 for mode in (list(MODES) if r % 2 == 0 else list(reversed(MODES))):

@@ -246,7 +246,8 @@ def test_auto_compiles_only_when_the_measured_eager_cost_pays(monkeypatch, tmp_p
 def test_one_compiled_shape_per_vocabulary_smaller_inputs_padded(monkeypatch, tmp_path):
     """The compiled kernel always sees its one shape (fewer rows are padded, more are split); another
     vocabulary gets its own kernel; the sums equal the eager ones."""
-    assert 3 * ROWS > K.COMPILED_ROWS > ROWS
+    monkeypatch.setattr(K, "CACHE_BYTES", 32 * VOCAB * 4)  # 32 rows per call at this vocabulary
+    assert 3 * ROWS > K._kernel_rows(VOCAB, 4, torch.device("cpu")) == 32 > ROWS
     monkeypatch.setenv("PRUNELENS_HOME", str(tmp_path))
     prepared, seen = [], []
 
@@ -268,9 +269,9 @@ def test_one_compiled_shape_per_vocabulary_smaller_inputs_padded(monkeypatch, tm
     wide = torch.cat([z, z], 1)  # another vocabulary: its own kernel
     dense = K.DenseRows.of(wide, TEMPS)
     assert_same_sums(k(dense, torch.cat([z2, z2], 1)), K.SumsKernel("eager")(dense, torch.cat([z2, z2], 1)))
-    rows = K.COMPILED_ROWS  # one shape per vocabulary on a CPU, whatever the input's rows
-    assert prepared == [(rows, VOCAB), (rows, 2 * VOCAB)]
-    assert set(seen) == {(rows, VOCAB), (rows, 2 * VOCAB)}
+    rows = 32  # one shape per vocabulary on a CPU, whatever the input's rows
+    assert prepared == [(rows, VOCAB), (rows // 2, 2 * VOCAB)]  # the same bytes per call
+    assert set(seen) == {(rows, VOCAB), (rows // 2, 2 * VOCAB)}
     k(K.DenseRows.of(torch.cat([z, z, z]), TEMPS), torch.cat([z2, z2, z2]))  # more rows than one call: split
     assert seen[-2:] == [(rows, VOCAB), (rows, VOCAB)] and len(prepared) == 2
 

@@ -41,7 +41,6 @@ from typing import Any
 import torch
 
 CACHE_BYTES = 1 << 20  # [rows x vocab] temporaries per chunk: about one L2 cache (CPU)
-COMPILED_ROWS = 32  # rows per compiled call on a CPU: its loops stay within one row, fewer calls cost less
 GPU_CHUNK_BYTES = 1 << 26  # on an accelerator: fewer, larger launches
 TOPK = 10
 SERIES_LIMIT = 0.5  # |b| below this: hb from the series
@@ -140,12 +139,12 @@ def _chunks(rows: int, vocab: int, itemsize: int, device: torch.device | None = 
     return [(lo, min(rows, lo + step)) for lo in range(0, rows, step)]
 
 
-def _kernel_rows(z: torch.Tensor) -> int:
+def _kernel_rows(vocab: int, itemsize: int, device: torch.device) -> int:
     """Rows per compiled call, whatever the input's rows (fewer are padded, so one kept kernel serves every
-    run): ``COMPILED_ROWS`` on a CPU (its loops stay within one row), one chunk (at most 1024 rows) on a GPU."""
-    if z.device.type == "cpu":
-        return COMPILED_ROWS
-    return min(1024, _chunks(1 << 20, z.shape[1], z.element_size(), z.device)[0][1])
+    run): one cache-sized chunk on a CPU (each of the kernel's loops sweeps all its rows), at most 1024 on a GPU."""
+    budget = CACHE_BYTES if device.type == "cpu" else GPU_CHUNK_BYTES
+    rows = max(1, budget // max(1, vocab * itemsize))
+    return rows if device.type == "cpu" else min(1024, rows)
 
 
 class SumsKernel:
@@ -319,7 +318,7 @@ _DIGEST = ""
 def _example_args(dense: DenseRows) -> tuple[torch.Tensor, ...]:
     """Zero inputs of the compiled kernel's one shape for ``dense``."""
     z = dense.z
-    rows = _kernel_rows(z)  # five distinct tensors: export must not see two inputs as one
+    rows = _kernel_rows(z.shape[1], z.element_size(), z.device)  # five distinct tensors: export must not see two inputs as one
     return (z.new_zeros(rows, z.shape[1]), z.new_zeros(rows, z.shape[1]), z.new_zeros(rows), z.new_ones(rows), dense.inv_t)
 
 
@@ -365,7 +364,7 @@ def _args_path(args: tuple[torch.Tensor, ...]) -> Path:
 
 def kept_kernel_exists(vocab: int, temperatures: int, device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
     """Whether this machine kept a compiled kernel for full chunks of this vocabulary (what a long run uses)."""
-    rows = _kernel_rows(torch.empty(0, vocab, dtype=dtype, device="meta")) if device.type != "cpu" else COMPILED_ROWS
+    rows = _kernel_rows(vocab, torch.empty((), dtype=dtype).element_size(), device)
     return kernel_path(rows, vocab, temperatures, dtype, device).exists()
 
 
