@@ -161,7 +161,7 @@ class SumsKernel:
         if mode not in ("eager", "compiled", "auto"):
             raise ValueError(f"kernel mode must be eager, compiled or auto, not {mode!r}")
         self.mode = mode
-        self._state: bool | None = None  # None: undecided (auto); True: compiled; False: eager
+        self._compile = False  # decided (compiled mode, a kept kernel, or auto found it pays): use the compiled kernel
         # per (vocab, temperatures, dtype, device): the compiled kernel and its rows per call, or None (eager)
         self._fns: dict[tuple[Any, ...], tuple[Callable[..., Any], int] | None] = {}
         self.remaining = 0  # vocab elements still expected (auto mode)
@@ -171,7 +171,7 @@ class SumsKernel:
 
     @property
     def using_compiled(self) -> bool:
-        return self._state is True and any(v is not None for v in self._fns.values())
+        return self._compile and any(v is not None for v in self._fns.values())
 
     def expect(self, elements: int, key: str = "") -> None:
         """Announce ``elements`` more vocab elements (rows × vocab) to come; ``key`` names the shape/machine."""
@@ -183,12 +183,12 @@ class SumsKernel:
         z = dense.z
         z2 = z2.to(z.dtype)
         rows, vocab = z.shape
-        if self._state is None and (self.mode == "compiled" or self._decide(dense)):
-            self._state = True
+        if not self._compile:
+            self._compile = self.mode == "compiled" or self._decide(dense)
         sig = (vocab, dense.inv_t.shape[0], z.dtype, z.device)
-        if self._state and sig not in self._fns:
+        if self._compile and sig not in self._fns:
             self._fns[sig] = self._prepare(dense)
-        entry = self._fns.get(sig) if self._state else None
+        entry = self._fns.get(sig) if self._compile else None
         compiled = entry is not None
         t0 = time.perf_counter()
         try:
@@ -257,7 +257,8 @@ class SumsKernel:
         to come would exceed build + compiled time."""
         if self.mode != "auto":
             return False
-        if _args_path(_example_args(dense)).exists():
+        z = dense.z
+        if kept_kernel_exists(z.shape[1], dense.inv_t.shape[0], z.device, z.dtype):
             return True
         t = self.timing
         if not t["eager_elems"] or not self.remaining:
@@ -346,12 +347,10 @@ def _self_test(fn: Callable[..., Any], dense: DenseRows) -> bool:
 
 
 def kernel_path(rows: int, vocab: int, temperatures: int, dtype: torch.dtype, device: torch.device) -> Path:
-    """Where the compiled kernel for ``[rows, vocab]`` chunks is kept (one file per machine-relevant key)."""
-    arch = device.type
-    if device.type == "cuda":
-        arch += "-sm{}{}".format(*torch.cuda.get_device_capability(device))
-    key = (f"torch{torch.__version__}/{arch}/threads{torch.get_num_threads()}/rows{rows}/V{vocab}/"
-           f"T{temperatures}/{dtype}/{_source_digest()}")
+    """Where the compiled kernel for ``[rows, vocab]`` chunks is kept: ``kernel_key`` + rows, the CUDA
+    capability and the kernel's source digest (one file per key)."""
+    arch = "-sm{}{}".format(*torch.cuda.get_device_capability(device)) if device.type == "cuda" else ""
+    key = f"{kernel_key(vocab, temperatures, dtype, device)}{arch}/rows{rows}/{_source_digest()}"
     from ..paths import home
 
     return Path(home()) / "kernels" / f"sums-{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt2"
