@@ -66,9 +66,17 @@ def kernel_home(tmp_path_factory):
     return tmp_path_factory.mktemp("prunelens-home")
 
 
-def test_eps_sweep_compiled_matches_float64_truth(kernel_home, monkeypatch):
-    """CI's compiled-mode test: one AOTInductor build of the kernel (~tens of seconds on a small CPU), kept."""
+@pytest.fixture(params=["native", "aoti"])
+def kernel_backend(request, monkeypatch):
+    """Each compiled kernel: the C function (a CPU's default) and AOTInductor (a GPU's, forced here)."""
+    monkeypatch.setenv("PRUNELENS_KERNEL_BACKEND", request.param)
+    return request.param
+
+
+def test_eps_sweep_compiled_matches_float64_truth(kernel_home, kernel_backend, monkeypatch):
+    """CI's compiled-mode test: one build of each kernel (AOTInductor: ~tens of seconds on a small CPU), kept."""
     monkeypatch.setenv("PRUNELENS_HOME", str(kernel_home))
+    assert K.backend(torch.device("cpu"), torch.float32) == kernel_backend
     kernel = K.SumsKernel("compiled")
     check_sweep(kernel)
     assert kernel.using_compiled
@@ -89,7 +97,7 @@ def assert_same_sums(got: tuple[torch.Tensor, torch.Tensor], want: tuple[torch.T
     assert ((per[eb] - per_e[eb]).abs() <= 1e-5 * (per_e[s] * per_e[ebb]).sqrt() + 1e-9).all()
 
 
-def test_a_later_process_loads_the_kept_kernel_without_building(kernel_home, monkeypatch):
+def test_a_later_process_loads_the_kept_kernel_without_building(kernel_home, kernel_backend, monkeypatch):
     """A fresh process in auto mode finds the kept kernel: compiled from its first call, nothing built, same sums."""
     import subprocess
     import sys
@@ -110,7 +118,8 @@ def test_a_later_process_loads_the_kept_kernel_without_building(kernel_home, mon
         "print(json.dumps({'compiled': k.using_compiled, 'build_s': k.timing['build_s'], 'loaded': k.timing['loaded'],\n"
         "                  'per': per.tolist(), 'once': once.tolist()}))\n"
     )
-    env = {**__import__("os").environ, "PRUNELENS_HOME": str(kernel_home), "PYTHONPATH": str(Path(__file__).parent)}
+    env = {**__import__("os").environ, "PRUNELENS_HOME": str(kernel_home), "PYTHONPATH": str(Path(__file__).parent),
+           "PRUNELENS_KERNEL_BACKEND": kernel_backend}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
@@ -210,6 +219,7 @@ def test_chunks_stay_cache_sized():
 def test_auto_compiles_only_when_the_measured_eager_cost_pays(monkeypatch, tmp_path):
     """A short run stays eager; a long one builds; the decision uses this machine's recorded build time;
     a kept kernel is used from the first call of a later run."""
+    monkeypatch.setenv("PRUNELENS_KERNEL_BACKEND", "aoti")  # the kept-file check of the AOTInductor kernel
     monkeypatch.setenv("PRUNELENS_HOME", str(tmp_path))
     builds = []
 
@@ -246,6 +256,7 @@ def test_auto_compiles_only_when_the_measured_eager_cost_pays(monkeypatch, tmp_p
 def test_one_compiled_shape_per_vocabulary_smaller_inputs_padded(monkeypatch, tmp_path):
     """The compiled kernel always sees its one shape (fewer rows are padded, more are split); another
     vocabulary gets its own kernel; the sums equal the eager ones."""
+    monkeypatch.setenv("PRUNELENS_KERNEL_BACKEND", "aoti")  # the padded one-shape kernel (a GPU's)
     monkeypatch.setattr(K, "CACHE_BYTES", 32 * VOCAB * 4)  # 32 rows per call at this vocabulary
     assert 3 * ROWS > K._kernel_rows(VOCAB, 4, torch.device("cpu")) == 32 > ROWS
     monkeypatch.setenv("PRUNELENS_HOME", str(tmp_path))
@@ -314,6 +325,46 @@ def test_compiled_engine_probe_equals_eager(tiny_llama, kernel_home, monkeypatch
         assert eng.kernel.using_compiled == compile_
     for name, a in cells[0].arrays.items():
         np.testing.assert_allclose(cells[1].arrays[name], a, rtol=2e-4, atol=1e-9, err_msg=name)
+
+
+def test_native_kernel_equals_eager_at_a_ragged_vocabulary_any_thread_count(kernel_home, monkeypatch):
+    """The C kernel at a vocabulary that is not a multiple of its 8 lanes or 1024-element blocks, three
+    temperatures, perturbations from 1e-6 to overflow: the eager sums where finite, the same inf/NaN where
+    not (a NaN logit stays NaN, argmax picks the first NaN like torch), bitwise equal at 1 and 2 threads."""
+    from prunelens.probe import native
+
+    monkeypatch.setenv("PRUNELENS_HOME", str(kernel_home))
+    if native.compiler() is None:
+        pytest.skip("no C compiler")
+    lib, _ = native.load_library()
+    g = torch.Generator().manual_seed(3)
+    rows, vocab, temps = 9, 2 * 1024 + 13, [0.5, 1.0, 2.0]
+    z = 4 * torch.randn(rows, vocab, generator=g)
+    scale = torch.tensor([1e-6, 1e-3, 0.1, 1.0, 5.0, 0.01, 0.3, 200.0, 0.2]).unsqueeze(-1)
+    z2 = z + scale * torch.randn(rows, vocab, generator=g)
+    z2[5, vocab - 3] = float("nan")  # in the ragged tail
+    z2[5, 7] = float("nan")
+    dense = K.DenseRows.of(z, temps)
+    args = (z, z2, dense.zmax, dense.zz, dense.inv_t)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = native.native_sums(lib, *args)
+        torch.set_num_threads(2)
+        two = native.native_sums(lib, *args)
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(one, two):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    with K.denormals_flushed(z.device):
+        want = K.chunk_sums_eager(*args)
+    finite = [r for r in range(rows) if r not in (5, 7)]
+    assert_same_sums((one[0][..., finite], one[1][:, finite]), (want[0][..., finite], want[1][:, finite]))
+    assert torch.isnan(one[0][:, :, 5]).sum() >= torch.isnan(want[0][:, :, 5]).sum() > 0
+    assert one[1][K.ONCE.index("argmax2"), 5] == want[1][K.ONCE.index("argmax2"), 5] == 7
+    big = one[0][:, :, 7]  # b of a few hundred: exp(b) overflows in both, never a finite wrong number
+    assert torch.equal(torch.isfinite(big), torch.isfinite(want[0][:, :, 7]))
+    assert not torch.isfinite(big[K.PER_T.index("eh")]).any()
 
 
 def test_version_1_store_still_reads(tmp_path):

@@ -38,9 +38,10 @@ def _csv(value: str) -> list[str]:
 @click.option("--calib-samples", default=32, show_default=True, type=click.IntRange(1), help="Calibration windows (wanda, sparsegpt, gptq).")
 @click.option("--calib-len", default=256, show_default=True, type=click.IntRange(2), help="Calibration window length in tokens.")
 @click.option("--compile/--no-compile", "compile_metrics", default=None,
-              help="Use the compiled metric kernel (built once per machine with AOTInductor and kept in "
-                   "PRUNELENS_HOME/kernels; default: auto, compiled when a kept kernel exists or when the measured "
-                   "eager cost of the cells to come exceeds the build time).")
+              help="Use the compiled metric kernel (built once per machine and kept in PRUNELENS_HOME/kernels: "
+                   "a small C function on a CPU, about a second with the system compiler; AOTInductor on a GPU, "
+                   "tens of seconds; default: auto, compiled when a kept kernel exists or when the measured eager "
+                   "cost of the cells to come exceeds the build time).")
 @click.option("--decode", default="greedy", show_default=True, type=click.Choice(["greedy", "sample"]),
               help="How the dense continuation and the free-running tokens are chosen: greedy, or sampled at "
                    "--decode-temperature with noise seeded by --seed and shared by dense and perturbed.")
@@ -127,10 +128,13 @@ def _announce_compile(settings, loaded) -> None:
     """Say so before a one-time kernel build, so the first slow cells are not a surprise."""
     if not settings.compile:
         return
-    from ..probe.kernel import kept_kernel_exists
+    import torch
 
-    vocab = loaded.adapter.lm_head.weight.shape[0]
-    if not kept_kernel_exists(vocab, len(settings.temperatures), loaded.adapter.lm_head.weight.device):
+    from ..probe.kernel import backend, kept_kernel_exists
+
+    weight = loaded.adapter.lm_head.weight
+    vocab = weight.shape[0]
+    if backend(weight.device, torch.float32) == "aoti" and not kept_kernel_exists(vocab, len(settings.temperatures), weight.device):
         click.echo(f"building the compiled metric kernel (vocabulary {vocab}): a one-time build of tens of seconds, "
                    "kept in PRUNELENS_HOME/kernels for every later run on this machine", err=True)
 

@@ -15,16 +15,19 @@ row sums in the input dtype (``e = exp((z - max z)/T)``, so ``p = e/s``):
 degree-10 series (relative error < 1e-9), otherwise ``exp(b) - 1 - b``, so the compiled kernel
 (whose ``expm1`` is ``exp - 1``) and eager agree with a float64 truth for every magnitude.
 
-``SumsKernel`` runs the same function eagerly or compiled: one fused loop nest per chunk (padded
-to one shape), built ahead of time with AOTInductor and kept in ``$PRUNELENS_HOME/kernels`` —
-built once per machine, torch version, thread count and shape, then loaded in milliseconds by
-every later run. ``mode="auto"`` uses a kept kernel from the first cell; without one it starts
+``SumsKernel`` runs the same sums eagerly or compiled. Compiled on a CPU (float32): the C
+function of ``native`` (two loops per row, built by the system compiler in about a second);
+elsewhere (a GPU, float64, or ``PRUNELENS_KERNEL_BACKEND=aoti``): one fused loop nest per chunk
+(padded to one shape) built ahead of time with AOTInductor. Either is kept in
+``$PRUNELENS_HOME/kernels`` — built once per machine, torch version and shape, then loaded in
+milliseconds by every later run. ``mode="auto"`` uses a kept kernel from the first cell; without one it starts
 eager, times it, and builds only when the measured eager cost of the cells still to come
 exceeds the build time (recorded per machine after a build; an estimate before that).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -39,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from . import native
 
 CACHE_BYTES = 1 << 20  # [rows x vocab] temporaries per chunk: about one L2 cache (CPU)
 GPU_CHUNK_BYTES = 1 << 26  # on an accelerator: fewer, larger launches
@@ -230,15 +235,15 @@ class SumsKernel:
             self.timing["build_s"] += built_s
         else:
             self.timing["loaded"] = True
-        return fn, args[0].shape[0]
+        return fn, 0 if backend(dense.z.device, dense.z.dtype) == "native" else args[0].shape[0]
 
     def _run(self, dense: DenseRows, z2: torch.Tensor, compiled: tuple[Callable[..., Any], int] | None
              ) -> tuple[torch.Tensor, torch.Tensor]:
         """Eager over cache-sized chunks, or the compiled kernel over chunks of exactly its rows (the last padded)."""
         z = dense.z
         if compiled is not None:
-            fn, step = compiled
-            spans = [(lo, min(z.shape[0], lo + step)) for lo in range(0, z.shape[0], step)]
+            fn, step = compiled  # step 0: any rows in one call (the native kernel walks rows itself)
+            spans = [(lo, min(z.shape[0], lo + step)) for lo in range(0, z.shape[0], step)] if step else [(0, z.shape[0])]
         else:
             fn, step = chunk_sums_eager, 0
             spans = _chunks(z.shape[0], z.shape[1], z.element_size(), z.device)
@@ -265,7 +270,8 @@ class SumsKernel:
             return False
         rec = _record_for(self.key)
         eager_rate = t["eager_s"] / t["eager_elems"]
-        compile_s = float(rec.get("compile_seconds", DEFAULT_COMPILE_SECONDS))
+        default_s = NATIVE_COMPILE_SECONDS if backend(z.device, z.dtype) == "native" else DEFAULT_COMPILE_SECONDS
+        compile_s = float(rec.get("compile_seconds", default_s))
         speedup = max(1.0, float(rec.get("speedup", DEFAULT_SPEEDUP)))
         return eager_rate * self.remaining * (1 - 1 / speedup) > compile_s
 
@@ -310,7 +316,8 @@ def denormals_flushed(device: torch.device) -> Iterator[None]:
             torch.set_flush_denormal(False)
 
 
-DEFAULT_COMPILE_SECONDS = 60.0  # before this machine has built a kernel once
+DEFAULT_COMPILE_SECONDS = 60.0  # AOTInductor, before this machine has built a kernel once
+NATIVE_COMPILE_SECONDS = 2.0  # the C kernel (about 0.5 s with gcc on a small CPU)
 DEFAULT_SPEEDUP = 2.5
 _LOADED: dict[str, Callable[..., Any]] = {}
 _DIGEST = ""
@@ -361,8 +368,22 @@ def _args_path(args: tuple[torch.Tensor, ...]) -> Path:
     return kernel_path(z.shape[0], z.shape[1], inv_t.shape[0], z.dtype, z.device)
 
 
+def backend(device: torch.device, dtype: torch.dtype) -> str:
+    """Which compiled kernel serves this device and dtype: ``native`` (CPU float32 with a C compiler) or
+    ``aoti``; ``PRUNELENS_KERNEL_BACKEND=aoti`` forces AOTInductor."""
+    forced = os.environ.get("PRUNELENS_KERNEL_BACKEND", "")
+    if forced not in ("", "native", "aoti"):
+        raise ValueError(f"PRUNELENS_KERNEL_BACKEND must be native or aoti, not {forced!r}")
+    if forced != "aoti" and device.type == "cpu" and dtype == torch.float32 and native.compiler() is not None:
+        return "native"
+    return "aoti"
+
+
 def kept_kernel_exists(vocab: int, temperatures: int, device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
     """Whether this machine kept a compiled kernel for full chunks of this vocabulary (what a long run uses)."""
+    if backend(device, dtype) == "native":
+        path = native.library_path()
+        return path is not None and path.exists()
     rows = _kernel_rows(vocab, torch.empty((), dtype=dtype).element_size(), device)
     return kernel_path(rows, vocab, temperatures, dtype, device).exists()
 
@@ -378,6 +399,10 @@ def compiled_kernel(args: tuple[torch.Tensor, ...]) -> tuple[Callable[..., Any],
     Loaded from ``kernel_path`` when a build was kept; otherwise exported, compiled with
     AOTInductor and kept (written under a temporary name, then renamed: concurrent ranks are safe).
     """
+    z = args[0]
+    if backend(z.device, z.dtype) == "native":
+        lib, built_s = native.load_library()
+        return functools.partial(native.native_sums, lib), built_s
     path = _args_path(args)
     key = str(path)
     if key in _LOADED:
@@ -409,7 +434,8 @@ def compiled_kernel(args: tuple[torch.Tensor, ...]) -> tuple[Callable[..., Any],
 
 def kernel_key(vocab: int, temperatures: int, dtype: torch.dtype, device: torch.device) -> str:
     """What a recorded build time depends on: torch, device, threads, shape."""
-    return f"torch{torch.__version__}/{device.type}/threads{torch.get_num_threads()}/V{vocab}/T{temperatures}/{dtype}"
+    return (f"torch{torch.__version__}/{device.type}/threads{torch.get_num_threads()}/V{vocab}/T{temperatures}/{dtype}"
+            f"/{backend(device, dtype)}")
 
 
 def _pad(args: tuple[torch.Tensor, ...], extra: int) -> tuple[torch.Tensor, ...]:

@@ -1,0 +1,313 @@
+"""The vocabulary pass as a small C function: two loops per row for all temperatures, built with
+the system C compiler in about a second and kept in ``$PRUNELENS_HOME/kernels``.
+
+Same sums, same order and same ``hb`` series as ``kernel.chunk_sums`` (float32 inputs, CPU):
+one row at a time (a row of ``z`` and ``z'`` is cache-sized), pass A for ``Σe, Σe², ΣeΔz`` per
+temperature and the once-per-row sums, pass B for everything that needs ``μ = E_p[Δz]``.
+Terms are summed in float32 over blocks of ``BLOCK`` elements and the block sums in float64.
+``exp`` is Cephes' range reduction and degree-6 polynomial (≈ 1 ulp), inf above 88.72 and 0 below
+-87.3 (where the eager pass flushes subnormals to 0 anyway); NaN stays NaN. Rows are split over
+``torch.get_num_threads()`` POSIX threads; a row's sums never depend on the thread count.
+
+Only code built here from ``SOURCE`` is loaded, from ``$PRUNELENS_HOME/kernels`` (the path keys
+the source, flags, compiler and CPU capability); ``kernel.SumsKernel`` self-tests it against the
+eager sums before use and falls back to eager if it disagrees or cannot be built.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+SOURCE = r"""
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#define FTZ_ON() unsigned int csr_ = _mm_getcsr(); _mm_setcsr(csr_ | 0x8040)  /* flush + treat subnormals as 0 */
+#define FTZ_OFF() _mm_setcsr(csr_)
+#else
+#define FTZ_ON()
+#define FTZ_OFF()
+#endif
+
+#define BLOCK 1024                                       /* float32 partial sums per block, block sums in float64 */
+#define NPER 10
+#define NONCE 7
+
+typedef float vf __attribute__((vector_size(32)));       /* 8 lanes: AVX2 registers, or pairs of SSE ones */
+typedef int32_t vi __attribute__((vector_size(32)));
+
+static const float INV_FACT[10] = {1.0f / 2, 1.0f / 6, 1.0f / 24, 1.0f / 120, 1.0f / 720, 1.0f / 5040,
+                                   1.0f / 40320, 1.0f / 362880, 1.0f / 3628800, 1.0f / 39916800};
+
+static inline vf sel(vi m, vf a, vf b) { return (vf)((m & (vi)a) | (~m & (vi)b)); }
+static inline vf ld(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline vf ld_tail(const float *p, int64_t n) {   /* lanes >= n are 0 */
+    float buf[8] = {0};
+    memcpy(buf, p, (size_t)n * sizeof(float));
+    return ld(buf);
+}
+static inline vi tail_mask(int64_t n) {
+    vi m;
+    for (int i = 0; i < 8; i++) m[i] = i < n ? -1 : 0;
+    return m;
+}
+static inline vf vabs(vf x) { return (vf)((vi)x & 0x7fffffff); }
+static inline double hsum(vf v) { double s = 0; for (int i = 0; i < 8; i++) s += v[i]; return s; }
+static inline float hmax(vf v) { float m = v[0]; for (int i = 1; i < 8; i++) m = v[i] > m ? v[i] : m; return m; }
+
+static inline vf exp_v(vf x) {                           /* Cephes expf: inf above 88.72, 0 below -87.3, NaN kept */
+    vf xc = sel(x > 88.72283f, x * 0.0f + 88.72283f, x);
+    xc = sel(xc < -87.3f, xc * 0.0f - 87.3f, xc);
+    vf n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  /* round to nearest */
+    n = sel(n == n, n, (vf){0});                          /* NaN: any finite exponent (r stays NaN) */
+    vf r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+    vf p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    vi bits = (__builtin_convertvector(n, vi) + 126) << 23;  /* 2^(n-1): n = 128 stays representable */
+    vf y = p * (vf)bits * 2.0f;
+    y = sel(x > 88.72283f, (vf){0} + INFINITY, y);
+    return sel(x < -87.3f, (vf){0}, y);
+}
+
+static inline vf hb_v(vf b) {                            /* expm1(b) - b: series below |b| = 1/2 */
+    vf acc = b * 0.0f + INV_FACT[9];
+    for (int k = 8; k >= 0; k--) acc = acc * b + INV_FACT[k];
+    vf series = acc * b * b;
+    vf direct = exp_v(b) - 1.0f - b;
+    return sel(vabs(b) < 0.5f, series, direct);
+}
+
+typedef struct { vf zdz, dz, dd, l1, m; } once_a;
+static inline void pass_a(vf z, vf z2, vi mask, once_a *a) {
+    vf d = z2 - z;                                       /* 0 in padded lanes */
+    a->zdz += z * d; a->dz += d; a->dd += d * d; a->l1 += vabs(d);
+    a->m = sel(mask & (z2 > a->m), z2, a->m);
+}
+static inline void pass_a_t(vf z, vf z2, vi mask, float zmax, float it, vf *s, vf *sw, vf *sed) {
+    vf e = sel(mask, exp_v((z - zmax) * it), (vf){0});
+    *s += e; *sw += e * e; *sed += e * (z2 - z);
+}
+typedef struct { vf eb, eh, ebb, wb, wbb, wg, wgg, m, perp, uvar; } sums_b;
+static inline void pass_b(vf z, vf z2, vi mask, float zmax, float it, float mu, float coef, float mean, int once,
+                          sums_b *c) {
+    vf e = sel(mask, exp_v((z - zmax) * it), (vf){0});
+    vf d = z2 - z;
+    vf b = (d - mu) * it;
+    vf h = hb_v(b);
+    vf g = b + h, w = e * e, eb = e * b, wb = w * b, wg = w * g;
+    c->eb += eb; c->eh += e * h; c->ebb += eb * b; c->wb += wb; c->wbb += wb * b; c->wg += wg; c->wgg += wg * g;
+    c->m = sel(mask & (b > c->m), b, c->m);
+    if (once) {
+        vf pp = d - coef * z, dc = sel(mask, d - mean, (vf){0});
+        c->perp += pp * pp; c->uvar += dc * dc;
+    }
+}
+
+static void row_sums(const float *z, const float *z2, float zmax, float zz, const float *inv_t, int64_t nt,
+                     int64_t v, double *acc /* [NPER * nt] */, double *once /* [NONCE] */) {
+    double *s = acc, *sw = acc + nt, *sed = acc + 2 * nt;  /* ΣeΔz sits in Σeb's place until μ is taken */
+    for (int64_t k = 0; k < NPER * nt; k++) acc[k] = 0.0;
+    const vi all = (vi){0} - 1;
+    const vf ninf = (vf){0} - INFINITY;
+    double zdz = 0, dzsum = 0, dd = 0, l1 = 0;
+    float best = -INFINITY;
+    int64_t besti = 0;
+    for (int64_t lo = 0; lo < v; lo += BLOCK) {          /* pass A */
+        int64_t hi = lo + BLOCK < v ? lo + BLOCK : v, full = lo + (hi - lo) / 8 * 8;
+        once_a a = {{0}, {0}, {0}, {0}, ninf};
+        for (int64_t j = lo; j < full; j += 8) pass_a(ld(z + j), ld(z2 + j), all, &a);
+        if (full < hi) pass_a(ld_tail(z + full, hi - full), ld_tail(z2 + full, hi - full), tail_mask(hi - full), &a);
+        zdz += hsum(a.zdz); dzsum += hsum(a.dz); dd += hsum(a.dd); l1 += hsum(a.l1);
+        float m = hmax(a.m);
+        if (m > best) {                                  /* first index of the block's max: argmax's rule */
+            for (int64_t j = lo; j < hi; j++)
+                if (z2[j] == m) { besti = j; break; }
+            best = m;
+        }
+        for (int64_t k = 0; k < nt; k++) {
+            vf b0 = {0}, b1 = {0}, b2 = {0};
+            for (int64_t j = lo; j < full; j += 8) pass_a_t(ld(z + j), ld(z2 + j), all, zmax, inv_t[k], &b0, &b1, &b2);
+            if (full < hi)
+                pass_a_t(ld_tail(z + full, hi - full), ld_tail(z2 + full, hi - full), tail_mask(hi - full), zmax,
+                         inv_t[k], &b0, &b1, &b2);
+            s[k] += hsum(b0); sw[k] += hsum(b1); sed[k] += hsum(b2);
+        }
+    }
+    if (dzsum != dzsum) {                                /* a NaN: argmax returns the first NaN */
+        for (int64_t j = 0; j < v; j++)
+            if (z2[j] != z2[j]) { besti = j; break; }
+    }
+    float coef = zz > 0 ? (float)(zdz / zz) : 0.0f;
+    float mean = (float)(dzsum / (double)v);
+    double perp = 0, uvar = 0;
+    for (int64_t k = 0; k < nt; k++) {
+        double *o = acc + 2 * nt;                        /* eb eh ebb wb wbb wg wgg bmax, each [nt] */
+        float it = inv_t[k], mu = (float)(sed[k] / s[k]), bmax = -INFINITY;
+        o[k] = 0.0;
+        for (int64_t lo = 0; lo < v; lo += BLOCK) {      /* pass B */
+            int64_t hi = lo + BLOCK < v ? lo + BLOCK : v, full = lo + (hi - lo) / 8 * 8;
+            sums_b c = {{0}, {0}, {0}, {0}, {0}, {0}, {0}, ninf, {0}, {0}};
+            if (k == 0) {
+                for (int64_t j = lo; j < full; j += 8) pass_b(ld(z + j), ld(z2 + j), all, zmax, it, mu, coef, mean, 1, &c);
+            } else {
+                for (int64_t j = lo; j < full; j += 8) pass_b(ld(z + j), ld(z2 + j), all, zmax, it, mu, coef, mean, 0, &c);
+            }
+            if (full < hi)
+                pass_b(ld_tail(z + full, hi - full), ld_tail(z2 + full, hi - full), tail_mask(hi - full), zmax, it, mu,
+                       coef, mean, k == 0, &c);
+            o[0 * nt + k] += hsum(c.eb); o[1 * nt + k] += hsum(c.eh); o[2 * nt + k] += hsum(c.ebb);
+            o[3 * nt + k] += hsum(c.wb); o[4 * nt + k] += hsum(c.wbb); o[5 * nt + k] += hsum(c.wg);
+            o[6 * nt + k] += hsum(c.wgg);
+            float m = hmax(c.m);
+            bmax = m > bmax ? m : bmax;
+            perp += hsum(c.perp); uvar += hsum(c.uvar);
+        }
+        o[7 * nt + k] = o[k] != o[k] ? NAN : bmax;       /* amax propagates NaN */
+    }
+    once[0] = zdz; once[1] = dzsum; once[2] = perp; once[3] = uvar; once[4] = l1; once[5] = dd;
+    once[6] = (double)besti;
+}
+
+typedef struct {
+    const float *z, *z2, *zmax, *zz, *inv_t;
+    int64_t rows, v, nt, lo, hi;
+    float *per, *once;
+} job_t;
+
+static void *run_rows(void *arg) {
+    job_t *j = (job_t *)arg;
+    double *acc = malloc(sizeof(double) * (NPER * j->nt + NONCE));
+    if (!acc) return (void *)1;
+    FTZ_ON();
+    for (int64_t r = j->lo; r < j->hi; r++) {
+        row_sums(j->z + r * j->v, j->z2 + r * j->v, j->zmax[r], j->zz[r], j->inv_t, j->nt, j->v, acc,
+                 acc + NPER * j->nt);
+        for (int64_t f = 0; f < NPER * j->nt; f++) j->per[f * j->rows + r] = (float)acc[f];
+        for (int64_t f = 0; f < NONCE; f++) j->once[f * j->rows + r] = (float)acc[NPER * j->nt + f];
+    }
+    FTZ_OFF();
+    free(acc);
+    return NULL;
+}
+
+/* per: [NPER, nt, rows], once: [NONCE, rows]; returns 0 on success */
+int prunelens_sums(const float *z, const float *z2, const float *zmax, const float *zz, const float *inv_t,
+                   int64_t rows, int64_t v, int64_t nt, float *per, float *once, int64_t threads) {
+    if (threads < 1) threads = 1;
+    if (threads > rows) threads = rows > 0 ? rows : 1;
+    job_t jobs[64];
+    pthread_t ids[64];
+    if (threads > 64) threads = 64;
+    int64_t step = (rows + threads - 1) / threads;
+    int failed = 0;
+    for (int64_t t = 0; t < threads; t++) {
+        int64_t lo = t * step, hi = lo + step < rows ? lo + step : rows;
+        jobs[t] = (job_t){z, z2, zmax, zz, inv_t, rows, v, nt, lo < rows ? lo : rows, hi, per, once};
+    }
+    int64_t started = 0;
+    for (int64_t t = 1; t < threads; t++, started++)
+        if (pthread_create(&ids[t], NULL, run_rows, &jobs[t]) != 0) break;
+    failed |= run_rows(&jobs[0]) != NULL;
+    for (int64_t t = 1; t <= started; t++) {
+        void *res = NULL;
+        pthread_join(ids[t], &res);
+        failed |= res != NULL;
+    }
+    for (int64_t t = started + 1; t < threads; t++) failed |= run_rows(&jobs[t]) != NULL;
+    return failed;
+}
+"""
+
+NPER, NONCE = 10, 7
+_FLAGS = {"AVX512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw"], "AVX2": ["-mavx2", "-mfma"]}
+_LIB: dict[str, ctypes.CDLL] = {}
+
+
+def compiler() -> str | None:
+    """The C compiler to build with: ``$CC``, else ``cc``/``gcc``/``clang`` on PATH; None if there is none."""
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _flags() -> list[str]:
+    cap = torch.backends.cpu.get_cpu_capability()
+    return ["-O3", "-std=gnu11", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno", *_FLAGS.get(cap, [])]
+
+
+def library_path() -> Path | None:
+    """Where the library for this source, compiler, flags and CPU capability is kept (None: no compiler)."""
+    cc = compiler()
+    if cc is None:
+        return None
+    from ..paths import home
+
+    key = "\n".join([SOURCE, cc, " ".join(_flags()), torch.backends.cpu.get_cpu_capability()])
+    return Path(home()) / "kernels" / f"sums-native-{hashlib.sha256(key.encode()).hexdigest()[:24]}.so"
+
+
+def load_library() -> tuple[ctypes.CDLL, float]:
+    """The built library and the seconds spent building it (0 when kept from before)."""
+    path = library_path()
+    if path is None:
+        raise RuntimeError("no C compiler found (set CC)")
+    if str(path) in _LIB:
+        return _LIB[str(path)], 0.0
+    built_s = 0.0
+    if not path.exists():
+        t0 = time.perf_counter()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tag = f"{os.getpid()}.{time.monotonic_ns()}"
+        src, tmp = path.with_name(f".{path.stem}.{tag}.c"), path.with_name(f".{path.stem}.{tag}.tmp.so")
+        try:
+            src.write_text(SOURCE)
+            proc = subprocess.run([compiler() or "cc", *_flags(), "-o", str(tmp), str(src), "-lm", "-lpthread"],
+                                  capture_output=True, text=True, timeout=300)
+            if proc.returncode != 0:
+                raise RuntimeError(f"C compiler failed: {proc.stderr.strip()[-500:]}")
+            os.replace(tmp, path)  # atomic: concurrent ranks never load a half-written library
+        finally:
+            src.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
+        built_s = time.perf_counter() - t0
+    lib = ctypes.CDLL(str(path))
+    fn = lib.prunelens_sums
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2 + [ctypes.c_int64]
+    _LIB[str(path)] = lib
+    return lib, built_s
+
+
+def native_sums(lib: ctypes.CDLL, z: torch.Tensor, z2: torch.Tensor, zmax: torch.Tensor, zz: torch.Tensor,
+                inv_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``kernel.chunk_sums`` for float32 CPU tensors of any rows: ``([NPER, nT, rows], [NONCE, rows])``."""
+    args = [t.contiguous() for t in (z, z2, zmax, zz, inv_t)]
+    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in args):
+        raise TypeError("the native kernel takes float32 CPU tensors")
+    rows, vocab = args[0].shape
+    nt = args[4].shape[0]
+    per = torch.empty(NPER, nt, rows, dtype=torch.float32)
+    once = torch.empty(NONCE, rows, dtype=torch.float32)
+    if rows:
+        rc = lib.prunelens_sums(*(t.data_ptr() for t in args), rows, vocab, nt, per.data_ptr(), once.data_ptr(),
+                                torch.get_num_threads())
+        if rc != 0:
+            raise RuntimeError("the native kernel could not allocate its row buffers")
+    return per, once
