@@ -123,6 +123,12 @@ class StoreWriter:
         self.attrs = dict(self.group.attrs)
         self.methods = [str(m) for m in self.group["method"][:]]
         self.units = [str(u) for u in self.group["unit"][:]]
+        self._open: dict[str, Any] = {}  # arrays opened once (each open reads its metadata)
+
+    def _array(self, name: str) -> Any:
+        if name not in self._open:
+            self._open[name] = self.group[name]
+        return self._open[name]
 
     @classmethod
     def open_for_resume(cls, path: str | Path, identity: Mapping[str, Any]) -> StoreWriter:
@@ -166,15 +172,35 @@ class StoreWriter:
     def write_cell(self, m: int, u: int, arrays: Mapping[str, np.ndarray], free_tokens: np.ndarray, nonfinite: int) -> None:
         """Write every per-unit variable of cell (m, u) (whole chunks), then mark it done."""
         with quiet():
+            values: dict[str, Any] = {}
             for name in METRICS:
-                arr = self.group[name]
-                value = np.asarray(arrays[name], dtype=arr.dtype)
-                if value.shape != arr.shape[2:]:
-                    raise ValueError(f"{name}: cell shape {value.shape} != store {arr.shape[2:]}")
+                arr = self._array(name)
+                values[name] = np.asarray(arrays[name], dtype=arr.dtype)
+                if values[name].shape != arr.shape[2:]:
+                    raise ValueError(f"{name}: cell shape {values[name].shape} != store {arr.shape[2:]}")
+            values["free_tokens"] = np.asarray(free_tokens, dtype=np.int64)
+            values["nonfinite"] = np.int64(nonfinite)
+            self._write_all(m, u, values)
+            self._array("done")[m, u] = True  # last: a cell marked done has every variable on disk
+
+    def _write_all(self, m: int, u: int, values: Mapping[str, Any]) -> None:
+        """Every variable's chunk of cell (m, u), written concurrently on zarr's event loop (about half the
+        time of one write after another); one after another where zarr has no such loop."""
+        try:
+            from zarr.core.sync import sync
+        except ImportError:  # another zarr layout: the plain writes
+            sync = None
+        pairs = [(self._array(name), value) for name, value in values.items()]  # opened here, not on the loop
+        if sync is None:
+            for arr, value in pairs:
                 arr[m, u] = value
-            self.group["free_tokens"][m, u] = np.asarray(free_tokens, dtype=np.int64)
-            self.group["nonfinite"][m, u] = int(nonfinite)
-            self.group["done"][m, u] = True
+            return
+        import asyncio
+
+        async def write() -> None:
+            await asyncio.gather(*(arr.async_array.setitem((m, u), value) for arr, value in pairs))
+
+        sync(write())
 
     def finalise(self, extra_attrs: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Summaries into attrs (non-finite count, Spearman), ``complete``, consolidated metadata."""
