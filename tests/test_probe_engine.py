@@ -9,6 +9,7 @@ from conftest import make_tiny_model
 from probe_helpers import NaiveProbe, ScaleOutput, ZeroOutput, naive_metrics, single_thread
 
 from prunelens.adapters import get_adapter
+from prunelens.probe.distributed import Ranks
 from prunelens.probe.engine import ProbeEngine, ProbeSettings
 from prunelens.probe.prompts import Prompts
 from prunelens.units import Unit
@@ -182,3 +183,61 @@ def test_uncached_inner_layer_logits_give_the_same_cells(monkeypatch):
     for a, b in zip(cells[1 << 40], cells[0]):
         for k in a.arrays:
             np.testing.assert_array_equal(a.arrays[k], b.arrays[k], err_msg=k)
+
+
+class _TwoRanks(Ranks):
+    """Rank ``rank`` of two, in one process: the other rank's share of the exchange is given."""
+
+    def __init__(self, rank: int, other_share: dict):
+        super().__init__(rank=rank, world=2)
+        self.other_share = other_share
+        self.sent: dict | None = None
+
+    def all_gather_object(self, obj):
+        self.sent = obj
+        return [obj, self.other_share] if self.rank == 0 else [self.other_share, obj]
+
+
+def test_sharded_continuation_equals_one_process_and_a_failed_rank_stops_every_rank(tiny_llama, monkeypatch):
+    """Two ranks each decode their round-robin share of the batches and exchange them: the same batches
+    (tokens, cached pass, free-running reference) as one process; a rank whose share failed makes the
+    other raise a clear error instead of waiting or running on."""
+    import prunelens.probe.engine as E
+    from prunelens.adapters import get_adapter
+    from prunelens.errors import PrunelensError
+
+    ad = get_adapter(tiny_llama)
+    prompts = Prompts(torch.randint(2, 90, (5, 6), generator=torch.Generator().manual_seed(1)).tolist())
+    settings = ProbeSettings(steps=4, temperatures=(1.0,), batch_size=2)  # 3 batches; both timings
+    decoded, calls = {}, []
+    real = E.greedy_decode
+
+    def recording(*a, **k):
+        out = real(*a, **k)
+        decoded[k["offset"] // 2] = out
+        calls.append(k["offset"])
+        return out
+
+    monkeypatch.setattr(E, "greedy_decode", recording)
+    one = ProbeEngine(ad, prompts, settings)
+    one.prepare()
+    assert len(decoded) == 3 and len(calls) == 3
+    calls.clear()
+    rank0 = ProbeEngine(ad, prompts, settings)
+    rank0.prepare(ranks=_TwoRanks(0, {1: decoded[1]}))
+    assert calls == [0, 4]  # batches 0 and 2 only: rank 1 decoded batch 1
+    assert len(rank0.batches) == len(one.batches) == 3
+    for a, b in zip(one.batches, rank0.batches):
+        assert torch.equal(a.continuation, b.continuation) and torch.equal(a.final, b.final)
+        assert a.free.keys() == b.free.keys() and all(torch.equal(a.free[k], b.free[k]) for k in a.free)
+    with pytest.raises(PrunelensError, match="rank 1 failed during the dense continuation: RuntimeError: out of memory"):
+        ProbeEngine(ad, prompts, settings).prepare(ranks=_TwoRanks(0, {"error": "RuntimeError: out of memory"}))
+
+    def broken(*a, **k):
+        raise RuntimeError("no memory here")
+
+    monkeypatch.setattr(E, "greedy_decode", broken)
+    failing = _TwoRanks(1, {0: decoded[0], 2: decoded[2]})
+    with pytest.raises(RuntimeError, match="no memory here"):  # its own error, after telling the others
+        ProbeEngine(ad, prompts, settings).prepare(ranks=failing)
+    assert failing.sent == {"error": "RuntimeError: no memory here"}

@@ -35,7 +35,8 @@ from ..errors import PrunelensError
 from ..methods import Method
 from ..units import Unit
 from .capture import DenseBatch, MidStream, capture_layers
-from .freerun import Sampler, greedy_decode
+from .distributed import Ranks
+from .freerun import Decoded, Sampler, greedy_decode
 from .kernel import DenseRows, SumsKernel, kernel_key
 from .metrics import RowMetrics, row_metrics
 from .prompts import Prompts
@@ -139,19 +140,42 @@ class ProbeEngine:
         return next(self.adapter.model.parameters()).device
 
     @torch.no_grad()
-    def prepare(self, progress: Callable[[int], Any] | None = None) -> None:
-        """Dense greedy continuations and one cached dense pass per batch of samples."""
+    def prepare(self, progress: Callable[[int], Any] | None = None, ranks: Ranks | None = None) -> None:
+        """Dense continuations and one cached dense pass per batch of samples.
+
+        With several ``ranks`` each decodes its round-robin share of the batches (the same batches as one
+        process, so the same tokens) and the continuations are exchanged; every rank then runs the cached
+        dense pass of every batch itself (one forward each, cheap next to a decode of ``steps`` forwards).
+        """
         ids, mask, padded = self.prompts.padded(self.pad_id)
         cands = self.prompts.candidate_array()
         steps, bs = self.settings.steps, self.settings.batch_size
+        free = "free_running" in self.settings.timings
+        starts = list(range(0, len(self.prompts), bs))
+        ranks = ranks or Ranks()
+        mine = ranks.shard(range(len(starts)))
+        decoded: dict[int, Decoded] = {}
+        error: Exception | None = None
+        try:
+            for b in mine:
+                lo = starts[b]
+                p_mask = mask[lo : lo + bs].to(self.device) if padded else None
+                layers = list(range(self.adapter.num_layers)) if free else []
+                decoded[b] = greedy_decode(self.adapter, ids[lo : lo + bs].to(self.device), p_mask, steps, watch=layers,
+                                           mid=self._mid_layers() if free else (), sampler=self.settings.sampler, offset=lo)
+                if progress and ranks.world == 1:
+                    progress(len(decoded[b].tokens))
+        except Exception as exc:  # tell the other ranks before raising (they would wait for this share)
+            error = exc
+        if ranks.world > 1:
+            decoded = self._exchange(decoded, error, ranks)
+        elif error is not None:
+            raise error
         self.batches = []
-        for lo in range(0, len(self.prompts), bs):
+        for b, lo in enumerate(starts):
             p_ids = ids[lo : lo + bs].to(self.device)
             p_mask = mask[lo : lo + bs].to(self.device) if padded else None
-            free = "free_running" in self.settings.timings
-            layers = list(range(self.adapter.num_layers)) if free else []
-            dec = greedy_decode(self.adapter, p_ids, p_mask, steps, watch=layers,
-                                mid=self._mid_layers() if free else (), sampler=self.settings.sampler, offset=lo)
+            dec = decoded[b]
             cont = dec.tokens
             seq = torch.cat([p_ids, cont[:, :-1]], dim=1)
             seq_mask = None if p_mask is None else torch.cat([p_mask, torch.ones_like(cont[:, :-1])], dim=1)
@@ -162,8 +186,24 @@ class ProbeEngine:
                 batch.free = {(i, False): h.reshape(-1, h.shape[-1]) for i, h in dec.watched.items()}
                 batch.free.update({(i, True): h.reshape(-1, h.shape[-1]) for i, h in dec.mid.items()})
             self.batches.append(batch)
-            if progress:
+            if progress and ranks.world > 1:
                 progress(len(p_ids))
+
+    def _exchange(self, decoded: dict[int, Decoded], error: Exception | None, ranks: Ranks) -> dict[int, Decoded]:
+        """Every rank's decoded batches, on this device; raises on every rank if any rank failed."""
+        def cpu(d: Decoded) -> Decoded:
+            return Decoded(d.tokens.cpu(), {k: v.cpu() for k, v in d.watched.items()}, {k: v.cpu() for k, v in d.mid.items()})
+
+        shares = ranks.all_gather_object({"error": f"{type(error).__name__}: {error}"} if error is not None
+                                         else {b: cpu(d) for b, d in decoded.items()})
+        if error is not None:
+            raise error
+        failed = [(r, s["error"]) for r, s in enumerate(shares) if "error" in s]
+        if failed:
+            raise PrunelensError(f"rank {failed[0][0]} failed during the dense continuation: {failed[0][1]}")
+        dev = self.device
+        return {b: Decoded(d.tokens.to(dev), {k: v.to(dev) for k, v in d.watched.items()}, {k: v.to(dev) for k, v in d.mid.items()})
+                for share in shares for b, d in share.items()}
 
     def _mid_layers(self) -> list[int]:
         """Layers whose mid stream (after attention) the sublayer locality reads; none if not requested or undefined."""

@@ -168,7 +168,7 @@ def _run_probe(
     tok = loaded.tokenizer
     pad_id = getattr(tok, "pad_token_id", None) if tok is not None else None
     engine = ProbeEngine(loaded.adapter, prompts, settings, pad_id=0 if pad_id is None else int(pad_id))
-    engine.prepare()
+    engine.prepare(ranks=ranks)
     tokens, cont = engine.dense_tokens(), engine.dense_continuation()
 
     error: Exception | None = None
