@@ -180,7 +180,7 @@ def run_child(code: str, args: list[str], threads: int, tmp: Path, launcher: lis
 def probe_args(a: argparse.Namespace, out: Path, temps: str, locality: str | None = None) -> list[str]:
     return ["probe", "--model", a.model, "--method", a.method, "--units", a.units, "--samples", str(a.samples),
             "--steps", str(a.steps), "--prompt-len", str(a.prompt_len), "--temperature", temps, "--locality", locality or a.locality,
-            "--timing", a.timing, "--batch-size", str(a.samples), "--out", str(out), "--quiet", "--device", "cpu"] \
+            "--timing", a.timing, "--batch-size", str(a.batch_size or a.samples), "--out", str(out), "--quiet", "--device", "cpu"] \
         + ([] if a.compile == "auto" else ["--compile" if a.compile == "compiled" else "--no-compile"])
 
 
@@ -278,6 +278,7 @@ def procs(a: argparse.Namespace) -> None:
     """2 processes (torchrun, gloo, 1 thread each) vs 1 process with 2 threads (same total cores) and vs
     1 process with 1 thread (how each way of using the second core scales); local and propagated."""
     tmp = Path(tempfile.mkdtemp(prefix="probe-procs-"))
+    a.batch_size = a.batch_size or max(1, a.samples // 2)  # two batches: each rank decodes one continuation batch
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     res: dict[tuple[str, str], list[float]] = {}
     try:
@@ -302,7 +303,8 @@ def procs(a: argparse.Namespace) -> None:
                     shutil.rmtree(store, ignore_errors=True)
                     res.setdefault((loc, mode), []).append(wall)
                     print(f"repeat {r}: {loc:10s} {mode:20s} {wall:8.2f} s", flush=True)
-        print(f"\n{a.model}, units {a.units}, {a.samples} x {a.steps}, whole-process wall, medians of {a.repeats}")
+        print(f"\n{a.model}, units {a.units}, {a.samples} x {a.steps} (batches of {a.batch_size}), whole-process wall, "
+              f"medians of {a.repeats}")
         for loc in ("local", "propagated"):
             one, threads2, two = (statistics.median(res[(loc, m)]) for m in MODES)
             print(f"{loc:10s} 1x1 {one:7.2f} s   1x2 {threads2:7.2f} s   2x1 {two:7.2f} s   "
@@ -323,6 +325,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--temperature", default="1.0")
     ap.add_argument("--locality", default="local")
     ap.add_argument("--timing", default="teacher_forced")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="samples per batch (default: all in one; --procs: half, so each of 2 ranks decodes one batch)")
     ap.add_argument("--temps3", action="store_true", help="also run T=0.5,0.7,1.0 and print its ratio to one temperature")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
