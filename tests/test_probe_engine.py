@@ -241,3 +241,14 @@ def test_sharded_continuation_equals_one_process_and_a_failed_rank_stops_every_r
     with pytest.raises(RuntimeError, match="no memory here"):  # its own error, after telling the others
         ProbeEngine(ad, prompts, settings).prepare(ranks=failing)
     assert failing.sent == {"error": "RuntimeError: no memory here"}
+
+
+def test_cells_are_sharded_by_whole_layers_every_cell_once():
+    """Each rank gets whole layers (all units and methods of a layer: one dense readout per layer), round-robin,
+    and the ranks together get every cell exactly once."""
+    layers = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]  # attn, mlp per layer
+    cells = [(m, u) for u in range(len(layers)) for m in range(2)]
+    shares = [Ranks(rank=r, world=3).shard_by(cells, lambda c: layers[c[1]]) for r in range(3)]
+    assert sorted(c for s in shares for c in s) == sorted(cells)
+    assert [sorted({layers[u] for _, u in s}) for s in shares] == [[0, 3], [1, 4], [2]]
+    assert Ranks().shard_by(cells, lambda c: layers[c[1]]) == cells

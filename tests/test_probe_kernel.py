@@ -111,6 +111,7 @@ def test_a_later_process_loads_the_kept_kernel_without_building(kernel_home, ker
         f"torch.set_num_threads({torch.get_num_threads()})\n"
         "sys.path[:0] = " + repr(sys.path) + "\n"
         "from prunelens.probe import kernel as K\n"
+        "K.AUTO_MIN_VOCAB = 0\n"  # this toy vocabulary may use the kept kernel
         "import test_probe_kernel as T\n"
         "z, z2, _ = T.sweep_rows()\n"
         "k = K.SumsKernel('auto')\n"
@@ -221,6 +222,7 @@ def test_auto_compiles_only_when_the_measured_eager_cost_pays(monkeypatch, tmp_p
     a kept kernel is used from the first call of a later run."""
     monkeypatch.setenv("PRUNELENS_KERNEL_BACKEND", "aoti")  # the kept-file check of the AOTInductor kernel
     monkeypatch.setenv("PRUNELENS_HOME", str(tmp_path))
+    monkeypatch.setattr(K, "AUTO_MIN_VOCAB", 0)  # this toy vocabulary may compile here
     builds = []
 
     def fake_kernel(args):
@@ -419,3 +421,36 @@ def test_dense_rows_argmax_keeps_the_first_index_rule_on_ties():
     torch.testing.assert_close(dense.argmax, z.argmax(-1))
     torch.testing.assert_close(dense.zmax, z.amax(-1))
     torch.testing.assert_close(dense.zz, (z.double() ** 2).sum(-1).float(), rtol=1e-6, atol=0)
+
+
+def test_native_dense_pass_equals_torch_top_k_and_argmax_rule(kernel_home, monkeypatch):
+    """The C kernel's dense pass: Σz² (relative 1e-5), the top-10 ids and values of torch's topk, argmax's
+    first index where the maximum ties, any thread count; a row with a NaN is left to torch's rules."""
+    from prunelens.probe import native
+
+    monkeypatch.setenv("PRUNELENS_HOME", str(kernel_home))
+    if native.compiler() is None:
+        pytest.skip("no C compiler")
+    lib, _ = native.load_library()
+    g = torch.Generator().manual_seed(5)
+    z = 3 * torch.randn(7, 3 * 64 + 5, generator=g)
+    z[2, 150] = z[2, 40] = z[2, 196] = 30.0  # a three-way tie for the max: argmax's first index is 40
+    z[4, :] = 1.0  # all equal: the first ten ids in order
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        got = K.DenseRows.of(z, TEMPS, lib)
+    finally:
+        torch.set_num_threads(before)
+    want = K.DenseRows.of(z, TEMPS)
+    torch.testing.assert_close(got.zz, want.zz, rtol=1e-5, atol=0)
+    assert torch.equal(got.zmax, want.zmax) and torch.equal(got.argmax, want.argmax) and got.argmax[2] == 40
+    assert torch.equal(got.z.gather(-1, got.top), z.topk(K.TOPK, -1).values)
+    for r in range(z.shape[0]):
+        if r not in (2, 4):  # no ties: the same ids in the same order
+            assert torch.equal(got.top[r], want.top[r])
+    assert got.top[2, :3].tolist() == [40, 150, 196] and got.top[4].tolist() == list(range(K.TOPK))
+    z[3, 9] = float("nan")
+    assert native.native_dense(lib, z, K.TOPK) is None
+    nan_rows = K.DenseRows.of(z, TEMPS, lib)  # torch's rules: NaN is the maximum
+    assert nan_rows.argmax[3] == 9 and torch.isnan(nan_rows.zmax[3])

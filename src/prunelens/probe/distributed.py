@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -32,6 +32,13 @@ class Ranks:
     def shard(self, items: Sequence[T]) -> list[T]:
         """Round-robin share of ``items`` for this rank (balances early and late layers)."""
         return list(items[self.rank :: self.world])
+
+    def shard_by(self, items: Sequence[T], key: Callable[[T], Hashable]) -> list[T]:
+        """Round-robin share of the groups of ``items`` with equal ``key`` (in order of first appearance):
+        a group's items stay on one rank (the units of one layer share its dense readout)."""
+        groups = list(dict.fromkeys(key(x) for x in items))
+        keep = set(groups[self.rank :: self.world])
+        return [x for x in items if key(x) in keep]
 
     def broadcast_ok(self, ok: bool) -> bool:
         """True only if every rank says ``ok`` (so a failing rank 0 does not leave others waiting)."""

@@ -236,7 +236,7 @@ class ProbeEngine:
         key = (b, layer, mid, free)
         if key in self._dense_z:
             return self._dense_z[key]
-        rows = DenseRows.of(self.readout(self._dense_h(b, layer, mid, free)), list(self.settings.temperatures))
+        rows = self.kernel.dense_rows(self.readout(self._dense_h(b, layer, mid, free)), list(self.settings.temperatures))
         if (layer == last and not mid) or self._inner_cache_fits():
             self._dense_z[key] = rows
         return rows

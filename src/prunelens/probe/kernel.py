@@ -125,9 +125,16 @@ class DenseRows:
     inv_t: torch.Tensor  # [nT]
 
     @classmethod
-    def of(cls, z: torch.Tensor, temperatures: list[float]) -> DenseRows:
+    def of(cls, z: torch.Tensor, temperatures: list[float], native_lib: Any = None) -> DenseRows:
+        """The statistics of ``z``; ``native_lib`` (float32 CPU rows): from the C kernel's one pass."""
         z = z if z.dtype in (torch.float32, torch.float64) else z.float()
         inv_t = torch.tensor([1.0 / t for t in temperatures], dtype=z.dtype, device=z.device)
+        got = None
+        if native_lib is not None and z.device.type == "cpu" and z.dtype == torch.float32:
+            got = native.native_dense(native_lib, z, TOPK)
+        if got is not None:
+            zz, topv, topi = got
+            return cls(z, topv[:, 0].contiguous(), zz, topi, topi[:, 0].clone(), inv_t)
         top = z.topk(min(TOPK, z.shape[1]), dim=-1)
         zz = torch.linalg.vector_norm(z, dim=-1).square()  # one pass (vecdot multiplies into a [R, V] temporary first)
         argmax = top.indices[:, 0].clone()
@@ -173,6 +180,21 @@ class SumsKernel:
         self.timing: dict[str, Any] = {"eager_s": 0.0, "eager_elems": 0, "compiled_s": 0.0, "compiled_elems": 0,
                                        "build_s": 0.0, "loaded": False}
         self.key = ""
+        self._native_lib: Any = None  # the C kernel's library, once this kernel uses it
+
+    def dense_rows(self, z: torch.Tensor, temperatures: list[float]) -> DenseRows:
+        """``DenseRows.of(z)``, from the C kernel's dense pass when this kernel runs compiled on a CPU (decided
+        here when it can be: a run's dense rows come from one path from its first layer on)."""
+        zf = z if z.dtype in (torch.float32, torch.float64) else z.float()
+        empty = zf.new_empty(0)
+        shell = DenseRows(zf, empty, empty, empty.long(), empty.long(),  # shape, dtype and temperatures only
+                          torch.tensor([1.0 / t for t in temperatures], dtype=zf.dtype, device=zf.device))
+        if not self._compile:
+            self._compile = self.mode == "compiled" or self._decide(shell)
+        sig = (zf.shape[1], len(temperatures), zf.dtype, zf.device)
+        if self._compile and sig not in self._fns:
+            self._fns[sig] = self._prepare(shell)
+        return DenseRows.of(zf, temperatures, self._native_lib if self._compile else None)
 
     @property
     def using_compiled(self) -> bool:
@@ -235,7 +257,10 @@ class SumsKernel:
             self.timing["build_s"] += built_s
         else:
             self.timing["loaded"] = True
-        return fn, 0 if backend(dense.z.device, dense.z.dtype) == "native" else args[0].shape[0]
+        if backend(dense.z.device, dense.z.dtype) == "native":
+            self._native_lib = native.load_library()[0]  # kept: the dense pass uses it too
+            return fn, 0
+        return fn, args[0].shape[0]
 
     def _run(self, dense: DenseRows, z2: torch.Tensor, compiled: tuple[Callable[..., Any], int] | None
              ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,6 +288,8 @@ class SumsKernel:
         if self.mode != "auto":
             return False
         z = dense.z
+        if z.shape[1] < AUTO_MIN_VOCAB:  # toy vocabularies (test models) stay eager unless asked
+            return False
         if kept_kernel_exists(z.shape[1], dense.inv_t.shape[0], z.device, z.dtype):
             return True
         t = self.timing
@@ -317,6 +344,7 @@ def denormals_flushed(device: torch.device) -> Iterator[None]:
 
 
 DEFAULT_COMPILE_SECONDS = 60.0  # AOTInductor, before this machine has built a kernel once
+AUTO_MIN_VOCAB = 1024  # auto mode never compiles below this vocabulary (nothing to gain, and tests stay eager)
 NATIVE_COMPILE_SECONDS = 2.0  # the C kernel (about 0.5 s with gcc on a small CPU)
 DEFAULT_SPEEDUP = 2.5
 _LOADED: dict[str, Callable[..., Any]] = {}

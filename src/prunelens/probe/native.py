@@ -184,53 +184,116 @@ static void row_sums(const float *z, const float *z2, float zmax, float zz, cons
     once[6] = (double)besti;
 }
 
-typedef struct {
-    const float *z, *z2, *zmax, *zz, *inv_t;
-    int64_t rows, v, nt, lo, hi;
-    float *per, *once;
-} job_t;
+typedef int (*rows_fn)(const void *ctx, int64_t lo, int64_t hi);
+typedef struct { rows_fn fn; const void *ctx; int64_t lo, hi; } job_t;
 
-static void *run_rows(void *arg) {
+static void *run_job(void *arg) {
     job_t *j = (job_t *)arg;
-    double *acc = malloc(sizeof(double) * (NPER * j->nt + NONCE));
-    if (!acc) return (void *)1;
     FTZ_ON();
-    for (int64_t r = j->lo; r < j->hi; r++) {
-        row_sums(j->z + r * j->v, j->z2 + r * j->v, j->zmax[r], j->zz[r], j->inv_t, j->nt, j->v, acc,
-                 acc + NPER * j->nt);
-        for (int64_t f = 0; f < NPER * j->nt; f++) j->per[f * j->rows + r] = (float)acc[f];
-        for (int64_t f = 0; f < NONCE; f++) j->once[f * j->rows + r] = (float)acc[NPER * j->nt + f];
-    }
+    int rc = j->hi > j->lo ? j->fn(j->ctx, j->lo, j->hi) : 0;
     FTZ_OFF();
-    free(acc);
-    return NULL;
+    return rc ? (void *)1 : NULL;
 }
 
-/* per: [NPER, nt, rows], once: [NONCE, rows]; returns 0 on success */
-int prunelens_sums(const float *z, const float *z2, const float *zmax, const float *zz, const float *inv_t,
-                   int64_t rows, int64_t v, int64_t nt, float *per, float *once, int64_t threads) {
+/* rows [0, rows) split into contiguous ranges over `threads` POSIX threads (the caller's is one of them) */
+static int run_parallel(rows_fn fn, const void *ctx, int64_t rows, int64_t threads) {
+    if (threads > rows) threads = rows;
+    if (threads > 64) threads = 64;
     if (threads < 1) threads = 1;
-    if (threads > rows) threads = rows > 0 ? rows : 1;
     job_t jobs[64];
     pthread_t ids[64];
-    if (threads > 64) threads = 64;
     int64_t step = (rows + threads - 1) / threads;
-    int failed = 0;
     for (int64_t t = 0; t < threads; t++) {
-        int64_t lo = t * step, hi = lo + step < rows ? lo + step : rows;
-        jobs[t] = (job_t){z, z2, zmax, zz, inv_t, rows, v, nt, lo < rows ? lo : rows, hi, per, once};
+        int64_t lo = t * step < rows ? t * step : rows, hi = lo + step < rows ? lo + step : rows;
+        jobs[t] = (job_t){fn, ctx, lo, hi};
     }
+    int failed = 0;
     int64_t started = 0;
     for (int64_t t = 1; t < threads; t++, started++)
-        if (pthread_create(&ids[t], NULL, run_rows, &jobs[t]) != 0) break;
-    failed |= run_rows(&jobs[0]) != NULL;
+        if (pthread_create(&ids[t], NULL, run_job, &jobs[t]) != 0) break;
+    failed |= run_job(&jobs[0]) != NULL;
     for (int64_t t = 1; t <= started; t++) {
         void *res = NULL;
         pthread_join(ids[t], &res);
         failed |= res != NULL;
     }
-    for (int64_t t = started + 1; t < threads; t++) failed |= run_rows(&jobs[t]) != NULL;
+    for (int64_t t = started + 1; t < threads; t++) failed |= run_job(&jobs[t]) != NULL;
     return failed;
+}
+
+typedef struct {
+    const float *z, *z2, *zmax, *zz, *inv_t;
+    int64_t rows, v, nt;
+    float *per, *once;
+} sums_ctx;
+
+static int sums_rows(const void *arg, int64_t lo, int64_t hi) {
+    const sums_ctx *c = (const sums_ctx *)arg;
+    double *acc = malloc(sizeof(double) * (NPER * c->nt + NONCE));
+    if (!acc) return 1;
+    for (int64_t r = lo; r < hi; r++) {
+        row_sums(c->z + r * c->v, c->z2 + r * c->v, c->zmax[r], c->zz[r], c->inv_t, c->nt, c->v, acc, acc + NPER * c->nt);
+        for (int64_t f = 0; f < NPER * c->nt; f++) c->per[f * c->rows + r] = (float)acc[f];
+        for (int64_t f = 0; f < NONCE; f++) c->once[f * c->rows + r] = (float)acc[NPER * c->nt + f];
+    }
+    free(acc);
+    return 0;
+}
+
+/* per: [NPER, nt, rows], once: [NONCE, rows]; returns 0 on success */
+int prunelens_sums(const float *z, const float *z2, const float *zmax, const float *zz, const float *inv_t,
+                   int64_t rows, int64_t v, int64_t nt, float *per, float *once, int64_t threads) {
+    sums_ctx c = {z, z2, zmax, zz, inv_t, rows, v, nt, per, once};
+    return run_parallel(sums_rows, &c, rows, threads);
+}
+
+/* The dense side of a row: Σz² (float64 block sums) and its top-k (descending; equal values in index
+   order, so topi[0] is argmax's first index). A row with a NaN gets zz = NaN (the caller redoes it). */
+typedef struct {
+    const float *z;
+    int64_t v, k;
+    float *zz, *topv;
+    int64_t *topi;
+} dense_ctx;
+
+static int dense_rows(const void *arg, int64_t lo, int64_t hi) {
+    const dense_ctx *c = (const dense_ctx *)arg;
+    for (int64_t r = lo; r < hi; r++) {
+        const float *z = c->z + r * c->v;
+        float *tv = c->topv + r * c->k;
+        int64_t *ti = c->topi + r * c->k;
+        for (int64_t i = 0; i < c->k; i++) { tv[i] = -INFINITY; ti[i] = -1; }
+        int64_t filled = 0;
+        double zz = 0;
+        for (int64_t b0 = 0; b0 < c->v; b0 += 64) {
+            int64_t b1 = b0 + 64 < c->v ? b0 + 64 : c->v;
+            float acc = 0, m = -INFINITY;
+#pragma omp simd reduction(+ : acc) reduction(max : m)
+            for (int64_t j = b0; j < b1; j++) {
+                acc += z[j] * z[j];
+                m = z[j] > m ? z[j] : m;
+            }
+            zz += acc;
+            if (m > tv[c->k - 1] || filled < c->k) {
+                for (int64_t j = b0; j < b1; j++) {
+                    float x = z[j];
+                    if (!(x > tv[c->k - 1]) && filled >= c->k) continue;
+                    int64_t p = filled < c->k ? filled : c->k - 1;
+                    while (p > 0 && x > tv[p - 1]) { tv[p] = tv[p - 1]; ti[p] = ti[p - 1]; p--; }
+                    tv[p] = x; ti[p] = j;
+                    if (filled < c->k) filled++;
+                }
+            }
+        }
+        c->zz[r] = zz != zz ? NAN : (float)zz;
+    }
+    return 0;
+}
+
+int prunelens_dense(const float *z, int64_t rows, int64_t v, int64_t k, float *zz, float *topv, int64_t *topi,
+                    int64_t threads) {
+    dense_ctx c = {z, v, k, zz, topv, topi};
+    return run_parallel(dense_rows, &c, rows, threads);
 }
 """
 
@@ -291,6 +354,9 @@ def load_library() -> tuple[ctypes.CDLL, float]:
     fn = lib.prunelens_sums
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2 + [ctypes.c_int64]
+    dense = lib.prunelens_dense
+    dense.restype = ctypes.c_int
+    dense.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 3 + [ctypes.c_int64]
     _LIB[str(path)] = lib
     return lib, built_s
 
@@ -311,3 +377,18 @@ def native_sums(lib: ctypes.CDLL, z: torch.Tensor, z2: torch.Tensor, zmax: torch
         if rc != 0:
             raise RuntimeError("the native kernel could not allocate its row buffers")
     return per, once
+
+
+def native_dense(lib: ctypes.CDLL, z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """``(Σz², top-k values, top-k ids)`` per row of float32 CPU ``z`` in one pass (equal values in index order,
+    so the first id is argmax's); None if a row holds a NaN (the caller takes torch's rules for those)."""
+    z = z.contiguous()
+    rows, vocab = z.shape
+    k = min(k, vocab)
+    zz = torch.empty(rows, dtype=torch.float32)
+    topv = torch.empty(rows, k, dtype=torch.float32)
+    topi = torch.empty(rows, k, dtype=torch.int64)
+    if rows and lib.prunelens_dense(z.data_ptr(), rows, vocab, k, zz.data_ptr(), topv.data_ptr(), topi.data_ptr(),
+                                    torch.get_num_threads()) != 0:
+        raise RuntimeError("the native dense pass failed")
+    return None if bool(torch.isnan(zz).any()) else (zz, topv, topi)

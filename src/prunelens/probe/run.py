@@ -220,7 +220,8 @@ def _run_probe(
     writer = StoreWriter(out)
     done = writer.done()
     cells = [(mi, ui) for ui in range(len(units)) for mi in range(len(methods))]  # layer order: dense logits reused
-    mine = [c for c in ranks.shard(cells) if not done[c]]
+    # whole layers per rank, round-robin (early and late layers balance): a layer's dense readout is made once
+    mine = [c for c in ranks.shard_by(cells, lambda c: units[c[1]].layer) if not done[c]]
     engine.expect_cells(len(mine))  # the metric kernel compiles only if these cells pay for it
     stats = StatsCache(loaded, units, calib_samples, calib_len, seed)
     bar = _progress(len(mine), ranks, progress, skipped=int(done.sum()))
