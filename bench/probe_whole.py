@@ -273,6 +273,33 @@ def report(a: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
 
 MODES = {"1 proc x 1 thread": (1, 1), "1 proc x 2 threads": (1, 2), "2 procs x 1 thread": (2, 1)}
 
+CHILD_GEMM = r'''
+import time, torch
+torch.set_num_threads(1)
+w, x = torch.randn(49152, 576), torch.randn(128, 576)
+torch.nn.functional.linear(x, w)
+t = time.perf_counter()
+for _ in range(40):
+    torch.nn.functional.linear(x, w)
+print(time.perf_counter() - t)
+'''
+
+
+def gemm_ceiling() -> float:
+    """What two processes can gain on this machine at all: 40 LM-head-sized GEMMs (1 thread) alone, then two
+    copies at once; throughput ratio (2 x alone / slower of the pair)."""
+    def run(n: int) -> list[float]:
+        ps = [subprocess.Popen([sys.executable, "-c", CHILD_GEMM], stdout=subprocess.PIPE, text=True, env=child_env(1))
+              for _ in range(n)]
+        return [float(p.communicate()[0]) for p in ps]
+
+    alone = min(run(1) + run(1))
+    pair = run(2)
+    ratio = 2 * alone / max(pair)
+    print(f"machine ceiling: 40 LM-head GEMMs alone {alone:.2f} s, two processes at once {pair[0]:.2f} / {pair[1]:.2f} s: "
+          f"2 processes give {ratio:.2f}x the throughput of 1", flush=True)
+    return ratio
+
 
 def procs(a: argparse.Namespace) -> None:
     """2 processes (torchrun, gloo, 1 thread each) vs 1 process with 2 threads (same total cores) and vs
@@ -282,6 +309,7 @@ def procs(a: argparse.Namespace) -> None:
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     res: dict[tuple[str, str], list[float]] = {}
     try:
+        gemm_ceiling()
         if a.prebuild:  # a kept kernel is per thread count
             for threads in sorted({t for _, t in MODES.values()}):
                 prebuild(a, tmp, threads)

@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from ..errors import PrunelensError
 from . import native
 
 CACHE_BYTES = 1 << 20  # [rows x vocab] temporaries per chunk: about one L2 cache (CPU)
@@ -113,6 +114,15 @@ def _sums(z, z2, zmax, zz, inv_t, hb: Callable[[torch.Tensor], torch.Tensor]) ->
     return torch.stack(per_t, 1), torch.stack(once)
 
 
+def _metric_dtype(z: torch.Tensor) -> torch.Tensor:
+    """``z`` in the dtype the sums run in: float32 or float64 as given, float32 for anything narrower."""
+    return z if z.dtype in (torch.float32, torch.float64) else z.float()
+
+
+def _inverse_temperatures(temperatures: list[float], like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor([1.0 / t for t in temperatures], dtype=like.dtype, device=like.device)
+
+
 @dataclass
 class DenseRows:
     """Dense-side statistics of logit rows ``z`` [R, V], shared by every unit read at one layer."""
@@ -127,8 +137,8 @@ class DenseRows:
     @classmethod
     def of(cls, z: torch.Tensor, temperatures: list[float], native_lib: Any = None) -> DenseRows:
         """The statistics of ``z``; ``native_lib`` (float32 CPU rows): from the C kernel's one pass."""
-        z = z if z.dtype in (torch.float32, torch.float64) else z.float()
-        inv_t = torch.tensor([1.0 / t for t in temperatures], dtype=z.dtype, device=z.device)
+        z = _metric_dtype(z)
+        inv_t = _inverse_temperatures(temperatures, z)
         got = None
         if native_lib is not None and z.device.type == "cpu" and z.dtype == torch.float32:
             got = native.native_dense(native_lib, z, TOPK)
@@ -185,10 +195,9 @@ class SumsKernel:
     def dense_rows(self, z: torch.Tensor, temperatures: list[float]) -> DenseRows:
         """``DenseRows.of(z)``, from the C kernel's dense pass when this kernel runs compiled on a CPU (decided
         here when it can be: a run's dense rows come from one path from its first layer on)."""
-        zf = z if z.dtype in (torch.float32, torch.float64) else z.float()
+        zf = _metric_dtype(z)
         empty = zf.new_empty(0)
-        shell = DenseRows(zf, empty, empty, empty.long(), empty.long(),  # shape, dtype and temperatures only
-                          torch.tensor([1.0 / t for t in temperatures], dtype=zf.dtype, device=zf.device))
+        shell = DenseRows(zf, empty, empty, empty.long(), empty.long(), _inverse_temperatures(temperatures, zf))  # shape only
         if not self._compile:
             self._compile = self.mode == "compiled" or self._decide(shell)
         sig = (zf.shape[1], len(temperatures), zf.dtype, zf.device)
@@ -401,7 +410,7 @@ def backend(device: torch.device, dtype: torch.dtype) -> str:
     ``aoti``; ``PRUNELENS_KERNEL_BACKEND=aoti`` forces AOTInductor."""
     forced = os.environ.get("PRUNELENS_KERNEL_BACKEND", "")
     if forced not in ("", "native", "aoti"):
-        raise ValueError(f"PRUNELENS_KERNEL_BACKEND must be native or aoti, not {forced!r}")
+        raise PrunelensError(f"PRUNELENS_KERNEL_BACKEND must be native or aoti, not {forced!r}")
     if forced != "aoti" and device.type == "cpu" and dtype == torch.float32 and native.compiler() is not None:
         return "native"
     return "aoti"
