@@ -1,17 +1,19 @@
 """The metric pass beside one LM-head projection, on SmolLM2's shapes (random data, no model load).
 
-    python bench/metric_kernel.py [--rows 128] [--vocab 49152] [--hidden 576] [--repeats 5] [--threads 1] [--compiled]
+    python bench/metric_kernel.py [--rows 128] [--vocab 49152] [--hidden 576] [--repeats 5] [--threads 1] [--compiled] [--aoti]
 
 Alternating, per repeat: the perturbed readout ``[rows, hidden] @ [hidden, vocab]`` (what the
 floor pays per unit), the metric pass at T = 1 and at T = 0.5, 0.7, 1.0 (shared dense
 statistics, given), and the old per-temperature kernel (``--old``, eager, for reference).
-Medians; ratios to the projection. ``--compiled`` also times the compiled kernel (its
-one-time compile is printed separately).
+Medians; ratios to the projection, and the metric pass per vocabulary element. ``--compiled``
+also times the compiled kernel (on a CPU the C kernel, its one-time build printed separately)
+and the dense statistics from its C pass; ``--aoti`` also the AOTInductor kernel (a GPU's).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -28,6 +30,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--compiled", action="store_true")
+    ap.add_argument("--aoti", action="store_true", help="also time the AOTInductor kernel (built once, ~25 s)")
     args = ap.parse_args()
     import torch
 
@@ -41,14 +44,20 @@ def main() -> None:
     dh = 0.05 * torch.randn(args.rows, args.hidden, generator=g)
     z, z2 = h @ w.T, (h + dh) @ w.T
     d1, d3 = DenseRows.of(z, [1.0]), DenseRows.of(z, [0.5, 0.7, 1.0])
-    modes = ["eager"] + (["compiled"] if args.compiled else [])
-    kernels = {m: SumsKernel(m) for m in modes}
-    for m in modes:  # warm-up (compiles)
+    modes = ["eager"] + (["compiled"] if args.compiled else []) + (["aoti"] if args.aoti else [])
+    kernels = {m: SumsKernel("eager" if m == "eager" else "compiled") for m in modes}
+    for m in modes:  # warm-up (builds or loads the kept kernel; the backend is chosen on the first call)
+        os.environ["PRUNELENS_KERNEL_BACKEND"] = "aoti" if m == "aoti" else ""
         for d in (d1, d3):
             t = time.perf_counter()
             row_metrics(h, dh, z, z2, [1.0] if d is d1 else [0.5, 0.7, 1.0], dense=d, kernel=kernels[m])
-            if m == "compiled":
-                print(f"compile + first call, {d.inv_t.numel()} temperature(s): {time.perf_counter() - t:.1f} s", flush=True)
+            if m != "eager":
+                print(f"{m}: build or load + first call, {d.inv_t.numel()} temperature(s): {time.perf_counter() - t:.1f} s",
+                      flush=True)
+    os.environ["PRUNELENS_KERNEL_BACKEND"] = ""
+    from prunelens.probe import native
+
+    native_lib = native.load_library()[0] if "compiled" in kernels and native.compiler() else None  # kept: no build
     times: dict[str, list[float]] = {}
 
     def clock(name, fn):
@@ -62,11 +71,14 @@ def main() -> None:
             clock(f"metrics {m} T=1", lambda m=m: row_metrics(h, dh, z, z2, [1.0], dense=d1, kernel=kernels[m]))
             clock(f"metrics {m} T=0.5,0.7,1", lambda m=m: row_metrics(h, dh, z, z2, [0.5, 0.7, 1.0], dense=d3, kernel=kernels[m]))
         clock("dense statistics, 1 T (once per layer)", lambda: DenseRows.of(z, [1.0]))
+        if native_lib is not None:
+            clock("dense statistics, C pass", lambda: DenseRows.of(z, [1.0], native_lib))
     proj = statistics.median(times["LM-head projection"])
     print(f"rows {args.rows}, vocab {args.vocab}, hidden {args.hidden}, threads {args.threads}, medians of {args.repeats}")
     for name, v in times.items():
         med = statistics.median(v)
-        print(f"{name:42s} {med:8.3f} s  {med / proj:6.2f}x projection")
+        per_elem = f"  {med / (args.rows * args.vocab) * 1e9:5.1f} ns per vocabulary element" if name.startswith("metrics") else ""
+        print(f"{name:42s} {med:8.3f} s  {med / proj:6.2f}x projection{per_elem}")
     for m in modes:
         one, three = statistics.median(times[f"metrics {m} T=1"]), statistics.median(times[f"metrics {m} T=0.5,0.7,1"])
         print(f"{m}: three temperatures / one = {three / one:.2f}x; per-unit cost with 3 T (projection + metrics) / with 1 T "
