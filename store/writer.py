@@ -186,19 +186,19 @@ class StoreWriter:
     def _write_all(self, m: int, u: int, values: Mapping[str, Any]) -> None:
         """Every variable's chunk of cell (m, u), written concurrently on zarr's event loop (about half the
         time of one write after another); one after another where zarr has no such loop."""
+        pairs = [(self._array(name), value) for name, value in values.items()]  # opened here, not on the loop
         try:
             from zarr.core.sync import sync
-        except ImportError:  # another zarr layout: the plain writes
-            sync = None
-        pairs = [(self._array(name), value) for name, value in values.items()]  # opened here, not on the loop
-        if sync is None:
+
+            targets = [(arr.async_array, value) for arr, value in pairs]
+        except (ImportError, AttributeError):  # a zarr without that loop or property: the plain writes
             for arr, value in pairs:
                 arr[m, u] = value
             return
         import asyncio
 
         async def write() -> None:
-            await asyncio.gather(*(arr.async_array.setitem((m, u), value) for arr, value in pairs))
+            await asyncio.gather(*(arr.setitem((m, u), value) for arr, value in targets))
 
         sync(write())
 

@@ -10,7 +10,7 @@ import zarr
 
 from prunelens.errors import PrunelensError
 from prunelens_store import open_store
-from prunelens_store.schema import SCHEMA_VERSION, VARIABLES
+from prunelens_store.schema import METRICS, SCHEMA_VERSION, VARIABLES
 from prunelens_store.writer import StoreWriter, build_template, create_store, spearman_table
 
 METHODS, UNITS = ["drop", "magnitude"], ["L0", "L0.attn", "L1.mlp", "L2"]
@@ -63,6 +63,31 @@ def test_create_write_resume_and_read(tmp_path):
     assert ds.attrs["complete"] and ds.attrs["schema_version"] == SCHEMA_VERSION
     assert "consolidated_metadata" in json.loads((path / "zarr.json").read_text())
     np.testing.assert_array_equal(ds["kl"].isel(method=1, unit=2).values, arrays["kl"])
+
+
+def test_plain_writes_where_zarr_has_no_event_loop_equal_the_concurrent_ones(tmp_path, monkeypatch):
+    """A cell written one variable after another (a zarr without ``zarr.core.sync``) gives the same chunks."""
+    import sys
+
+    stores = []
+    for plain in (False, True):
+        path = tmp_path / f"run{int(plain)}.zarr"
+        make_store(path)
+        w = StoreWriter.open_for_resume(path, IDENT)
+        plain_writes = []
+        with monkeypatch.context() as mp:
+            set_item = zarr.Array.__setitem__
+            mp.setattr(zarr.Array, "__setitem__", lambda arr, key, value: plain_writes.append(arr.name) or set_item(arr, key, value))
+            if plain:
+                mp.setitem(sys.modules, "zarr.core.sync", None)  # its import fails
+            w.write_cell(1, 2, cell_arrays(w.group, 3), np.full((2, 3), 7), nonfinite=2)
+        # plain: every metric, free_tokens, nonfinite, then done; concurrent: only done
+        assert plain_writes == ([f"/{n}" for n in METRICS] + ["/free_tokens", "/nonfinite", "/done"] if plain else ["/done"])
+        stores.append(zarr.open_group(str(path), mode="r"))
+    for name in [*METRICS, "free_tokens", "nonfinite", "done"]:
+        np.testing.assert_array_equal(stores[0][name][1, 2], stores[1][name][1, 2], err_msg=name)
+    assert bool(stores[1]["done"][1, 2]) and int(stores[1]["nonfinite"][1, 2]) == 2
+    assert np.isfinite(stores[1]["kl"][1, 2]).all()  # written, not the NaN fill value
 
 
 def test_spearman_matches_scipy_on_unit_means(tmp_path):

@@ -191,19 +191,19 @@ class ProbeEngine:
 
     def _exchange(self, decoded: dict[int, Decoded], error: Exception | None, ranks: Ranks) -> dict[int, Decoded]:
         """Every rank's decoded batches, on this device; raises on every rank if any rank failed."""
-        def cpu(d: Decoded) -> Decoded:
-            return Decoded(d.tokens.cpu(), {k: v.cpu() for k, v in d.watched.items()}, {k: v.cpu() for k, v in d.mid.items()})
+        def moved(d: Decoded, device: torch.device) -> Decoded:
+            return Decoded(d.tokens.to(device), {k: v.to(device) for k, v in d.watched.items()},
+                           {k: v.to(device) for k, v in d.mid.items()})
 
+        cpu = torch.device("cpu")
         shares = ranks.all_gather_object({"error": f"{type(error).__name__}: {error}"} if error is not None
-                                         else {b: cpu(d) for b, d in decoded.items()})
+                                         else {b: moved(d, cpu) for b, d in decoded.items()})
         if error is not None:
             raise error
         failed = [(r, s["error"]) for r, s in enumerate(shares) if "error" in s]
         if failed:
             raise PrunelensError(f"rank {failed[0][0]} failed during the dense continuation: {failed[0][1]}")
-        dev = self.device
-        return {b: Decoded(d.tokens.to(dev), {k: v.to(dev) for k, v in d.watched.items()}, {k: v.to(dev) for k, v in d.mid.items()})
-                for share in shares for b, d in share.items()}
+        return {b: moved(d, self.device) for share in shares for b, d in share.items()}
 
     def _mid_layers(self) -> list[int]:
         """Layers whose mid stream (after attention) the sublayer locality reads; none if not requested or undefined."""

@@ -197,13 +197,18 @@ class SumsKernel:
         here when it can be: a run's dense rows come from one path from its first layer on)."""
         zf = _metric_dtype(z)
         empty = zf.new_empty(0)
-        shell = DenseRows(zf, empty, empty, empty.long(), empty.long(), _inverse_temperatures(temperatures, zf))  # shape only
-        if not self._compile:
-            self._compile = self.mode == "compiled" or self._decide(shell)
-        sig = (zf.shape[1], len(temperatures), zf.dtype, zf.device)
-        if self._compile and sig not in self._fns:
-            self._fns[sig] = self._prepare(shell)
+        self._entry(DenseRows(zf, empty, empty, empty.long(), empty.long(), _inverse_temperatures(temperatures, zf)))  # shape only
         return DenseRows.of(zf, temperatures, self._native_lib if self._compile else None)
+
+    def _entry(self, dense: DenseRows) -> tuple[tuple[Any, ...], tuple[Callable[..., Any], int] | None]:
+        """This shape's signature and compiled kernel (None: eager), deciding and preparing it on first use."""
+        z = dense.z
+        if not self._compile:
+            self._compile = self.mode == "compiled" or self._decide(dense)
+        sig = (z.shape[1], dense.inv_t.shape[0], z.dtype, z.device)
+        if self._compile and sig not in self._fns:
+            self._fns[sig] = self._prepare(dense)
+        return sig, self._fns.get(sig) if self._compile else None
 
     @property
     def using_compiled(self) -> bool:
@@ -219,12 +224,7 @@ class SumsKernel:
         z = dense.z
         z2 = z2.to(z.dtype)
         rows, vocab = z.shape
-        if not self._compile:
-            self._compile = self.mode == "compiled" or self._decide(dense)
-        sig = (vocab, dense.inv_t.shape[0], z.dtype, z.device)
-        if self._compile and sig not in self._fns:
-            self._fns[sig] = self._prepare(dense)
-        entry = self._fns.get(sig) if self._compile else None
+        sig, entry = self._entry(dense)
         compiled = entry is not None
         t0 = time.perf_counter()
         try:
@@ -256,11 +256,11 @@ class SumsKernel:
             agrees = _self_test(fn, dense)
         except Exception as exc:  # no compiler, unsupported backend
             warnings.warn(f"building the compiled probe metric kernel failed ({type(exc).__name__}: {exc}); "
-                          "using eager mode", stacklevel=3)
+                          "using eager mode", stacklevel=4)
             return None
         if not agrees:
             warnings.warn("the compiled probe metric kernel disagrees with the eager one on a test input; "
-                          "using eager mode", stacklevel=3)
+                          "using eager mode", stacklevel=4)
             return None
         if built_s:
             self.timing["build_s"] += built_s
