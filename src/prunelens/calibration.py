@@ -144,3 +144,79 @@ def collect_stats(
             collector.mask = mask
             adapter.run_decoder(ids, mask)
     return collector.stats
+
+
+class LayerwiseStats:
+    """Calibration statistics of one decoder layer at a time, on the model as it is (the dense model in a probe).
+
+    The calibration batches are walked through the decoder layer by layer (``Adapter.layer_calls`` then
+    ``Adapter.run_layer``): asking for layer ``i`` frees the statistics held for any other layer first, so at most
+    one layer's statistics (all kinds asked for it) are alive. Asking for an earlier layer than the current one
+    walks again from layer 0. The values equal ``collect_stats`` over the same batches bit for bit: each layer
+    runs on the same inputs and arguments as in the whole-decoder pass.
+    """
+
+    def __init__(self, loaded_or_adapter: Any, units: list[Unit], input_ids: torch.Tensor,
+                 attention_mask: torch.Tensor | None = None, batch_size: int = 8):
+        self.adapter = _adapter_of(loaded_or_adapter)
+        ids = torch.as_tensor(input_ids)
+        self.input_ids = ids.unsqueeze(0) if ids.dim() == 1 else ids
+        self.attention_mask = attention_mask
+        self.batch_size = batch_size
+        self.units_by_layer: dict[int, list[Unit]] = {}
+        for u in units:
+            self.units_by_layer.setdefault(u.layer, []).append(u)
+        self.layer: int | None = None  # the layer whose statistics are held
+        self.held: dict[str, dict[str, Stats]] = {}  # kind -> linear name -> Stats, all of ``self.layer``
+        self._at = -1  # the layer whose inputs ``_hidden`` holds (-1: not captured)
+        self._hidden: list[torch.Tensor] = []
+        self._calls: list[list[Any]] = []
+        self._masks: list[torch.Tensor | None] = []
+
+    def _capture(self) -> None:
+        device = next(self.adapter.model.parameters()).device
+        self._hidden, self._calls, self._masks = [], [], []
+        for s in range(0, self.input_ids.shape[0], self.batch_size):
+            ids = self.input_ids[s : s + self.batch_size].to(device)
+            mask = None if self.attention_mask is None else self.attention_mask[s : s + self.batch_size].to(device)
+            calls = self.adapter.layer_calls(ids, mask)
+            self._calls.append(calls)
+            self._hidden.append(calls[0].hidden)
+            self._masks.append(mask)
+        self._at = 0
+
+    @torch.no_grad()
+    def _walk_to(self, layer: int) -> None:
+        if self._at < 0 or self._at > layer:
+            self._capture()
+        while self._at < layer:
+            i = self._at
+            self._hidden = [self.adapter.run_layer(i, h, calls[i]) for h, calls in zip(self._hidden, self._calls)]
+            self._at = i + 1
+
+    @torch.no_grad()
+    def get(self, layer: int, kind: str) -> dict[str, Stats]:
+        """Statistics of kind ``kind`` of every linear of the given units in ``layer`` (by qualified name)."""
+        _check_kind(kind)
+        if layer != self.layer:
+            self.release()
+            self.layer = layer
+        if kind not in self.held:
+            self._walk_to(layer)
+            collector = StatsCollector(unit_linears(self.adapter, self.units_by_layer.get(layer, [])), kind)
+            with collector.attached():
+                for h, calls, mask in zip(self._hidden, self._calls, self._masks):
+                    collector.mask = mask
+                    self.adapter.run_layer(layer, h, calls[layer])
+            self.held[kind] = collector.stats
+        return self.held[kind]
+
+    def release(self) -> None:
+        """Free the statistics held (the walked inputs stay, for the next layer)."""
+        self.held = {}
+        self.layer = None
+
+    def held_bytes(self) -> int:
+        """Bytes of the statistics alive now (shared statistics counted once)."""
+        seen = {id(st): st.value.numel() * st.value.element_size() for d in self.held.values() for st in d.values()}
+        return sum(seen.values())

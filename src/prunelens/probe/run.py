@@ -86,18 +86,22 @@ def decode_attrs(settings: ProbeSettings) -> dict[str, Any]:
 
 
 class StatsCache:
-    """Calibration statistics per kind, gathered once (one dense pass over calibration text)."""
+    """Calibration statistics of one layer at a time (``calibration.LayerwiseStats``), gathered when a cell first
+    needs them: a cell of another layer frees the previous layer's statistics before gathering its own."""
 
     def __init__(self, loaded: Any, units: list[Unit], samples: int, length: int, seed: int):
         self.loaded, self.units, self.samples, self.length, self.seed = loaded, units, samples, length, seed
-        self._by_kind: dict[str, Any] = {}
+        self.layerwise: Any = None
 
-    def for_method(self, method: Method) -> Any:
+    def for_cell(self, method: Method, unit: Unit) -> Any:
+        """The statistics ``method`` needs for ``unit`` (every probed linear of its layer, by name), or None."""
+        if self.layerwise is not None and self.layerwise.layer != unit.layer:
+            self.layerwise.release()  # another layer's cells begin: its statistics go first
         if method.calibration == "none":
             return None
-        if method.calibration not in self._by_kind:
+        if self.layerwise is None:
             try:
-                from ..calibration import collect_stats
+                from ..calibration import LayerwiseStats
             except ImportError as exc:  # pragma: no cover - calibration ships with the core
                 raise PrunelensError(f"method {method.name!r} needs calibration, and prunelens.calibration is unavailable ({exc})") from exc
             import torch
@@ -108,8 +112,12 @@ class StatsCache:
             if tok is None:
                 raise PrunelensError(f"method {method.name!r} needs calibration text, and the model has no tokenizer")
             ids = torch.as_tensor(token_windows(tok, self.samples, self.length, split="calib", seed=self.seed))
-            self._by_kind[method.calibration] = collect_stats(self.loaded, self.units, method.calibration, ids)
-        return self._by_kind[method.calibration]
+            self.layerwise = LayerwiseStats(self.loaded, self.units, ids)
+        return self.layerwise.get(unit.layer, method.calibration)
+
+    def release(self) -> None:
+        if self.layerwise is not None:
+            self.layerwise.release()
 
 
 def run_probe(loaded: Any, methods: list[Method], units: list[Unit], prompts: Prompts, settings: ProbeSettings,
@@ -230,7 +238,7 @@ def _run_probe(
             m, u = methods[mi], units[ui]
             if bar is not None:
                 bar.set_postfix_str(f"{m.spec} {u.name}")
-            cell = engine.measure(m, u, stats.for_method(m))
+            cell = engine.measure(m, u, stats.for_cell(m, u))
             writer.write_cell(mi, ui, cell.arrays, cell.free_tokens, cell.nonfinite)
             if on_cell:
                 on_cell(m.spec, u.name)
@@ -240,6 +248,7 @@ def _run_probe(
         if bar is not None:
             bar.close()
     engine.release()
+    stats.release()
     ranks.barrier()
     result: dict[str, Any] = {}
     if ranks.is_main:
