@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -638,3 +639,78 @@ def test_two_probes_started_at_the_same_instant(tmp_path, cli_setup):
         if rc == 1:
             assert "another prunelens probe is writing" in err
     assert_same_store(ref, out)
+
+
+# -- exports: every plan string in a YAML or Markdown export is quoted or serialised ------------------
+HOSTILE = ["m\nx: !!python/object/apply:os.system ['touch PWNED']\n#", "{a: 1} # 'q' \"dq\" \\n \\x1b",
+           "!!binary AAAA\r\n- item", f"t{ESC}[31m\u2028key: !tag v\x85y: z"]
+
+
+def _tagless_yaml(text: str, keys: set[str]) -> Any:
+    """``text`` parses with ``safe_load`` into a mapping of exactly ``keys``, with no tag token anywhere: a
+    header of comment lines, then the library's body."""
+    import yaml
+
+    assert not [t for t in yaml.scan(text) if isinstance(t, yaml.TagToken)]
+    data = yaml.safe_load(text)
+    assert isinstance(data, dict) and set(data) == keys
+    lines = text.splitlines()
+    body = next(i for i, ln in enumerate(lines) if not ln.startswith("#"))
+    assert lines[body].split(":")[0] in keys  # the header is comments only; the body is the library's
+    assert not [ln for ln in lines[body:] if ln.startswith("#")]
+    return data
+
+
+def _hostile_model_dir(root: Path, target: Path, name: str) -> Path:
+    """A symlink to ``target`` whose path ends in ``name`` (``/`` in it becomes nested folders)."""
+    *parents, leaf = name.split("/")
+    folder = root.joinpath(*parents) if parents else root
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / leaf
+    link.symlink_to(target, target_is_directory=True)
+    return link
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_llmcompressor_recipe_quotes_model_path_strategy_method_and_budget(tmp_path, tiny, hostile):
+    from prunelens.export_llmc import recipe_yaml
+    from prunelens.plans import Plan, PlanUnit
+
+    model = _hostile_model_dir(tmp_path, tiny[0], hostile)
+    plan = Plan(model_id=str(model), config_hash="x", method=hostile, temperature=1.0, budget=hostile,
+                strategy=hostile, units=[PlanUnit(unit="L1.mlp", method="wanda:sparsity=0.5")], num_layers=4)
+    text = recipe_yaml(plan)
+    data = _tagless_yaml(text, {"oneshot_stage"})
+    assert data["oneshot_stage"]["wanda_modifiers"]["WandaPruningModifier"]["sparsity"] == 0.5
+    assert len([ln for ln in text.splitlines() if ln.startswith("#")]) == 3  # the header is three comment lines
+    assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_mergekit_yaml_quotes_model_id_and_strategy(tmp_path, tiny, hostile):
+    from prunelens.plans import Plan, PlanUnit
+
+    model = _hostile_model_dir(tmp_path, tiny[0], hostile)
+    plan = Plan(model_id=str(model), config_hash="x", method=hostile, temperature=1.0, budget=1, strategy=hostile,
+                units=[PlanUnit(unit="L1", method="drop")], num_layers=4)
+    for model_id in (str(model), hostile):  # a directory (resolved) and a string kept as a hub id
+        plan.model_id = model_id
+        text = plan.to_mergekit_yaml()
+        data = _tagless_yaml(text, {"slices", "merge_method", "dtype"})
+        assert [s["sources"][0]["layer_range"] for s in data["slices"]] == [[0, 1], [2, 4]]
+        expect = str(tiny[0].resolve()) if model_id != hostile else hostile
+        assert data["slices"][0]["sources"][0]["model"] == expect  # the body: serialised by the library
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_report_plan_section_keeps_plan_strings_on_their_line(hostile):
+    from prunelens.plans import Plan, PlanUnit
+    from prunelens.report import _plan_section
+
+    plan = Plan(model_id=hostile, config_hash="x", method=hostile, temperature=1.0, budget=hostile, strategy=hostile,
+                units=[PlanUnit(unit="L1", method=hostile), PlanUnit(unit="L2", method="drop")], num_layers=4)
+    entries = _plan_section(plan)
+    lines = "\n".join(entries).splitlines()
+    assert [e.count("\n") for e in entries] == [0, 0, 0, 0, 3, 0]  # only the table (4 lines) spans lines
+    assert all(ESC not in ln and "\u2028" not in ln and "\x85" not in ln for ln in lines)
+    assert not [ln for ln in lines if ln.startswith(("x:", "key:", "- item", "# ", "!!"))]

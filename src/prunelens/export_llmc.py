@@ -19,8 +19,8 @@ Units of one method with different fixed parameters (e.g. 2:4 and unstructured) 
 separate modifier groups. ``drop`` and ``magnitude`` have no one-shot equivalent: a plan
 using them raises ``PrunelensError`` (export block drops with ``--mergekit`` instead).
 
-The recipe is plain data (``yaml.safe_load`` reads it back); llm-compressor is never
-imported here.
+The recipe is plain data (``yaml.safe_load`` reads it back; the plan's strings in the header comments
+are quoted scalars, ``safe_text.yaml_scalar``); llm-compressor is never imported here.
 """
 
 from __future__ import annotations
@@ -144,11 +144,14 @@ def recipe_yaml(plan: Any, adapter: Any = None) -> str:
     """The recipe as YAML with a header saying where it came from."""
     import yaml
 
+    from .safe_text import yaml_scalar as q
+
     recipe = llmcompressor_recipe(plan, adapter)
     units = len(plan.units)
-    header = (f"# llm-compressor recipe from prunelens plan ({plan.strategy}, {units} units, "
-              f"method {plan.method}, budget {plan.budget})\n"
-              f"# model: {plan.model_id}\n"
+    # plan strings in the comments are quoted scalars: a newline in a model path cannot start a YAML line
+    header = (f"# llm-compressor recipe from prunelens plan (strategy {q(plan.strategy)}, {units} units, "
+              f"method {q(plan.method)}, budget {q(plan.budget)})\n"
+              f"# model: {q(plan.model_id)}\n"
               "# use: llmcompressor.oneshot(model=..., dataset=..., recipe=THIS_FILE)\n")
     return header + yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None, width=120)
 

@@ -121,8 +121,11 @@ class Plan:
             "merge_method": "passthrough",
             "dtype": "float32",
         }
-        header = (f"# prunelens plan: drop {', '.join(self.unit_names)} ({self.strategy}, T={self.temperature:g})\n"
-                  + (f"# model: {source} is the checkpoint of prunelens model {self.model_id!r}\n"
+        from .safe_text import yaml_scalar as q
+
+        units = ", ".join(Unit.parse(u).name for u in self.unit_names)  # canonical names: nothing else
+        header = (f"# prunelens plan: drop {units} (strategy {q(self.strategy)}, T={float(self.temperature):g})\n"
+                  + (f"# model: {q(source)} is the checkpoint of prunelens model {q(self.model_id)}\n"
                      if source != self.model_id else "")
                   + "# layer_range is half-open [start, end), as in mergekit\n")
         return header + yaml.safe_dump(config, sort_keys=False, default_flow_style=None)

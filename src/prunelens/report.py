@@ -251,7 +251,7 @@ def _plan_store_method(ds: Any, plan: Any) -> str:
 def _plan_section(plan: Any) -> list[str]:
     md = ["## Plan", "",
           f"{_code(plan.method)} on {len(plan.units)} unit(s) chosen by {_code(plan.strategy)}"
-          f"{' (iterative)' if plan.iterative else ''} at T = {plan.temperature:g}, budget {plan.budget}.", ""]
+          f"{' (iterative)' if plan.iterative else ''} at T = {float(plan.temperature):g}, budget {_md(plan.budget)}.", ""]
     mixed = plan.is_mixed
     rows = [[str(i), _md(u.unit), *([_code(u.method or plan.method)] if mixed else []), fmt(u.predicted_kl),
              fmt(u.cumulative_predicted_kl), fmt(u.cumulative_measured_kl)]

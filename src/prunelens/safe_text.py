@@ -4,10 +4,13 @@ A store is data anyone can hand you. Its strings (model id, method labels, unit 
 and a plugin's messages must reach the terminal as the characters they are: terminal escape
 sequences (``ESC]0;title``, ``ESC[2J``) and other control characters are removed, and Rich
 markup (``[red]``, ``[/]``, ``runs/[exp1]/model``) is escaped so that it prints literally.
+The same strings in a Markdown report go through ``md``/``md_code``, and in a YAML export's
+comments through ``yaml_scalar`` (a one-line quoted scalar: no line break, tag or key can escape it).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -21,7 +24,7 @@ _ESCAPES = re.compile(
     r"|[\x90\x9d\x98\x9e\x9f][^\x07\x1b\x9c]*(?:\x07|\x9c)?"
 )
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_NEWLINES = re.compile(r"[\t\n]+")
+_NEWLINES = re.compile(r"[\t\n\u2028\u2029]+")  # with the Unicode line and paragraph separators
 
 
 def clean(text: Any, *, oneline: bool = True) -> str:
@@ -46,3 +49,19 @@ def md(text: Any) -> str:
 def md_code(text: Any) -> str:
     """``clean(text)`` inside an inline code span (backticks replaced so the span cannot end early)."""
     return "`" + clean(text).replace("`", "'").replace("|", "\\|") + "`"
+
+
+_YAML_PLAIN = re.compile(r"[ -~]*")  # printable ASCII: literal inside a single-quoted scalar
+
+
+def yaml_scalar(text: Any) -> str:
+    """``text`` as a one-line quoted YAML scalar that ``yaml.safe_load`` reads back as ``str(text)``.
+
+    Printable ASCII is single-quoted (``'`` doubled); anything else is double-quoted with JSON's
+    escapes (``\\n``, ``\\u2028``...), which YAML reads too. Either way the result holds no line break,
+    so in a comment (``# model: ...``) it cannot start a YAML line, key or tag.
+    """
+    s = str(text)
+    if _YAML_PLAIN.fullmatch(s):
+        return "'" + s.replace("'", "''") + "'"
+    return json.dumps(s, ensure_ascii=True)
