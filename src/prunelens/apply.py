@@ -27,9 +27,12 @@ from .units import Unit
 
 
 def compress_with_plan(loaded: Any, plan: Plan, *, calib_samples: int = 32, calib_len: int = 256, seed: int = 0,
-                       progress: bool = True) -> dict[str, Any]:
+                       progress: bool = True, work_dir: Path | None = None) -> dict[str, Any]:
     """Compress ``loaded`` in memory as the plan says (one method: ``compress_model``; mixed:
-    ``compress_mixed``, unit by unit on compressed activations); return the compression summary."""
+    ``compress_mixed``, unit by unit on compressed activations); return the compression summary.
+
+    With ``work_dir``, finished layers are kept there (``prunelens.resume``) and a rerun continues after them.
+    """
     from .compress import compress_model
     from .methods import parse_method
     from .mixed import compress_mixed
@@ -44,15 +47,28 @@ def compress_with_plan(loaded: Any, plan: Plan, *, calib_samples: int = 32, cali
         from .data import token_windows
 
         calib_ids = torch.as_tensor(token_windows(loaded.tokenizer, calib_samples, calib_len, split="calib", seed=seed))
+    work = None
+    if work_dir is not None:
+        from .resume import LayerWork, tensor_digest
+
+        work = LayerWork.open(work_dir, {
+            "command": "apply", "model": plan.model_id, "config_hash": getattr(loaded, "config_hash", None),
+            "units": [f"{u.name}:{m.spec}" for u, m in assignments], "mixed": plan.is_mixed,
+            "calibration": None if calib_ids is None else tensor_digest(calib_ids),
+            "dtype": str(next(loaded.model.parameters()).dtype)})
     if plan.is_mixed:  # each unit its own method: sequential, unit by unit on compressed activations
-        return compress_mixed(loaded, assignments, calib_ids=calib_ids, progress=progress)
+        return compress_mixed(loaded, assignments, calib_ids=calib_ids, progress=progress, work=work)
     return compress_model(loaded, assignments[0][1], [u for u, _ in assignments], calib_ids=calib_ids,
-                          progress=progress)
+                          progress=progress, work=work)
 
 
 def apply_plan(plan: Plan, out_dir: str | Path, *, loaded: Any = None, calib_samples: int = 32, calib_len: int = 256,
                overwrite: bool = False, force: bool = False, progress: bool = True) -> tuple[Path, dict]:
-    """Compress the plan's model in place (``loaded`` is consumed) and save it to ``out_dir``."""
+    """Compress the plan's model in place (``loaded`` is consumed) and save it to ``out_dir``.
+
+    Finished layers are kept in ``OUT.partial`` beside it until the checkpoint is written, so a
+    killed run continues from the last finished layer with the same result (``prunelens.resume``).
+    """
     from .compress import save_checkpoint
     from .methods import parse_method
     from .mixed import linear_zeros
@@ -66,12 +82,19 @@ def apply_plan(plan: Plan, out_dir: str | Path, *, loaded: Any = None, calib_sam
     if loaded is None:
         loaded = load_model(plan.model_id)
     _, linear_before = linear_zeros(loaded.adapter)
-    summary = compress_with_plan(loaded, plan, calib_samples=calib_samples, calib_len=calib_len, progress=progress)
+    from .resume import work_dir_for
+
+    work_dir = work_dir_for(out_dir)
+    summary = compress_with_plan(loaded, plan, calib_samples=calib_samples, calib_len=calib_len, progress=progress,
+                                 work_dir=work_dir)
     zeros, present = linear_zeros(loaded.adapter)
     summary["zero_fraction"] = zeros / present if present else 0.0  # of the decoder linear weights still stored
     summary["linear_zero_or_removed"] = (zeros + linear_before - present) / linear_before
     out = save_checkpoint(loaded, out_dir, {"plan": plan.to_dict(), "compress": summary}, overwrite=overwrite,
                           force=force)
+    from .resume import LayerWork
+
+    LayerWork.remove_at(work_dir)
     summary["checkpoint_bytes"] = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     return out, summary
 

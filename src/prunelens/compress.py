@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -31,6 +31,9 @@ from .calibration import Stats, StatsCollector, unit_linears
 from .errors import PrunelensError
 from .methods import Method, WeightMethod
 from .units import Unit
+
+if TYPE_CHECKING:
+    from .resume import LayerWork
 
 
 # -- whole-model compression ------------------------------------------------------------------
@@ -106,12 +109,14 @@ def compress_model(
     calib_ids: torch.Tensor | None = None,
     progress: bool = True,
     batch_size: int = 8,
+    work: LayerWork | None = None,
 ) -> dict:
     """Compress ``loaded.model`` in place with ``method`` on ``units`` (None = every block).
 
     Weight methods run sequentially layer by layer on calibration inputs propagated through
     the already-compressed layers; a ``whole_model`` method (e.g. ``drop``) is delegated to its
-    ``apply(loaded, units)``. Returns a summary: seconds, sparsity, per-layer info.
+    ``apply(loaded, units)``. Returns a summary: seconds, sparsity, per-layer info. With ``work``
+    (weight methods), each finished layer is kept on disk and a rerun continues after the last one.
     """
     adapter: Adapter = loaded.adapter
     t0 = time.time()
@@ -142,13 +147,30 @@ def compress_model(
     inputs = SequentialInputs.capture(adapter, torch.as_tensor(calib_ids), batch_size) if needs_stats else None
     last = max(by_layer)
     layer_range = range(last + 1) if needs_stats else sorted(by_layer)
+    done = -1 if work is None else work.done
+    if work is not None and done >= 0:  # finished layers as they were written, and the next layer's inputs
+        from .resume import restore_weights
+
+        for i in layer_range:
+            lin = unit_linears(adapter, by_layer.get(i, [])) if i <= done else {}
+            if lin:
+                restore_weights(lin, work.layer(i))
+                z, t = zero_count(lin)
+                zeros_all += z
+                total_all += t
+        layers_info = work.info
+        if inputs is not None and done < last:
+            inputs.hidden = work.hidden(inputs.hidden[0].device)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(layer_range), desc=f"compress {method.spec}", unit="layer")
+        bar = tqdm(total=len(layer_range), initial=sum(i <= done for i in layer_range),
+                   desc=f"compress {method.spec}", unit="layer")
     with torch.no_grad():
         for i in layer_range:
+            if i <= done:
+                continue
             tl = time.time()
             lin = unit_linears(adapter, by_layer.get(i, []))
             stats = inputs.stats(i, lin, method.calibration) if lin and inputs is not None else None
@@ -162,6 +184,10 @@ def compress_model(
                 total_all += t
                 layers_info.append({"layer": i, "units": [u.name for u in by_layer[i]], "linears": len(lin),
                                     "sparsity": z / t, "seconds": round(time.time() - tl, 3)})
+            if work is not None:
+                from .resume import weights_of
+
+                work.save(i, weights_of(lin), inputs.hidden if inputs is not None and i < last else None, layers_info)
             if bar is not None:
                 bar.update(1)
     if bar is not None:

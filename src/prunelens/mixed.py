@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import time
 from contextlib import ExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .errors import PrunelensError
 from .methods import Method, WeightMethod
 from .units import Unit
+
+if TYPE_CHECKING:
+    from .resume import LayerWork
 
 KIND_ORDER = {"attn": 0, "mlp": 1, "block": 2}
 
@@ -48,8 +51,11 @@ def linear_zeros(adapter: Any) -> tuple[int, int]:
 
 @torch.no_grad()
 def compress_mixed(loaded: Any, assignments: list[tuple[Unit, Method]], calib_ids: torch.Tensor | None = None,
-                   progress: bool = True, batch_size: int = 8) -> dict:
-    """Compress ``loaded.model`` in place, each unit with its own method (see the module docstring)."""
+                   progress: bool = True, batch_size: int = 8, work: LayerWork | None = None) -> dict:
+    """Compress ``loaded.model`` in place, each unit with its own method (see the module docstring).
+
+    With ``work``, each finished layer is kept on disk and a rerun continues after the last one.
+    """
     from .compress import SequentialInputs, _default_calibration, compress_linears, zero_count
 
     adapter = loaded.adapter
@@ -72,15 +78,33 @@ def compress_mixed(loaded: Any, assignments: list[tuple[Unit, Method]], calib_id
     for u, m in order:
         by_layer.setdefault(u.layer, []).append((u, m))
     layers = range(max(last, max(by_layer)) + 1)
+    done = -1 if work is None else work.done
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(layers), desc="compress (mixed plan)", unit="layer")
+        bar = tqdm(total=len(layers), initial=min(done + 1, len(layers)), desc="compress (mixed plan)", unit="layer")
     held: dict[str, tuple[Method, list[Unit]]] = {}  # whole-model methods, applied at the end
     info: list[dict] = []
     with ExitStack() as stack:
+        if work is not None and done >= 0:  # finished layers as they were written, and the next layer's inputs
+            from .resume import restore_weights
+
+            for i in range(done + 1):
+                saved = work.layer(i) if by_layer.get(i) else {}
+                for u, m in by_layer.get(i, []):
+                    if isinstance(m, WeightMethod):
+                        restore_weights(adapter.linears(u), saved, prefix=f"{u.name}/")
+                    else:
+                        stack.enter_context(m.perturb(adapter, u))
+                        held.setdefault(m.spec, (m, []))[1].append(u)
+            info = work.info
+            if inputs is not None and done < last:
+                inputs.hidden = work.hidden(inputs.hidden[0].device)
         for i in layers:
+            if i <= done:
+                continue
+            written: dict[str, Any] = {}
             for u, m in by_layer.get(i, []):
                 if not isinstance(m, WeightMethod):
                     stack.enter_context(m.perturb(adapter, u))
@@ -89,6 +113,7 @@ def compress_mixed(loaded: Any, assignments: list[tuple[Unit, Method]], calib_id
                     continue
                 tu = time.time()
                 lin = adapter.linears(u)
+                written.update({f"{u.name}/{name}": mod for name, mod in lin.items()})
                 stats = inputs.stats(i, lin, m.calibration) if inputs is not None and m.calibration != "none" else None
                 compress_linears(m, lin, stats)
                 del stats
@@ -97,6 +122,10 @@ def compress_mixed(loaded: Any, assignments: list[tuple[Unit, Method]], calib_id
                              "seconds": round(time.time() - tu, 3)})
             if inputs is not None and i < last:
                 inputs.advance(i)
+            if work is not None:
+                from .resume import weights_of
+
+                work.save(i, weights_of(written), inputs.hidden if inputs is not None and i < last else None, info)
             if bar is not None:
                 bar.update(1)
     if bar is not None:

@@ -48,9 +48,44 @@ class PrunelensGroup(click.Group):
 
             click.secho(f"Error: {clean(exc)}", err=True, fg="red")  # no terminal escapes from a store or a path
             sys.exit(1)
+        except (RuntimeError, MemoryError) as exc:  # out of memory anywhere (a cell names itself): one line
+            from ..devices import is_out_of_memory, out_of_memory
+
+            if not is_out_of_memory(exc):
+                raise
+            click.secho(f"Error: {out_of_memory('', exc)}", err=True, fg="red")
+            sys.exit(1)
         except KeyboardInterrupt:
-            click.echo("Interrupted; rerun the same command to resume.", err=True)
+            from ._interrupt import interrupted_message
+
+            click.echo(interrupted_message(ctx), err=True)
             sys.exit(130)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """``--plugin FILE`` is a group option but is accepted after the subcommand too (moved to the front)."""
+        return super().parse_args(ctx, hoist_plugin_options(args))
+
+
+def hoist_plugin_options(args: list[str]) -> list[str]:
+    """``args`` with every ``--plugin FILE`` / ``--plugin=FILE`` before ``--`` moved to the front, order kept."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            rest += args[i:]
+            break
+        if a == "--plugin" and i + 1 < len(args):
+            front += args[i : i + 2]
+            i += 2
+            continue
+        if a.startswith("--plugin="):
+            front.append(a)
+        else:
+            rest.append(a)
+        i += 1
+    return front + rest
 
 
 @click.group(cls=PrunelensGroup, context_settings={"help_option_names": ["-h", "--help"]})

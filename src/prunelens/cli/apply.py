@@ -31,6 +31,10 @@ def command(plan_path, out, overwrite, force, calib_samples, calib_len, validate
     guard_output_dir(out, overwrite=overwrite, force=force)  # before any work
     console = make_console(stderr=as_json)  # with --json, stdout carries the JSON only
     plan = Plan.load(plan_path)
+    from ..resume import work_dir_for
+    from ._interrupt import mark_resumable
+
+    mark_resumable(f"rerun the same command to resume after the last finished layer (kept in {work_dir_for(out)})")
     path, summary = apply_plan(plan, out, calib_samples=calib_samples, calib_len=calib_len, overwrite=overwrite,
                                force=force)
     for line in apply_lines(plan, path, summary):

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..devices import DEVICE_HELP
+from ..devices import DEVICE_HELP, DTYPE_AUTO_HELP
 from ._complete import complete_method
 
 if TYPE_CHECKING:
@@ -57,8 +57,10 @@ def method_from_options(method: str, options: dict, extra: tuple[str, ...]) -> M
 @click.option("--calib-samples", type=int, default=32, show_default=True, help="Calibration windows (split=calib).")
 @click.option("--calib-len", type=int, default=256, show_default=True, help="Tokens per calibration window.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration windows.")
-@click.option("--dtype", default="float32", show_default=True, help="Model dtype: float32, bfloat16, float16, auto.")
+@click.option("--dtype", default="auto", show_default=True, help=DTYPE_AUTO_HELP)
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--max-memory", "max_memory", default=None, metavar="DEV=SIZE,...",
+              help="With --device map: memory per GPU, e.g. 0=20GiB,1=40GiB (a placement that offloads is refused).")
 @click.option("--eval-ppl", "eval_ppl", type=int, default=0, show_default=True,
               help="Also report held-out perplexity before and after on this many 256-token windows (0 = skip).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Checkpoint directory to write.")
@@ -68,7 +70,7 @@ def method_from_options(method: str, options: dict, extra: tuple[str, ...]) -> M
                    "directory, home or their parents).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def command(model_spec, method, sparsity, pattern, bits, group_size, sym, extra, units, calib_samples, calib_len, seed,
-            dtype, device, eval_ppl, out_dir, overwrite, force, as_json) -> None:
+            dtype, device, max_memory, eval_ppl, out_dir, overwrite, force, as_json) -> None:
     """Compress a whole model with one method (sequentially, layer by layer) and save a checkpoint.
 
     \b
@@ -100,11 +102,20 @@ def command(model_spec, method, sparsity, pattern, bits, group_size, sym, extra,
     import torch
 
     from ..compress import compress_model, save_checkpoint
-    from ..devices import resolve_device
-    from ..models import load_model
+    from ..devices import parse_max_memory, resolve_device
+    from ..models import load_model, resolve_dtype
+    from ..offload import has_offload
     from ..units import select_units
 
-    loaded = load_model(model_spec, dtype=dtype, device=resolve_device(device)[0])
+    target = resolve_device(device)[0]
+    memory = parse_max_memory(max_memory)
+    if memory and target != "auto":
+        raise PrunelensError("--max-memory places a model with --device map")
+    dtype = resolve_dtype(model_spec, dtype, target)
+    loaded = load_model(model_spec, dtype=dtype, device=target, max_memory=memory)
+    if has_offload(loaded.model):  # compression writes the weights: an offloaded weight would be reloaded unchanged
+        raise PrunelensError("compress cannot write offloaded weights: the model does not fit the devices; "
+                             "give more --max-memory, use --dtype bfloat16, or more GPUs")
     unit_list = select_units(units, loaded.adapter.num_layers) if units else None
     if unit_list is None and not hasattr(m, "compress_weight"):
         raise PrunelensError(f"method {m.name!r} needs --units (e.g. --units L20,L22.attn)")
@@ -123,7 +134,19 @@ def command(model_spec, method, sparsity, pattern, bits, group_size, sym, extra,
         from ..data import token_windows
 
         calib_ids = torch.as_tensor(token_windows(loaded.tokenizer, calib_samples, calib_len, split="calib", seed=seed))
-    summary = compress_model(loaded, m, unit_list, calib_ids=calib_ids, progress=True)
+    work = None
+    if hasattr(m, "compress_weight"):  # layer by layer: finished layers kept beside --out, a rerun resumes
+        from ..resume import LayerWork, tensor_digest, work_dir_for
+        from ._interrupt import mark_resumable
+
+        work = LayerWork.open(work_dir_for(out), {
+            "command": "compress", "model": model_spec, "config_hash": getattr(loaded, "config_hash", None),
+            "method": m.spec, "units": None if unit_list is None else [u.name for u in unit_list],
+            "calibration": None if calib_ids is None else tensor_digest(calib_ids), "dtype": dtype, "device": device})
+        mark_resumable(f"rerun the same command to resume after the last finished layer (kept in {work.path})")
+        if work.done >= 0:
+            click.echo(f"resuming after layer {work.done} (finished layers kept in {work.path})", err=True)
+    summary = compress_model(loaded, m, unit_list, calib_ids=calib_ids, progress=True, work=work)
     if ppl_ids is not None:
         from ..perplexity import perplexity
 
@@ -132,6 +155,8 @@ def command(model_spec, method, sparsity, pattern, bits, group_size, sym, extra,
     meta = {"method": m.spec, "units": units or "all blocks", "calib_samples": calib_samples if calib_ids is not None else 0,
             "calib_len": calib_len if calib_ids is not None else 0, "seed": seed, "compress": summary}
     path = save_checkpoint(loaded, out, meta, overwrite=overwrite, force=force)
+    if work is not None:
+        work.remove_at(work.path)
     if as_json:
         click.echo(json.dumps({"out": str(path), **summary}, indent=2, default=str))
         return

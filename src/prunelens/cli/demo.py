@@ -18,6 +18,9 @@ def command(out, kind, budget, temperature, samples, steps, free_running, eval_s
     """Probe → rank → plan → apply → validate → eval → report on SmolLM2-135M (about 10 minutes on 2 cores)."""
     from ..console import make_console
     from ..demo import DemoSettings, run_demo
+    from ._interrupt import mark_resumable
+
+    mark_resumable("rerun the same command to resume (the probe store and the applied layers are kept)")
 
     temps = sorted({0.7, 1.0, temperature})
     settings = DemoSettings(kind=kind, budget=budget, temperature=temperature, samples=samples, steps=steps,

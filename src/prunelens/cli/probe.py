@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..devices import DEVICE_HELP
+from ..devices import DEVICE_HELP, DTYPE_AUTO_HELP
 from ._complete import complete_method
 
 
@@ -32,8 +32,13 @@ def _csv(value: str) -> list[str]:
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
               help="Prompts file: .txt (one per line) or .jsonl with prompt/ids and optional candidates.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for prompt and calibration sampling.")
-@click.option("--dtype", default="float32", show_default=True, help="Model dtype: float32, bfloat16, float16, auto.")
+@click.option("--dtype", default="auto", show_default=True, help=DTYPE_AUTO_HELP)
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--max-memory", "max_memory", default=None, metavar="DEV=SIZE,...",
+              help="With --device map: memory per device for accelerate's placement, e.g. 0=20GiB,1=40GiB,cpu=64GiB.")
+@click.option("--offload-folder", "offload_folder", default=None, type=click.Path(file_okay=False),
+              help="With --device map: where weights that fit on no device are kept (each cell onloads its unit's "
+                   "layer, so the cells equal a run without offload).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1), help="Samples per forward pass.")
 @click.option("--calib-samples", default=32, show_default=True, type=click.IntRange(1), help="Calibration windows (wanda, sparsegpt, gptq).")
 @click.option("--calib-len", default=256, show_default=True, type=click.IntRange(2), help="Calibration window length in tokens.")
@@ -52,7 +57,7 @@ def _csv(value: str) -> list[str]:
               help="A plan (plan.json) applied to the model first: every unit is then probed on top of it.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
 def command(model, methods, units, samples, steps, prompt_len, temperatures, locality, timing, readout, out, prompts_file,
-            seed, dtype, device, batch_size, calib_samples, calib_len, compile_metrics, decode, decode_temperature,
+            seed, dtype, device, max_memory, offload_folder, batch_size, calib_samples, calib_len, compile_metrics, decode, decode_temperature,
             samples_per_prompt, base_plan, quiet) -> None:
     """Probe every unit (block, attention, MLP) of a model with each method, one unit at a time.
 
@@ -62,6 +67,9 @@ def command(model, methods, units, samples, steps, prompt_len, temperatures, loc
     same arguments to resume; under torchrun or accelerate launch the units are shared
     among the processes.
     """
+    from ._interrupt import mark_resumable
+
+    mark_resumable("rerun the same command to resume (cells already in the store are kept)")
     from ..errors import PrunelensError
     from ..methods import expand_methods
     from ..models import load_model
@@ -91,18 +99,29 @@ def command(model, methods, units, samples, steps, prompt_len, temperatures, loc
         raise PrunelensError(f"the same method is given twice: {', '.join(specs)}")
     from ..devices import resolve_device
 
+    from ..devices import parse_max_memory, rank_device
+    from ..models import resolve_dtype
+
     device, why = resolve_device(device)
+    memory = parse_max_memory(max_memory)
+    if (memory or offload_folder) and device != "auto":
+        raise PrunelensError("--max-memory and --offload-folder place a model with --device map")
     ranks = init_ranks()
     try:
+        device = rank_device(device, ranks.world, ranks.local_rank)
+        dtype = resolve_dtype(model, dtype, device)
         if ranks.is_main and not quiet:
             click.echo(f"probe: {model} on {device} ({why}), dtype {dtype}", err=True)
-        if device.startswith("cuda") and ranks.world > 1 and ":" not in device:
-            device = f"cuda:{ranks.local_rank}"
-        loaded = load_model(model, dtype=dtype, device=device)
+        loaded = load_model(model, dtype=dtype, device=device, max_memory=memory, offload_folder=offload_folder)
         chosen = select_units(units, loaded.adapter.num_layers)
         base = None
         if base_plan:
             from ..apply import apply_base
+            from ..offload import has_offload
+
+            if has_offload(loaded.model):  # a plan's edits would be lost at the next reload of an offloaded weight
+                raise PrunelensError("--base cannot apply a plan to offloaded weights; give the devices more "
+                                     "--max-memory (or compress the model first and probe the checkpoint)")
 
             base = apply_base(loaded, base_plan, calib_samples=calib_samples, calib_len=calib_len, seed=seed)
         if ranks.is_main and not quiet:
