@@ -386,5 +386,7 @@ class IterativeKnapsack(Knapsack):
 
 @hookimpl
 def register_allocators(register):
-    for cls in (Knapsack, Uniform, OWL, Ranked, IterativeKnapsack):
+    from prunelens.search_allocation import SearchAllocator  # search: the knapsack's seed, evolved on real KL
+
+    for cls in (Knapsack, Uniform, OWL, Ranked, IterativeKnapsack, SearchAllocator):
         register(cls)

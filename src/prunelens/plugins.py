@@ -66,7 +66,8 @@ BUILTIN_MANIFEST: dict[str, dict[str, list[str]]] = {
     "gptq": {"hooks": ["register_methods"], "methods": ["gptq"]},
     "checkpoint": {"hooks": ["register_methods"], "methods": ["checkpoint"]},
     "rankers": {"hooks": ["register_rankers"], "rankers": ["angular", "block_influence", "kl", "kl_pred", "llm_drop"]},
-    "allocators": {"hooks": ["register_allocators"], "allocators": ["iterative", "knapsack", "owl", "ranked", "uniform"]},
+    "allocators": {"hooks": ["register_allocators"],
+                   "allocators": ["iterative", "knapsack", "owl", "ranked", "search", "uniform"]},
     "tasks": {"hooks": ["register_tasks"], "tasks": ["gen_agreement", "gsm8k", "mc_letters", "mc_nextline", "perplexity"]},
 }
 REGISTRY_KINDS = (("methods", "register_methods"), ("architectures", "register_architectures"),

@@ -19,6 +19,8 @@ from .rank import store_options
                    "--method then selects store labels or names, several joined by + (rtn+gptq).")
 @click.option("--dense-bits", type=float, default=16.0, show_default=True,
               help="Bits a dense weight counts under a bits budget.")
+@click.option("--seed", type=int, default=None,
+              help="Random seed of an allocator that has one (search: mutations, fitness windows); default 0.")
 @click.option("--iterative", is_flag=True,
               help="Take the best unit, re-probe the rest on the already-compressed model, repeat (kl_pred).")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
@@ -28,7 +30,7 @@ from .rank import store_options
 @click.option("--llmcompressor", "llmc", type=click.Path(dir_okay=False), default=None,
               help="Also write an llm-compressor recipe YAML (wanda, sparsegpt, rtn, gptq units); '-' prints it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan JSON instead of the table (the file is written too).")
-def command(store, method, kind, temperature, by, locality, timing, budget, allocator, dense_bits, iterative, out,
+def command(store, method, kind, temperature, by, locality, timing, budget, allocator, dense_bits, seed, iterative, out,
             mergekit, llmc, as_json) -> None:
     """Write a plan: the safest units of STORE under --budget, at --temperature."""
     from pathlib import Path
@@ -58,7 +60,18 @@ def command(store, method, kind, temperature, by, locality, timing, budget, allo
             raise click.UsageError("--iterative and --allocator do not combine")
         name, params = parse_allocator_spec(allocator)
         methods = None if method is None else [m for m in method.split("+") if m]
-        with console.status(f"allocating ({name})..."):
+        if seed is not None:
+            from ..allocation import allocator_registry
+
+            reg = allocator_registry()
+            if name in reg and "seed" not in reg[name][1].params:
+                raise click.UsageError(f"--seed: allocator {name!r} has no seed")
+            params.setdefault("seed", str(seed))
+        from contextlib import nullcontext
+
+        # the search draws its own progress bar (best fitness); a spinner would fight it
+        busy = nullcontext() if name == "search" else console.status(f"allocating ({name})...")
+        with busy:
             plan = allocate_plan(ds, allocator=name, budget=budget, temperature=temperature, methods=methods,
                                  kind=kind_, locality=locality, timing=timing, store_path=str(Path(store).resolve()),
                                  dense_bits=dense_bits, **params)
