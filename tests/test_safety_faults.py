@@ -714,3 +714,130 @@ def test_report_plan_section_keeps_plan_strings_on_their_line(hostile):
     assert [e.count("\n") for e in entries] == [0, 0, 0, 0, 3, 0]  # only the table (4 lines) spans lines
     assert all(ESC not in ln and "\u2028" not in ln and "\x85" not in ln for ln in lines)
     assert not [ln for ln in lines if ln.startswith(("x:", "key:", "- item", "# ", "!!"))]
+
+
+# -- the kernel cache opens only what this user built -----------------------------------------------
+PLANTED = r'''
+#include <stdio.h>
+__attribute__((constructor)) static void planted(void) { FILE *f = fopen("MARKER", "w"); if (f) fclose(f); }
+int prunelens_sums(void) { return 0; }
+int prunelens_dense(void) { return 0; }
+'''
+
+
+@pytest.fixture
+def kernel_env(tmp_path, monkeypatch):
+    """A fresh ``PRUNELENS_HOME`` and an empty library table; skipped where no C compiler exists."""
+    from prunelens.probe import kernel_cache, native
+
+    monkeypatch.delenv("CC", raising=False)
+    if native.compiler() is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("PRUNELENS_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(native, "_LIB", {})
+    monkeypatch.setattr(kernel_cache, "_PRIVATE", [])
+    return native
+
+
+def _plant(native, target: Path, marker: Path) -> None:
+    """Compile a library whose constructor creates ``marker`` to ``target``."""
+    src = target.with_name("planted.c")
+    src.write_text(PLANTED.replace("MARKER", str(marker)))
+    subprocess.run([native.compiler(), "-shared", "-fPIC", "-o", str(target), str(src)], check=True)
+    src.unlink()
+
+
+def _sums_work(native, lib) -> None:
+    z = torch.randn(3, 50)
+    per, once = native.native_sums(lib, z, z + 0.1, z.amax(-1), (z * z).sum(-1), torch.tensor([1.0]))
+    assert per.shape == (10, 1, 3) and bool(torch.isfinite(once).all())
+
+
+@pytest.mark.parametrize("how", ["no digest", "forged digest, group-writable file", "forged digest, foreign owner",
+                                 "forged digest, world-writable folder", "symlink to a planted file"])
+def test_a_planted_kernel_library_never_runs(tmp_path, kernel_env, how):
+    from prunelens.probe import kernel_cache
+
+    native = kernel_env
+    path = native.library_path()
+    marker = tmp_path / "PLANTED_RAN"
+    planted = path if how != "symlink to a planted file" else tmp_path / "elsewhere.so"
+    _plant(native, planted, marker)
+    if how == "symlink to a planted file":
+        path.symlink_to(planted)
+        kernel_cache.digest_path(path).write_text(kernel_cache.sha256_of(planted))
+    elif how != "no digest":
+        kernel_cache.digest_path(path).write_text(kernel_cache.sha256_of(path))
+    if how.endswith("group-writable file"):
+        path.chmod(0o664)
+    elif how.endswith("foreign owner"):
+        if os.getuid() != 0:
+            pytest.skip("changing a file's owner needs root")
+        os.chown(path, 12345, 12345)
+    elif how.endswith("world-writable folder"):
+        path.parent.chmod(0o777)
+    with pytest.warns(UserWarning, match="writable by others") if "folder" in how else _no_warning():
+        lib, built_s = native.load_library()
+    assert not marker.exists(), "the planted constructor ran"
+    assert built_s > 0  # rebuilt, not loaded
+    _sums_work(native, lib)
+    used = native.library_path()
+    assert kernel_cache.trusted(used) and (used == path) == ("folder" not in how)
+    assert (used.parent.stat().st_mode & 0o077) == 0  # rebuilt into a private folder (0700)
+
+
+class _no_warning:
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("error")
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip a byte", "empty", "delete the digest"])
+def test_a_corrupt_kernel_library_is_rebuilt_once_then_loaded(kernel_env, damage):
+    from prunelens.probe import kernel_cache
+
+    native = kernel_env
+    native.load_library()
+    path = native.library_path()
+    raw = path.read_bytes()
+    damaged = {"truncate": raw[: len(raw) // 3], "flip a byte": raw[:64] + bytes([raw[64] ^ 0xFF]) + raw[65:],
+               "empty": b""}.get(damage)
+    if damaged is None:
+        kernel_cache.digest_path(path).unlink()
+    else:  # a new file in its place (this process has the old one mapped: writing into it would crash it)
+        tmp = path.with_name("damaged")
+        tmp.write_bytes(damaged)
+        os.replace(tmp, path)
+    native._LIB.clear()
+    with _no_warning():
+        lib, built_s = native.load_library()
+    assert built_s > 0 and kernel_cache.trusted(path)
+    _sums_work(native, lib)
+    native._LIB.clear()
+    assert native.load_library()[1] == 0.0  # the next process loads it without building
+
+
+@pytest.mark.parametrize("cc", ["/nonexistent/cc", "junk", "fails", "no output"])
+def test_a_bad_cc_is_named_in_one_line_never_replaced(tmp_path, kernel_env, monkeypatch, cc):
+    from prunelens.probe import kernel_cache
+    from prunelens.probe.kernel import compiled_kernel
+
+    scripts = {"junk": 'for a; do case "$prev" in -o) echo junk > "$a";; esac; prev=$a; done; exit 0',
+               "fails": "echo 'fatal: no licence' >&2; exit 3", "no output": "exit 0"}
+    if cc in scripts:
+        exe = tmp_path / f"bad-cc-{cc.replace(' ', '-')}"
+        exe.write_text("#!/bin/sh\n" + scripts[cc] + "\n")
+        exe.chmod(0o755)
+        cc = str(exe)
+    monkeypatch.setenv("CC", cc)
+    with pytest.raises(RuntimeError) as err:
+        compiled_kernel((torch.zeros(2, 8),) * 4 + (torch.ones(1),))
+    msg = str(err.value)
+    assert "\n" not in msg and f"$CC={cc}" in msg, msg
+    assert not [p for p in kernel_cache.cache_dir().iterdir()]  # nothing kept, nothing half-written

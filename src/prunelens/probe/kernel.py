@@ -19,7 +19,8 @@ degree-10 series (relative error < 1e-9), otherwise ``exp(b) - 1 - b``, so the c
 function of ``native`` (two loops per row, built by the system compiler in about a second);
 elsewhere (a GPU, float64, or ``PRUNELENS_KERNEL_BACKEND=aoti``): one fused loop nest per chunk
 (padded to one shape) built ahead of time with AOTInductor. Either is kept in
-``$PRUNELENS_HOME/kernels`` — built once per machine, torch version and shape, then loaded in
+``$PRUNELENS_HOME/kernels`` (``kernel_cache``: opened only when this user built it, sha256 checked) —
+built once per machine, torch version and shape, then loaded in
 milliseconds by every later run. ``mode="auto"`` uses a kept kernel from the first cell; without one it starts
 eager, times it, and builds only when the measured eager cost of the cells still to come
 exceeds the build time (recorded per machine after a build; an estimate before that).
@@ -44,7 +45,7 @@ from typing import Any
 import torch
 
 from ..errors import PrunelensError
-from . import native
+from . import kernel_cache, native
 
 CACHE_BYTES = 1 << 20  # [rows x vocab] temporaries per chunk: about one L2 cache (CPU)
 GPU_CHUNK_BYTES = 1 << 26  # on an accelerator: fewer, larger launches
@@ -395,9 +396,9 @@ def kernel_path(rows: int, vocab: int, temperatures: int, dtype: torch.dtype, de
     capability and the kernel's source digest (one file per key)."""
     arch = "-sm{}{}".format(*torch.cuda.get_device_capability(device)) if device.type == "cuda" else ""
     key = f"{kernel_key(vocab, temperatures, dtype, device)}{arch}/rows{rows}/{_source_digest()}"
-    from ..paths import home
+    from .kernel_cache import cache_dir
 
-    return Path(home()) / "kernels" / f"sums-{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt2"
+    return cache_dir() / f"sums-{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt2"
 
 
 def _args_path(args: tuple[torch.Tensor, ...]) -> Path:
@@ -420,9 +421,9 @@ def kept_kernel_exists(vocab: int, temperatures: int, device: torch.device, dtyp
     """Whether this machine kept a compiled kernel for full chunks of this vocabulary (what a long run uses)."""
     if backend(device, dtype) == "native":
         path = native.library_path()
-        return path is not None and path.exists()
+        return path is not None and kernel_cache.trusted(path)
     rows = _kernel_rows(vocab, torch.empty((), dtype=dtype).element_size(), device)
-    return kernel_path(rows, vocab, temperatures, dtype, device).exists()
+    return kernel_cache.trusted(kernel_path(rows, vocab, temperatures, dtype, device))
 
 
 class _Sums(torch.nn.Module):
@@ -446,21 +447,20 @@ def compiled_kernel(args: tuple[torch.Tensor, ...]) -> tuple[Callable[..., Any],
         return _LOADED[key], 0.0
     built_s = 0.0
     fn = None
-    if path.exists():
+    if kernel_cache.trusted(path):  # only a package this user built (owner, modes, recorded sha256)
         try:
             fn = torch._inductor.aoti_load_package(str(path))
-        except Exception:  # a damaged or foreign file: build again
+        except Exception:  # a damaged file: build again
             fn = None
     if fn is None:
         t0 = time.perf_counter()
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 program = torch.export.export(_Sums(), args, strict=False)
                 torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
-            os.replace(tmp, path)
+            kernel_cache.keep(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
         fn = torch._inductor.aoti_load_package(str(path))

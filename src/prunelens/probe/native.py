@@ -10,8 +10,11 @@ Terms are summed in float32 over blocks of ``BLOCK`` elements and the block sums
 ``torch.get_num_threads()`` POSIX threads; a row's sums never depend on the thread count.
 
 Only code built here from ``SOURCE`` is loaded, from ``$PRUNELENS_HOME/kernels`` (the path keys
-the source, flags, compiler and CPU capability); ``kernel.SumsKernel`` self-tests it against the
-eager sums before use and falls back to eager if it disagrees or cannot be built.
+the source, flags, compiler and CPU capability): ``kernel_cache`` checks the file's owner, modes and
+the sha256 recorded at build time before it is opened, and rebuilds anything else (a planted or
+corrupt library). ``$CC`` is used as given: a missing or failing one is named, never replaced by ``cc``.
+``kernel.SumsKernel`` self-tests the library against the eager sums before use and falls back to eager
+if it disagrees or cannot be built.
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import torch
+
+from . import kernel_cache
 
 SOURCE = r"""
 #include <math.h>
@@ -303,11 +309,21 @@ _LIB: dict[str, ctypes.CDLL] = {}
 
 
 def compiler() -> str | None:
-    """The C compiler to build with: ``$CC``, else ``cc``/``gcc``/``clang`` on PATH; None if there is none."""
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
+    """The C compiler to build with: ``$CC`` as set (judged when building), else ``cc``/``gcc``/``clang`` on
+    PATH; None if there is none."""
+    cc = os.environ.get("CC", "").strip()
+    if cc:
+        return cc
+    for name in ("cc", "gcc", "clang"):
+        if shutil.which(name):
             return name
     return None
+
+
+def _who(cc: str) -> str:
+    from ..safe_text import clean
+
+    return clean(f"$CC={cc}" if os.environ.get("CC", "").strip() else f"the C compiler {cc}")
 
 
 def _flags() -> list[str]:
@@ -320,41 +336,69 @@ def library_path() -> Path | None:
     cc = compiler()
     if cc is None:
         return None
-    from ..paths import home
-
     key = "\n".join([SOURCE, cc, " ".join(_flags()), torch.backends.cpu.get_cpu_capability()])
-    return Path(home()) / "kernels" / f"sums-native-{hashlib.sha256(key.encode()).hexdigest()[:24]}.so"
+    return kernel_cache.cache_dir() / f"sums-native-{hashlib.sha256(key.encode()).hexdigest()[:24]}.so"
+
+
+_LIBRARY_MAGIC = (b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xce\xfa\xed\xfe", b"\xca\xfe\xba\xbe")  # ELF, Mach-O
+
+
+def _build(path: Path, cc: str) -> None:
+    """Compile ``SOURCE`` with ``cc`` and keep it at ``path`` with its digest; one-line errors naming ``cc``."""
+    from ..safe_text import clean
+
+    tag = f"{os.getpid()}.{time.monotonic_ns()}"
+    src, tmp = path.with_name(f".{path.stem}.{tag}.c"), path.with_name(f".{path.stem}.{tag}.tmp.so")
+    try:
+        src.write_text(SOURCE)
+        try:
+            proc = subprocess.run([*shlex.split(cc), *_flags(), "-o", str(tmp), str(src), "-lm", "-lpthread"],
+                                  capture_output=True, text=True, timeout=300)
+        except (OSError, ValueError) as exc:
+            raise RuntimeError(f"{_who(cc)} cannot be run: {clean(getattr(exc, 'strerror', None) or exc)}") from None
+        if proc.returncode != 0:
+            last = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:] or [f"exit status {proc.returncode}"]
+            raise RuntimeError(f"{_who(cc)} failed: {clean(last[0])[:300]}")
+        if (tmp.read_bytes()[:4] if tmp.is_file() else b"") not in _LIBRARY_MAGIC:
+            raise RuntimeError(f"{_who(cc)} exited 0 without writing a shared library")
+        kernel_cache.keep(tmp, path)  # atomic: concurrent ranks never load a half-written library
+    finally:
+        src.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def load_library() -> tuple[ctypes.CDLL, float]:
-    """The built library and the seconds spent building it (0 when kept from before)."""
+    """The built library and the seconds spent building it (0 when kept from before).
+
+    Nothing is opened before ``kernel_cache.trusted`` accepts it: a planted, corrupt or unrecorded file
+    is rebuilt. A build that does not load is removed and reported (one line naming the compiler).
+    """
+    cc = compiler()
     path = library_path()
-    if path is None:
+    if path is None or cc is None:
         raise RuntimeError("no C compiler found (set CC)")
     if str(path) in _LIB:
         return _LIB[str(path)], 0.0
     built_s = 0.0
-    if not path.exists():
+    for _ in range(2):  # a second build only if a concurrent builder replaced the pair in between
+        if kernel_cache.trusted(path):
+            break
         t0 = time.perf_counter()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tag = f"{os.getpid()}.{time.monotonic_ns()}"
-        src, tmp = path.with_name(f".{path.stem}.{tag}.c"), path.with_name(f".{path.stem}.{tag}.tmp.so")
-        try:
-            src.write_text(SOURCE)
-            proc = subprocess.run([compiler() or "cc", *_flags(), "-o", str(tmp), str(src), "-lm", "-lpthread"],
-                                  capture_output=True, text=True, timeout=300)
-            if proc.returncode != 0:
-                raise RuntimeError(f"C compiler failed: {proc.stderr.strip()[-500:]}")
-            os.replace(tmp, path)  # atomic: concurrent ranks never load a half-written library
-        finally:
-            src.unlink(missing_ok=True)
-            tmp.unlink(missing_ok=True)
-        built_s = time.perf_counter() - t0
-    lib = ctypes.CDLL(str(path))
-    fn = lib.prunelens_sums
+        _build(path, cc)
+        built_s += time.perf_counter() - t0
+    else:
+        if not kernel_cache.trusted(path):
+            raise RuntimeError(f"the kernel library {path} does not match its recorded digest after two builds")
+    try:
+        lib = ctypes.CDLL(str(path))
+        fn, dense = lib.prunelens_sums, lib.prunelens_dense
+    except (OSError, AttributeError) as exc:
+        kernel_cache.discard(path)
+        from ..safe_text import clean
+
+        raise RuntimeError(f"the library built by {_who(cc)} cannot be loaded: {clean(exc)[:300]}") from None
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2 + [ctypes.c_int64]
-    dense = lib.prunelens_dense
     dense.restype = ctypes.c_int
     dense.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 3 + [ctypes.c_int64]
     _LIB[str(path)] = lib
