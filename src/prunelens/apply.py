@@ -26,6 +26,43 @@ from .plans import Plan
 from .units import Unit
 
 
+def plan_methods(plan: Plan) -> list[tuple[Unit, Any]]:
+    """Each unit of the plan with its parsed method; a method that is not installed is a one-line error
+    naming where the plan's store recorded it from (``load it with --plugin FILE``)."""
+    from .methods import method_registry, parse_method
+
+    for _, spec in plan.unit_methods():
+        name = spec.split(":", 1)[0].strip()
+        if name not in method_registry():
+            raise PrunelensError(missing_method_message(name, plan.store_path))
+    return [(u, parse_method(spec)) for u, spec in plan.unit_methods()]
+
+
+def missing_method_message(name: str, store_path: str | None) -> str:
+    """Why method ``name`` is unknown, with the plugin the store recorded for it (file, or distribution)."""
+    from .methods import method_registry
+
+    head = f"unknown method {name!r}"
+    prov: dict[str, Any] = {}
+    if store_path:
+        try:
+            from .ranking import load_store
+
+            recorded = json.loads(load_store(store_path).attrs.get("methods", "{}"))
+            prov = next((v.get("plugin") or {} for v in recorded.values()
+                         if isinstance(v, dict) and v.get("name") == name), {})
+        except Exception:  # noqa: BLE001 - the store is only a hint here; without it the generic advice stays
+            prov = {}
+    if prov.get("file"):
+        return f"{head}: the store recorded it from the plugin file {prov['file']}; load it with --plugin FILE"
+    if prov.get("source") == "file":
+        return f"{head}: the store recorded it from a plugin file ({prov.get('plugin')}); load it with --plugin FILE"
+    if prov.get("distribution"):
+        return f"{head}: the store recorded it from the plugin {prov['distribution']}; install it (pip install ...)"
+    available = ", ".join(sorted(method_registry())) or "none"
+    return f"{head}; available: {available} (a method from a plugin file needs --plugin FILE)"
+
+
 def compress_with_plan(loaded: Any, plan: Plan, *, calib_samples: int = 32, calib_len: int = 256, seed: int = 0,
                        progress: bool = True, work_dir: Path | None = None) -> dict[str, Any]:
     """Compress ``loaded`` in memory as the plan says (one method: ``compress_model``; mixed:
@@ -34,12 +71,11 @@ def compress_with_plan(loaded: Any, plan: Plan, *, calib_samples: int = 32, cali
     With ``work_dir``, finished layers are kept there (``prunelens.resume``) and a rerun continues after them.
     """
     from .compress import compress_model
-    from .methods import parse_method
     from .mixed import compress_mixed
 
     check_units_disjoint(u.unit for u in plan.units)
     plan.validate_for(loaded)
-    assignments = [(u, parse_method(spec)) for u, spec in plan.unit_methods()]
+    assignments = plan_methods(plan)
     for u, m in assignments:
         m.check_unit(u)
     calib_ids = None
@@ -70,15 +106,13 @@ def apply_plan(plan: Plan, out_dir: str | Path, *, loaded: Any = None, calib_sam
     killed run continues from the last finished layer with the same result (``prunelens.resume``).
     """
     from .compress import save_checkpoint
-    from .methods import parse_method
     from .mixed import linear_zeros
     from .models import load_model
     from .paths import guard_output_dir
 
     guard_output_dir(out_dir, overwrite=overwrite, force=force)  # before loading and compressing
     check_units_disjoint(u.unit for u in plan.units)
-    for _, spec in plan.unit_methods():  # a method that is not installed fails before the model loads
-        parse_method(spec)
+    plan_methods(plan)  # a method that is not installed fails before the model loads
     if loaded is None:
         loaded = load_model(plan.model_id)
     _, linear_before = linear_zeros(loaded.adapter)
@@ -173,7 +207,6 @@ def validate_plan(plan: Plan, ds: Any, *, dense: Any = None, checkpoint: str | P
     elsewhere) with cumulative predicted and measured KL, then one ``checkpoint`` row for the
     applied model when ``checkpoint`` is given.
     """
-    from .methods import parse_method
     from .models import load_model
 
     if plan.prompts_hash and ds.attrs.get("prompts_hash") and plan.prompts_hash != ds.attrs["prompts_hash"]:
@@ -183,7 +216,7 @@ def validate_plan(plan: Plan, ds: Any, *, dense: Any = None, checkpoint: str | P
     plan.validate_for(dense)
     replay = PromptReplay(ds, dense.model)
     rows: list[dict[str, Any]] = []
-    methods = [(unit, parse_method(spec)) for unit, spec in plan.unit_methods()]
+    methods = plan_methods(plan)
     if cumulative and all(m.calibration == "none" for _, m in methods):
         with ExitStack() as stack:
             for k, (pu, (unit, method)) in enumerate(zip(plan.units, methods), start=1):

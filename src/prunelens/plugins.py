@@ -113,6 +113,7 @@ def warn_once(message: str) -> None:
 
 
 _files: dict[Path, ModuleType] = {}  # plugin files loaded, by resolved path
+_file_paths: dict[str, str] = {}  # plugin name -> the file it was loaded from (recorded in stores)
 
 
 def _register(module: Any, name: str, source: str, version: str | None, dist: str | None = None) -> None:
@@ -209,6 +210,7 @@ def load_plugin_file(path: str | os.PathLike[str]) -> ModuleType:
         raise PrunelensError(f"plugin {p.name} failed to import: {type(exc).__name__}: {exc}") from exc
     _register(module, plugin_name, "file", None)
     _files[p] = module
+    _file_paths[plugin_name] = str(p)
     _check_pending()
     return module
 
@@ -299,9 +301,13 @@ def _item_keys(item: Any) -> list[str]:
 
 
 def provenance(plugin_name: str) -> dict[str, Any]:
-    """Where a plugin comes from: ``{"plugin", "distribution", "version", "source"}`` (recorded in stores)."""
+    """Where a plugin comes from: ``{"plugin", "distribution", "version", "source"}`` (recorded in stores),
+    and ``"file"``, its path, for a plugin loaded with ``--plugin FILE``."""
     source, version = _sources.get(plugin_name, ("?", None))
-    return {"plugin": plugin_name, "distribution": _dists.get(plugin_name), "version": version, "source": source}
+    out = {"plugin": plugin_name, "distribution": _dists.get(plugin_name), "version": version, "source": source}
+    if plugin_name in _file_paths:
+        out["file"] = _file_paths[plugin_name]
+    return out
 
 
 def _overridable() -> set[str]:

@@ -69,8 +69,13 @@ def method_from_options(method: str, options: dict, extra: tuple[str, ...]) -> M
               help="Also replace a non-empty OUT that is not a prunelens checkpoint (never the current "
                    "directory, home or their parents).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--dry-run", is_flag=True, help="Read only the config (no weights) and print the estimated peak memory "
+                                              "per device and time on --device-class; nothing is run or written.")
+@click.option("--device-class", default=None, type=click.Choice(["cpu", "h100", "a100"]),
+              help="Device class of the --dry-run time estimate (default: cpu for a CPU --device, else h100).")
 def command(model_spec, method, sparsity, pattern, bits, group_size, sym, extra, units, calib_samples, calib_len, seed,
-            dtype, device, max_memory, eval_ppl, out_dir, overwrite, force, as_json) -> None:
+            dtype, device, max_memory, eval_ppl, out_dir, overwrite, force, as_json, dry_run,
+            device_class) -> None:
     """Compress a whole model with one method (sequentially, layer by layer) and save a checkpoint.
 
     \b
@@ -89,6 +94,13 @@ def command(model_spec, method, sparsity, pattern, bits, group_size, sym, extra,
 
     m = method_from_options(method, {"sparsity": sparsity, "pattern": pattern, "bits": bits,
                                      "group_size": group_size, "sym": sym}, extra)
+    if dry_run:
+        from ..estimate import estimate_compress, show
+        from .probe import _device_class
+
+        show(estimate_compress(model_spec, m, units, dtype, _device_class(device_class, device),
+                               calib_samples=calib_samples, calib_len=calib_len), as_json)
+        return
     from ..paths import guard_output_dir
 
     out = Path(out_dir)
@@ -142,7 +154,8 @@ def command(model_spec, method, sparsity, pattern, bits, group_size, sym, extra,
         work = LayerWork.open(work_dir_for(out), {
             "command": "compress", "model": model_spec, "config_hash": getattr(loaded, "config_hash", None),
             "method": m.spec, "units": None if unit_list is None else [u.name for u in unit_list],
-            "calibration": None if calib_ids is None else tensor_digest(calib_ids), "dtype": dtype, "device": device})
+            "calibration": None if calib_ids is None else tensor_digest(calib_ids), "dtype": dtype,
+            "device": device})
         mark_resumable(f"rerun the same command to resume after the last finished layer (kept in {work.path})")
         if work.done >= 0:
             click.echo(f"resuming after layer {work.done} (finished layers kept in {work.path})", err=True)
