@@ -841,3 +841,88 @@ def test_a_bad_cc_is_named_in_one_line_never_replaced(tmp_path, kernel_env, monk
     msg = str(err.value)
     assert "\n" not in msg and f"$CC={cc}" in msg, msg
     assert not [p for p in kernel_cache.cache_dir().iterdir()]  # nothing kept, nothing half-written
+
+
+# -- a method that leaves the model changed is stopped; its cells are never marked done --------------
+DAMAGE_PLUGIN = '''
+from contextlib import contextmanager
+from prunelens.hookspecs import hookimpl
+from prunelens.methods import Method
+from prunelens.units import Unit
+
+
+class ZeroL1Mlp(Method):
+    """Test-only: a perturb that zeroes L1.mlp for good (never restored), whatever its unit."""
+
+    name = "zero_l1_mlp"
+
+    @contextmanager
+    def perturb(self, adapter, unit, stats=None):
+        for p in adapter.module(Unit.parse("L1.mlp")).parameters():
+            p.data = p.data * 0
+        yield
+
+
+@hookimpl
+def register_methods(register):
+    register(ZeroL1Mlp)
+'''
+
+
+@pytest.fixture(scope="module")
+def damage_method(tmp_path_factory):
+    from prunelens.plugins import load_plugin_file
+
+    path = tmp_path_factory.mktemp("damageplugin") / "damage_plugin.py"
+    path.write_text(DAMAGE_PLUGIN)
+    load_plugin_file(path)
+    return parse_method("zero_l1_mlp")
+
+
+def test_a_method_that_damages_another_layer_is_stopped_and_its_cells_not_done(tmp_path, damage_method):
+    path = save_tiny(tmp_path / "llama4", layers=4)
+    loaded = load_model(str(path))  # its own copy: the method damages it
+    before = weights_fingerprint(loaded.model)
+    out = tmp_path / "damaged.zarr"
+    with pytest.raises(PrunelensError) as err:
+        probe(loaded, out, methods=["magnitude:sparsity=0.3", damage_method], units="L0-3")
+    msg = str(err.value)
+    assert "\n" not in msg and "'zero_l1_mlp'" in msg and "after its cell on L0" in msg and "(L1)" in msg, msg
+    assert weights_fingerprint(loaded.model) != before  # the damage was real
+    with pytest.raises(PrunelensError):
+        open_store(out)  # not complete
+    ds = open_store(out, allow_incomplete=True)
+    done = np.asarray(ds["done"].values, dtype=bool)
+    assert done.tolist() == [[True, False, False, False], [False, False, False, False]]  # magnitude L0 only
+    # the cell written before the damage equals a clean run's (the well-behaved method is unaffected)
+    clean = tmp_path / "clean.zarr"
+    attrs = probe(load_model(str(path)), clean, methods=["magnitude:sparsity=0.3"], units="L0-3")
+    assert attrs["complete"] and attrs.get("nonfinite_cells", 0) == 0
+    ref = open_store(clean)
+    for var in ("kl", "cos_dev"):
+        got = ds[var].sel({"method": "magnitude:sparsity=0.3", "unit": "L0"}).values
+        want = ref[var].sel({"method": "magnitude:sparsity=0.3", "unit": "L0"}).values
+        np.testing.assert_allclose(got, want, rtol=0, atol=0)  # same computation, same weights: bit-equal
+
+
+def test_weight_guard_names_each_changed_layer_and_accepts_a_restored_swap(tiny):
+    from prunelens.probe.integrity import OTHER, WeightGuard, layer_of
+
+    assert [layer_of(n) for n in ("model.layers.3.mlp.up_proj.weight", "model.embed_tokens.weight", "lm_head.weight",
+                                  "transformer.h.12.attn.c_attn.weight")] == ["L3", OTHER, OTHER, "L12"]
+    model = tiny[1].model
+    guard = WeightGuard(model)
+    w = model.model.layers[2].self_attn.q_proj.weight
+    norm = model.model.norm.weight
+    saved, saved_norm = w.data, norm.data
+    w.data = w.data.clone()  # another tensor, the same bytes: fine
+    assert guard.changed() == []
+    w.data[0, 0] = torch.nextafter(w.data[0, 0], torch.tensor(1e9))  # one ulp
+    norm.data = norm.data + 1
+    try:
+        assert guard.changed() == ["L2", OTHER]
+        with pytest.raises(PrunelensError, match=r"method 'm' left .* on L2 \(L2, embeddings/norm/head\)"):
+            guard.check("m", "L2")
+    finally:
+        w.data, norm.data = saved, saved_norm
+    assert guard.changed() == []

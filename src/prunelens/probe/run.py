@@ -19,6 +19,7 @@ from ..tokens import convention
 from ..units import Unit
 from .distributed import Ranks
 from .engine import ProbeEngine, ProbeSettings
+from .integrity import WeightGuard
 from .prompts import Prompts
 
 
@@ -232,6 +233,7 @@ def _run_probe(
     mine = [c for c in ranks.shard_by(cells, lambda c: units[c[1]].layer) if not done[c]]
     engine.expect_cells(len(mine))  # the metric kernel compiles only if these cells pay for it
     stats = StatsCache(loaded, units, calib_samples, calib_len, seed)
+    guard = WeightGuard(loaded.model) if mine else None  # per-layer digests: no method may leave a change
     bar = _progress(len(mine), ranks, progress, skipped=int(done.sum()))
     try:
         for mi, ui in mine:
@@ -239,6 +241,8 @@ def _run_probe(
             if bar is not None:
                 bar.set_postfix_str(f"{m.spec} {u.name}")
             cell = engine.measure(m, u, stats.for_cell(m, u))
+            if guard is not None:
+                guard.check(m.spec, u.name)  # before the cell is written (marked done)
             writer.write_cell(mi, ui, cell.arrays, cell.free_tokens, cell.nonfinite)
             if on_cell:
                 on_cell(m.spec, u.name)
