@@ -111,7 +111,8 @@ def test_data_sampling_is_deterministic_and_splits_are_disjoint(tiny_tokenizer_r
     from prunelens.data import gsm8k, shakespeare_works, token_windows
 
     calib, held = set(shakespeare_works("calib")), set(shakespeare_works("heldout"))
-    assert calib and held and not calib & held and len(calib) + len(held) == 42
+    probe, search = set(shakespeare_works("probe")), set(shakespeare_works("search"))
+    assert calib and held and not calib & held and len(calib | held | probe | search) == 42
     a = token_windows(tiny_tokenizer_real, 4, 32, split="heldout", seed=3)
     b = token_windows(tiny_tokenizer_real, 4, 32, split="heldout", seed=3)
     c = token_windows(tiny_tokenizer_real, 4, 32, split="heldout", seed=4)

@@ -37,10 +37,13 @@ def loaded(tiny_dir):
 def random_windows(monkeypatch):
     """The tiny word-level tokenizer cannot read Shakespeare: windows of random ids, one stream per split."""
     def windows(tok, n, length, split="calib", seed=0):
+        asked.append(split)
         offset = {"calib": 0, "search": 1000, "probe": 2000, "heldout": 3000}[split]
         return random_ids(n, length, seed=offset + seed).numpy()
 
+    asked: list[str] = []
     monkeypatch.setattr(prunelens.data, "token_windows", windows)
+    return asked
 
 
 def _store(loaded, methods, kinds=("block", "attn", "mlp"), seed=0):
@@ -208,7 +211,7 @@ def test_search_beats_the_knapsack_on_a_planted_interaction():
     assert not (res.genome[0] == 2 and res.genome[1] == 2)
 
 
-def test_plan_cli_search_with_seed(loaded, tmp_path):
+def test_plan_cli_search_with_seed(loaded, tmp_path, random_windows):
     import json
 
     from click.testing import CliRunner
@@ -227,7 +230,11 @@ def test_plan_cli_search_with_seed(loaded, tmp_path):
         res = CliRunner().invoke(main, ["plan", str(store), "--allocator", spec, "--budget", "sparsity=0.6", "-T", "0.7",
                                         "--seed", "5", "--out", str(out)])
         assert res.exit_code == 0, res.output
-        outs.append(json.loads(out.read_text())["allocation"])
+        written = json.loads(out.read_text())
+        assert written["data"]["search_fitness"]["split"] == "search"
+        assert written["data"]["search_calibration"]["split"] == "calib"
+        outs.append(written["allocation"])
+    assert set(random_windows) == {"calib", "search"}  # fitness and calibration windows, each from its own split
     assert outs[0]["params"]["seed"] == 5 and outs[0]["fitness_trace"] == outs[1]["fitness_trace"]
     res = CliRunner().invoke(main, ["plan", str(store), "--allocator", "knapsack", "--budget", "sparsity=0.6", "-T",
                                     "0.7", "--seed", "5", "--out", str(tmp_path / "k.json")])

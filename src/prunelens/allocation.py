@@ -350,7 +350,17 @@ def allocate_plan(ds: Any, *, allocator: str = "knapsack", budget: Any, temperat
         units=units, temperature=float(temperature), budget=b.text, strategy=allocator, kind=kind,
         locality=locality, timing=timing, num_layers=sizes.num_layers,
         store_path=None if store_path is None else str(store_path), prompts_hash=attrs.get("prompts_hash"),
-        predicted_kl_total=cum, allocation=info)
+        predicted_kl_total=cum, allocation=info, data=_plan_data(ds, result.info))
+
+
+def _plan_data(ds: Any, info: dict[str, Any]) -> dict[str, Any]:
+    """The store's data record, with the text an allocator itself read (the search's fitness windows)."""
+    from .data import plan_data
+
+    out = plan_data(ds)
+    for key, value in (info.get("search_data") or {}).items():
+        out[f"search_{key}"] = value
+    return out
 
 
 def _linear_zero_fraction(choices: list[Choice], sizes: UnitSizes) -> float:

@@ -45,10 +45,25 @@ def shakespeare_works(split: str = "calib") -> list[Path]:
 
 
 def data_splits() -> dict[str, Any]:
-    """What each split holds (recorded in stores and plans): the rule and the works of every split."""
-    return {"source": "shakespeare", "rule": "sorted work index mod 5",
-            **{k: {"mod5": list(v), "works": [w.name.replace("_gut.txt", "") for w in shakespeare_works(k)]}
-               for k, v in SPLIT_RULE.items()}}
+    """The split rule (recorded in stores and plans): for each split, the work indices mod 5 it holds."""
+    return {"source": "shakespeare", "rule": "sorted work index mod 5", **{k: list(v) for k, v in SPLIT_RULE.items()}}
+
+
+def plan_data(ds: Any) -> dict[str, Any]:
+    """Which text a plan's inputs came from: the split rule, the store's probe prompts and calibration."""
+    attrs = {} if ds is None else ds.attrs
+    out: dict[str, Any] = {"splits": data_splits()}
+    if attrs.get("prompts_source"):
+        out["probe_prompts"] = str(attrs["prompts_source"])
+    if attrs.get("calibration"):
+        try:
+            out["calibration"] = json.loads(attrs["calibration"])
+        except (TypeError, ValueError):
+            out["calibration"] = str(attrs["calibration"])
+    if attrs.get("data_splits"):
+        out["store_splits"] = json.loads(attrs["data_splits"]) if isinstance(attrs["data_splits"], str) \
+            else attrs["data_splits"]
+    return out
 
 
 @cache

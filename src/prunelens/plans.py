@@ -60,6 +60,7 @@ class Plan:
     measured: dict[str, Any] = field(default_factory=dict)  # validation details (checkpoint, agreement...)
     eval: dict[str, Any] = field(default_factory=dict)  # task -> metrics, after apply + eval
     allocation: dict[str, Any] = field(default_factory=dict)  # schema 2: allocator, budget reached, optimality gap...
+    data: dict[str, Any] = field(default_factory=dict)  # which text each input came from (splits, prompts, windows)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = PLAN_SCHEMA_VERSION
 

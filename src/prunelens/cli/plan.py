@@ -105,3 +105,7 @@ def command(store, method, kind, temperature, by, locality, timing, budget, allo
     if note:
         make_console(stderr=True).print(f"[yellow]warning: {esc(note)}; units with non-finite results are never "
                                         "planned[/yellow]")
+    if not plan.data:
+        from ..data import plan_data
+
+        plan.data = plan_data(ds)

@@ -56,9 +56,14 @@ def _csv(value: str) -> list[str]:
 @click.option("--base", "base_plan", default=None, type=click.Path(exists=True, dir_okay=False),
               help="A plan (plan.json) applied to the model first: every unit is then probed on top of it.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
+@click.option("--dry-run", is_flag=True, help="Read only the config (no weights) and print the estimated peak memory "
+                                              "per device and time on --device-class; nothing is run or written.")
+@click.option("--device-class", default=None, type=click.Choice(["cpu", "h100", "a100"]),
+              help="Device class of the --dry-run time estimate (default: cpu for a CPU --device, else h100).")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: one JSON object (peak_bytes per device, seconds).")
 def command(model, methods, units, samples, steps, prompt_len, temperatures, locality, timing, readout, out, prompts_file,
             seed, dtype, device, max_memory, offload_folder, batch_size, calib_samples, calib_len, compile_metrics, decode, decode_temperature,
-            samples_per_prompt, base_plan, quiet) -> None:
+            samples_per_prompt, base_plan, quiet, dry_run, device_class, as_json) -> None:
     """Probe every unit (block, attention, MLP) of a model with each method, one unit at a time.
 
     Measures 1-cos in embedding, logit and probability space, KL(p_dense||q_perturbed) and
@@ -88,6 +93,15 @@ def command(model, methods, units, samples, steps, prompt_len, temperatures, loc
                              decode_temperature=decode_temperature, decode_seed=seed)
     if samples_per_prompt > 1 and decode != "sample":
         raise PrunelensError("--samples-per-prompt needs --decode sample (greedy continuations of one prompt are identical)")
+    if dry_run:
+        from ..estimate import estimate_probe, show
+
+        parsed = [m for text in methods for m in expand_methods(text)]
+        show(estimate_probe(model, parsed, units, dtype, _device_class(device_class, device), samples=samples,
+                            steps=steps, prompt_len=prompt_len, temperatures=len(temps),
+                            localities=len(_csv(locality)), timings=_csv(timing), batch_size=batch_size,
+                            calib_samples=calib_samples, calib_len=calib_len), as_json)
+        return
     from pathlib import Path
 
     from ..paths import check_writable_dir
@@ -141,6 +155,15 @@ def command(model, methods, units, samples, steps, prompt_len, temperatures, loc
             print_summary(out, attrs)
     finally:
         ranks.close()
+
+
+def _device_class(device_class: str | None, device: str) -> str:
+    """The --dry-run device class: as given, else from --device (cpu, or an H100 for any GPU choice)."""
+    if device_class:
+        return device_class
+    from ..devices import resolve_device
+
+    return "cpu" if resolve_device(device)[0] == "cpu" else "h100"
 
 
 def _announce_compile(settings, loaded) -> None:

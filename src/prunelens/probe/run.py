@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data import data_splits
 from ..errors import PrunelensError
 from ..methods import Method, method_provenance
 from ..tokens import convention
@@ -199,7 +200,7 @@ def _run_probe(
                     "model_id": loaded.model_id, "config_hash": loaded.config_hash, "dtype": dtype, "device": device,
                     "weights_fingerprint": identity["weights"],
                     "versions": json.dumps({**versions(), **plugin_versions(methods)}), "readout": settings.readout, "prompts_hash": identity["prompts_hash"],
-                    "prompts_source": prompts.source, "seed": seed,
+                    "prompts_source": prompts.source, "seed": seed, "data_splits": json.dumps(data_splits()),
                     "tokenization": json.dumps(convention(loaded.tokenizer).as_attrs()),
                     "methods": json.dumps({m.spec: {"name": m.name, **m.values, "plugin": method_provenance(m.name)}
                                            for m in methods}, default=str),
