@@ -216,6 +216,7 @@ async def test_real_probe_store_every_screen_and_plan(real_store, tmp_path):
         expected = ds["kl_pred"].sel({"method": "drop", "locality": "propagated", "timing": "teacher_forced",
                                       "temperature": 1.0}).values.mean(axis=1)  # [unit, step]
         np.testing.assert_allclose(grid.values, expected, rtol=1e-6)
+        await pilot.press("k")  # kind all -> block: the plan screen follows it
         for key in "34":
             await pilot.press(key)
             await settle(pilot)

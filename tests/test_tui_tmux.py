@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -57,8 +59,10 @@ def test_launch_heatmap_export_and_quit(tmp_path):
         assert "step" in screen and ("▁" in screen or "█" in screen)
         tmux.keys("v")
         tmux.wait_for("kl T=1 ·")
+        tmux.keys("k")  # kind all -> block: the plan screen follows it
+        tmux.wait_for("k block")
         tmux.keys("5")
-        tmux.wait_for("Export", "plan.json", "kl_pred", "choose, then Rank", timeout=60)
+        tmux.wait_for("Export", "plan.json", "kl_pred", "r ranks", timeout=60)
         tmux.keys("r")
         tmux.wait_for("✓ plan", timeout=60)
         tmux.keys("e")
@@ -69,5 +73,41 @@ def test_launch_heatmap_export_and_quit(tmp_path):
         tmux.keys("q")
         tmux.wait_for("TUI-EXIT=0")
         assert "Traceback" not in tmux.screen()
+    finally:
+        tmux.close()
+
+
+@pytest.mark.parametrize("mono", [False, True], ids=["colour", "mono"])
+def test_plan_screen_after_a_method_switch(tmp_path, mono):
+    """``m`` on the heatmap, then the plan screen: its method box, status line and exported plan name the
+    method switched to. ``TUI_SCREENSHOTS=DIR`` keeps the captured screens (docs/tui.md shows them)."""
+    make_store(tmp_path / "run.zarr", methods=("drop", "magnitude:sparsity=0.3", "magnitude:sparsity=0.5"),
+               num_layers=4, samples=2, steps=6, temperatures=(0.7, 1.0), candidates=False)
+    env = "env PRUNELENS_LOAD_PLUGINS= HF_HUB_OFFLINE=1 TERM=xterm-256color" + (" NO_COLOR=1" if mono else "")
+    tmux = Tmux(f"{env} {sys.executable} -m prunelens_tui run.zarr; echo TUI-EXIT=$?; sleep 120", tmp_path)
+    try:
+        tmux.wait_for("run.zarr", "complete", timeout=60)
+        tmux.keys("2")
+        tmux.wait_for("kl_pred T=1", "mean of 2 samples")
+        tmux.keys("m", "m", "k")  # drop -> magnitude:sparsity=0.3 -> 0.5; kind all -> block
+        heatmap = tmux.wait_for("magnitude:sparsity=0.5 ·", "k block")
+        assert heatmap.splitlines()[1].rstrip().endswith("k block")  # the selection bar: one line
+        tmux.keys("5")
+        tmux.wait_for("magnitude:sparsity=0.5 · kl_pred · block", "r ranks", timeout=60)
+        tmux.keys("r")
+        plan_screen = tmux.wait_for("✓ plan", timeout=60)
+        tmux.keys("e")
+        exported = tmux.wait_for("wrote plan.json")
+        assert plan_screen.count("magnitude:sparsity=0.5") >= 2  # the method box and the status line
+        assert "magnitude:sparsity=0.5" in exported
+        plan = json.loads((tmp_path / "plan.json").read_text())
+        assert plan["method"] == "magnitude:sparsity=0.5" and plan["kind"] == "block"
+        keep = os.environ.get("TUI_SCREENSHOTS")
+        if keep:
+            name = "mono" if mono else "colour"
+            (Path(keep) / f"heatmap-{name}.txt").write_text(heatmap)
+            (Path(keep) / f"plan-{name}.txt").write_text(plan_screen)
+        tmux.keys("q")
+        tmux.wait_for("TUI-EXIT=0")
     finally:
         tmux.close()

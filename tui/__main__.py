@@ -21,6 +21,16 @@ def main(argv: list[str] | None = None) -> int:
         if not store.exists():
             make_store(store, num_layers=8, samples=4, steps=24, temperatures=(0.5, 0.7, 1.0))
         paths = [str(store)]
+    else:
+        from prunelens.cli.tui import check_paths
+        from prunelens.errors import PrunelensError
+        from prunelens.safe_text import clean
+
+        try:
+            check_paths(tuple(args.paths))
+        except PrunelensError as exc:
+            print(f"Error: {clean(exc)}", file=sys.stderr)  # no terminal escapes from a path
+            return 1
     from .app import PrunelensApp
 
     PrunelensApp(paths).run()

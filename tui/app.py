@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from textual import work
 from textual.app import App
 from textual.binding import Binding
 from textual.screen import Screen
@@ -13,7 +14,7 @@ from textual.screen import Screen
 from prunelens.errors import PrunelensError
 from prunelens.safe_text import esc
 
-from . import backend
+from . import backend, live
 from .screens.curves import CurvesScreen
 from .screens.heatmap import HeatmapScreen
 from .screens.help import HelpScreen
@@ -41,7 +42,10 @@ class PrunelensApp(App):
         Binding("q", "quit", "Quit"), Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
     ]
 
-    def __init__(self, paths: Sequence[str | Path] = (".",), cwd: str | Path | None = None) -> None:
+    POLL_SECONDS = 2.0  # how often a store that a probe is still writing is checked for new cells
+
+    def __init__(self, paths: Sequence[str | Path] = (".",), cwd: str | Path | None = None,
+                 poll_seconds: float | None = None) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the TUI never touches the network
         super().__init__()
         self.paths = [str(p) for p in paths] or ["."]
@@ -49,6 +53,12 @@ class PrunelensApp(App):
         self.ds = None
         self.store_path: Path | None = None
         self.selection: Selection | None = None
+        self.progress: live.Progress | None = None  # of the open store; refreshed while a probe writes it
+        self._watch: live.StoreWatch | None = None
+        self.poll_seconds = self.POLL_SECONDS if poll_seconds is None else poll_seconds
+
+    def on_mount(self) -> None:
+        self.set_interval(self.poll_seconds, self.poll_store)
 
     def display_path(self, path: Path) -> str:
         """``path`` relative to the working directory when under it (short and stable)."""
@@ -65,12 +75,52 @@ class PrunelensApp(App):
             self.notify(esc(exc), severity="error", timeout=8)
             return False
         self.ds, self.store_path, self.selection = ds, Path(path), default_selection(ds)
-        self.sub_title = self.display_path(Path(path))
+        try:
+            self._watch, self.progress = live.StoreWatch(path), live.progress(path)
+        except Exception:  # noqa: BLE001 - an in-memory or odd store: shown, never watched
+            self._watch = self.progress = None
+        self._show_progress()
+        self._redraw()
+        return True
+
+    def _show_progress(self) -> None:
+        """The store's name in the header, with the probe's progress while it is being written."""
+        name = self.display_path(self.store_path) if self.store_path is not None else ""
+        running = self.progress is not None and not self.progress.finished
+        self.sub_title = f"{name} · {self.progress.label()}" if running and self.progress else name
+
+    def _redraw(self) -> None:
         if hasattr(self.screen, "reload"):
             self.screen.reload(force=True)
         elif hasattr(self.screen, "on_screen_resume"):
             self.screen.on_screen_resume()
-        return True
+
+    def poll_store(self) -> None:
+        """Timer: while the open store is still being written, look for new cells (in a worker thread)."""
+        if self.store_path is None or self._watch is None or (self.progress is not None and self.progress.finished):
+            return
+        self._poll(self.store_path, self._watch)
+
+    @work(thread=True, exclusive=True, group="poll")
+    def _poll(self, path: Path, watch: live.StoreWatch) -> None:
+        seen = watch.check()
+        if seen is None:
+            return
+        try:
+            progress = live.progress(path)
+            ds = backend.open_store(path, verify=False)  # verify reads every chunk: too slow every few seconds
+        except Exception:  # noqa: BLE001 - a cell half-way through its write: tried again at the next tick
+            return
+        self.call_from_thread(self._refreshed, path, ds, progress, watch, seen)
+
+    def _refreshed(self, path: Path, ds, progress: live.Progress, watch: live.StoreWatch, seen: tuple) -> None:
+        """New cells landed: show them on the current screen, keeping the selection and the cursor."""
+        if path != self.store_path or watch is not self._watch:
+            return  # another store was opened meanwhile
+        watch.accept(seen)
+        self.ds, self.progress = ds, progress
+        self._show_progress()
+        self._redraw()
 
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):

@@ -17,16 +17,17 @@ from prunelens.plans import Plan
 from prunelens.workflow.export import export_plan
 
 
-def open_store(path: str | Path):
+def open_store(path: str | Path, verify: bool = True):
     """The probe store at ``path`` as a lazy ``xarray.Dataset`` (errors are ``PrunelensError``).
 
     A half-written store (a probe still running or interrupted) opens too: its cells not
-    done yet are NaN, and the Runs screen says how many are done.
+    done yet are NaN, and the Runs screen says how many are done. ``verify``: read every done
+    chunk once (``prunelens_store.reader.open_store``); off for the refresh of a store being written.
     """
     from prunelens_store.reader import open_store as read
 
     try:
-        return clean_labels(read(Path(path), allow_incomplete=True))
+        return clean_labels(read(Path(path), allow_incomplete=True, verify=verify))
     except PrunelensError:
         raise
     except Exception as exc:  # a damaged store must not crash the UI
@@ -65,9 +66,22 @@ def rank_units(ds: Any, **choices: Any) -> Any:
     return prunelens.ranking.rank_units(ds, **choices)
 
 
+def store_path_of(path: str | Path | None) -> str:
+    """The store path a plan records: absolute, as ``prunelens plan`` writes it (so ``validate`` works anywhere)."""
+    if path is None:
+        raise PrunelensError("no store open")
+    return str(Path(path).expanduser().resolve())
+
+
 def plan_from_store(ds: Any, ranked: Any, *, budget: str, store_path: str, **choices: Any) -> Plan:
-    """``prunelens.planning.plan_from_store`` on the ranking already shown (the store is not ranked again)."""
-    return prunelens.planning.plan_from_store(ds, ranking=ranked, budget=budget, store_path=store_path, **choices)
+    """``prunelens.planning.plan_from_store`` on the ranking already shown (the store is not ranked again),
+    then ``check_plan_sane`` as ``prunelens plan`` does (no unit, or every layer removed, is an error)."""
+    from prunelens.plan_checks import check_plan_sane
+
+    plan = prunelens.planning.plan_from_store(ds, ranking=ranked, budget=budget, store_path=store_path_of(store_path),
+                                              **choices)
+    check_plan_sane(plan, ds)
+    return plan
 
 
 def exports_mergekit(plan: Plan) -> bool:

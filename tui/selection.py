@@ -10,6 +10,7 @@ from prunelens_store.view import select_temperature
 
 HEADLINE = ("kl_pred", "kl")  # shown first; every other metric of the store schema follows in schema order
 METRICS = HEADLINE + tuple(m for m in schema.METRICS if m not in HEADLINE)
+CANDIDATE_METRICS = tuple(m for m in METRICS if m.startswith("cand_"))  # measured only for prompts with candidates
 KIND_CHOICES = ("all", "block", "attn", "mlp")
 # field -> (key, label) for the one-key switches shared by the data screens
 SWITCHES = {
@@ -37,13 +38,27 @@ class Selection:
 def choices(ds: Any, field: str) -> list:
     """The values ``field`` can take in this store."""
     if field == "metric":
-        return [m for m in METRICS if m in ds.data_vars]
+        return [m for m in METRICS if m in ds.data_vars and (m not in CANDIDATE_METRICS or has_candidates(ds))]
     if field == "kind":
         present = {str(k) for k in ds["kind"].values}
         return [k for k in KIND_CHOICES if k == "all" or k in present]
     if field == "temperature":
         return [float(t) for t in ds["temperature"].values]
     return [str(v) for v in ds[field].values]
+
+
+def has_candidates(ds: Any) -> bool:
+    """The probe's prompts had answer candidates (the store holds their ids), so ``cand_*`` were measured."""
+    return "candidates" in ds.data_vars
+
+
+def option_label(field: str, value: Any) -> str:
+    """How a value is named in a choice box (``all kinds``, ``T=0.7``)."""
+    if field == "kind" and value == "all":
+        return "all kinds"
+    if field == "temperature":
+        return f"T={float(value):g}"
+    return str(value)
 
 
 def default_selection(ds: Any) -> Selection:

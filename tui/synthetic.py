@@ -43,8 +43,12 @@ def synthetic_dataset(
     seed: int = 0,
     done_fraction: float = 1.0,
     model_id: str = "tiny-llama-synthetic",
+    candidates: bool = True,
 ) -> xr.Dataset:
-    """A filled dataset; cells beyond ``done_fraction`` (in unit order) stay NaN / not done."""
+    """A filled dataset; cells beyond ``done_fraction`` (in unit order) stay NaN / not done.
+
+    ``candidates``: the prompts had answer candidates (a ``candidates`` variable, ``cand_*`` filled);
+    without them ``cand_*`` stay NaN, as in a store probed on plain text."""
     rng = np.random.default_rng(seed)
     units, layers, unit_kinds = unit_names(num_layers, kinds)
     attrs = {
@@ -85,15 +89,19 @@ def synthetic_dataset(
     ds["kl"].values[:] = noisy(kl, 0.1)
     ds["kl_pred"].values[:] = noisy(kl * bias[..., 0], 0.3)
     ds["top1_agree"].values[:] = (rng.random(cell.shape) > np.minimum(kl.mean(axis=4), 1.0)).astype(np.float32)
-    ds["cand_kl"].values[:] = noisy(kl * 0.5, 0.2)
-    ds["cand_top1_agree"].values[:] = (rng.random(kl.shape) > np.minimum(kl, 1.0)).astype(np.float32)
-    ds["cand_mass"].values[:] = np.clip(0.8 - kl, 0.0, 1.0)
-    ds["cand_rank"].values[:] = np.floor(np.minimum(kl * 10, 20)).astype(np.float32)
+    cand_kl = noisy(kl * 0.5, 0.2)
+    cand_agree = (rng.random(kl.shape) > np.minimum(kl, 1.0)).astype(np.float32)
+    if candidates:  # drawn either way, so the other variables' numbers do not depend on it
+        ds["cand_kl"].values[:] = cand_kl
+        ds["cand_top1_agree"].values[:] = cand_agree
+        ds["cand_mass"].values[:] = np.clip(0.8 - kl, 0.0, 1.0)
+        ds["cand_rank"].values[:] = np.floor(np.minimum(kl * 10, 20)).astype(np.float32)
+        ds["candidates"] = (("sample", "candidate"), np.tile(np.arange(4, dtype=np.int64) + 10, (samples, 1)))
     ds["free_tokens"].values[:] = rng.integers(0, 96, ds["free_tokens"].shape)
     n_done = int(round(done_fraction * U))
     ds["done"].values[:, :n_done] = True
     for name in ds.data_vars:
-        if name != "done" and n_done < U:
+        if name not in ("done", "candidates") and n_done < U:
             ds[name].values[:, n_done:] = -1 if name == "free_tokens" else np.nan
     return ds
 

@@ -10,6 +10,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import Footer, Header, Static
 
 from prunelens.safe_text import esc
@@ -24,25 +25,83 @@ def switch_bindings(fields: tuple[str, ...]) -> list[Binding]:
     return [Binding(SWITCHES[f][0], f"cycle('{f}')", f"switch {SWITCHES[f][1]}", show=False) for f in fields]
 
 
-class SelectionBar(Static):
-    """Shows the current choice of every switch this screen uses, with its key."""
+# shorter names, used only when the whole bar does not fit the terminal's width
+SHORT = {"probability": "prob", "embedding": "emb", "propagated": "prop", "teacher_forced": "forced",
+         "free_running": "free", "sublayer": "sub"}
+
+
+def squeeze(value: str, width: int) -> str:
+    """``value`` in at most ``width`` characters: its start and its end kept (``magn…sparsity=0.5``)."""
+    if len(value) <= width:
+        return value
+    tail = max(1, (2 * (width - 1)) // 3)
+    return value[: max(0, width - 1 - tail)] + "…" + value[-tail:]
+
+
+class SelectionBar(Widget):
+    """One line: the current choice of every switch this screen uses, with its key; it always fits the width."""
+
+    DEFAULT_CSS = "SelectionBar { height: 1; }"
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.sel: S.Selection | None = None
+        self.fields: tuple[str, ...] = ()
+        self.dims: tuple[str, ...] = ()
+        self.shown: dict[str, str] = {}
+        self.extra = ""  # e.g. a running probe's progress, drawn at the end
 
     def show(self, sel: S.Selection | None, fields: tuple[str, ...], dims: tuple[str, ...] = (),
              shown: dict[str, str] | None = None) -> None:
         """``dims``: the shown metric's dims; a switch the metric does not have is drawn dim. ``shown``: what
         the screen actually draws for a field where that differs from the choice (``k all→block``)."""
-        if sel is None:
-            self.update(Text("no store open: press 1 for Runs and Enter on a store", style="bold yellow"))
-            return
+        self.sel, self.fields, self.dims, self.shown = sel, fields, dims, dict(shown or {})
+        self.refresh()
+
+    def parts(self) -> list[tuple[str, str, bool]]:
+        """(key, value, unused) per switch."""
+        assert self.sel is not None
+        out = []
+        for f in self.fields:
+            value = getattr(self.sel, f)
+            text = f"{value:g}" if isinstance(value, float) else str(value)
+            if f in self.shown and str(self.shown[f]) != text:
+                text = f"{text}→{self.shown[f]}"
+            out.append((SWITCHES[f][0], text, bool(self.dims) and f in ("space", "temperature") and f not in self.dims))
+        return out
+
+    def line(self, width: int) -> Text:
+        """The bar in ``width`` characters: full names, else short names and single spaces, else the
+        longest value (the method) squeezed in the middle."""
+        if self.sel is None:
+            return Text("no store open: press 1 for Runs and Enter on a store", style="bold yellow")
+        parts = self.parts()
+        extra = f"  {self.extra}" if self.extra else ""
+        for short, sep in ((False, "  "), (True, "  "), (True, " ")):
+            shown = [(k, SHORT.get(v, v) if short else v, u) for k, v, u in parts]
+            if _length(shown, sep) + len(extra) <= width:
+                break
+        over = _length(shown, sep) + len(extra) - width
+        if over > 0:
+            i = max(range(len(shown)), key=lambda j: len(shown[j][1]))
+            k, v, u = shown[i]
+            shown[i] = (k, squeeze(v, max(4, len(v) - over)), u)
         text = Text()
-        for f in fields:
-            value = getattr(sel, f)
-            unused = dims and f in ("space", "temperature") and f not in dims
-            text.append(f"{SWITCHES[f][0]}", style="dim" if unused else "bold reverse")
-            if shown and f in shown and str(shown[f]) != str(value):
-                value = f"{value}→{shown[f]}"
-            text.append(f" {value:g}  " if isinstance(value, float) else f" {value}  ", style="dim" if unused else "")
-        self.update(text)
+        for i, (key, value, unused) in enumerate(shown):
+            text.append(key, style="dim" if unused else "bold reverse")
+            text.append(f" {value}", style="dim" if unused else "")
+            if i < len(shown) - 1:
+                text.append(sep)
+        if extra:
+            text.append(extra, style="bold")
+        return text
+
+    def render(self) -> Text:
+        return self.line(self.size.width or 80)
+
+
+def _length(parts: list[tuple[str, str, bool]], sep: str) -> int:
+    return sum(len(k) + 1 + len(v) for k, v, _ in parts) + len(sep) * max(0, len(parts) - 1)
 
 
 class DataScreen(Screen):

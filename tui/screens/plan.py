@@ -1,8 +1,9 @@
-"""Rank & plan: choose strategy, kind, temperature and budget; rank in a worker; review; export."""
+"""Rank & plan: the data screens' method, kind, temperature, locality and timing, plus strategy and budget;
+rank in a worker; review; export."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rich.text import Text
@@ -18,18 +19,19 @@ from prunelens.plans import Plan
 from prunelens.safe_text import clean, esc
 
 from .. import backend
+from .. import selection as S
 from ..widgets.scale import fmt
 
-KINDS = (("block", "block"), ("attn", "attn"), ("mlp", "mlp"), ("all kinds", "all"))
 RESULT_COLUMNS = (("#", "rank"), ("unit", "unit"), ("score", "score"), ("kl_pred", "kl_pred"), ("kl", "kl"),
                   ("1-cos p", "cos_p"), ("plan", "chosen"))
+SHARED = ("method", "kind", "temperature", "locality", "timing")  # the Selects that mirror the data screens
 
 
-@dataclass
+@dataclass(frozen=True)
 class Choices:
     method: str
     by: str
-    kind: str | None
+    kind: str | None  # None: every kind
     temperature: float
     budget: str
     locality: str
@@ -38,6 +40,11 @@ class Choices:
     def as_kwargs(self) -> dict[str, Any]:
         return dict(method=self.method, kind=self.kind, temperature=self.temperature, by=self.by,
                     locality=self.locality, timing=self.timing)
+
+    def label(self) -> str:
+        """Every choice, named: what the status line and the export message say."""
+        return (f"{self.method} · {self.by} · {self.kind or 'all kinds'} · T={self.temperature:g} · "
+                f"{self.locality} · {self.timing} · budget {self.budget}")
 
 
 class PlanScreen(Screen):
@@ -50,16 +57,20 @@ class PlanScreen(Screen):
         self.plan: Plan | None = None
         self.planned: Choices | None = None
         self._store_id: int | None = None
+        self._options: dict[str, list[tuple[str, Any]]] = {}
         self._loading = False  # the strategies are being listed (first visit: imports torch)
         self._rank_queued = False  # `r` pressed meanwhile: rank as soon as they are there
 
     def compose(self) -> ComposeResult:
         yield Header()
-        with Horizontal(id="choices"):
+        with Horizontal(id="row-method"):
             yield Select([], prompt="method", id="method", allow_blank=True)
             yield Select([], prompt="strategy", id="by", allow_blank=True)
-            yield Select(KINDS, value="block", id="kind", allow_blank=False)
+        with Horizontal(id="row-choices"):
+            yield Select([], prompt="kind", id="kind", allow_blank=True)
             yield Select([], prompt="T", id="temperature", allow_blank=True)
+            yield Select([], prompt="locality", id="locality", allow_blank=True)
+            yield Select([], prompt="timing", id="timing", allow_blank=True)
         with Horizontal(id="actions"):
             yield Input("2", placeholder="budget: units (2) or fraction (0.25)", id="budget")
             yield Input("plan.json", placeholder="export path", id="path")
@@ -78,25 +89,59 @@ class PlanScreen(Screen):
 
     def on_screen_resume(self) -> None:
         ds = self.app.ds
-        if ds is None or id(ds) == self._store_id:
-            if ds is None:
-                self._status("no store open: press 1 for Runs and Enter on a store", "yellow")
+        if ds is None:
+            self._status("no store open: press 1 for Runs and Enter on a store", "yellow")
             return
+        if id(ds) != self._store_id:
+            self._new_store(ds)
+        self._follow(self.app.selection)
+
+    def reload(self, force: bool = False) -> None:
+        """The app's hook when the open store changes or a probe adds cells: follow it."""
+        self.on_screen_resume()
+
+    def _new_store(self, ds) -> None:
+        first = self._store_id is None
         self._store_id = id(ds)
-        self._status("loading the ranking strategies…", "dim")
-        self._loading = True
-        self._warm_up()
-        methods = [str(m) for m in ds["method"].values]
-        self.query_one("#method", Select).set_options([(Text(clean(m)), m) for m in methods])
-        self.query_one("#method", Select).value = self.app.selection.method
-        present = {str(k) for k in ds["kind"].values}
-        self.query_one("#kind", Select).value = next((k for k in ("block", "attn", "mlp") if k in present), "all")
-        temps = [float(t) for t in ds["temperature"].values]
-        temp = self.query_one("#temperature", Select)
-        temp.set_options([(f"T={t:g}", t) for t in temps])
-        temp.value = self.app.selection.temperature
-        self.query_one(DataTable).clear()
-        self.plan = None
+        for name in SHARED:
+            options = [(S.option_label(name, v), v) for v in S.choices(ds, name)]
+            if options != self._options.get(name):  # the same store reopened (new cells): the boxes stay as they are
+                self._options[name] = options
+                self.query_one(f"#{name}", Select).set_options(options)
+        if first:
+            self._status("loading the ranking strategies…", "dim")
+            self._loading = True
+            self._warm_up()
+
+    def _follow(self, sel: S.Selection | None) -> None:
+        """Set the shared Selects to the data screens' selection; a plan of other choices is dropped."""
+        if sel is None:
+            return
+        for name in SHARED:
+            box = self.query_one(f"#{name}", Select)
+            if box.value != getattr(sel, name):
+                box.value = getattr(sel, name)
+        self._check_stale()
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        """A shared Select changed here: the data screens follow it, and a plan of other choices is dropped."""
+        name = event.select.id
+        sel = self.app.selection
+        if name in SHARED and sel is not None and event.value is not Select.NULL and event.value != getattr(sel, name):
+            self.app.selection = replace(sel, **{name: event.value})
+        self._check_stale()
+
+    def _check_stale(self) -> None:
+        try:
+            current = self.choices()
+        except PrunelensError:
+            return
+        if self.plan is not None and self.planned is not None and replace(current, budget=self.planned.budget) != \
+                self.planned:
+            self.plan = self.planned = None
+            self.query_one(DataTable).clear()
+        if self.plan is None and not self._loading and not self._rank_queued:
+            self._status(f"{current.label()}: r ranks")
 
     @work(thread=True, group="warm")
     def _warm_up(self) -> None:
@@ -122,22 +167,22 @@ class PlanScreen(Screen):
             self._rank_queued = False
             self.action_rank()
         elif self.plan is None:
-            self._status("choose, then Rank (r)")
+            self._check_stale()
 
     def _status(self, message: str, style: str = "") -> None:
         self.query_one("#status", Static).update(Text(clean(message), style=style))
 
     def choices(self) -> Choices:
         values = {}
-        for name in ("method", "by", "kind", "temperature"):
+        for name in ("method", "by", *SHARED[1:]):
             value = self.query_one(f"#{name}", Select).value
             if value is Select.NULL:
                 raise PrunelensError(f"choose a {name if name != 'by' else 'strategy'} first")
             values[name] = value
-        sel = self.app.selection
-        kind = None if values["kind"] == "all" else values["kind"]
-        return Choices(values["method"], values["by"], kind, float(values["temperature"]),
-                       self.query_one("#budget", Input).value.strip(), sel.locality, sel.timing)
+        kind = None if values["kind"] == "all" else str(values["kind"])
+        return Choices(str(values["method"]), str(values["by"]), kind, float(values["temperature"]),
+                       self.query_one("#budget", Input).value.strip(), str(values["locality"]),
+                       str(values["timing"]))
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         {"rank": self.action_rank, "export": self.action_export}[event.button.id]()
@@ -159,8 +204,8 @@ class PlanScreen(Screen):
             self._status(str(exc), "red")
             return
         self.query_one(ProgressBar).update(progress=0)
-        self._status(f"ranking by {choices.by}…", "bold")
-        self._rank(self.app.ds, choices, str(self.app.store_path))
+        self._status(f"ranking: {choices.label()}…", "bold")
+        self._rank(self.app.ds, choices, backend.store_path_of(self.app.store_path))
 
     @work(thread=True, exclusive=True, group="rank")
     def _rank(self, ds, choices: Choices, store_path: str) -> None:
@@ -185,8 +230,7 @@ class PlanScreen(Screen):
             rank = "" if row.rank is None or str(row.rank) == "<NA>" else str(row.rank)
             table.add_row(rank, Text(clean(row.unit)), fmt(row.score), fmt(row.kl_pred), fmt(row.kl),
                           fmt(row.cos_dev_probability), mark)
-        names = ", ".join(plan.unit_names)
-        self._status(f"plan: {names} ({choices.by}, T={choices.temperature:g}); e exports", "green")
+        self._status(f"plan {', '.join(plan.unit_names)} ({choices.label()}); e exports", "green")
 
     def action_export(self) -> None:
         if self.plan is None:
@@ -198,5 +242,12 @@ class PlanScreen(Screen):
         except Exception as exc:
             self._status(f"export failed: {exc}", "red")
             return
-        self._status("wrote " + " and ".join(str(p) for p in written), "bold green")
-        self.app.notify(esc("wrote " + " and ".join(str(p) for p in written)))
+        message = f"wrote {' and '.join(str(p) for p in written)} ({plan_label(self.plan)} plan)"
+        self._status(message, "bold green")
+        self.app.notify(esc(message))
+
+
+def plan_label(plan: Plan) -> str:
+    """The plan's method (its units' methods for a mixed plan)."""
+    specs = list(dict.fromkeys(spec for _, spec in plan.unit_methods()))
+    return " + ".join(specs) if specs else str(plan.method)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -50,7 +52,7 @@ class RunsScreen(Screen):
 
     def _add(self, s: StoreSummary) -> None:
         self.summaries.append(s)
-        status = Text(s.status, style="red" if s.error else "green" if s.status == "complete" else "yellow")
+        status = status_text(s)
         name = self.app.display_path(s.path)
         if s.error:
             row = (Text(clean(name)), status, Text(clean(s.error), style="red"), "", "", "", "")
@@ -60,6 +62,19 @@ class RunsScreen(Screen):
         self.query_one(DataTable).add_row(*row, key=str(len(self.summaries) - 1))
         if len(self.summaries) == 1:
             self._show_details(s)
+
+    def reload(self, force: bool = False) -> None:
+        """The open store's progress changed (a probe is writing it): its status cell and details follow."""
+        progress, path = self.app.progress, self.app.store_path
+        if progress is None or path is None:
+            return
+        table = self.query_one(DataTable)
+        for i, s in enumerate(getattr(self, "summaries", [])):
+            if not s.error and s.path.resolve() == Path(path).resolve():
+                s.done, s.cells, s.complete = progress.done, progress.cells, progress.complete
+                table.update_cell(str(i), "status", status_text(s))
+                if self._current() is s:
+                    self._show_details(s)
 
     def _scanned(self) -> None:
         ok = [s for s in self.summaries if not s.error]
@@ -104,3 +119,7 @@ class RunsScreen(Screen):
             return
         if self.app.open_store(s.path):
             self.app.switch_mode("heatmap")
+
+
+def status_text(s: StoreSummary) -> Text:
+    return Text(s.status, style="red" if s.error else "green" if s.status == "complete" else "yellow")

@@ -39,10 +39,14 @@ class Canvas:
             self.bits[row, col] |= _BITS[py % 4][px % 2]
             self.colours[row][col] = colour
 
-    def mark(self, px: int, py: int, glyph: str, colour: str) -> None:
-        """Put ``glyph`` in the character cell that holds pixel (px, py)."""
+    def mark(self, px: int, py: int, glyph: str, colour: str, beside: bool = False) -> None:
+        """Put ``glyph`` in the character cell that holds pixel (px, py). ``beside``: when another marker is
+        there already, use the nearest free cell in the same row (a point is never hidden by another)."""
         if 0 <= px < 2 * self.width and 0 <= py < 4 * self.height:
             row, col = py // 4, px // 2
+            if beside and (row, col) in self.glyphs:
+                free = [c for d in (1, -1, 2, -2) if 0 <= (c := col + d) < self.width and (row, c) not in self.glyphs]
+                col = free[0] if free else col
             self.glyphs[row, col] = glyph
             self.colours[row][col] = colour
 
@@ -122,10 +126,12 @@ def render_plot(series: list[Series], width: int, height: int, *, logx: bool = F
                 for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
                     canvas.dot(point[0] - dx, point[1] - dy, s.colour)
             if s.marker:
-                marks.append((point, s.marker, s.colour))
+                marks.append((not s.lines, point, s.marker, s.colour))
             prev = point
-    for point, glyph, colour in marks:  # after every line, so no line covers a marker
-        canvas.mark(*point, glyph, colour)
+    # after every line, so no line covers a marker; the joined (measured) markers first, then the points-only
+    # (predicted) ones, each beside a marker already in its cell rather than over it
+    for points_only, point, glyph, colour in sorted(marks, key=lambda m: m[0]):
+        canvas.mark(*point, glyph, colour, beside=points_only)
     lines = []
     for r, row in enumerate(canvas.rows()):
         label = _axis_label(y1, logy) if r == 0 else _axis_label(y0, logy) if r == ph - 1 else ""

@@ -13,6 +13,8 @@ from textual.widget import Widget
 from .scale import Scale
 
 LABEL_WIDTH = 9
+CURSOR_ROW = "▶"  # beside the cursor's unit label
+CURSOR_COLUMN = "▼"  # over the cursor's step
 
 
 class HeatmapGrid(Widget):
@@ -105,17 +107,30 @@ class HeatmapGrid(Widget):
         steps = self.steps[self._left:self._left + cols]
         header = Text("step".ljust(LABEL_WIDTH), style="bold")
         cw = self.cell_width
-        header.append(_tick_line(steps, cw), style="dim")
+        ticks = _tick_line(steps, cw)
+        at = (cur_col - self._left) * cw  # the cursor's column is marked in the step line too (seen without colour)
+        header.append(ticks[:at], style="dim")
+        header.append(CURSOR_COLUMN.ljust(cw)[:cw], style="bold")
+        header.append(ticks[at + cw:], style="dim")
         lines = [header]
         for r in range(self._top, min(len(self.units), self._top + rows)):
             style = "bold reverse" if r == cur_row else "bold"
             line = Text(self.units[r][: LABEL_WIDTH - 1].ljust(LABEL_WIDTH - 1), style=style)
-            line.append(" ")
+            line.append(CURSOR_ROW if r == cur_row else " ", style="bold")
             for c in range(self._left, self._left + len(steps)):
                 glyph, colour = self.scale.glyph(self.value_at(r, c))
-                line.append(glyph * cw, style=f"{colour} reverse" if (r, c) == (cur_row, cur_col) else colour)
+                if (r, c) == (cur_row, cur_col):
+                    line.append(_cursor_cell(glyph, cw), style=f"bold {colour} reverse")
+                else:
+                    line.append(glyph * cw, style=colour)
             lines.append(line)
         return Text("\n").join(lines)
+
+
+def _cursor_cell(glyph: str, width: int) -> str:
+    """The cursor's cell: the level glyph between brackets where it is wide enough, so a monochrome
+    terminal (``NO_COLOR``) shows the cursor by shape, not only by reverse video."""
+    return f"[{glyph * (width - 2)}]" if width >= 3 else glyph * width
 
 
 def _tick_line(steps: list[int], cell_width: int) -> str:
