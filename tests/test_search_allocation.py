@@ -239,3 +239,35 @@ def test_plan_cli_search_with_seed(loaded, tmp_path, random_windows):
     res = CliRunner().invoke(main, ["plan", str(store), "--allocator", "knapsack", "--budget", "sparsity=0.6", "-T",
                                     "0.7", "--seed", "5", "--out", str(tmp_path / "k.json")])
     assert res.exit_code != 0 and "has no seed" in res.output
+
+
+# -- validate: the interaction ratio ------------------------------------------------------------------------
+@pytest.mark.parametrize("measured, remedy", [(0.7, True), (0.59, False), (0.3, False)])
+def test_validate_prints_the_interaction_ratio_and_names_the_search(loaded, tmp_path, monkeypatch, measured, remedy):
+    import json
+
+    from click.testing import CliRunner
+
+    import prunelens.apply
+    from prunelens.cli import main
+
+    store = tmp_path / "s.zarr"
+    ds = _store(loaded, ["wanda:sparsity=0.5", "wanda:sparsity=0.7"], kinds=("block",))
+    for name in [n for n in ds.data_vars if {"method", "unit"} <= set(ds[n].dims)]:
+        ds[name] = ds[name].chunk({"method": 1, "unit": 1})
+    ds.to_zarr(store, mode="w", consolidated=False, zarr_format=3)
+    plan_path = tmp_path / "plan.json"
+    allocate_plan(ds, allocator="knapsack", budget="sparsity=0.6", temperature=0.7, loaded=loaded,
+                  store_path=str(store)).save(plan_path)
+    rows = [{"k": 1, "unit": "L0", "predicted_kl": 0.2, "cumulative_predicted_kl": 0.2, "measured_kl": 0.25,
+             "taylor_kl_of_set": None, "top1_agree": 1.0},
+            {"k": 2, "unit": "L1", "predicted_kl": 0.3, "cumulative_predicted_kl": 0.5, "measured_kl": measured,
+             "taylor_kl_of_set": None, "top1_agree": 1.0}]
+    monkeypatch.setattr(prunelens.apply, "validate_plan", lambda *a, **k: rows)
+    res = CliRunner().invoke(main, ["validate", str(plan_path)], terminal_width=250)
+    assert res.exit_code == 0, res.output
+    assert f"interaction ratio (measured / sum of predicted KL): {measured / 0.5:.2f}" in res.output
+    assert ("--allocator search" in res.output) == remedy
+    res = CliRunner().invoke(main, ["validate", str(plan_path), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["interaction_ratio"] == pytest.approx(measured / 0.5)

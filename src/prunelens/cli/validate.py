@@ -35,12 +35,42 @@ def command(plan_path, store, checkpoint, no_cumulative, no_write, as_json) -> N
         from ..fileio import json_text
         from ..workflow.tables import validation_json
 
-        click.echo(json_text(validation_json(plan, rows, plan_path=plan_path, store=store, checkpoint=checkpoint)),
-                   nl=False)
+        shown = validation_json(plan, rows, plan_path=plan_path, store=store, checkpoint=checkpoint)
+        click.echo(json_text({**shown, "interaction_ratio": interaction_ratio(rows)}), nl=False)
     else:
         from ..workflow.tables import validation_table
 
         console.print(validation_table(plan, rows))
+    note = interaction_note(rows)
+    if note:
+        from ..safe_text import esc
+
+        console.print(esc(note))
     if not no_write:
         plan.save(plan_path)
         console.print(f"measured KL written into {plan_path}")
+
+INTERACTION_LIMIT = 1.2  # measured / Σ predicted above this: the units' damage compounds
+
+
+def interaction_ratio(rows: list[dict]) -> float | None:
+    """Measured KL of the whole plan (the checkpoint row, else the last replay row) / Σ predicted KL."""
+    if not rows:
+        return None
+    last = rows[-1]
+    pred, meas = last.get("cumulative_predicted_kl"), last.get("measured_kl")
+    if pred is None or meas is None or not pred > 0:
+        return None
+    return float(meas) / float(pred)
+
+
+def interaction_note(rows: list[dict]) -> str | None:
+    """One line with the interaction ratio, naming the remedy when it is above ``INTERACTION_LIMIT``."""
+    ratio = interaction_ratio(rows)
+    if ratio is None:
+        return None
+    line = f"interaction ratio (measured / sum of predicted KL): {ratio:.2f}"
+    if ratio > INTERACTION_LIMIT:
+        line += (f" > {INTERACTION_LIMIT:g}: the units' errors compound beyond the sum the allocator minimised; "
+                 "re-plan with --allocator search (fitness = the assembled model's KL) or --iterative")
+    return line
