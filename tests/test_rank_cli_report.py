@@ -65,9 +65,13 @@ def test_plan_report_and_validate_commands(setup):
     kept = sorted(i for r in ranges for i in range(*r))
     assert kept == sorted(set(range(4)) - {int(u["unit"][1:]) for u in plan["units"]})
 
+    before = plan_path.read_bytes()
     res = _run("validate", plan_path, "--store", store)
     assert res.exit_code == 0, res.output
     assert "measured KL" in res.output
+    assert plan_path.read_bytes() == before  # a check leaves its input unchanged
+    res = _run("validate", plan_path, "--store", store, "--write")
+    assert res.exit_code == 0, res.output
     assert json.loads(plan_path.read_text())["measured_kl_total"] is not None
 
     out = root / "report"

@@ -47,6 +47,30 @@ def select_units(ranked: list[str], budget: int | float, counts: dict[str, int] 
     return chosen
 
 
+def check_count_reached(budget: int | float, chosen: list[str], reach: int) -> None:
+    """A unit-count budget that is not filled is an error, as a knapsack budget that cannot be met is.
+
+    ``reach``: the most units that fit together (``max_disjoint``); ``chosen``: what the selection took.
+    """
+    if not isinstance(budget, int) or len(chosen) >= budget:
+        return
+    if reach < budget:
+        raise PrunelensError(f"no choice of units meets the budget: the store's units (finite, not overlapping) "
+                             f"reach at most {reach} of the {budget} required")
+    raise PrunelensError(f"the budget asks for {budget} units; taken safest first (a block excludes its own "
+                         f"sublayers) this ranking reaches {len(chosen)}: ask for at most {len(chosen)} or choose "
+                         "one --kind")
+
+
+def max_disjoint(names: list[str]) -> int:
+    """The most units of ``names`` a plan can hold together (per layer: attention and MLP, or the block)."""
+    kinds: dict[int, set[str]] = {}
+    for name in names:
+        u = Unit.parse(name)
+        kinds.setdefault(u.layer, set()).add(u.kind)
+    return sum(max(len(k - {"block"}), 1) for k in kinds.values())
+
+
 def check_ranking(ranking: Any, *, by: str, temperature: float, locality: str, timing: str,
                   kind: str | None) -> None:
     """Refuse a ranking (``ranking.rank_units`` DataFrame) made with other choices than the plan's."""
@@ -100,6 +124,7 @@ def plan_from_store(ds: Any, *, method: str, kind: str | None, temperature: floa
         chosen = ranker.consecutive_blocks(ctx, budget)
     else:
         chosen = select_units(list(df["unit"]), budget, counts, total)
+    check_count_reached(budget, chosen, max_disjoint(list(df["unit"])))
     return make_plan(ds, chosen, df.set_index("unit"), method=df.attrs["method"], kind=kind, temperature=temperature,
                      by=by, budget=budget, locality=locality, timing=timing, store_path=store_path, loaded=loaded,
                      counts=counts)
@@ -187,6 +212,9 @@ def iterative_plan(ds: Any, *, method: str, kind: str | None, temperature: float
     settings = ProbeSettings(steps=int(ds.sizes["step"]), temperatures=(float(temperature),), localities=("propagated",),
                              timings=("teacher_forced",), readout=str(ds.attrs.get("readout", "norm")))
     pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer is not None and loaded.tokenizer.pad_token_id is not None else 0
+    reach = max_disjoint([u.name for u in candidates])
+    if isinstance(budget, int) and reach < budget:  # before any re-probing
+        check_count_reached(budget, [], reach)
     chosen: list[str] = []
     rows: dict[str, dict[str, float]] = {}
     while True:
@@ -209,6 +237,7 @@ def iterative_plan(ds: Any, *, method: str, kind: str | None, temperature: float
         rows[best.name] = {"score": scores[best.name]["kl_pred"], "kl_pred": scores[best.name]["kl_pred"]}
     if not chosen:
         raise PrunelensError("no unit fits the budget")
+    check_count_reached(budget, chosen, reach)
     import pandas as pd
 
     table = pd.DataFrame.from_dict(rows, orient="index")

@@ -7,6 +7,21 @@ import click
 from .rank import store_options
 
 
+def check_export_targets(out: str | None, mergekit: str | None, llmc: str | None, as_json: bool = False) -> None:
+    """At least one output; at most one text on standard output ('-', or --json's plan JSON)."""
+    from ..errors import PrunelensError
+    from ..fileio import is_stdout
+
+    if out is None and mergekit is None and llmc is None:
+        raise PrunelensError("missing --out (the plan JSON), or --mergekit / --llmcompressor alone")
+    named = [flag for flag, path in (("--out", out), ("--mergekit", mergekit), ("--llmcompressor", llmc))
+             if path is not None and is_stdout(path)]
+    if as_json and not is_stdout(out):
+        named.append("--json")
+    if len(named) > 1:
+        raise PrunelensError(f"{' and '.join(named)} all print to standard output: choose one")
+
+
 @click.command("plan")
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
 @store_options
@@ -23,8 +38,9 @@ from .rank import store_options
               help="Random seed of an allocator that has one (search: mutations, fitness windows); default 0.")
 @click.option("--iterative", is_flag=True,
               help="Take the best unit, re-probe the rest on the already-compressed model, repeat (kl_pred).")
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
-              help="Plan JSON to write; '-' prints the plan JSON only.")
+@click.option("--out", "out", default=None, type=click.Path(dir_okay=False),
+              help="Plan JSON to write; '-' prints the plan JSON only. Optional with --mergekit or "
+                   "--llmcompressor (then no plan JSON is written).")
 @click.option("--mergekit", type=click.Path(dir_okay=False), default=None,
               help="Also write a mergekit passthrough YAML (block drops only); '-' prints it.")
 @click.option("--llmcompressor", "llmc", type=click.Path(dir_okay=False), default=None,
@@ -42,6 +58,7 @@ def command(store, method, kind, temperature, by, locality, timing, budget, allo
     from ..ranking import load_store
     from ..safe_text import esc
 
+    check_export_targets(out, mergekit, llmc, as_json)
     check_writable_file(None if is_stdout(out) else out, flag="--out")  # before any work
     check_writable_file(None if is_stdout(mergekit) else mergekit, flag="--mergekit")
     check_writable_file(None if is_stdout(llmc) else llmc, flag="--llmcompressor")
@@ -98,7 +115,7 @@ def command(store, method, kind, temperature, by, locality, timing, budget, allo
     line = allocation_line(plan)
     if line:
         console.print(line)
-    console.print(esc(f"wrote {out}" + (f" and {mergekit}" if mergekit else "") + (f" and {llmc}" if llmc else "")))
+    console.print(esc("wrote " + " and ".join(str(p) for p in (out, mergekit, llmc) if p)))
     from ..ranking import nonfinite_note
 
     note = nonfinite_note(ds)

@@ -126,6 +126,10 @@ def command(model, methods, units, samples, steps, prompt_len, temperatures, loc
         dtype = resolve_dtype(model, dtype, device)
         if ranks.is_main and not quiet:
             click.echo(f"probe: {model} on {device} ({why}), dtype {dtype}", err=True)
+        if quiet:
+            from ..console import silence_library_progress
+
+            silence_library_progress()
         loaded = load_model(model, dtype=dtype, device=device, max_memory=memory, offload_folder=offload_folder)
         chosen = select_units(units, loaded.adapter.num_layers)
         base = None

@@ -12,16 +12,24 @@ import click
 @click.option("--checkpoint", type=click.Path(exists=True, file_okay=False), default=None,
               help="Applied checkpoint (from prunelens apply) to measure as well.")
 @click.option("--no-cumulative", is_flag=True, help="Skip the unit-by-unit replay; measure the checkpoint only.")
-@click.option("--no-write", is_flag=True, help="Do not write the measured KL back into the plan file.")
+@click.option("--write", "write", is_flag=True,
+              help="Write the measured KL back into the plan file (default: the plan is left unchanged).")
+@click.option("--no-write", "no_write", is_flag=True, hidden=True,
+              help="Accepted for older scripts; the plan is left unchanged unless --write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON instead of a table (shape: docs/cli.md).")
-def command(plan_path, store, checkpoint, no_cumulative, no_write, as_json) -> None:
-    """Compare PLAN's predicted KL with the measured KL (cumulatively and for the applied checkpoint)."""
+def command(plan_path, store, checkpoint, no_cumulative, write, no_write, as_json) -> None:
+    """Compare PLAN's predicted KL with the measured KL (cumulatively and for the applied checkpoint).
+
+    PLAN is only read; --write records the measured KL in it.
+    """
     from ..apply import validate_plan
     from ..console import make_console
     from ..errors import PrunelensError
     from ..plans import Plan
     from ..ranking import load_store
 
+    if write and no_write:
+        raise click.UsageError("--write and --no-write contradict each other")
     console = make_console(stderr=as_json)  # with --json, stdout carries the JSON only
     plan = Plan.load(plan_path)
     store = store or plan.store_path
@@ -46,9 +54,10 @@ def command(plan_path, store, checkpoint, no_cumulative, no_write, as_json) -> N
         from ..safe_text import esc
 
         console.print(esc(note))
-    if not no_write:
+    if write:
         plan.save(plan_path)
         console.print(f"measured KL written into {plan_path}")
+
 
 INTERACTION_LIMIT = 1.2  # measured / Σ predicted above this: the units' damage compounds
 

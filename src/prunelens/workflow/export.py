@@ -9,9 +9,9 @@ from typing import Any
 PathLike = str | os.PathLike[str]
 
 
-def export_plan(plan: Any, json_path: PathLike, mergekit_path: PathLike | None = None,
+def export_plan(plan: Any, json_path: PathLike | None, mergekit_path: PathLike | None = None,
                 recipe_path: PathLike | None = None) -> list[Path]:
-    """Write ``plan`` as JSON to ``json_path`` (and mergekit YAML / llm-compressor recipe when given).
+    """Write ``plan`` as JSON to ``json_path`` (None: no JSON) and mergekit YAML / llm-compressor recipe when given.
 
     Every text is built before anything is written, so a plan that one format cannot express
     (a mergekit config of sublayer drops, a recipe of an unsupported method) fails without
@@ -21,7 +21,7 @@ def export_plan(plan: Any, json_path: PathLike, mergekit_path: PathLike | None =
     """
     from ..fileio import write_output
 
-    texts: list[tuple[PathLike, str]] = [(json_path, plan.to_json())]
+    texts: list[tuple[PathLike, str]] = [] if json_path is None else [(json_path, plan.to_json())]
     if mergekit_path is not None:
         texts.append((mergekit_path, plan.to_mergekit_yaml()))
     if recipe_path is not None:
