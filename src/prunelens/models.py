@@ -187,17 +187,63 @@ def _resolve(spec: str) -> tuple[str, dict[str, Any]]:
     return spec, {}  # a hub id
 
 
-def load_model(spec: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False) -> LoadedModel:
-    """Load a causal LM and its tokenizer; every failure becomes a one-line ``PrunelensError``."""
+def checkpoint_dtype(target: str, extra: dict[str, Any], trust_remote_code: bool = False) -> str | None:
+    """The dtype a checkpoint's config records (``dtype`` or ``torch_dtype``), None when it records none."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(target, **extra, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError):
+        return None
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return None if value is None else str(value).replace("torch.", "")
+
+
+def dtype_name(model: Any) -> str:
+    """The name (``float32``, ``bfloat16``, ...) of a model's floating-point weights."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return str(p.dtype).replace("torch.", "")
+    return "float32"
+
+
+def resolve_dtype(spec: str, dtype: str, device: str) -> str:
+    """``dtype`` with ``auto`` resolved for ``spec`` on ``device`` (``devices.auto_dtype``); reads only the config."""
+    if dtype != "auto":
+        return dtype
+    from .devices import auto_dtype
+
+    target, extra = _resolve(spec)
+    return auto_dtype(checkpoint_dtype(target, extra), device)
+
+
+def load_model(spec: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False,
+               max_memory: dict[Any, Any] | None = None, offload_folder: str | None = None) -> LoadedModel:
+    """Load a causal LM and its tokenizer; every failure becomes a one-line ``PrunelensError``.
+
+    The weights load straight onto ``device`` in ``dtype`` (no host copy first): ``cpu``, ``cuda``, ``cuda:1``,
+    or ``auto`` = accelerate's device_map over the GPUs (``max_memory`` per device, ``offload_folder`` for
+    weights that fit nowhere). ``dtype="auto"``: ``devices.auto_dtype`` of the checkpoint's recorded dtype.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .devices import auto_dtype, is_out_of_memory, out_of_memory
 
     if dtype != "auto" and dtype not in DTYPES:
         raise PrunelensError(f"unknown dtype {dtype!r}; choose from auto, {', '.join(DTYPES)}")
     target, extra = _resolve(spec)
     kwargs: dict[str, Any] = dict(extra, trust_remote_code=trust_remote_code)
-    kwargs["dtype"] = "auto" if dtype == "auto" else DTYPES[dtype]
+    if dtype == "auto":
+        dtype = auto_dtype(checkpoint_dtype(target, extra, trust_remote_code), device)
+    kwargs["dtype"] = DTYPES[dtype]
     if device == "auto":
         kwargs["device_map"] = "auto"
+        if max_memory:
+            kwargs["max_memory"] = max_memory
+        if offload_folder:
+            kwargs["offload_folder"] = offload_folder
+    elif device != "cpu":
+        kwargs["device_map"] = {"": device}  # straight onto the device: no host copy of the weights
     try:
         model = AutoModelForCausalLM.from_pretrained(target, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(target, **extra, trust_remote_code=trust_remote_code)
@@ -206,11 +252,11 @@ def load_model(spec: str, dtype: str = "float32", device: str = "cpu", trust_rem
         if "offline" in str(exc).lower() or "connect" in str(exc).lower() or "couldn't" in str(exc).lower():
             raise PrunelensError(f"cannot load {spec!r}: not a local path, and the model hub is unreachable ({first})") from None
         raise PrunelensError(f"cannot load {spec!r}: {first}") from None
-    except (ValueError, KeyError, RuntimeError) as exc:
+    except (ValueError, KeyError, RuntimeError, MemoryError) as exc:
+        if is_out_of_memory(exc):
+            raise out_of_memory(f"loading {spec!r} on {device} in {dtype}", exc) from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PrunelensError(f"cannot load {spec!r}: {first}") from None
-    if device not in ("auto", "cpu"):
-        model.to(device)
     model.eval()
     adapter = get_adapter(model)
     return LoadedModel(model, tokenizer, adapter, spec, config_hash(model.config))
@@ -244,19 +290,52 @@ def list_models() -> list[dict[str, Any]]:
 
 
 
-def weights_fingerprint(model: Any) -> str:
-    """A short hash of a model's weights: every tensor's name, shape, dtype and bytes (tied tensors once).
+FINGERPRINT_BLOCK_WORDS = 1 << 16  # 512 KB of 64-bit words per block sum
 
-    Exact and independent of the device (the bytes are hashed, on the CPU, tensor by tensor).
-    Part of a probe store's identity, so that a resume never combines cells measured on
-    different weights. Costs one pass over the weights (about a second per GB).
+
+def tensor_digest(t: torch.Tensor) -> bytes:
+    """Exact block sums of a tensor's bytes, computed where the tensor lives.
+
+    The bytes are read as 64-bit words in blocks of ``FINGERPRINT_BLOCK_WORDS``; each block's
+    words are summed modulo 2**64 (wrapping integer addition: exact, order-free, the same on
+    every device). Changing any one word changes its block's sum by ``new - old`` (nonzero
+    modulo 2**64), so any single changed element is detected, as is any change confined to one
+    block that does not keep the block's sum; bytes past the last whole word are kept as they are.
     """
+    flat = t.detach().reshape(-1)
+    raw = flat.view(torch.uint8)
+    n = raw.numel() // 8 * 8
+    words = raw[:n]
+    if words.storage_offset() % 8:
+        words = words.clone()
+    words = words.view(torch.int64)
+    full = words.numel() // FINGERPRINT_BLOCK_WORDS * FINGERPRINT_BLOCK_WORDS
+    sums = [words[:full].view(-1, FINGERPRINT_BLOCK_WORDS).sum(dim=1)] if full else []
+    if full < words.numel():
+        sums.append(words[full:].sum().reshape(1))
+    out = torch.cat(sums).cpu().numpy().tobytes() if sums else b""
+    return out + raw[n:].cpu().numpy().tobytes()
+
+
+def weights_fingerprint(model: Any) -> str:
+    """A short hash of a model's weights: every tensor's name, shape, dtype and ``tensor_digest`` (tied tensors once).
+
+    Offloaded tensors (accelerate device_map offload) are read from where they are kept. The
+    digests are exact block sums computed on the tensor's device (about 15 GB/s on two CPU
+    threads, far more on a GPU), the same on every device. Part of a probe store's identity,
+    so that a resume never combines cells measured on different weights.
+    """
+    from .offload import offloaded_tensors
+
     h = hashlib.blake2b(digest_size=16)
     seen: set[tuple[str, int, int]] = set()
+    offloaded = offloaded_tensors(model)
     with torch.no_grad():
         for name, t in sorted(model.state_dict().items()):
             if not isinstance(t, torch.Tensor):
                 continue
+            if t.device.type == "meta" and name in offloaded:
+                t = offloaded[name]
             h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
             if t.device.type == "meta" or t.numel() == 0:
                 continue
@@ -265,6 +344,5 @@ def weights_fingerprint(model: Any) -> str:
                 h.update(b"tied")
                 continue
             seen.add(key)
-            raw = t.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy()
-            h.update(memoryview(raw))
+            h.update(tensor_digest(t))
     return h.hexdigest()[:16]

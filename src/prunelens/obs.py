@@ -92,6 +92,7 @@ def obs_compress(
 
     ``quantize(block, col)`` receives the current weights ``[out, k]`` starting at global column
     ``col`` and returns the quantized first column; it is called once per column (GPTQ).
+    The column loop queues device work only (no ``.item()``, boolean indexing or other host sync).
     """
     rows, cols = w.shape
     if h.shape != (cols, cols):
@@ -128,8 +129,7 @@ def obs_compress(
                 m = nm[1]
                 score = w1[:, i : i + m] ** 2 / d1[i : i + m].unsqueeze(0) ** 2
                 mask1.scatter_(1, i + torch.topk(score, m - nm[0], dim=1, largest=False).indices, True)
-            q = col.clone()
-            q[mask1[:, i]] = 0
+            q = torch.where(mask1[:, i], torch.zeros_like(col), col)  # no boolean indexing: no host sync per column
             if quantize is not None:
                 qcol = quantize(w1[:, i:], i1 + i)
                 q = torch.where(mask1[:, i], q, qcol)

@@ -111,9 +111,7 @@ def command(model, methods, units, samples, steps, prompt_len, temperatures, loc
     specs = [m.spec for m in parsed]
     if len(set(specs)) != len(specs):
         raise PrunelensError(f"the same method is given twice: {', '.join(specs)}")
-    from ..devices import resolve_device
-
-    from ..devices import parse_max_memory, rank_device
+    from ..devices import parse_max_memory, rank_device, resolve_device
     from ..models import resolve_dtype
 
     device, why = resolve_device(device)

@@ -31,8 +31,10 @@ import torch.nn.functional as F
 from prunelens_store.schema import DEFAULT_LOCALITIES, LOCALITIES, METRICS, SPACES, TIMINGS, cell_shape
 
 from ..adapters import Adapter
+from ..devices import is_out_of_memory, out_of_memory
 from ..errors import PrunelensError
 from ..methods import Method
+from ..offload import execution_device, onloaded
 from ..units import Unit
 from .capture import DenseBatch, MidStream, capture_layers
 from .distributed import Ranks
@@ -87,25 +89,41 @@ class ProbeSettings:
         return Sampler(float(self.decode_temperature), int(self.decode_seed)) if self.decode == "sample" else None
 
 
+READOUT_CHUNK_BYTES = 64 << 20  # float32 LM-head rows cast per chunk in a low-precision readout
+
+
 class Readout:
-    """Logits in float32 (at least) from hidden states, whatever the model dtype."""
+    """Logits in float32 (at least) from hidden states, whatever the model dtype.
+
+    A low-precision head is read in chunks of vocabulary rows cast to float32 (at most
+    ``READOUT_CHUNK_BYTES`` at a time, never a float32 copy of the whole head): products of
+    bf16/fp16 values are exact in float32, so this equals a float32 matmul of the same values.
+    The hidden rows are moved to the head's device explicitly; an offloaded head is onloaded
+    for the call.
+    """
 
     def __init__(self, adapter: Adapter, mode: str):
         self.adapter = adapter
         self.mode = mode
         w = adapter.lm_head.weight
         self.low_precision = w.dtype not in (torch.float32, torch.float64)
-        self._w32: torch.Tensor | None = None
         self.cap = getattr(adapter.model.config, "final_logit_softcapping", None)
+        self.device = execution_device(adapter.lm_head)
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         if not self.low_precision:
-            return self.adapter.readout(h, self.mode)
+            return self.adapter.readout(h, self.mode).to(self.device)
         x = self.adapter.final_norm(h) if self.mode == "norm" else h
-        if self._w32 is None:
-            self._w32 = self.adapter.lm_head.weight.detach().float()
-        bias = getattr(self.adapter.lm_head, "bias", None)
-        z = F.linear(x.float(), self._w32, None if bias is None else bias.float())
+        x = x.to(self.device).float()
+        head = self.adapter.lm_head
+        with onloaded([head]):
+            w = head.weight.detach()
+            bias = getattr(head, "bias", None)
+            step = max(1, READOUT_CHUNK_BYTES // (4 * w.shape[1]))
+            z = torch.empty(x.shape[:-1] + (w.shape[0],), dtype=torch.float32, device=self.device)
+            for lo in range(0, w.shape[0], step):
+                hi = min(lo + step, w.shape[0])
+                z[..., lo:hi] = F.linear(x, w[lo:hi].float(), None if bias is None else bias[lo:hi].float())
         return torch.tanh(z / self.cap) * self.cap if self.cap else z
 
 
@@ -137,7 +155,8 @@ class ProbeEngine:
 
     @property
     def device(self) -> torch.device:
-        return next(self.adapter.model.parameters()).device
+        """Where the model takes its input ids (the embedding's execution device)."""
+        return execution_device(self.adapter.model.get_input_embeddings())
 
     @torch.no_grad()
     def prepare(self, progress: Callable[[int], Any] | None = None, ranks: Ranks | None = None) -> None:
@@ -279,9 +298,24 @@ class ProbeEngine:
     # -- one cell --------------------------------------------------------------
     @torch.no_grad()
     def measure(self, method: Method, unit: Unit, stats: Mapping[str, Any] | None = None) -> CellResult:
-        """All requested localities × timings for ``method`` applied to ``unit`` alone."""
-        s = self.settings
+        """All requested localities × timings for ``method`` applied to ``unit`` alone.
+
+        The unit's layer is onloaded for the cell when accelerate offloads it (``offload.onloaded``), so a
+        method's weight edit is what every forward of the cell sees. Out of memory becomes one
+        ``OutOfMemory`` line naming the cell and what to lower.
+        """
         method.check_unit(unit)
+        try:
+            with onloaded([self.adapter.layers[unit.layer]]):
+                return self._measure(method, unit, stats)
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise out_of_memory(f"in cell {method.spec} on {unit.name} ({self.device}, batch size "
+                                f"{self.settings.batch_size})", exc) from None
+
+    def _measure(self, method: Method, unit: Unit, stats: Mapping[str, Any] | None) -> CellResult:
+        s = self.settings
         per: dict[tuple[str, str], list[RowMetrics]] = {}
         free: list[torch.Tensor] = []
         i, last = unit.layer, self.adapter.num_layers - 1

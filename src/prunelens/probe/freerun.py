@@ -6,7 +6,8 @@ every layer (a pruned attention included) reads a cache that it wrote itself.
 With a ``Sampler`` the next token is ``argmax(z / T + g)`` (the Gumbel-max form of sampling
 from ``softmax(z / T)``), ``g`` drawn per row from a generator seeded by (seed, sample index):
 the dense and the perturbed model read the same noise at every step, so they differ only
-through the model (and a change that does nothing samples the same tokens).
+through the model (and a change that does nothing samples the same tokens). The noise is drawn on the
+logits' device: a GPU's stream differs from a CPU's for the same seed.
 """
 
 from __future__ import annotations
@@ -28,22 +29,23 @@ class Sampler:
     temperature: float
     seed: int
 
-    def generators(self, offset: int, rows: int) -> list[torch.Generator]:
+    def generators(self, offset: int, rows: int, device: torch.device | str = "cpu") -> list[torch.Generator]:
+        """One generator per row on ``device`` (the logits' device: the noise never crosses to the host)."""
         out = []
         for r in range(rows):
-            g = torch.Generator(device="cpu")
+            g = torch.Generator(device=device)
             g.manual_seed((self.seed * 1_000_003 + offset + r) % (2**63 - 1))
             out.append(g)
         return out
 
     @staticmethod
     def gumbel(gens: list[torch.Generator], vocab: int) -> torch.Tensor:
-        """[rows, vocab] standard Gumbel noise, one stream per row (float32, CPU)."""
-        u = torch.stack([torch.rand(vocab, generator=g, dtype=torch.float64) for g in gens])
+        """[rows, vocab] standard Gumbel noise, one stream per row (float32, on the generators' device)."""
+        u = torch.stack([torch.rand(vocab, generator=g, dtype=torch.float64, device=g.device) for g in gens])
         return (-torch.log(-torch.log(u.clamp(1e-300, 1.0 - 1e-16)))).float()
 
     def pick(self, logits: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
-        g = self.gumbel(gens, logits.shape[-1]).to(logits.device)
+        g = self.gumbel(gens, logits.shape[-1])
         return (logits.float() / self.temperature + g).argmax(-1, keepdim=True)
 
 
@@ -82,7 +84,7 @@ def greedy_decode(
     samples ``offset, offset + 1, ...`` for the seeds).
     """
     model = adapter.model
-    gens = sampler.generators(offset, prompt_ids.shape[0]) if sampler is not None else []
+    gens: list[torch.Generator] = []
     cache = _new_cache(model)
     ids, mask = prompt_ids, prompt_mask
     positions = position_ids_for(mask)
@@ -97,7 +99,10 @@ def greedy_decode(
                 kwargs.update(attention_mask=mask, position_ids=positions if s == 0 else positions[:, -1:])
             out = model(input_ids=ids, **kwargs)
             last = out.logits[:, -1]
+            if sampler is not None and not gens:  # on the logits' device (known at the first step)
+                gens = sampler.generators(offset, prompt_ids.shape[0], last.device)
             nxt = last.argmax(-1, keepdim=True) if sampler is None else sampler.pick(last, gens)
+            nxt = nxt.to(prompt_ids.device)  # the next input, where the prompt is
             tokens.append(nxt)
             ids = nxt
             if mask is not None and positions is not None:

@@ -174,13 +174,14 @@ def candidate_metrics(z: torch.Tensor, z2: torch.Tensor, cands: torch.Tensor, te
     row has no candidates. ``cands`` is [rows, K] token ids padded with -1."""
     rows = z.shape[0]
     nt = len(temperatures)
-    out = {k: torch.full((nt, rows), float("nan"), dtype=torch.float64) for k in CAND_FIELDS}
+    out = {k: torch.full((nt, rows), float("nan"), dtype=torch.float64, device=z.device) for k in CAND_FIELDS}
+    cands = cands.to(z.device)
     valid = cands >= 0
     has = valid.any(-1)
     if not bool(has.any()):
         return out
     idx = cands.clamp_min(0)
-    neg = torch.tensor(float("-inf"), dtype=torch.float64)
+    neg = torch.tensor(float("-inf"), dtype=torch.float64, device=z.device)
     zc = torch.where(valid, z.gather(-1, idx).double(), neg)
     zc2 = torch.where(valid, z2.gather(-1, idx).double(), neg)
     agree = (zc.argmax(-1) == zc2.argmax(-1)).double()
@@ -231,6 +232,9 @@ def row_metrics(
 ) -> RowMetrics:
     """All metrics for rows of dense ``h`` [R, d], its change ``dh``, dense logits ``z`` and perturbed ``z2`` [R, V].
 
+    ``h``/``dh`` may sit on a layer's device and ``z``/``z2`` on the LM head's: every result is on ``z``'s
+    device (the hidden-state metrics and the candidates are moved there explicitly).
+
     ``dense`` (``DenseRows.of(z, temperatures)``) shares the dense side between calls on the
     same rows; ``kernel`` runs the vocabulary pass (default: one per mode, ``compiled`` True =
     the kept compiled kernel, False = eager, None = auto). Vocab-sized work is in the input dtype
@@ -241,11 +245,11 @@ def row_metrics(
     if dense is None:
         dense = DenseRows.of(z, temperatures)
     z = dense.z
-    z2 = z2 if z2.dtype == z.dtype else z2.to(z.dtype)
+    z2 = z2.to(device=z.device, dtype=z.dtype)  # a no-op when both match
     per, once = (kernel or _kernel_for(compiled))(dense, z2)
     vocab = z.shape[-1]
     zdz, dzsum, perp_sq, uvar, l1, dd, argmax2 = (x.double() for x in once)
-    emb = vector_parts(h, dh)
+    emb = {k: v.to(z.device) for k, v in vector_parts(h, dh).items()}  # hidden rows may sit on another device
     logit = _vector_from_sums(dense.zz.double(), zdz, perp_sq, dd)
     prob = _probability_from_sums(dense, per, z, z2)
     half_t2 = dense.inv_t.double().pow(2).unsqueeze(-1) / 2
@@ -254,7 +258,7 @@ def row_metrics(
         return torch.stack([emb[name].expand(nt, rows), logit[name].expand(nt, rows), prob[name]])
 
     if candidates is None:
-        candidates = torch.full((rows, 1), -1, dtype=torch.long)
+        candidates = torch.full((rows, 1), -1, dtype=torch.long, device=z.device)
     cand = candidate_metrics(z, z2, candidates, temperatures)
     return RowMetrics(
         **{name: spaces(name) for name in SPACE_FIELDS},
