@@ -11,6 +11,7 @@ from rank_helpers import save_tiny, synthetic_store
 
 from prunelens.cli import main
 from prunelens.models import load_model
+from prunelens.report import fmt
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,8 @@ def test_plan_report_and_validate_commands(setup):
     assert plan_path.read_bytes() == before  # a check leaves its input unchanged
     res = _run("validate", plan_path, "--store", store, "--write")
     assert res.exit_code == 0, res.output
-    assert json.loads(plan_path.read_text())["measured_kl_total"] is not None
+    written = json.loads(plan_path.read_text())
+    assert written["measured_kl_total"] is not None and 0 <= written["measured"]["top1_agree"] <= 1
 
     out = root / "report"
     res = _run("report", store, "--plan", plan_path, "--out", out)
@@ -84,3 +86,5 @@ def test_plan_report_and_validate_commands(setup):
     for u in ds["unit"].values:
         assert f"| {u} |" in md
     assert "## Plan" in md and "Spearman" in md
+    assert f"top-1 agreement {fmt(written['measured']['top1_agree'])} on the store's prompts" in md
+    assert "Warning" not in md and "## Methods side by side" not in md

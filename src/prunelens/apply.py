@@ -239,7 +239,7 @@ def validate_plan(plan: Plan, ds: Any, *, dense: Any = None, checkpoint: str | P
     if rows:
         plan.measured_kl_total = rows[-1]["measured_kl"]
         plan.measured.update({"samples": int(len(replay.ids)), "steps": replay.steps, "timing": "teacher_forced",
-                              "locality": "propagated"})
+                              "locality": "propagated", "top1_agree": rows[-1]["top1_agree"]})
     return rows
 
 

@@ -165,61 +165,53 @@ def write_report(ds: Any, out_dir: str | Path, *, method: str | None = None, kin
                  temperature: float | None = None, locality: str = "propagated", timing: str = "teacher_forced",
                  by: str = "kl_pred", plan: Any = None, eval_results: dict | None = None,
                  store_path: str | None = None) -> Path:
-    """Write ``report.md`` and its PNGs into ``out_dir``; returns the Markdown path."""
+    """Write ``report.md`` and its PNGs into ``out_dir``; returns the Markdown path.
+
+    Every method of the store is reported side by side (a comparison table, then plots and a
+    ranking per method); ``method`` narrows it to one. One method keeps the plain file names
+    (``cos_curves.png``...); several add the method to each (``cos_curves-wanda.png``). A plan
+    whose method is not among the reported ones is flagged.
+    """
     import matplotlib
-    import numpy as np
 
     from prunelens_store import StoreView
 
-    from .ranking import nonfinite_note, rank_units, resolve_method
+    from .ranking import resolve_method
 
     matplotlib.use("Agg")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if plan is not None:
-        method = method or _plan_store_method(ds, plan)
         temperature = plan.temperature if temperature is None else temperature
-    method = resolve_method(ds, method)
+    methods = [resolve_method(ds, method)] if method is not None else [str(v) for v in ds["method"].values]
     view = StoreView.of(ds)
     temps = view.temperatures
     temperature = view.temperature(temperature, exact=temperature is not None)  # None: 1.0 or the nearest
     view.check_label("locality", locality)
-    df = rank_units(ds, method=method, kind=kind, temperature=temperature, by=by, locality=locality, timing=timing)
-    plan_units = plan.unit_names if plan is not None else None
-    cos_png = plot_cos_curves(ds, out / "cos_curves.png", method=method, locality=locality, timing=timing,
-                              temperature=temperature)
-    scatter_png, rho = plot_kl_scatter(df, out / "kl_scatter.png", plan_units=plan_units,
-                                       title=f"{_plot_text(method)} · {kind or 'all units'} · {locality}/{timing} · T={temperature:g}")
-    steps_png = plot_steps(ds, df, out / "steps.png", method=method, locality=locality, temperature=temperature)
+    suffixes = _file_suffixes(methods)
+    plan_labels = _plan_labels(ds, plan) if plan is not None else {}
+    sections = [_method_section(ds, out, m, suffixes[m], kind=kind, temperature=temperature, locality=locality,
+                                timing=timing, by=by, plan_labels=plan_labels) for m in methods]
     a = ds.attrs
     # every string from the store, a plan or the command line goes through md()/md_code(): no escapes, no markup
     md = [f"# prunelens report: {_md(a.get('model_id', '?'))}", ""]
     md += [f"- store: {_code(store_path or '?')} · config hash {_code(a.get('config_hash', '?'))} · readout "
            f"{_code(a.get('readout', '?'))} · {_md(a.get('kl_convention', 'KL(p_dense || q_perturbed)'))}",
            f"- {ds.sizes.get('sample', '?')} samples × {ds.sizes.get('step', '?')} steps · temperatures "
-           f"{', '.join(f'{t:g}' for t in temps)} · method {_code(method)}",
-           f"- ranking: by {_code(by)}, {locality}, {timing}, T = {temperature:g}, kind = {kind or 'all'}",
-           f"- Spearman ρ(predicted KL, measured KL) across {int(np.isfinite(df['kl'].to_numpy(float)).sum())} units: "
-           f"**{rho:.3f}**",
-           f"- non-finite cells in the store: **{int(a.get('nonfinite_cells', 0) or 0)}**"
+           f"{', '.join(f'{t:g}' for t in temps)} · method{'s' if len(methods) > 1 else ''} "
+           f"{', '.join(_code(m) for m in methods)}",
+           f"- ranking: by {_code(by)}, {locality}, {timing}, T = {temperature:g}, kind = {kind or 'all'}"]
+    if len(methods) == 1:
+        md += [f"- Spearman ρ(predicted KL, measured KL) across {sections[0]['finite']} units: "
+               f"**{sections[0]['rho']:.3f}**"]
+    md += [f"- non-finite cells in the store: **{int(a.get('nonfinite_cells', 0) or 0)}**"
            f" ({int(a.get('nonfinite_values', 0) or 0)} values)", ""]
-    note = nonfinite_note(ds, df)
-    if note:
-        md += [f"> **Warning:** {_md(note)}", ""]
-    md += ["## 1 − cos per layer in three spaces", "",
-           "Solid: measured; dashed: the Taylor prediction. Embedding and logit deviations stay small while the "
-           "probability deviation (temperature-dependent) is what generation feels.", "",
-           f"![1-cos per layer]({cos_png.name})", ""]
-    md += ["## Predicted vs measured KL", "", f"![predicted vs measured KL]({scatter_png.name})", ""]
-    md += ["## Step-wise divergence", "", f"![step-wise divergence]({steps_png.name})", ""]
-    md += ["## Ranking (safest first)", ""]
-    rows = [[rank_label(r["rank"]), _md(r["unit"]), fmt(r["score"]),
-             fmt(r["kl_pred"]), fmt(r["kl"]), fmt(r["cos_dev_embedding"]), fmt(r["cos_dev_logit"]),
-             fmt(r["cos_dev_probability"])] for _, r in df.iterrows()]
-    md += [_md_table(["rank", "unit", f"score ({by})", "predicted KL", "measured KL", "1-cos emb", "1-cos logit",
-                      "1-cos prob"], rows), ""]
+    if len(methods) > 1:
+        md += _comparison_section(sections, by)
+    for sec in sections:
+        md += sec["md"]
     if plan is not None:
-        md += _plan_section(plan)
+        md += _plan_section(plan, methods, plan_labels)
     results = dict(eval_results or {})
     if plan is not None and plan.eval and not results:
         results = plan.eval
@@ -230,28 +222,103 @@ def write_report(ds: Any, out_dir: str | Path, *, method: str | None = None, kin
     return path
 
 
-def _plan_store_method(ds: Any, plan: Any) -> str:
-    """The store label a plan's ranking section shows: its method, or for a mixed plan its most used spec in the store."""
-    if not plan.is_mixed:
-        return plan.method
-    from collections import Counter
+def _file_suffixes(methods: list[str]) -> dict[str, str]:
+    """'' for one method; else a file-name-safe, unique ``-label`` per method."""
+    import re
 
+    if len(methods) == 1:
+        return {methods[0]: ""}
+    out: dict[str, str] = {}
+    for m in methods:
+        base = "-" + (re.sub(r"[^A-Za-z0-9.]+", "-", m).strip("-.") or "method")
+        slug, k = base, 2
+        while slug in out.values():
+            slug, k = f"{base}-{k}", k + 1
+        out[m] = slug
+    return out
+
+
+def _plan_labels(ds: Any, plan: Any) -> dict[str, str | None]:
+    """Each plan unit -> the store's label of its method (None: the store does not have it)."""
     from .ranking import resolve_method
 
-    specs = Counter(spec for _, spec in plan.unit_methods())
-    for spec, _ in specs.most_common():
-        for candidate in (spec, spec.split(":", 1)[0]):
-            try:
-                return resolve_method(ds, candidate)
-            except PrunelensError:
-                continue
-    return plan.method  # resolve_method then names what the store has
+    found: dict[str, str | None] = {}
+    for unit, spec in plan.unit_methods():
+        try:
+            found[unit.name] = resolve_method(ds, spec)
+        except PrunelensError:
+            found[unit.name] = None
+    return found
 
 
-def _plan_section(plan: Any) -> list[str]:
+def _method_section(ds: Any, out: Path, method: str, suffix: str, *, kind: str | None, temperature: float,
+                    locality: str, timing: str, by: str, plan_labels: dict[str, str | None]) -> dict:
+    """One method's plots, ranking table and headline numbers (``md`` lines and the comparison row's values)."""
+    import numpy as np
+
+    from .ranking import nonfinite_note, rank_units
+
+    df = rank_units(ds, method=method, kind=kind, temperature=temperature, by=by, locality=locality, timing=timing)
+    plan_units = [u for u, label in plan_labels.items() if label == method] or None
+    cos_png = plot_cos_curves(ds, out / f"cos_curves{suffix}.png", method=method, locality=locality, timing=timing,
+                              temperature=temperature)
+    scatter_png, rho = plot_kl_scatter(df, out / f"kl_scatter{suffix}.png", plan_units=plan_units,
+                                       title=f"{_plot_text(method)} · {kind or 'all units'} · {locality}/{timing} · "
+                                             f"T={temperature:g}")
+    steps_png = plot_steps(ds, df, out / f"steps{suffix}.png", method=method, locality=locality,
+                           temperature=temperature)
+    level = "###" if suffix else "##"
+    md = [f"## Method {_code(method)}", ""] if suffix else []
+    note = nonfinite_note(ds, df)
+    if note:
+        md += [f"> **Warning:** {_md(note)}", ""]
+    md += [f"{level} 1 − cos per layer in three spaces", "",
+           "Solid: measured; dashed: the Taylor prediction. Embedding and logit deviations stay small while the "
+           "probability deviation (temperature-dependent) is what generation feels.", "",
+           f"![1-cos per layer]({cos_png.name})", ""]
+    md += [f"{level} Predicted vs measured KL", "", f"![predicted vs measured KL]({scatter_png.name})", ""]
+    md += [f"{level} Step-wise divergence", "", f"![step-wise divergence]({steps_png.name})", ""]
+    md += [f"{level} Ranking (safest first)", ""]
+    rows = [[rank_label(r["rank"]), _md(r["unit"]), fmt(r["score"]),
+             fmt(r["kl_pred"]), fmt(r["kl"]), fmt(r["cos_dev_embedding"]), fmt(r["cos_dev_logit"]),
+             fmt(r["cos_dev_probability"])] for _, r in df.iterrows()]
+    md += [_md_table(["rank", "unit", f"score ({by})", "predicted KL", "measured KL", "1-cos emb", "1-cos logit",
+                      "1-cos prob"], rows), ""]
+    ranked = df[df["rank"].notna()]
+    kl, kl_pred = df["kl"].to_numpy(float), df["kl_pred"].to_numpy(float)
+    return {"method": method, "md": md, "rho": rho, "finite": int(np.isfinite(kl).sum()), "units": len(ranked),
+            "kl_pred": float(np.nanmean(kl_pred)) if np.isfinite(kl_pred).any() else None,
+            "kl": float(np.nanmean(kl)) if np.isfinite(kl).any() else None,
+            "safest": str(ranked["unit"].iloc[0]) if len(ranked) else "-",
+            "riskiest": str(ranked["unit"].iloc[-1]) if len(ranked) else "-"}
+
+
+def _comparison_section(sections: list[dict], by: str) -> list[str]:
+    """The methods side by side: how well the Taylor prediction ranks each, and how much each costs."""
+    rows = [[_code(s["method"]), str(s["units"]), f"{s['rho']:.3f}" if math.isfinite(s["rho"]) else "-",
+             fmt(s["kl_pred"]), fmt(s["kl"]), _md(s["safest"]), _md(s["riskiest"])] for s in sections]
+    return ["## Methods side by side", "",
+            f"Per method: units ranked (by {_code(by)}), Spearman ρ between predicted and measured KL across its "
+            "units, the mean predicted and measured KL of one unit, and its safest and riskiest unit. Each method's "
+            "plots and ranking follow.", "",
+            _md_table(["method", "units", "Spearman ρ", "mean predicted KL", "mean measured KL", "safest",
+                       "riskiest"], rows), ""]
+
+
+def _plan_section(plan: Any, methods: list[str] | None = None, plan_labels: dict[str, str | None] | None = None
+                  ) -> list[str]:
+    """The plan's units and predicted vs measured KL; flagged when its method is not among ``methods``."""
     md = ["## Plan", "",
           f"{_code(plan.method)} on {len(plan.units)} unit(s) chosen by {_code(plan.strategy)}"
           f"{' (iterative)' if plan.iterative else ''} at T = {float(plan.temperature):g}, budget {_md(plan.budget)}.", ""]
+    other = [] if methods is None or plan_labels is None else \
+        sorted({spec for (u, spec) in plan.unit_methods() if plan_labels.get(u.name) not in methods})
+    if methods and other:
+        many = len(other) > 1
+        md += [f"> **Warning:** the plan's method{'s' if many else ''} {', '.join(_code(o) for o in other)} "
+               f"{'are' if many else 'is'} not among the reported method{'s' if len(methods) > 1 else ''} "
+               f"({', '.join(_code(m) for m in methods)}): the plots and rankings above do not describe "
+               f"{'them' if many else 'it'}.", ""]
     mixed = plan.is_mixed
     rows = [[str(i), _md(u.unit), *([_code(u.method or plan.method)] if mixed else []), fmt(u.predicted_kl),
              fmt(u.cumulative_predicted_kl), fmt(u.cumulative_measured_kl)]
@@ -261,9 +328,13 @@ def _plan_section(plan: Any) -> list[str]:
     if plan.measured_kl_total is not None:
         pred = plan.predicted_kl_total
         ratio = plan.measured_kl_total / pred if pred else float("nan")
+        agree = plan.measured.get("top1_agree")
         md += [f"Whole plan: predicted KL (sum of single-unit predictions) **{fmt(pred)}**, measured KL "
-               f"**{fmt(plan.measured_kl_total)}** (ratio {fmt(ratio)}), top-1 agreement "
-               f"{fmt(plan.measured.get('top1_agree'))} on the store's prompts.", ""]
+               f"**{fmt(plan.measured_kl_total)}** (ratio {fmt(ratio)})"
+               + (f", top-1 agreement {fmt(agree)}" if agree is not None else "") + " on the store's prompts.", ""]
+    else:
+        md += ["Not validated: `prunelens validate PLAN --write` measures it and records the measured KL and top-1 "
+               "agreement in the plan.", ""]
     return md
 
 

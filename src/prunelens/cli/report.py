@@ -14,7 +14,8 @@ from .rank import KIND_CHOICE
               help="Include this plan (predicted vs measured KL, task results).")
 @click.option("--eval", "eval_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Task results JSON (from prunelens eval --json) to tabulate.")
-@click.option("--method", default=None, shell_complete=complete_method, help="Method label in the store (default: the plan's, or the only one).")
+@click.option("--method", default=None, shell_complete=complete_method,
+              help="Report only this method label of the store (default: every method, side by side).")
 @click.option("--kind", type=KIND_CHOICE, default="all", show_default=True)
 @click.option("--temperature", "-T", type=float, default=None, help="Default: the plan's, else 1.0 if probed.")
 @click.option("--by", default="kl_pred", show_default=True, shell_complete=complete_ranker,
@@ -23,7 +24,10 @@ from .rank import KIND_CHOICE
 @click.option("--timing", type=click.Choice(["teacher_forced", "free_running"]), default="teacher_forced", show_default=True)
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Report directory.")
 def command(store, plan_path, eval_path, method, kind, temperature, by, locality, timing, out) -> None:
-    """Write OUT/report.md with plots: 1-cos per layer, predicted vs measured KL, step-wise divergence, ranking."""
+    """Write OUT/report.md with plots: 1-cos per layer, predicted vs measured KL, step-wise divergence, ranking.
+
+    A store with several methods is reported method by method after a table comparing them.
+    """
     from pathlib import Path
 
     from ..paths import check_writable_dir
