@@ -40,20 +40,24 @@ ALLOWANCE = {"cpu": int(0.75 * GiB), "cuda": int(0.5 * GiB)}  # python, torch, t
 
 @dataclass(frozen=True)
 class DeviceClass:
-    """Assumed sustained throughput of a device class (not measured here; see docs/scale.md)."""
+    """Assumed sustained rates of a device class (see docs/scale.md for where each comes from)."""
 
-    flops: dict[str, float]  # dtype -> FLOP/s sustained on large matmuls
+    flops: dict[str, float]  # dtype -> FLOP/s sustained on the probe's matmuls
     bandwidth: float  # bytes/s of weight reads (memory-bound decoding)
+    load: float  # bytes/s of loading the checkpoint and hashing its weights
     kind: str  # "cpu" or "cuda"
 
 
+STARTUP_SECONDS = 20.0  # interpreter, torch and transformers imports, CUDA initialisation
+
+
 DEVICE_CLASSES = {
-    # this project's 2-core CPU: ~60 GFLOP/s float32 matmul, bf16 without AMX about 4x slower; ~10 GB/s reads
-    "cpu": DeviceClass({"float32": 6e10, "bfloat16": 1.5e10, "float16": 1.5e10}, 1e10, "cpu"),
-    # H100 SXM: 989 TFLOP/s dense bf16 peak, ~40 % sustained; 3.35 TB/s HBM3, ~70 % sustained
-    "h100": DeviceClass({"float32": 2.0e14, "bfloat16": 4.0e14, "float16": 4.0e14}, 2.3e12, "cuda"),
+    # this project's 2-core CPU, shared: fitted to the 8B-twin drop and wanda probes of docs/scale.md
+    "cpu": DeviceClass({"float32": 5e10, "bfloat16": 3e9, "float16": 3e9}, 4e9, 2.5e8, "cpu"),
+    # H100 SXM: 989 TFLOP/s dense bf16 peak, ~40 % sustained; 3.35 TB/s HBM3, ~70 % sustained; NVMe load
+    "h100": DeviceClass({"float32": 2.0e14, "bfloat16": 4.0e14, "float16": 4.0e14}, 2.3e12, 2e9, "cuda"),
     # A100 SXM: 312 TFLOP/s dense bf16 peak, ~40 % sustained; TF32 156; 2.0 TB/s HBM2e, ~70 % sustained
-    "a100": DeviceClass({"float32": 6.0e13, "bfloat16": 1.25e14, "float16": 1.25e14}, 1.4e12, "cuda"),
+    "a100": DeviceClass({"float32": 6.0e13, "bfloat16": 1.25e14, "float16": 1.25e14}, 1.4e12, 2e9, "cuda"),
 }
 
 
@@ -248,7 +252,8 @@ def estimate_probe(spec: str, methods: list[Any], units_spec: str, dtype: str, d
     calib = calib_samples * calib_len * (flops_tok + sum(2 * w * w for u in units for w in shape.inputs[u])) if kinds else 0
     rate = dev.flops["float32" if b == 4 else "bfloat16"]
     reads = (steps * (1 + (cells if free else 0))) * shape.params * b / dev.bandwidth  # decoding reads every weight
-    seconds = (dense + cells * per_cell + calib) / rate + solver / dev.flops["float32"] + reads
+    load = STARTUP_SECONDS + shape.params * b / dev.load
+    seconds = load + (dense + cells * per_cell + calib) / rate + solver / dev.flops["float32"] + reads
     notes = [] if dev.kind == "cuda" or peak < 0.9 * _host_memory() else \
         [f"the peak exceeds 90 % of this machine's memory ({_host_memory() / GiB:.1f} GiB)"]
     return Estimate({"cpu" if dev.kind == "cpu" else "cuda:0": int(peak)}, float(seconds), device_class, parts, notes)
@@ -274,7 +279,8 @@ def estimate_compress(spec: str, method: Any, units_spec: str | None, dtype: str
     rate = dev.flops["float32" if b == 4 else "bfloat16"]
     calib = calib_tokens * (2 * shape.decoder_params + sum(2 * w * w for u in units for w in shape.inputs[u])) \
         if kinds else 0
-    seconds = calib / rate + _solver_flops(shape, units, method) / dev.flops["float32"] + shape.params * b / 1e9
+    seconds = STARTUP_SECONDS + 2 * shape.params * b / dev.load + calib / rate \
+        + _solver_flops(shape, units, method) / dev.flops["float32"]  # load, then write the checkpoint
     return Estimate({"cpu" if dev.kind == "cpu" else "cuda:0": int(sum(parts.values()))}, float(seconds),
                     device_class, parts)
 
