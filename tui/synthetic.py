@@ -98,12 +98,31 @@ def synthetic_dataset(
         ds["cand_rank"].values[:] = np.floor(np.minimum(kl * 10, 20)).astype(np.float32)
         ds["candidates"] = (("sample", "candidate"), np.tile(np.arange(4, dtype=np.int64) + 10, (samples, 1)))
     ds["free_tokens"].values[:] = rng.integers(0, 96, ds["free_tokens"].shape)
+    fill_schema_2(ds, np.random.default_rng(seed + 1))  # its own stream: the numbers above stay as they were
     n_done = int(round(done_fraction * U))
     ds["done"].values[:, :n_done] = True
     for name in ds.data_vars:
         if name not in ("done", "candidates") and n_done < U:
             ds[name].values[:, n_done:] = -1 if name == "free_tokens" else np.nan
     return ds
+
+
+def fill_schema_2(ds: xr.Dataset, rng: np.random.Generator) -> None:
+    """The schema-2 metrics, shaped like the ones they refine: the parts of ``rel_norm`` along and across x,
+    the variance of dz over the vocabulary and over the top-k next to ``kl_pred``, and |dz| per row."""
+
+    def noisy(x: np.ndarray, sigma: float) -> np.ndarray:
+        return (x * rng.lognormal(0.0, sigma, x.shape)).astype(np.float32)
+
+    rel = ds["rel_norm"].values
+    ds["rel_par"].values[:] = noisy(rel * 0.3, 0.1)
+    ds["rel_perp"].values[:] = noisy(rel * 0.95, 0.05)
+    kl_pred = ds["kl_pred"].values
+    for name, scale in (("dz_var_uniform", 1.5), ("dz_var_top5", 0.6), ("dz_var_top10", 0.8)):
+        ds[name].values[:] = noisy(kl_pred * scale, 0.2)
+    row = np.sqrt(kl_pred.mean(axis=4))  # [method, unit, locality, timing, sample, step]: no temperature
+    ds["dz_l1"].values[:] = noisy(row * 0.8, 0.1)
+    ds["dz_l2"].values[:] = noisy(row, 0.1)
 
 
 def write_store(ds: xr.Dataset, path: str | Path) -> Path:

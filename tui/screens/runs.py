@@ -63,6 +63,9 @@ class RunsScreen(Screen):
         if len(self.summaries) == 1:
             self._show_details(s)
 
+    def on_screen_resume(self) -> None:
+        self.reload()
+
     def reload(self, force: bool = False) -> None:
         """The open store's progress changed (a probe is writing it): its status cell and details follow."""
         progress, path = self.app.progress, self.app.store_path

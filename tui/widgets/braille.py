@@ -45,7 +45,7 @@ class Canvas:
         if 0 <= px < 2 * self.width and 0 <= py < 4 * self.height:
             row, col = py // 4, px // 2
             if beside and (row, col) in self.glyphs:
-                free = [c for d in (1, -1, 2, -2) if 0 <= (c := col + d) < self.width and (row, c) not in self.glyphs]
+                free = [c for d in (1, -1, 2, -2, 3, -3) if 0 <= (c := col + d) < self.width and (row, c) not in self.glyphs]
                 col = free[0] if free else col
             self.glyphs[row, col] = glyph
             self.colours[row][col] = colour
@@ -130,8 +130,8 @@ def render_plot(series: list[Series], width: int, height: int, *, logx: bool = F
             prev = point
     # after every line, so no line covers a marker; the joined (measured) markers first, then the points-only
     # (predicted) ones, each beside a marker already in its cell rather than over it
-    for points_only, point, glyph, colour in sorted(marks, key=lambda m: m[0]):
-        canvas.mark(*point, glyph, colour, beside=points_only)
+    for _, point, glyph, colour in sorted(marks, key=lambda m: m[0]):
+        canvas.mark(*point, glyph, colour, beside=True)
     lines = []
     for r, row in enumerate(canvas.rows()):
         label = _axis_label(y1, logy) if r == 0 else _axis_label(y0, logy) if r == ph - 1 else ""
