@@ -32,6 +32,8 @@ from prunelens.hookspecs import hookimpl
 from prunelens.params import Param
 from prunelens.units import Unit
 
+MAX_RESOLUTION = 1_000_000  # 16 bytes per grid step and layer: 0.5 GB for 32 layers
+
 
 class Knapsack(Allocator):
     name = "knapsack"
@@ -39,7 +41,9 @@ class Knapsack(Allocator):
                    "its attention and/or MLP at any probed level; exact multiple-choice knapsack.")
     needs = "store"
     params = {"resolution": Param(int, 8000, "budget grid steps of the dynamic programme (non-integer savings)",
-                                  check=lambda v: None if v >= 10 else "resolution must be at least 10"),
+                                  check=lambda v: None if 10 <= v <= MAX_RESOLUTION else
+                                  f"resolution must lie in [10, {MAX_RESOLUTION}] (the programme keeps 16 bytes per "
+                                  "grid step and layer)"),
               "score": Param(str, "kl_pred", "store variable summed per unit: kl_pred (predicted) or kl (measured alone)",
                              check=lambda v: None if v in ("kl_pred", "kl") else "score must be kl_pred or kl"),
               "band": Param(float, None, "only levels within the budget's target +- band (sparsity fraction or bits), "
@@ -235,11 +239,12 @@ class OWL(Allocator):
             raise PrunelensError(f"owl needs a pruning method with a sparsity parameter acting on blocks, not {name!r}")
         loaded = ctx.model()
         ratios = owl_outlier_ratios(loaded, ctx.calibration(self.calib_samples, self.calib_len), self.M)
-        sp = owl_sparsities(ratios, ctx.budget.value, self.lmbda)
+        # levels to 4 decimals, rounded up: their (size-weighted) mean never falls below the budget's target
+        sp = np.ceil(owl_sparsities(ratios, ctx.budget.value, self.lmbda) * 1e4 - 1e-6) / 1e4
         if sp.min() < 0 or sp.max() >= 1:
             raise PrunelensError(f"owl gives layer sparsities outside [0, 1) ({sp.min():.3f}..{sp.max():.3f}); lower lmbda")
         units = [Unit(i, "block") for i in range(len(sp))]
-        specs = [parse_method(f"{name}:sparsity={round(float(s), 4)}").spec for s in sp]
+        specs = [parse_method(f"{name}:sparsity={float(s):.4f}").spec for s in sp]
         return Allocation(_choices(ctx, units, specs), {"outlier_ratios": [round(r, 4) for r in ratios],
                                                          "layer_sparsity": [round(float(s), 4) for s in sp]})
 

@@ -926,3 +926,41 @@ def test_weight_guard_names_each_changed_layer_and_accepts_a_restored_swap(tiny)
     finally:
         w.data, norm.data = saved, saved_norm
     assert guard.changed() == []
+
+
+# -- allocators: OWL meets its own budget; the knapsack grid is bounded --------------------------------
+OWL_RATIOS = {0.3: [8.133, 9.128, 6.066, 7.295], 0.5: [3.118, 4.233, 8.277, 4.092], 0.6: [6.154, 3.837, 9.972, 9.808],
+              0.7: [4.858, 8.895, 9.34, 3.578]}  # levels rounded to nearest 4 decimals: mean 2.5e-5 below target
+
+
+@pytest.mark.parametrize("target", sorted(OWL_RATIOS))
+def test_owl_meets_its_own_budget_whatever_the_rounding(tiny, monkeypatch, target):
+    import prunelens_plugins.allocators as A
+    from prunelens.allocation import allocate_plan
+
+    path, loaded = tiny
+    ratios = OWL_RATIOS[target]
+    exact = A.owl_sparsities(ratios, target, 0.1)
+    assert np.mean([round(float(s), 4) for s in exact]) < target * (1 - 1e-6)  # what was refused
+    monkeypatch.setattr(A, "owl_outlier_ratios", lambda *a, **k: ratios)
+    ds = synthetic_store(num_layers=4, methods=("wanda:sparsity=0.5",),
+                         attrs={"model_id": loaded.model_id, "config_hash": loaded.config_hash, "complete": True})
+    plan = allocate_plan(ds, allocator="owl", budget=f"sparsity={target}", temperature=1.0, methods=["wanda"],
+                         loaded=loaded, calib_ids=torch.zeros(1, 4, dtype=torch.long), lmbda=0.1)
+    got = np.array([parse_method(u.method).values["sparsity"] for u in plan.units])
+    assert np.all(got >= exact - 1e-12) and np.all(got - exact < 1e-4)  # each level rounded up, by < 1e-4
+    assert target <= plan.allocation["achieved"] < target + 1e-4
+
+
+@pytest.mark.parametrize("resolution,ok", [("9", False), ("10", True), ("1000000", True), ("1000001", False),
+                                           ("99999999", False)])
+def test_knapsack_resolution_is_bounded(resolution, ok):
+    from prunelens.allocation import get_allocator
+
+    for name in ("knapsack", "iterative"):
+        try:
+            get_allocator(name, resolution=resolution)
+        except PrunelensError as exc:
+            assert not ok and "resolution must lie in [10, 1000000]" in str(exc) and "\n" not in str(exc)
+        else:
+            assert ok
