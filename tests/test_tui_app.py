@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from prunelens.workflow.export import prepare_plan
 from prunelens_tui.app import SCREENS, PrunelensApp
 from prunelens_tui.screens.help import HelpScreen, binding_rows
 from prunelens_tui.synthetic import make_store, synthetic_dataset
@@ -114,8 +115,9 @@ async def test_rank_and_export_equal_plan_from_store(store, tmp_path):
         await pilot.press(*str(out), "enter")  # typed path; Enter exports
         await settle(pilot)
     assert out.exists(), "the plan was not written"
-    expected = plans.plan_from_store(open_store(store), method="drop", kind="block", temperature=0.7, by="kl_pred",
-                                     budget=2, store_path=str(store))
+    ds = open_store(store)
+    expected = prepare_plan(plans.plan_from_store(ds, method="drop", kind="block", temperature=0.7, by="kl_pred",
+                                                  budget=2, store_path=str(store)), ds)
     got = json.loads(out.read_text())
     want = json.loads(expected.to_json())
     got.pop("created"), want.pop("created")  # a timestamp
@@ -229,8 +231,8 @@ async def test_real_probe_store_every_screen_and_plan(real_store, tmp_path):
         await settle(pilot)
         await pilot.press("e")
         await settle(pilot)
-    want = plans.plan_from_store(ds, method="drop", kind="block", temperature=1.0, by="kl_pred", budget=1,
-                                 store_path=str(real_store))
+    want = prepare_plan(plans.plan_from_store(ds, method="drop", kind="block", temperature=1.0, by="kl_pred",
+                                              budget=1, store_path=str(real_store)), ds)
     got, want = json.loads(out.read_text()), json.loads(want.to_json())
     got.pop("created"), want.pop("created")
     assert got == want and len(got["units"]) == 1

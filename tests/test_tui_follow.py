@@ -113,3 +113,36 @@ async def test_plan_screen_choices_drive_the_data_screens_and_drop_a_stale_plan(
         await settle(pilot)
         title = str(app.screen.query_one("#title").render())
         assert "magnitude:sparsity=0.3" in title and "local" in title  # the heatmap follows the plan screen
+
+
+async def test_opening_another_store_drops_the_plan(tmp_path):
+    for name in ("a.zarr", "b.zarr"):
+        make_store(tmp_path / name, methods=("drop",), num_layers=3, samples=2, steps=4, temperatures=(1.0,),
+                   candidates=False)
+    app = PrunelensApp([tmp_path], cwd=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert app.ds is None  # two stores: none opens by itself
+        await pilot.press("enter")  # a.zarr
+        await settle(pilot)
+        await pilot.press("5")
+        await settle(pilot)
+        await pilot.press("r")
+        await settle(pilot)
+        assert app.screen.plan is not None and app.screen.plan.store_path == str((tmp_path / "a.zarr").resolve())
+        await pilot.press("1")
+        await settle(pilot)
+        app.screen.query_one("#runs").move_cursor(row=1)
+        await pilot.press("enter")  # b.zarr
+        await settle(pilot)
+        assert app.store_path == tmp_path / "b.zarr"
+        await pilot.press("5")
+        await settle(pilot)
+        screen = app.screen
+        assert screen.plan is None and screen.query_one("#ranking").row_count == 0
+        await pilot.press("e")
+        await pilot.pause()
+        assert "rank first" in str(screen.query_one("#status").render())
+        await pilot.press("r")
+        await settle(pilot)
+        assert screen.plan.store_path == str((tmp_path / "b.zarr").resolve())

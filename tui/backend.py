@@ -14,7 +14,7 @@ import prunelens.planning
 import prunelens.ranking
 from prunelens.errors import PrunelensError
 from prunelens.plans import Plan
-from prunelens.workflow.export import export_plan
+from prunelens.workflow.export import export_plan, prepare_plan
 
 
 def open_store(path: str | Path, verify: bool = True):
@@ -75,13 +75,11 @@ def store_path_of(path: str | Path | None) -> str:
 
 def plan_from_store(ds: Any, ranked: Any, *, budget: str, store_path: str, **choices: Any) -> Plan:
     """``prunelens.planning.plan_from_store`` on the ranking already shown (the store is not ranked again),
-    then ``check_plan_sane`` as ``prunelens plan`` does (no unit, or every layer removed, is an error)."""
-    from prunelens.plan_checks import check_plan_sane
-
+    then ``workflow.export.prepare_plan`` as ``prunelens plan`` does (the data record; no unit, or every layer
+    removed, is an error)."""
     plan = prunelens.planning.plan_from_store(ds, ranking=ranked, budget=budget, store_path=store_path_of(store_path),
                                               **choices)
-    check_plan_sane(plan, ds)
-    return plan
+    return prepare_plan(plan, ds)
 
 
 def exports_mergekit(plan: Plan) -> bool:

@@ -58,6 +58,7 @@ class PlanScreen(Screen):
         self.planned: Choices | None = None
         self._store_id: int | None = None
         self._options: dict[str, list[tuple[str, Any]]] = {}
+        self._store_path = None  # the store the ranking shown was made from
         self._loading = False  # the strategies are being listed (first visit: imports torch)
         self._rank_queued = False  # `r` pressed meanwhile: rank as soon as they are there
 
@@ -103,6 +104,10 @@ class PlanScreen(Screen):
     def _new_store(self, ds) -> None:
         first = self._store_id is None
         self._store_id = id(ds)
+        if self.app.store_path != self._store_path:  # another store (not the same one with new cells)
+            self._store_path = self.app.store_path
+            self.plan = self.planned = None
+            self.query_one(DataTable).clear()
         for name in SHARED:
             options = [(S.option_label(name, v), v) for v in S.choices(ds, name)]
             if options != self._options.get(name):  # the same store reopened (new cells): the boxes stay as they are

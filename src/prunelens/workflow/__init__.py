@@ -2,7 +2,8 @@
 
 - ``tables``: rich tables and JSON shapes of rankings, plans, validations, evaluations and probe summaries;
 - ``listings``: the tables that list installed strategies, tasks, plugins and bundled models;
-- ``export``: plan export (JSON, mergekit YAML, llm-compressor recipe) through one atomic writer;
+- ``export``: plan export (JSON, mergekit YAML, llm-compressor recipe) through one atomic writer, and
+  ``prepare_plan``, what every front end adds to a plan before writing it;
 - ``summaries``: the one-line results of ``compress`` and ``apply``.
 
 Modules here import rich and the core lazily enough that ``prunelens --help`` stays fast; they never

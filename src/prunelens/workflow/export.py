@@ -30,3 +30,16 @@ def export_plan(plan: Any, json_path: PathLike | None, mergekit_path: PathLike |
         texts.append((recipe_path, recipe_yaml(plan)))
     written = [write_output(path, text) for path, text in texts]
     return [p for p in written if p is not None]
+
+
+def prepare_plan(plan: Any, ds: Any) -> Any:
+    """What every front end does to a plan from ``ds`` before writing it: record which text its inputs came
+    from (``plan.data``, unless set) and refuse an empty or whole-model plan (``check_plan_sane``)."""
+    from ..plan_checks import check_plan_sane
+
+    if not plan.data:
+        from ..data import plan_data
+
+        plan.data = plan_data(ds)
+    check_plan_sane(plan, ds)
+    return plan
