@@ -53,8 +53,9 @@ class DenseBatch:
         return self.calls[i + 1].hidden if i + 1 < len(self.calls) else self.final
 
     def rows(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, seq, d] -> [B * S, d]: the step positions, sample-major."""
-        return x[:, self.step_positions].reshape(-1, x.shape[-1])
+        """[B, seq, d] -> [B * S, d]: the step positions, sample-major (a slice: no index tensor on another device)."""
+        p = self.prompt_ids.shape[1]
+        return x[:, p - 1 : p - 1 + self.steps].reshape(-1, x.shape[-1])
 
     def candidate_rows(self) -> torch.Tensor | None:
         if self.candidates is None:

@@ -39,13 +39,13 @@ class Sampler:
         return out
 
     @staticmethod
-    def gumbel(gens: list[torch.Generator], vocab: int) -> torch.Tensor:
-        """[rows, vocab] standard Gumbel noise, one stream per row (float32, on the generators' device)."""
-        u = torch.stack([torch.rand(vocab, generator=g, dtype=torch.float64, device=g.device) for g in gens])
+    def gumbel(gens: list[torch.Generator], vocab: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """[rows, vocab] standard Gumbel noise, one stream per row (float32, on ``device``, the generators')."""
+        u = torch.stack([torch.rand(vocab, generator=g, dtype=torch.float64, device=device) for g in gens])
         return (-torch.log(-torch.log(u.clamp(1e-300, 1.0 - 1e-16)))).float()
 
     def pick(self, logits: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
-        g = self.gumbel(gens, logits.shape[-1])
+        g = self.gumbel(gens, logits.shape[-1], logits.device)
         return (logits.float() / self.temperature + g).argmax(-1, keepdim=True)
 
 
