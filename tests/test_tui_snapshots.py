@@ -114,3 +114,32 @@ def pilot_saw_every_glyph(seen: dict[str, str]) -> bool:
     assert MEASURED_GLYPHS["KL"] in seen["kl"] and PREDICTED_GLYPHS["KL"] in seen["kl"]
     assert all(g in seen["legend"] for g in glyphs)
     return True
+
+
+def test_plan_after_method_switch(snap_compare, store):
+    """``m`` and ``k`` on the heatmap, then the plan screen: its boxes and status line name wanda and block."""
+    pytest.importorskip("prunelens.plans", reason="prunelens.plans is not in the tree")
+
+    async def go(pilot):
+        await settle(pilot)
+        await pilot.press("2", "m", "k")
+        await settle(pilot)
+        await pilot.press("5")
+        await settle(pilot)
+        await pilot.press("r")
+        await settle(pilot)
+        assert pilot.app.screen.plan.method == "wanda:sparsity=0.5" and pilot.app.screen.plan.kind == "block"
+
+    assert snap_compare(make_app(store), terminal_size=SIZE, run_before=go)
+
+
+def test_heatmap_no_color(snap_compare, store, monkeypatch):
+    """Under NO_COLOR the cursor reads by shape: ▶ at its unit, ▼ over its step, [ ] around its cell."""
+    monkeypatch.setenv("NO_COLOR", "1")
+
+    async def go(pilot):
+        await settle(pilot)
+        await pilot.press("2", "down", "down", "right", "right", "right")
+        await settle(pilot)
+
+    assert snap_compare(make_app(store), terminal_size=SIZE, run_before=go)
