@@ -964,3 +964,50 @@ def test_knapsack_resolution_is_bounded(resolution, ok):
             assert not ok and "resolution must lie in [10, 1000000]" in str(exc) and "\n" not in str(exc)
         else:
             assert ok
+
+
+# -- plan fields are type-checked: one line in apply and validate, nothing written --------------------
+BAD_FIELDS = [("temperature", "hot"), ("temperature", 0), ("temperature", -1.0), ("temperature", True),
+              ("model_id", 12345), ("config_hash", None), ("num_layers", "four"), ("num_layers", True),
+              ("num_layers", 0), ("allocation", "junk"), ("allocation", [1, 2]), ("budget", True), ("budget", [1]),
+              ("iterative", "yes"), ("strategy", {"x": 1}), ("predicted_kl_total", "inf"), ("measured", 3),
+              ("unit.score", "high"), ("unit.params", -3), ("unit.params", 2.5), ("unit.predicted_kl", [0.1]),
+              ("unit.unit", 7), ("unit.method", 5)]
+
+
+def _plan_dict(path: Path, loaded) -> dict:
+    return {"schema_version": 2, "model_id": str(path), "config_hash": loaded.config_hash, "method": "drop",
+            "units": [{"unit": "L1", "score": 0.1, "predicted_kl": 0.1, "params": 10, "method": "drop"}],
+            "temperature": 1.0, "budget": 1, "strategy": "kl_pred", "num_layers": 4, "allocation": {}}
+
+
+@pytest.mark.parametrize("field,value", BAD_FIELDS, ids=[f"{f}={v!r}" for f, v in BAD_FIELDS])
+def test_plan_fields_of_the_wrong_type_are_one_line_in_apply_and_validate(tmp_path, tiny, field, value):
+    path, loaded = tiny
+    d = _plan_dict(path, loaded)
+    if field.startswith("unit."):
+        d["units"][0][field[5:]] = value
+    else:
+        d[field] = value
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(d))
+    res = cli("apply", plan, "--out", tmp_path / "ck")
+    line = one_line_error(res, f"field '{field.removeprefix('unit.')}' must be")
+    assert not (tmp_path / "ck").exists(), line
+    res = cli("validate", plan, "--checkpoint", tmp_path)
+    one_line_error(res, f"field '{field.removeprefix('unit.')}' must be")
+
+
+def test_a_well_typed_plan_applies_and_its_checkpoint_record_is_the_plan(tmp_path, tiny):
+    from prunelens.plans import Plan
+
+    path, loaded = tiny
+    d = _plan_dict(path, loaded)
+    d["temperature"], d["num_layers"] = 1, 4  # an integer temperature is a number
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(d))
+    res = cli("apply", plan, "--out", tmp_path / "ck")
+    assert res.exit_code == 0, res.output
+    record = json.loads((tmp_path / "ck" / "prunelens.json").read_text())["plan"]
+    assert set(record) <= set(Plan.__dataclass_fields__)
+    assert record["units"][0]["unit"] == "L1" and record["num_layers"] == 4 and record["allocation"] == {}

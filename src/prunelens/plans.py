@@ -23,6 +23,49 @@ from .units import Unit
 PLAN_SCHEMA_VERSION = 2
 READABLE_SCHEMA_VERSIONS = (1, 2)  # version 1: one method for every unit; 2: each unit may carry its own
 REQUIRED = ("schema_version", "model_id", "config_hash", "method", "units", "temperature", "budget", "strategy")
+_NUM = (int, float)
+# field -> (accepted JSON types, None accepted); a plan is data anyone can hand us: nothing else is taken
+FIELD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
+    "model_id": ((str,), False), "config_hash": ((str,), False), "method": ((str,), False),
+    "temperature": (_NUM, False), "budget": ((int, float, str), False), "strategy": ((str,), False),
+    "method_params": ((dict,), False), "kind": ((str,), True), "locality": ((str,), False),
+    "timing": ((str,), False), "iterative": ((bool,), False), "num_layers": ((int,), True),
+    "store_path": ((str,), True), "prompts_hash": ((str,), True), "predicted_kl_total": (_NUM, True),
+    "measured_kl_total": (_NUM, True), "measured": ((dict,), False), "eval": ((dict,), False),
+    "allocation": ((dict,), False), "created": ((str,), False), "schema_version": ((int,), False),
+}
+UNIT_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
+    "unit": ((str,), False), "score": (_NUM, True), "predicted_kl": (_NUM, True), "params": ((int,), True),
+    "cumulative_predicted_kl": (_NUM, True), "cumulative_measured_kl": (_NUM, True), "method": ((str,), True),
+}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "an object"}
+
+
+def check_field_types(d: dict[str, Any], types: dict[str, tuple[tuple[type, ...], bool]], where: str) -> None:
+    """One-line ``PrunelensError`` for the first field of ``d`` whose JSON type is not the one ``types`` names
+    (``true`` is no number, a number no string); numbers must be finite, counts and the temperature positive."""
+    import math
+
+    from .safe_text import clean
+
+    for name, value in d.items():
+        accepted, nullable = types.get(name, ((object,), True))
+        if value is None and nullable:
+            continue
+        ok = isinstance(value, accepted) and (bool in accepted or not isinstance(value, bool))
+        if ok and isinstance(value, float):
+            ok = math.isfinite(value)
+        if ok and name in ("temperature", "num_layers"):
+            ok = value > 0
+        if ok and name == "params":
+            ok = value >= 0
+        if not ok:
+            want = " or ".join(dict.fromkeys(_TYPE_NAMES[t] for t in accepted)) + (" or null" if nullable else "")
+            want += " (finite)" if float in accepted else ""
+            want += " (positive)" if name in ("temperature", "num_layers") else ""
+            shown = clean(repr(value))
+            raise PrunelensError(f"{where}: field {name!r} must be {want}, not {shown[:60]}"
+                                 f"{'...' if len(shown) > 60 else ''}")
 
 
 @dataclass
@@ -157,6 +200,7 @@ class Plan:
         unknown = sorted(set(d) - known)
         if unknown:
             raise PrunelensError(f"{source}: unknown plan field(s) {', '.join(unknown)}")
+        check_field_types({k: v for k, v in d.items() if k != "units"}, FIELD_TYPES, f"{source}: plan")
         if not isinstance(d["units"], list) or not d["units"]:
             raise PrunelensError(f"{source}: the plan has no units")
         units = []
@@ -168,9 +212,8 @@ class Plan:
             bad = set(item) - set(PlanUnit.__dataclass_fields__)
             if bad:
                 raise PrunelensError(f"{source}: unknown unit field(s) {', '.join(sorted(bad))}")
-            Unit.parse(str(item["unit"]))  # raises a clear error for a bad name
-            if item.get("method") is not None and not isinstance(item["method"], str):
-                raise PrunelensError(f"{source}: unit {item['unit']}: method must be a spec string")
+            check_field_types(item, UNIT_TYPES, f"{source}: plan unit")
+            Unit.parse(item["unit"])  # raises a clear error for a bad name
             units.append(PlanUnit(**item))
         # a version-1 plan is a version-2 plan whose units all use the plan's method
         return cls(**{**d, "units": units, "schema_version": PLAN_SCHEMA_VERSION})
