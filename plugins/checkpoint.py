@@ -9,7 +9,8 @@ model stays dense; on exit the originals come back.
 
 A checkpoint of another architecture (model type, layer count, hidden size) or with a tensor of
 another shape is refused with one line; so is a unit whose weights DIR does not hold (a unit that
-was dropped there: probe it with ``--method drop``). Packed/compressed tensor formats are not read.
+was dropped there: probe it with ``--method drop``). Packed/compressed tensor formats are not read:
+a tensor stored as integers (int8 codes, packed int4) where the model holds floats is refused too.
 """
 
 from __future__ import annotations
@@ -116,6 +117,11 @@ class Checkpoint(Method):
             if tuple(t.shape) != tuple(own[n].shape):
                 raise PrunelensError(f"checkpoint:path={self.path}: {n} has shape {tuple(t.shape)}, the model's is "
                                      f"{tuple(own[n].shape)} (another architecture or a packed format)")
+            if t.dtype.is_floating_point != own[n].dtype.is_floating_point or t.dtype == torch.bool:
+                # integers of the right shape are quantized codes (int8, packed): cast, they would read as weights
+                raise PrunelensError(f"checkpoint:path={self.path}: {n} is stored as {str(t.dtype).removeprefix('torch.')}"
+                                     f", the model's is {str(own[n].dtype).removeprefix('torch.')} (quantized or packed "
+                                     "formats are not read: save the checkpoint dequantized)")
             out[n] = (own[n], t)
         return out
 

@@ -1011,3 +1011,26 @@ def test_a_well_typed_plan_applies_and_its_checkpoint_record_is_the_plan(tmp_pat
     record = json.loads((tmp_path / "ck" / "prunelens.json").read_text())["plan"]
     assert set(record) <= set(Plan.__dataclass_fields__)
     assert record["units"][0]["unit"] == "L1" and record["num_layers"] == 4 and record["allocation"] == {}
+
+
+# -- checkpoint:path= reads float weights only -------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8, torch.int32, torch.bool])
+def test_checkpoint_method_refuses_integer_tensors_of_the_right_shape(tmp_path, tiny, dtype):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    path, loaded = tiny
+    ck = tmp_path / "int-ck"
+    shutil.copytree(path, ck)
+    (st,) = ck.glob("*.safetensors")
+    tensors = load_file(str(st))
+    name = "model.layers.1.mlp.down_proj.weight"
+    tensors[name] = (tensors[name] * 100).round().clamp(-127, 127).to(dtype)  # int8 codes, no scale
+    save_file(tensors, str(st), metadata={"format": "pt"})
+    before = weights_fingerprint(loaded.model)
+    with pytest.raises(PrunelensError) as err:
+        probe(loaded, tmp_path / "s.zarr", methods=[f"checkpoint:path={ck}"], units="L1.mlp")
+    msg = str(err.value)
+    assert "\n" not in msg and name in msg and str(dtype).removeprefix("torch.") in msg and "not read" in msg, msg
+    assert weights_fingerprint(loaded.model) == before
