@@ -204,3 +204,74 @@ def test_compress_refuses_offloaded_weights(tmp_path):
                                     "--device", "map", "--max-memory", "cpu=20000", "--out", str(tmp_path / "c")])
     assert res.exit_code == 1
     assert res.stderr.strip().splitlines()[-1].startswith("Error: compress cannot write offloaded weights")
+
+
+def test_device_and_dtype_choices():
+    from prunelens.devices import auto_dtype, parse_max_memory, rank_device
+    from prunelens.errors import PrunelensError
+
+    assert auto_dtype("float32", "cpu") == "float32"  # CPU numbers stay float32
+    assert auto_dtype("float32", "cuda:1") == "bfloat16"
+    assert auto_dtype("bfloat16", "cpu") == "bfloat16" and auto_dtype("torch.float16", "cuda") == "float16"
+    assert auto_dtype(None, "cuda") == "bfloat16"
+    assert rank_device("cuda", 2, 1) == "cuda:1" and rank_device("cuda:3", 2, 1) == "cuda:3"
+    assert rank_device("auto", 1, 0) == "auto"
+    with pytest.raises(PrunelensError, match="torchrun"):
+        rank_device("auto", 2, 0)
+    assert parse_max_memory("0=20GiB, cuda:1=40GiB,cpu=1000") == {0: "20GiB", 1: "40GiB", "cpu": 1000}
+    for bad in ("0:20GiB", "gpu=1GiB", "0=lots"):
+        with pytest.raises(PrunelensError, match="--max-memory"):
+            parse_max_memory(bad)
+
+
+def test_obs_column_loop_has_no_host_syncs():
+    """The number of host-synchronising operations (.item(), boolean indexing, nonzero) in a SparseGPT/GPTQ solve does
+    not grow with the number of columns: none happens per column."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from prunelens.obs import obs_compress
+    from prunelens.quantizer import Grid
+
+    class Syncs(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten._local_scalar_dense, torch.ops.aten.nonzero,
+                                       torch.ops.aten.is_nonzero, torch.ops.aten.masked_select):
+                self.count += 1
+            if func.overloadpacket in (torch.ops.aten.index_put_, torch.ops.aten.index_put, torch.ops.aten.index):
+                masks = [i for i in args[1] if isinstance(i, torch.Tensor) and i.dtype == torch.bool]
+                self.count += bool(masks)  # boolean indexing: a nonzero (a host sync on a GPU) inside the kernel
+            return func(*args, **(kwargs or {}))
+
+    def syncs(cols: int, **kw) -> int:
+        g = torch.Generator().manual_seed(0)
+        w = torch.randn(8, cols, generator=g)
+        x = torch.randn(4 * cols, cols, generator=g)
+        with Syncs() as mode:
+            obs_compress(w, x.T @ x, blocksize=16, **kw)
+        return mode.count
+
+    grid = Grid(bits=4, group_size=-1)
+    for kw in ({"sparsity": 0.5}, {"nm": (2, 4)}, {"quantize": lambda b, _c: grid.quantize(b[:, 0], *grid.params(b))[:, 0]}):
+        assert syncs(32, **kw) == syncs(128, **kw), kw
+
+
+def test_low_precision_readout_is_chunked_and_exact(monkeypatch):
+    """A bf16 head is read in float32 chunks: the logits equal one float32 matmul of the same bf16 values."""
+    import torch.nn.functional as F
+    from conftest import make_tiny_model
+
+    from prunelens.adapters import get_adapter
+    from prunelens.probe import engine as eng
+
+    model = make_tiny_model("llama", layers=2).to(torch.bfloat16)
+    adapter = get_adapter(model)
+    monkeypatch.setattr(eng, "READOUT_CHUNK_BYTES", 4 * 32 * 10)  # 10 vocabulary rows per chunk (96 rows: ragged)
+    h = torch.randn(5, 32).to(torch.bfloat16)
+    z = eng.Readout(adapter, "norm")(h)
+    want = F.linear(adapter.final_norm(h).float(), model.lm_head.weight.float())
+    assert z.dtype == torch.float32
+    torch.testing.assert_close(z, want, rtol=1e-6, atol=1e-6)

@@ -80,4 +80,9 @@ def init_ranks() -> Ranks:
     if not dist.is_initialized():
         dist.init_process_group(backend="gloo")
         here = True
-    return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), here)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    import torch
+
+    if torch.cuda.is_available() and local_rank < torch.cuda.device_count():
+        torch.cuda.set_device(local_rank)  # the rank's GPU is the current device (a library's default allocations)
+    return Ranks(dist.get_rank(), dist.get_world_size(), local_rank, here)

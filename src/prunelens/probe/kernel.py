@@ -442,14 +442,15 @@ def compiled_kernel(args: tuple[torch.Tensor, ...]) -> tuple[Callable[..., Any],
         lib, built_s = native.load_library()
         return functools.partial(native.native_sums, lib), built_s
     path = _args_path(args)
-    key = str(path)
+    index = z.device.index if z.device.type == "cuda" and z.device.index is not None else -1
+    key = f"{path}@{index}"  # one loaded copy per device: a rank's kernel runs on its LOCAL_RANK's GPU
     if key in _LOADED:
         return _LOADED[key], 0.0
     built_s = 0.0
     fn = None
     if kernel_cache.trusted(path):  # only a package this user built (owner, modes, recorded sha256)
         try:
-            fn = torch._inductor.aoti_load_package(str(path))
+            fn = torch._inductor.aoti_load_package(str(path), device_index=index)
         except Exception:  # a damaged file: build again
             fn = None
     if fn is None:
@@ -463,7 +464,7 @@ def compiled_kernel(args: tuple[torch.Tensor, ...]) -> tuple[Callable[..., Any],
             kernel_cache.keep(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-        fn = torch._inductor.aoti_load_package(str(path))
+        fn = torch._inductor.aoti_load_package(str(path), device_index=index)
         built_s = time.perf_counter() - t0
     _LOADED[key] = fn
     return fn, built_s
