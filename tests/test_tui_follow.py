@@ -97,6 +97,12 @@ async def test_plan_screen_choices_drive_the_data_screens_and_drop_a_stale_plan(
         await pilot.press("r")
         await settle(pilot)
         assert screen.plan is not None and screen.plan.method == "drop"
+        screen.query_one("#budget", Input).value = "3"
+        await settle(pilot)
+        assert screen.plan is None  # typed another budget: the 2-unit plan is not exported as if it were 3
+        await pilot.press("r")
+        await settle(pilot)
+        assert screen.plan is not None and len(screen.plan.units) == 3
         screen.query_one("#method", Select).value = "magnitude:sparsity=0.3"
         screen.query_one("#locality", Select).value = "local"
         await settle(pilot)

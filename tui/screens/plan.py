@@ -141,8 +141,7 @@ class PlanScreen(Screen):
             current = self.choices()
         except PrunelensError:
             return
-        if self.plan is not None and self.planned is not None and replace(current, budget=self.planned.budget) != \
-                self.planned:
+        if self.plan is not None and self.planned is not None and current != self.planned:
             self.plan = self.planned = None
             self.query_one(DataTable).clear()
         if self.plan is None and not self._loading and not self._rank_queued:
@@ -191,6 +190,10 @@ class PlanScreen(Screen):
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         {"rank": self.action_rank, "export": self.action_export}[event.button.id]()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "budget":  # a plan of another budget is dropped too
+            self._check_stale()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         (self.action_rank if event.input.id == "budget" else self.action_export)()
