@@ -1034,3 +1034,30 @@ def test_checkpoint_method_refuses_integer_tensors_of_the_right_shape(tmp_path, 
     msg = str(err.value)
     assert "\n" not in msg and name in msg and str(dtype).removeprefix("torch.") in msg and "not read" in msg, msg
     assert weights_fingerprint(loaded.model) == before
+
+
+# -- apply's checkpoint points at no code it did not copy -----------------------------------------------
+def test_apply_drops_auto_map_from_config_and_tokenizer(tmp_path, tiny):
+    import shutil
+
+    path, loaded = tiny
+    src = tmp_path / "with-auto-map"
+    shutil.copytree(path, src)
+    auto_map = {"AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "modeling_x.XForCausalLM"}
+    for name in ("config.json", "tokenizer_config.json"):
+        f = src / name
+        if f.is_file():
+            f.write_text(json.dumps({**json.loads(f.read_text()), "auto_map": auto_map}))
+    (src / "modeling_x.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w')\n")
+    d = _plan_dict(src, load_model(str(src)))  # its own config hash (auto_map is part of the config)
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(d))
+    res = cli("apply", plan, "--out", tmp_path / "ck")
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "ck"
+    assert "auto_map" not in json.loads((out / "config.json").read_text())
+    if (out / "tokenizer_config.json").is_file():
+        assert "auto_map" not in json.loads((out / "tokenizer_config.json").read_text())
+    assert not list(out.glob("*.py")) and not (tmp_path / "ran").exists()
+    assert json.loads((src / "config.json").read_text())["auto_map"] == auto_map  # the source is left alone
+    assert load_model(str(out)).adapter.num_layers == 3
