@@ -82,6 +82,8 @@ async def test_new_cells_and_progress_show_while_the_store_is_written(tmp_path, 
         await pilot.press("1")  # the Runs row follows too
         await settle(pilot)
         assert app.screen.summaries[0].status == "resumable 1/4"
+        details = str(app.screen.query_one("#details").render())
+        assert "resumable 1/4" in details and "new cells show as they land" in details
         await pilot.press("2")
         await settle(pilot)
         rest = {u: cell(writer, 10 + u) for u in (0, 2, 3)}

@@ -98,8 +98,9 @@ def provenance_lines(s: StoreSummary) -> list[tuple[str, str]]:
             ("temperatures", ", ".join(f"{t:g}" for t in s.temperatures)),
             ("created", s.created or "?"), ("status", s.status)]
     if s.done < s.cells or not s.complete:
-        rows.append(("note", "half-written: rerun the same prunelens probe command to finish it; "
-                             "cells not done yet show as ·"))
+        rows.append(("note", "half-written: while a probe writes it, new cells show as they land; an interrupted "
+                             "probe finishes when the same prunelens probe command is rerun; cells not done yet "
+                             "show as ·"))
     if "nonfinite_cells" in s.attrs:  # shown by every command that reads a store
         rows.append(("non-finite", f"{s.attrs['nonfinite_cells']} cells ({s.attrs.get('nonfinite_values', 0)} values)"
                                    + ("; those units rank last or unranked, never planned"
