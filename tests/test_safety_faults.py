@@ -1061,3 +1061,27 @@ def test_apply_drops_auto_map_from_config_and_tokenizer(tmp_path, tiny):
     assert not list(out.glob("*.py")) and not (tmp_path / "ran").exists()
     assert json.loads((src / "config.json").read_text())["auto_map"] == auto_map  # the source is left alone
     assert load_model(str(out)).adapter.num_layers == 3
+
+
+# -- byte budgets are whole bytes ---------------------------------------------------------------------
+@pytest.mark.parametrize("text,want", [("bytes=0.5", None), ("bytes=0.999", None), ("bytes=0", None),
+                                       ("bytes=-1KB", None), ("bytes=1", 1), ("bytes=1.5", 1), ("bytes=0.5KB", 500),
+                                       ("bytes=1.5KiB", 1536)])
+def test_byte_budgets_below_one_byte_are_refused_others_floored(text, want):
+    from prunelens.budgets import parse_budget_spec
+
+    if want is None:
+        with pytest.raises(PrunelensError, match=r"must be (at least 1 byte|positive)|not a number"):
+            parse_budget_spec(text)
+        return
+    b = parse_budget_spec(text)
+    assert b.value == want and b.text == f"bytes={want}"
+
+
+def test_plan_with_a_sub_byte_budget_is_one_line(tmp_path):
+    store = tmp_path / "s.zarr"
+    synthetic_store(num_layers=4, attrs={"model_id": "tiny", "config_hash": "abc", "complete": True}).to_zarr(
+        store, mode="w", consolidated=False, zarr_format=3)
+    res = cli("plan", store, "--budget", "bytes=0.5", "--out", tmp_path / "p.json")
+    one_line_error(res, "bytes=0.5", "at least 1 byte")
+    assert not (tmp_path / "p.json").exists()

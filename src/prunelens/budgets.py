@@ -96,8 +96,8 @@ def parse_budget_spec(value: Any) -> Budget:
         if not 0.0 < num <= 32.0:
             raise PrunelensError(f"budget bits={rest.strip()}: average bits per weight must lie in (0, 32]")
     elif key == "bytes":
-        if num <= 0:
-            raise PrunelensError(f"budget bytes={rest.strip()}: must be positive")
+        if num < 1:  # whole bytes: a fraction of one would round down to an impossible 0
+            raise PrunelensError(f"budget bytes={rest.strip()}: must be at least 1 byte")
         num = float(math.floor(num))
     return Budget(key, float(num))
 
