@@ -1085,3 +1085,36 @@ def test_plan_with_a_sub_byte_budget_is_one_line(tmp_path):
     res = cli("plan", store, "--budget", "bytes=0.5", "--out", tmp_path / "p.json")
     one_line_error(res, "bytes=0.5", "at least 1 byte")
     assert not (tmp_path / "p.json").exists()
+
+
+def test_the_issue_reproduction_end_to_end_exports_parse_and_run_nothing(tmp_path, tiny):
+    """A model directory named ``m\\nx: !!python/object/apply:os.system [...]\\n#``: probe, plan with both exports,
+    report with the plan; every YAML parses with ``safe_load`` with no tag, the Markdown keeps it on one line."""
+    import yaml
+
+    path, _ = tiny
+    hostile = f"m\nx: !!python/object/apply:os.system ['touch {tmp_path}/PWNED']\n#"
+    model = _hostile_model_dir(tmp_path, path, hostile)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("w5 w6 w7 w8 w9\nw10 w11 w12\nw13 w14 w15 w16 w17 w18\n")
+    store = tmp_path / "s.zarr"
+    res = cli("probe", "--model", model, "--method", "rtn", "--method", "drop", "--units", "L1,L2", "--samples", "3",
+              "--prompt-len", "6", "--steps", "3", "--batch-size", "3", "--prompts", prompts, "--device", "cpu",
+              "--quiet", "--out", store)
+    assert res.exit_code == 0, res.output
+    res = cli("plan", store, "--budget", "1", "--method", "rtn", "--llmcompressor", tmp_path / "r.yaml",
+              "--out", tmp_path / "rtn.json")
+    assert res.exit_code == 0, res.output
+    res = cli("plan", store, "--budget", "1", "--method", "drop", "--mergekit", tmp_path / "m.yaml",
+              "--out", tmp_path / "drop.json")
+    assert res.exit_code == 0, res.output
+    for name, keys in (("r.yaml", {"oneshot_stage"}), ("m.yaml", {"slices", "merge_method", "dtype"})):
+        text = (tmp_path / name).read_text()
+        _tagless_yaml(text, keys)
+        assert hostile.splitlines()[1] not in text.splitlines()  # the injected line is not a line of the file
+    assert yaml.safe_load((tmp_path / "m.yaml").read_text())["slices"][0]["sources"][0]["model"] == str(path.resolve())
+    res = cli("report", store, "--plan", tmp_path / "drop.json", "--out", tmp_path / "rep")
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert not [ln for ln in md.splitlines() if ln.startswith(("x:", "x: !!"))]
+    assert not (tmp_path / "PWNED").exists()
