@@ -12,7 +12,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 LOCK = "/tmp/prunelens-heavy.lock"
@@ -39,7 +39,7 @@ def heavy_lock(path: str = LOCK) -> Iterator[None]:
 
 def run_measured(cmd: Sequence[str], env: dict[str, str] | None = None, lock: bool = True) -> Measured:
     """Run ``cmd`` (under the heavy lock unless ``lock`` is False); wall seconds and peak RSS in bytes."""
-    ctx = heavy_lock() if lock else contextmanager(lambda: iter([None]))()
+    ctx = heavy_lock() if lock else nullcontext()
     with ctx:
         t0 = time.perf_counter()
         proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -46,6 +46,7 @@ class DeviceClass:
     bandwidth: float  # bytes/s of weight reads (memory-bound decoding)
     load: float  # bytes/s of loading the checkpoint and hashing its weights
     kind: str  # "cpu" or "cuda"
+    layer_latency: float = 0.0  # seconds per decoder layer per forward call (kernel launches, Python)
 
 
 STARTUP_SECONDS = 20.0  # interpreter, torch and transformers imports, CUDA initialisation
@@ -53,11 +54,11 @@ STARTUP_SECONDS = 20.0  # interpreter, torch and transformers imports, CUDA init
 
 DEVICE_CLASSES = {
     # this project's 2-core CPU, shared: fitted to the 8B-twin drop and wanda probes of docs/scale.md
-    "cpu": DeviceClass({"float32": 5e10, "bfloat16": 3e9, "float16": 3e9}, 4e9, 2.5e8, "cpu"),
+    "cpu": DeviceClass({"float32": 5e10, "bfloat16": 3e9, "float16": 3e9}, 4e9, 2.5e8, "cpu", 2e-4),
     # H100 SXM: 989 TFLOP/s dense bf16 peak, ~40 % sustained; 3.35 TB/s HBM3, ~70 % sustained; NVMe load
-    "h100": DeviceClass({"float32": 2.0e14, "bfloat16": 4.0e14, "float16": 4.0e14}, 2.3e12, 2e9, "cuda"),
+    "h100": DeviceClass({"float32": 2.0e14, "bfloat16": 4.0e14, "float16": 4.0e14}, 2.3e12, 2e9, "cuda", 2e-4),
     # A100 SXM: 312 TFLOP/s dense bf16 peak, ~40 % sustained; TF32 156; 2.0 TB/s HBM2e, ~70 % sustained
-    "a100": DeviceClass({"float32": 6.0e13, "bfloat16": 1.25e14, "float16": 1.25e14}, 1.4e12, 2e9, "cuda"),
+    "a100": DeviceClass({"float32": 6.0e13, "bfloat16": 1.25e14, "float16": 1.25e14}, 1.4e12, 2e9, "cuda", 2e-4),
 }
 
 
@@ -253,6 +254,9 @@ def estimate_probe(spec: str, methods: list[Any], units_spec: str, dtype: str, d
     rate = dev.flops["float32" if b == 4 else "bfloat16"]
     reads = (steps * (1 + (cells if free else 0))) * shape.params * b / dev.bandwidth  # decoding reads every weight
     load = STARTUP_SECONDS + shape.params * b / dev.load
+    batches = -(-samples // batch_size)
+    forwards = batches * (steps + 1 + cells * (int("teacher_forced" in timings) + (steps if free else 0)))
+    load += forwards * shape.layers * dev.layer_latency  # launch-bound small forwards (a GPU's usual limit)
     seconds = load + (dense + cells * per_cell + calib) / rate + solver / dev.flops["float32"] + reads
     notes = [] if dev.kind == "cuda" or peak < 0.9 * _host_memory() else \
         [f"the peak exceeds 90 % of this machine's memory ({_host_memory() / GiB:.1f} GiB)"]
