@@ -1118,3 +1118,24 @@ def test_the_issue_reproduction_end_to_end_exports_parse_and_run_nothing(tmp_pat
     md = (tmp_path / "rep" / "report.md").read_text()
     assert not [ln for ln in md.splitlines() if ln.startswith(("x:", "x: !!"))]
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_accelerator_word_sums_equal_numpy_and_see_one_ulp_and_a_swap(monkeypatch):
+    """The checksum an accelerator computes (run here on the CPU), against numpy's wrapping int64 sums."""
+    from prunelens.probe import integrity
+
+    monkeypatch.setattr(integrity, "_CHUNK", 7)  # several chunks, the last one short
+    g = torch.Generator().manual_seed(0)
+    for t in (torch.randn(50, generator=g), torch.randn(25, generator=g).to(torch.bfloat16), torch.arange(5).byte()):
+        raw = t.numpy().view(np.uint8) if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().view(np.uint8)
+        w = (raw.view(np.int32) if raw.size % 4 == 0 else raw).astype(np.int64)
+        with np.errstate(over="ignore"):
+            want = (int(w.sum()), int((w * np.arange(1, w.size + 1, dtype=np.int64)).sum()))
+        assert integrity.word_sums(t) == want
+    t = torch.randn(50, generator=g)
+    base = integrity.word_sums(t)
+    ulp = t.clone()
+    ulp[17] = torch.nextafter(ulp[17], torch.tensor(1e9))
+    swapped = t.clone()
+    swapped[[3, 40]] = swapped[[40, 3]]
+    assert integrity.word_sums(ulp) != base and integrity.word_sums(swapped) != base

@@ -26,6 +26,7 @@ import torch
 from ..errors import PrunelensError
 
 OTHER = "embeddings/norm/head"
+_CHUNK = 1 << 24  # words per step of an accelerator's checksum
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 
 
@@ -43,11 +44,21 @@ def tensor_digest(t: torch.Tensor) -> tuple[Any, ...]:
     flat = t.detach().contiguous().reshape(-1)
     if t.device.type == "cpu":
         return (*head, zlib.crc32(memoryview(flat.view(torch.uint8).numpy())))
+    return (*head, *word_sums(flat))
+
+
+def word_sums(flat: torch.Tensor) -> tuple[int, int]:
+    """Σ w and Σ (i + 1)·w over the 32-bit words ``w`` of a contiguous 1-d tensor's bytes (bytes if their count is
+    not a multiple of 4), in wrapping int64, computed where the tensor lives: one change or a swap of two words shows."""
     raw = flat.view(torch.uint8)
     words = raw.view(torch.int32) if raw.numel() % 4 == 0 else raw
-    x = words.to(torch.int64)
-    weighted = x * torch.arange(1, x.numel() + 1, device=x.device, dtype=torch.int64)
-    return (*head, *torch.stack([x.sum(), weighted.sum()]).tolist())
+    acc = torch.zeros(2, dtype=torch.int64, device=flat.device)  # int64 sums wrap: exact and order-free
+    for lo in range(0, words.numel(), _CHUNK):  # bounded scratch memory (3 x 8 bytes per word of a chunk)
+        x = words[lo:lo + _CHUNK].to(torch.int64)
+        acc[0] += x.sum()
+        acc[1] += (x * torch.arange(lo + 1, lo + 1 + x.numel(), device=x.device, dtype=torch.int64)).sum()
+    s, w = acc.tolist()
+    return int(s), int(w)
 
 
 def layer_digests(model: torch.nn.Module) -> dict[str, list[tuple[Any, ...]]]:
