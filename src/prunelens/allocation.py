@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .budgets import DENSE_BITS, Budget, UnitSizes, achieved, option_effect, parse_budget_spec, requirement, saving
-from .errors import PrunelensError
+from .errors import PrunelensError, unknown
 from .params import Param, Parameterized
 from .units import KINDS, Unit
 
@@ -228,7 +228,7 @@ def allocator_registry() -> dict[str, tuple[str, type[Allocator]]]:
 def get_allocator(name: str, **params: Any) -> Allocator:
     reg = allocator_registry()
     if name not in reg:
-        raise PrunelensError(f"unknown allocator {name!r}; available: {', '.join(sorted(reg)) or 'none'}")
+        raise unknown("allocator", name, reg)
     return reg[name][1](**params)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import PrunelensError
+from .errors import PrunelensError, unknown_message
 from .plan_checks import check_units_disjoint
 from .plans import Plan
 from .units import Unit
@@ -59,8 +59,7 @@ def missing_method_message(name: str, store_path: str | None) -> str:
         return f"{head}: the store recorded it from a plugin file ({prov.get('plugin')}); load it with --plugin FILE"
     if prov.get("distribution"):
         return f"{head}: the store recorded it from the plugin {prov['distribution']}; install it (pip install ...)"
-    available = ", ".join(sorted(method_registry())) or "none"
-    return f"{head}; available: {available} (a method from a plugin file needs --plugin FILE)"
+    return unknown_message("method", name, method_registry(), "(a method from a plugin file needs --plugin FILE)")
 
 
 def compress_with_plan(loaded: Any, plan: Plan, *, calib_samples: int = 32, calib_len: int = 256, seed: int = 0,

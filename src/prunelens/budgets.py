@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import PrunelensError
+from .errors import PrunelensError, unknown
 from .units import Unit
 
 BUDGET_KINDS = ("units", "params", "sparsity", "bits", "bytes")
@@ -84,7 +84,7 @@ def parse_budget_spec(value: Any) -> Budget:
         key, rest = ("units", text) if num >= 1 or num <= 0 else ("params", text)
     key = key.strip().lower()
     if key not in BUDGET_KINDS:
-        raise PrunelensError(f"unknown budget {key!r}; choose from {', '.join(BUDGET_KINDS)} (e.g. sparsity=0.6)")
+        raise unknown("budget", key, BUDGET_KINDS, "(e.g. sparsity=0.6)")
     num = _number(key, rest)
     if key == "units":
         if not float(num).is_integer() or num < 1:

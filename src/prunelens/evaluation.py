@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
-from .errors import PrunelensError
+from .errors import PrunelensError, unknown
 from .params import Param, Parameterized, parse_spec
 
 COMMON_PARAMS = ("n_samples", "seed", "batch_size")  # what --samples, --seed, --batch-size set
@@ -65,7 +65,7 @@ def parse_task(text: str, **defaults: Any) -> Task:
     name, given = parse_spec(text, "task")
     reg = task_registry()
     if name not in reg:
-        raise PrunelensError(f"unknown task {name!r}; available: {', '.join(sorted(reg)) or 'none'}")
+        raise unknown("task", name, reg)
     cls = reg[name][1]
     values = {k: v for k, v in defaults.items() if k in cls.params and v is not None}
     values.update(given)

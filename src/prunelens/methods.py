@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 
 from .adapters import Adapter, linear_weight, set_linear_weight
-from .errors import PrunelensError
+from .errors import PrunelensError, unknown
 from .params import Param, Parameterized, format_spec, parse_spec  # noqa: F401  (Param is re-exported for plugins)
 from .units import KINDS, Unit
 
@@ -117,7 +117,7 @@ def method_provenance(name: str) -> dict[str, Any]:
 
     reg = method_registry()
     if name not in reg:
-        raise PrunelensError(f"unknown method {name!r}; available: {', '.join(sorted(reg)) or 'none'}")
+        raise unknown("method", name, reg)
     return provenance(reg[name][0])
 
 
@@ -126,7 +126,7 @@ def parse_method(text: str) -> Method:
     name, values = parse_spec(text, "method")
     reg = method_registry()
     if name not in reg:
-        raise PrunelensError(f"unknown method {name!r}; available: {', '.join(sorted(reg)) or 'none'}")
+        raise unknown("method", name, reg)
     return reg[name][1](**values)
 
 
@@ -179,7 +179,7 @@ def expand_method_specs(text: str) -> list[str]:
     name, _, rest = text.strip().partition(":")
     reg = method_registry()
     if name not in reg:
-        raise PrunelensError(f"unknown method {name!r}; available: {', '.join(sorted(reg)) or 'none'}")
+        raise unknown("method", name, reg)
     params = reg[name][1].params
     keys: list[str] = []
     values: dict[str, list[str]] = {}

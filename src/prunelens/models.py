@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .adapters import Adapter, get_adapter
-from .errors import PrunelensError
+from .errors import PrunelensError, closest, unknown
 from .paths import models_dir
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -76,7 +76,7 @@ def is_prepared(alias: str) -> bool:
 def prepare(alias: str, force: bool = False) -> Path:
     """Convert a bundled GGUF into a cached safetensors checkpoint; a no-op when already done."""
     if alias not in BUNDLED:
-        raise PrunelensError(f"unknown bundled model {alias!r}; available: {', '.join(BUNDLED)}")
+        raise unknown("bundled model", alias, BUNDLED)
     dest = prepared_path(alias)
     if is_prepared(alias) and not force:
         return dest
@@ -183,7 +183,9 @@ def _resolve(spec: str) -> tuple[str, dict[str, Any]]:
             raise PrunelensError(f"{spec} is not a model directory (no config.json)")
         return str(p), {}
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise PrunelensError(f"model path not found: {spec}")
+        raise PrunelensError(f"model path not found: {spec} (bundled models: {', '.join(sorted(BUNDLED))})")
+    if "/" not in spec and closest(spec, BUNDLED) is not None:  # a misspelt alias, not a hub id
+        raise unknown("model", spec, BUNDLED, "(or a model directory, .gguf file or hub id)")
     return spec, {}  # a hub id
 
 
@@ -230,7 +232,7 @@ def load_model(spec: str, dtype: str = "float32", device: str = "cpu", trust_rem
     from .devices import auto_dtype, is_out_of_memory, out_of_memory
 
     if dtype != "auto" and dtype not in DTYPES:
-        raise PrunelensError(f"unknown dtype {dtype!r}; choose from auto, {', '.join(DTYPES)}")
+        raise unknown("dtype", dtype, ["auto", *DTYPES])
     target, extra = _resolve(spec)
     kwargs: dict[str, Any] = dict(extra, trust_remote_code=trust_remote_code)
     if dtype == "auto":

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from .errors import PrunelensError
+from .errors import PrunelensError, unknown
 from .params import Param, Parameterized, parse_spec
 from .units import KINDS, Unit
 
@@ -85,7 +85,7 @@ def get_ranker(by: str, **params: Any) -> Ranker:
     name, values = parse_spec(by, "ranker")
     reg = ranker_registry()
     if name not in reg:
-        raise PrunelensError(f"unknown ranking strategy {name!r}; available: {', '.join(sorted(reg)) or 'none'}")
+        raise unknown("ranking strategy", name, reg)
     both = sorted(set(values) & {k for k, v in params.items() if v is not None})
     if both:
         raise PrunelensError(f"ranker parameter(s) {', '.join(both)} given both in {by!r} and separately")
@@ -112,7 +112,7 @@ def resolve_method(ds: Any, method: str | None) -> str:
 def store_units(ds: Any, kind: str | None) -> list[Unit]:
     """The store's units (in store order) of one kind, or all."""
     if kind is not None and kind not in KINDS:
-        raise PrunelensError(f"unknown unit kind {kind!r}; choose from {', '.join(KINDS)}")
+        raise unknown("unit kind", kind, KINDS)
     units = [Unit.parse(str(u)) for u in ds["unit"].values]
     out = [u for u in units if kind is None or u.kind == kind]
     if not out:
