@@ -102,3 +102,14 @@ def test_scale_bench_scripts_parse(script):
     bench = Path(__file__).resolve().parents[1] / "bench" / script
     proc = subprocess.run([sys.executable, str(bench), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "usage" in proc.stdout, proc.stderr
+
+
+def test_tied_head_counts_once(tmp_path):
+    cfg = tiny_config("gpt2", layers=2)
+    assert cfg.tie_word_embeddings
+    cfg.save_pretrained(tmp_path)
+    est = estimate_probe(str(tmp_path), [parse_method("drop")], "L1", "float32", "cpu", samples=1, steps=2,
+                         prompt_len=4, temperatures=1, localities=1, timings=["teacher_forced"], batch_size=1,
+                         calib_samples=1, calib_len=4)
+    model = make_tiny_model("gpt2", layers=2)
+    assert est.parts["weights"] == 4 * sum(p.numel() for p in model.parameters())  # parameters() yields a tied one once

@@ -12,9 +12,9 @@ linears and the vocabulary come from it. The cost model (docs/scale.md) is, per 
 - working set of a weight method on its largest linear: float32 copies of the weight (read, dead-input fix,
   result: ``WEIGHT_COPIES``), the unit's new weights in the model dtype, and for an OBS solver (SparseGPT,
   GPTQ) ``SOLVER_HESSIANS`` extra d_in² float32 matrices (damped copy, Cholesky factor, inverse, its factor).
-- activations: every layer's cached dense input and free-running rows, the dense logits kept (the last
-  layer's, and one inner layer's below the engine's cache limit), ``LOGIT_COPIES`` [rows x vocab] float32
-  arrays of a cell's metrics, and the calibration batch's hidden and MLP activations.
+- activations: every layer's cached dense input and free-running rows, ``LOGIT_COPIES`` float32
+  [rows x vocab] arrays (the dense logits kept, a cell's logits, their metric temporaries), and the
+  calibration batch's hidden and MLP activations.
 
 Time is FLOPs / throughput plus weight bytes read per decoding step / bandwidth, with the throughput constants of
 ``DEVICE_CLASSES`` (assumptions, stated there).
@@ -34,7 +34,7 @@ GiB = 1 << 30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 WEIGHT_COPIES = 3  # float32 copies of the largest linear's weight alive in compress_weight (read, dead-fix, out)
 SOLVER_HESSIANS = 4  # extra float32 d_in² matrices alive in the OBS solver besides the statistic itself
-LOGIT_COPIES = 4  # float32 [rows x vocab] arrays alive in one cell's readout and metrics (docs/scale.md)
+LOGIT_COPIES = 3  # float32 [rows x vocab] arrays: the dense logits kept, a cell's, their metric temporaries
 ALLOWANCE = {"cpu": int(0.75 * GiB), "cuda": int(0.5 * GiB)}  # python, torch, transformers; CUDA context margin
 
 
@@ -121,7 +121,10 @@ def meta_model(config: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
     with init_empty_weights():
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()  # a tied head is one tensor, counted once
+    return model
 
 
 def _in_out(mod: Any) -> tuple[int, int]:
@@ -230,15 +233,13 @@ def estimate_probe(spec: str, methods: list[Any], units_spec: str, dtype: str, d
     free = "free_running" in timings
     rows = samples * steps
     logit_row = shape.vocab * 4
-    dense_rows = rows * logit_row * len(timings) * (1 + temperatures)  # z and one log-softmax per temperature
-    inner = dense_rows if rows * logit_row * len(timings) <= 256 << 20 else 0
     calib_act = min(calib_samples, 8) * calib_len * (4 * shape.hidden * b + 3 * _widest(shape) * 4) if kinds else 0
     parts = {
         "weights": shape.params * b,
         "layer statistics": _stats_bytes(shape, units, kinds),
         "method working set": _method_bytes(shape, units, methods, b),
         "activations": shape.layers * samples * (t_len + (steps if free else 0)) * shape.hidden * b
-        + dense_rows + inner + LOGIT_COPIES * min(samples, batch_size) * steps * logit_row + calib_act,
+        + LOGIT_COPIES * rows * logit_row + calib_act,
         "allowance": ALLOWANCE[dev.kind],
     }
     peak = sum(parts.values())
