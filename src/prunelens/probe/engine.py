@@ -148,6 +148,8 @@ class ProbeEngine:
 
     def __post_init__(self) -> None:
         self.readout = Readout(self.adapter, self.settings.readout)
+        # a bf16/fp16 model decodes from float32 logits of its last layer (its own logits are rounded and tie)
+        self.decode_logits = Readout(self.adapter, "norm") if self.readout.low_precision else None
         self._dense_z: dict[tuple[int, int, bool, bool], DenseRows] = {}  # (batch, layer, mid, free)
         self._dense_layer: int | None = None
         self.compiled = self.settings.compile  # None = auto: compile when the measured eager cost would pay for it
@@ -181,7 +183,8 @@ class ProbeEngine:
                 p_mask = mask[lo : lo + bs].to(self.device) if padded else None
                 layers = list(range(self.adapter.num_layers)) if free else []
                 decoded[b] = greedy_decode(self.adapter, ids[lo : lo + bs].to(self.device), p_mask, steps, watch=layers,
-                                           mid=self._mid_layers() if free else (), sampler=self.settings.sampler, offset=lo)
+                                           mid=self._mid_layers() if free else (), sampler=self.settings.sampler, offset=lo,
+                                           logits_fn=self.decode_logits)
                 if progress and ranks.world == 1:
                     progress(len(decoded[b].tokens))
         except Exception as exc:  # tell the other ranks before raising (they would wait for this share)
@@ -348,7 +351,8 @@ class ProbeEngine:
                 watch = sorted({last if loc == "propagated" else i for loc in s.localities})
                 with method.perturb(self.adapter, unit, stats):
                     dec = greedy_decode(self.adapter, batch.prompt_ids, batch.prompt_mask, batch.steps, watch,
-                                        mid=[i] if want_mid else (), sampler=s.sampler, offset=b * s.batch_size)
+                                        mid=[i] if want_mid else (), sampler=s.sampler, offset=b * s.batch_size,
+                                        logits_fn=self.decode_logits)
                 free.append(dec.tokens)
                 for loc in s.localities:
                     layer = last if loc == "propagated" else i

@@ -12,7 +12,7 @@ logits' device: a GPU's stream differs from a CPU's for the same seed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -75,13 +75,16 @@ def greedy_decode(
     mid: Sequence[int] = (),
     sampler: Sampler | None = None,
     offset: int = 0,
+    logits_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Decoded:
     """``steps`` greedy tokens after ``prompt_ids`` (left-padded, ``prompt_mask`` or None) with a KV cache.
 
     Step ``s`` is the prediction after the prompt and the first ``s`` generated tokens;
     ``watched[i][:, s]`` is layer ``i``'s output at that position, ``mid[i][:, s]`` the residual
     stream between its attention and MLP. With ``sampler`` the tokens are sampled (rows are
-    samples ``offset, offset + 1, ...`` for the seeds).
+    samples ``offset, offset + 1, ...`` for the seeds). ``logits_fn`` (for a bf16/fp16 model): the next token is
+    chosen from ``logits_fn(last layer's output)`` in float32 instead of the model's own logits, which are rounded
+    to the model's dtype (bf16 keeps 8 bits: near-equal logits tie, and a tiny change flips the token).
     """
     model = adapter.model
     gens: list[torch.Generator] = []
@@ -90,7 +93,9 @@ def greedy_decode(
     positions = position_ids_for(mask)
     tokens = []
     mids = {i: MidStream(adapter, i, last_only=True) for i in mid}
-    with ExitStack() as stack, adapter.watching(watch, last_position=True) as seen:
+    final = adapter.num_layers - 1
+    watched = sorted(set(watch) | ({final} if logits_fn is not None else set()))
+    with ExitStack() as stack, adapter.watching(watched, last_position=True) as seen:
         for m in mids.values():
             stack.enter_context(m)
         for s in range(steps):
@@ -98,7 +103,7 @@ def greedy_decode(
             if mask is not None and positions is not None:  # both or neither
                 kwargs.update(attention_mask=mask, position_ids=positions if s == 0 else positions[:, -1:])
             out = model(input_ids=ids, **kwargs)
-            last = out.logits[:, -1]
+            last = out.logits[:, -1] if logits_fn is None else logits_fn(seen[final][-1])
             if sampler is not None and not gens:  # on the logits' device (known at the first step)
                 gens = sampler.generators(offset, prompt_ids.shape[0], last.device)
             nxt = last.argmax(-1, keepdim=True) if sampler is None else sampler.pick(last, gens)
@@ -108,5 +113,5 @@ def greedy_decode(
             if mask is not None and positions is not None:
                 mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
                 positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
-    return Decoded(torch.cat(tokens, dim=1), {i: torch.stack(v, dim=1) for i, v in seen.items()},
+    return Decoded(torch.cat(tokens, dim=1), {i: torch.stack(seen[i], dim=1) for i in watch},
                    {i: torch.stack(m.seen, dim=1) for i, m in mids.items()})
