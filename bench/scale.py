@@ -38,7 +38,9 @@ PUBLISHED_LAYERS = {"8b": 32, "70b": 80}
 METHODS = {"drop": "drop", "wanda": "wanda:sparsity=0.5", "sparsegpt": "sparsegpt:sparsity=0.5", "gptq": "gptq"}
 PROBE_ARGS = ["--samples", "1", "--steps", "4", "--prompt-len", "32", "--temperature", "1.0", "--calib-samples", "4",
               "--calib-len", "64", "--dtype", "bfloat16", "--device", "cpu", "--batch-size", "1",
-              "--locality", "local,propagated", "--timing", "teacher_forced,free_running", "--units", "mlp"]
+              "--locality", "local,propagated", "--timing", "teacher_forced,free_running"]
+# drop and wanda probe every MLP; the OBS solvers (minutes per 14336-wide down_proj on 2 cores) two of them
+UNITS = {"drop": "mlp", "wanda": "mlp", "sparsegpt": "L1-2.mlp", "gptq": "L1-2.mlp"}
 
 
 def build_twin(name: str, root: Path) -> Path:
@@ -89,7 +91,7 @@ def build_twin(name: str, root: Path) -> Path:
 
 def probe_cmd(model: Path, method: str, out: Path, extra: list[str] | None = None) -> list[str]:
     return [sys.executable, "-m", "prunelens", "probe", "--model", str(model), "--method", METHODS[method],
-            *PROBE_ARGS, "--out", str(out), "--quiet", *(extra or [])]
+            *PROBE_ARGS, "--units", UNITS[method], "--out", str(out), "--quiet", *(extra or [])]
 
 
 def estimate_for(model: Path, method: str) -> dict:
