@@ -90,8 +90,14 @@ def test_bad_search_settings_are_one_line_errors(loaded):
     ("sparsity=0.6", ["wanda:sparsity=0.5", "wanda:sparsity=0.6", "wanda:sparsity=0.7"], ("block", "attn", "mlp")),
     ("bits=3.5", ["rtn:bits=2", "rtn:bits=3", "rtn:bits=4", "rtn:bits=8"], ("block",)),
     ("units=2", ["drop"], ("block",)),
+    ("bytes", ["drop", "wanda:sparsity=0.5"], ("block",)),  # two blocks' bytes below the dense checkpoint
 ])
 def test_every_candidate_spends_exactly_the_seed_budget(loaded, monkeypatch, budget, methods, kinds):
+    if budget == "bytes":
+        from prunelens.budgets import unit_sizes
+
+        sizes = unit_sizes(loaded)
+        budget = f"bytes={sizes.model_bytes - 2 * sizes.params['L1'] * sizes.bytes_per_param}"
     ds = _store(loaded, methods, kinds=kinds)
     seen: list[Fraction] = []
     real_install = sa.Assembler.install

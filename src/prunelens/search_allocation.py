@@ -108,6 +108,7 @@ class VariantBank:
         for i in range(adapter.num_layers):
             for name, mod in adapter.linears(Unit(i, "block")).items():
                 self.dense[name] = linear_weight(mod).detach()
+        self.linears = {u.name: adapter.linears(u) for u in adapter.units()}  # while every unit is in place
         self._stats: dict[str, Any] = {}
         self._memory: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
         self.seconds = 0.0
@@ -124,6 +125,11 @@ class VariantBank:
                 (self.dir / "key.json").write_text(json.dumps(key, sort_keys=True))
             except OSError as exc:
                 raise PrunelensError(f"cannot use {cache_dir} as the search's variant cache: {exc}") from None
+
+    def prepare(self, kinds: set[str]) -> None:
+        """Gather the calibration statistics of ``kinds`` now, while the model is dense."""
+        for kind in sorted(kinds):
+            self._stats_for(kind)
 
     def _stats_for(self, kind: str) -> Any:
         if kind not in self._stats:
@@ -167,12 +173,10 @@ class VariantBank:
 
     @torch.no_grad()
     def _build(self, unit: str, method: Any) -> dict[str, torch.Tensor]:
-        adapter = self.loaded.adapter
-        u = Unit.parse(unit)
         stats = self._stats_for(method.calibration) if method.calibration != "none" else None
         t0 = time.time()
         out = {}
-        for name, mod in adapter.linears(u).items():
+        for name, mod in self.linears[unit].items():  # the modules themselves, even while a drop swaps them out
             new = method.compress_weight(self.dense[name].float(), None if stats is None else stats[name])
             new = new.t() if type(mod).__name__ == "Conv1D" else new
             out[name] = new.to(dtype=mod.weight.dtype, device=mod.weight.device).contiguous()
@@ -191,7 +195,7 @@ class Assembler:
     """Puts a genome's options into the model (weights swapped in, drops held) and back to dense."""
 
     def __init__(self, loaded: Any, combos: list[list[Combo]], bank: VariantBank):
-        from .methods import parse_method
+        from .methods import WeightMethod, parse_method
 
         self.loaded, self.combos, self.bank = loaded, combos, bank
         self.adapter = loaded.adapter
@@ -200,6 +204,8 @@ class Assembler:
         self.methods = {o.method: parse_method(o.method) for cs in combos for c in cs for o in c}
         self.modules = {i: self.adapter.linears(Unit(i, "block")) for i in range(len(combos))}
         self.original = {n: m.weight.data for mods in self.modules.values() for n, m in mods.items()}
+        bank.prepare({m.calibration for m in self.methods.values()
+                      if isinstance(m, WeightMethod) and m.calibration != "none"})  # on the dense model
 
     def _reset(self, i: int) -> None:
         stack = self.held[i]
