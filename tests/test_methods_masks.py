@@ -132,6 +132,9 @@ def test_unit_kind_error_lists_what_it_can(tiny_llama):
         name = "attn_only"
         unit_kinds = ("attn",)
 
+        def compress_weight(self, weight, stats=None):
+            return weight
+
     with pytest.raises(PrunelensError, match="it acts on: attn"):
         with AttnOnly().perturb(get_adapter(tiny_llama), Unit(0, "mlp")):
             pass

@@ -8,6 +8,7 @@ bit-for-bit on exit.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -15,15 +16,19 @@ from typing import Any, ClassVar
 import torch
 
 from .adapters import Adapter, linear_weight, set_linear_weight
-from .errors import PrunelensError, unknown
-from .params import Param, Parameterized, format_spec, parse_spec  # noqa: F401  (Param is re-exported for plugins)
+from .errors import PrunelensError, unknown, unknown_message
+from .params import Param, Parameterized, declaration_problem, format_spec, parse_spec  # noqa: F401  (Param re-exported)
 from .units import KINDS, Unit
 
 CALIBRATIONS = ("none", "input_norms", "hessian")
 
 
-class Method(Parameterized):
-    """Base class of every compression method."""
+class Method(Parameterized, ABC):
+    """Base class of every compression method: a subclass sets ``name`` and defines ``perturb``.
+
+    A class registered by a plugin is checked then (``method_problem``): one that cannot work is refused
+    with one warning naming the plugin, and every other method keeps working.
+    """
 
     kind = "method"
     name: ClassVar[str]
@@ -34,6 +39,11 @@ class Method(Parameterized):
     # capabilities (a third-party method gets these defaults):
     removes_unit: ClassVar[bool] = False  # the unit is removed, not rewritten (drop): plans map to kept layer ranges
     whole_model: ClassVar[bool] = False  # compresses a whole model with its own ``apply`` (set when a subclass defines it)
+    # the llm-compressor modifier this method exports to (``prunelens plan --llmcompressor``); None: it has none.
+    # ``llmcompressor_family`` says how its parameters map: "pruning" (sparsity, pattern) or "quantization"
+    # (bits, sym, group_size); blocksize/percdamp, when the method has them, become block_size/dampening_frac.
+    llmcompressor_modifier: ClassVar[str | None] = None
+    llmcompressor_family: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -44,9 +54,11 @@ class Method(Parameterized):
         if unit.kind not in self.unit_kinds:
             raise PrunelensError(f"method {self.name!r} cannot act on {unit.kind} units ({unit}); it acts on: {', '.join(self.unit_kinds)}")
 
+    @abstractmethod
     @contextmanager
     def perturb(self, adapter: Adapter, unit: Unit, stats: Mapping[str, Any] | None = None) -> Iterator[None]:
-        """Replace ``unit`` while the context is open; ``stats`` maps linear names to calibration statistics."""
+        """Replace ``unit`` while the context is open, restoring it bit for bit on exit; ``stats`` maps
+        linear names to calibration statistics."""
         raise NotImplementedError
         yield  # pragma: no cover
 
@@ -66,6 +78,7 @@ class Method(Parameterized):
 class WeightMethod(Method):
     """A method that rewrites each linear weight of a unit independently."""
 
+    @abstractmethod
     def compress_weight(self, weight: torch.Tensor, stats: Any | None) -> torch.Tensor:
         """Return the new [out, in] weight (float32 in, float32 out)."""
         raise NotImplementedError
@@ -86,6 +99,31 @@ class WeightMethod(Method):
         finally:
             for mod, data in reversed(originals):
                 mod.weight.data = data
+
+
+LLMC_FAMILIES = ("pruning", "quantization")
+
+
+def method_problem(cls: Any) -> str | None:
+    """Why a class a plugin registers cannot work as a method, or None: not a ``Method``, no ``name``,
+    a required override missing (``perturb``; ``compress_weight`` for a ``WeightMethod``), an invalid
+    ``Param`` default, an unknown ``calibration`` or unit kind."""
+    if not isinstance(cls, type) or not issubclass(cls, Method):
+        return f"{cls!r} is not a subclass of prunelens.Method"
+    if (err := declaration_problem(cls)) is not None:
+        return err
+    missing = sorted(getattr(cls, "__abstractmethods__", ()))
+    if missing:
+        return f"it does not define {', '.join(missing)}"
+    if cls.calibration not in CALIBRATIONS:
+        return unknown_message("calibration", cls.calibration, CALIBRATIONS)
+    bad_kinds = [k for k in cls.unit_kinds if k not in KINDS]
+    if bad_kinds:
+        return unknown_message("unit kind", bad_kinds[0], KINDS)
+    if cls.llmcompressor_modifier is not None and cls.llmcompressor_family not in LLMC_FAMILIES:
+        return (f"llmcompressor_modifier {cls.llmcompressor_modifier!r} needs llmcompressor_family "
+                f"{' or '.join(repr(f) for f in LLMC_FAMILIES)}")
+    return None
 
 
 def _method_key(cls: type[Method]) -> str:

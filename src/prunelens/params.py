@@ -30,6 +30,35 @@ class Param:
         except (TypeError, ValueError):
             raise PrunelensError(f"parameter {name}={value!r}: expected {getattr(self.type, '__name__', self.type)}") from None
 
+    def problem(self, name: str) -> str | None:
+        """Why this declaration cannot work (its default fails its own type or check), or None.
+        A default of None or "" marks a parameter the user must give: it is not checked."""
+        if self.default is None or self.default == "":
+            return None
+        try:
+            value = self.coerce(name, self.default)
+            err = self.check(value) if self.check is not None else None
+        except Exception as exc:  # noqa: BLE001 - a check that raises is as broken as one that refuses
+            return f"parameter {name!r}: default {self.default!r} is invalid: {exc}"
+        return None if not err else f"parameter {name!r}: default {self.default!r} is invalid: {err}"
+
+
+def declaration_problem(cls: Any) -> str | None:
+    """Why a registered plugin class cannot work (no ``name``, a ``params`` entry that is not a valid
+    ``Param``), or None. Checked when a plugin registers it, before anything uses it."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name.strip():
+        return "it has no name (set the class attribute name = '...')"
+    params = getattr(cls, "params", {})
+    if not isinstance(params, dict):
+        return "params is not a dict of Param"
+    for pname, param in params.items():
+        if not isinstance(param, Param):
+            return f"parameter {pname!r} is not a Param"
+        if (err := param.problem(pname)) is not None:
+            return err
+    return None
+
 
 def parse_spec(text: str, kind: str = "method") -> tuple[str, dict[str, str]]:
     """``name:key=value,key=value`` -> ``(name, {key: value})``: the one grammar of method, ranker, allocator

@@ -10,8 +10,14 @@ Environment:
                           Without it a plugin registering a built-in's name is ignored for
                           that name (one warning line), so the built-in keeps working.
 
-Warnings (a broken plugin, an ignored override, an allowlist typo) are one line on stderr,
-each printed once per process.
+Warnings (a broken plugin, a refused registration, an ignored override, an allowlist typo) are one
+line on stderr, each printed once per process; ``prunelens plugins`` and every command print the same.
+
+What a plugin registers is checked when it registers (``registration_problem``): a method without a
+``name``, without its required override (``perturb``; ``compress_weight`` for a ``WeightMethod``),
+with a ``Param`` default its own check refuses or an unknown ``calibration`` is refused with one
+warning naming the plugin and the reason; everything else the plugin registers, every other plugin
+and every built-in keep working.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PrunelensError
+from .params import declaration_problem
 
 ENTRY_POINT_GROUP = "prunelens"
 ENV_ALLOWLIST = "PRUNELENS_LOAD_PLUGINS"
@@ -240,6 +247,7 @@ def collect(hook_name: str, load: bool = True) -> list[tuple[str, Any]]:
         found: list[Any] = []
         try:
             impl(register=lambda item, *_a, _found=found, **_k: _found.append(item))
+            found = [item for item in found if _accepted(name, hook_name, item)]
         except Exception as exc:
             msg = f"{type(exc).__name__}: {exc}"
             if not any(f.name == name and f.error == msg for f in _failed):
@@ -249,6 +257,35 @@ def collect(hook_name: str, load: bool = True) -> list[tuple[str, Any]]:
             continue
         items.extend((name, item) for item in found)
     return items
+
+
+def registration_problem(hook_name: str, item: Any) -> str | None:
+    """Why ``item``, registered through ``hook_name``, cannot work, or None (architectures are not checked)."""
+    if hook_name == "register_methods":
+        methods = sys.modules.get("prunelens.methods")  # not imported: nothing can subclass its Method yet
+        if methods is None:
+            return f"{item!r} is not a subclass of prunelens.Method"
+        problem: str | None = methods.method_problem(item)
+        return problem
+    if hook_name in ("register_tasks", "register_rankers", "register_allocators"):
+        return declaration_problem(item)
+    return None
+
+
+def _accepted(plugin: str, hook_name: str, item: Any) -> bool:
+    """Whether ``item`` passes ``registration_problem``; a refusal is one warning and the plugin's error."""
+    problem = registration_problem(hook_name, item)
+    if problem is None:
+        return True
+    what = hook_name.removeprefix("register_").rstrip("s")
+    label = getattr(item, "name", None) if isinstance(getattr(item, "name", None), str) else None
+    label = repr(label) if label else getattr(item, "__qualname__", repr(item))
+    msg = f"{what} {label} is refused: {problem}"
+    if not any(f.name == plugin and f.error == msg for f in _failed):
+        _failed.append(PluginInfo(plugin, _sources.get(plugin, ("?", None))[1], "error", error=msg,
+                                  distribution=_dists.get(plugin)))
+    warn_once(f"plugin {plugin!r}: {msg}")
+    return False
 
 
 def plugin_infos(import_builtins: bool = True) -> list[PluginInfo]:
@@ -266,8 +303,12 @@ def plugin_infos(import_builtins: bool = True) -> list[PluginInfo]:
         _load_entry_points()
     owners: dict[str, dict[str, list[str]]] = {}
     for kind, hook in REGISTRY_KINDS:
-        for owner, item in collect(hook, load=import_builtins):
+        items = collect(hook, load=import_builtins)
+        for owner, item in items:
             owners.setdefault(owner, {}).setdefault(kind, []).extend(_item_keys(item))
+        claimed = {} if _builtins_loaded else {n: plugin for plugin, declared in BUILTIN_MANIFEST.items()
+                                               for n in declared.get(kind, [])}
+        _resolve(items, _item_keys, frozenset(_overridable()), claimed)  # the same shadowing warnings as probe's
     infos = []
     if not _builtins_loaded:
         for name, declared in BUILTIN_MANIFEST.items():
@@ -345,15 +386,22 @@ def registry(hook_name: str, key: Callable[[Any], str | Iterable[str]]) -> dict[
 
 def _build_registry(hook_name: str, key: Callable[[Any], str | Iterable[str]],
                     allowed: frozenset[str]) -> dict[str, tuple[str, Any]]:
-    out: dict[str, tuple[str, Any]] = {}
-    items = collect(hook_name)  # built-ins first, whatever the registration order (stable otherwise)
-    items.sort(key=lambda pair: _sources.get(pair[0], ("?",))[0] != "builtin")
-    for owner, item in items:
+    return _resolve(collect(hook_name), key, allowed)
+
+
+def _resolve(items: list[tuple[str, Any]], key: Callable[[Any], str | Iterable[str]], allowed: frozenset[str],
+             claimed: dict[str, str] | None = None) -> dict[str, tuple[str, Any]]:
+    """name -> (plugin, item), warning about every name taken twice (the one rule ``registry`` and
+    ``prunelens plugins`` share). ``claimed``: names of built-ins not imported (name -> built-in plugin)."""
+    out: dict[str, tuple[str, Any]] = {k: (owner, None) for k, owner in (claimed or {}).items()}
+    builtins = set((claimed or {}).values()) | {n for n, (source, _) in _sources.items() if source == "builtin"}
+    # built-ins first, whatever the registration order (stable otherwise)
+    for owner, item in sorted(items, key=lambda pair: pair[0] not in builtins):
         names = key(item)
         for k in [names] if isinstance(names, str) else names:
             if k in out and out[k][0] != owner:
                 prev = out[k][0]
-                if _sources.get(prev, ("?",))[0] == "builtin" and k not in allowed:
+                if prev in builtins and k not in allowed:
                     warn_once(f"plugin {owner!r} registers {k!r}, a built-in name: ignored, the built-in is used "
                               f"(set {ENV_OVERRIDE}={k} to use {owner!r}'s)")
                     continue
