@@ -275,3 +275,33 @@ def test_low_precision_readout_is_chunked_and_exact(monkeypatch):
     want = F.linear(adapter.final_norm(h).float(), model.lm_head.weight.float())
     assert z.dtype == torch.float32
     torch.testing.assert_close(z, want, rtol=1e-6, atol=1e-6)
+
+
+def test_weights_load_straight_onto_the_device_in_the_resolved_dtype(tmp_path, monkeypatch):
+    """``cuda:1`` loads with device_map {"": "cuda:1"} (no host copy); auto on CUDA picks bf16 for a float32
+    checkpoint; a bf16 checkpoint stays bf16 on the CPU."""
+    import transformers
+
+    from prunelens.models import resolve_dtype
+
+    model = save_tiny(tmp_path / "tiny", layers=2)
+    seen = {}
+    real = transformers.AutoModelForCausalLM.from_pretrained
+
+    def spy(target, **kwargs):
+        seen.update(kwargs)
+        return real(target, **{k: v for k, v in kwargs.items() if k != "device_map"})
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    load_model(str(model), dtype="auto", device="cuda:1")
+    assert seen["device_map"] == {"": "cuda:1"} and seen["dtype"] == torch.bfloat16
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", real)
+    assert resolve_dtype(str(model), "auto", "cpu") == "float32"
+    bf16 = tmp_path / "bf16"
+    load_model(str(model), dtype="bfloat16").model.save_pretrained(bf16)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        if (model / f).exists():
+            (bf16 / f).write_bytes((model / f).read_bytes())
+    assert resolve_dtype(str(bf16), "auto", "cpu") == "bfloat16"
+    assert next(load_model(str(bf16), dtype="auto").model.parameters()).dtype == torch.bfloat16
