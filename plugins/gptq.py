@@ -13,6 +13,8 @@ from prunelens_plugins.rtn import QUANT_PARAMS
 
 class GPTQ(WeightMethod):
     name = "gptq"
+    llmcompressor_modifier = "GPTQModifier"  # plan --llmcompressor exports to it
+    llmcompressor_family = "quantization"
     description = "GPTQ: Hessian-aware quantization on the same grid as rtn (bits, sym, group_size)."
     calibration = "hessian"
     params = {**QUANT_PARAMS, **OBS_PARAMS}

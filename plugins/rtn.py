@@ -17,6 +17,8 @@ QUANT_PARAMS = {
 
 class RTN(WeightMethod):
     name = "rtn"
+    llmcompressor_modifier = "QuantizationModifier"  # plan --llmcompressor exports to it
+    llmcompressor_family = "quantization"
     description = "Round-to-nearest weight fake-quant (2-8 bits, symmetric/asymmetric, per channel or per group)."
     calibration = "none"
     params = dict(QUANT_PARAMS)

@@ -12,6 +12,8 @@ from prunelens.sparsity import check_sparsity, parse_pattern
 
 class SparseGPT(WeightMethod):
     name = "sparsegpt"
+    llmcompressor_modifier = "SparseGPTModifier"  # plan --llmcompressor exports to it
+    llmcompressor_family = "pruning"
     description = "SparseGPT: OBS pruning from the layer Hessian, blocks of columns, unstructured or N:M."
     calibration = "hessian"
     params = {

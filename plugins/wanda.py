@@ -16,6 +16,8 @@ def wanda_scores(weight: torch.Tensor, input_norms: torch.Tensor) -> torch.Tenso
 
 class Wanda(WeightMethod):
     name = "wanda"
+    llmcompressor_modifier = "WandaPruningModifier"  # plan --llmcompressor exports to it
+    llmcompressor_family = "pruning"
     description = "Wanda (Sun et al. 2023): zero the lowest |W|·‖X_j‖ in each output row (or N:M per row)."
     calibration = "input_norms"
     params = {

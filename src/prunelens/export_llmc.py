@@ -1,7 +1,8 @@
 """Export a plan as an llm-compressor recipe (per-layer sparsity / quantization targets).
 
-Where a prunelens method has an llm-compressor equivalent, each plan unit becomes a target
-of that modifier with the unit's own level:
+A method names its llm-compressor equivalent itself (``Method.llmcompressor_modifier`` and
+``llmcompressor_family``, "pruning" or "quantization"), so a third-party method exports too; each
+plan unit becomes a target of that modifier with the unit's own level. The built-ins declare:
 
 =============  ===========================  ==============================================
 prunelens      llm-compressor modifier      parameters carried over
@@ -16,7 +17,8 @@ Pruning targets are whole units (``model.layers.3`` for a block, ``model.layers.
 for an attention): llm-compressor prunes every linear inside a target at that target's
 sparsity, exactly as prunelens does. Quantization targets are the unit's linear layers.
 Units of one method with different fixed parameters (e.g. 2:4 and unstructured) go into
-separate modifier groups. ``drop`` and ``magnitude`` have no one-shot equivalent: a plan
+separate modifier groups. A method with ``blocksize``/``percdamp`` parameters passes them as
+``block_size``/``dampening_frac``. ``drop`` and ``magnitude`` have no one-shot equivalent: a plan
 using them raises ``PrunelensError`` (export block drops with ``--mergekit`` instead).
 
 The recipe is plain data (``yaml.safe_load`` reads it back; the plan's strings in the header comments
@@ -31,9 +33,12 @@ from typing import Any
 from .errors import PrunelensError
 from .units import Unit
 
-PRUNERS = {"wanda": "WandaPruningModifier", "sparsegpt": "SparseGPTModifier"}
-QUANTIZERS = {"rtn": "QuantizationModifier", "gptq": "GPTQModifier"}
-EQUIVALENTS = {**PRUNERS, **QUANTIZERS}
+
+def _solver_args(values: dict[str, Any]) -> dict[str, Any]:
+    """``blocksize``/``percdamp`` of an OBS-style method as llm-compressor's ``block_size``/``dampening_frac``."""
+    if values.get("blocksize") is None or values.get("percdamp") is None:
+        return {}
+    return {"block_size": int(values["blocksize"]), "dampening_frac": float(values["percdamp"])}
 
 
 def _exact(name: str) -> str:
@@ -84,10 +89,13 @@ def llmcompressor_recipe(plan: Any, adapter: Any = None) -> dict[str, Any]:
     if not pairs:
         raise PrunelensError("the plan has no units; nothing to export")
     methods = [(unit, parse_method(spec)) for unit, spec in pairs]
-    missing = sorted({m.spec for _, m in methods if m.name not in EQUIVALENTS})
+    missing = sorted({m.spec for _, m in methods if m.llmcompressor_modifier is None})
     if missing:
+        from .methods import method_registry
+
+        have = sorted(n for n, (_, cls) in method_registry().items() if cls.llmcompressor_modifier is not None)
         raise PrunelensError(f"no llm-compressor equivalent for {', '.join(missing)} (it has one for "
-                             f"{', '.join(EQUIVALENTS)}); export block drops with --mergekit")
+                             f"{', '.join(have)}); export block drops with --mergekit")
     if adapter is None:
         adapter = _meta_adapter(plan.model_id)
     order = {name: i for i, (name, _) in enumerate(adapter.model.named_modules())}
@@ -99,7 +107,7 @@ def llmcompressor_recipe(plan: Any, adapter: Any = None) -> dict[str, Any]:
     for unit, m in methods:
         v = dict(m.values)
         key: tuple[Any, ...]
-        if m.name in PRUNERS:
+        if m.llmcompressor_family == "pruning":
             key = (m.name, _mask_structure(v.get("pattern")), v.get("blocksize"), v.get("percdamp"))
         else:
             key = (m.name, v.get("blocksize"), v.get("percdamp"))
@@ -109,10 +117,12 @@ def llmcompressor_recipe(plan: Any, adapter: Any = None) -> dict[str, Any]:
     counters: dict[str, int] = {}
     for key, members in groups.items():
         name = key[0]
+        first = members[0][1]
+        modifier = first.llmcompressor_modifier
         k = counters.get(name, 0)
         counters[name] = k + 1
         group = f"{name}{'' if k == 0 else f'_{k}'}_modifiers"
-        if name in PRUNERS:
+        if first.llmcompressor_family == "pruning":
             members = sorted(members, key=lambda um: order[unit_name(um[0])])
             sparsities = [float(m.values["sparsity"]) for _, m in members]
             args: dict[str, Any] = {
@@ -120,9 +130,8 @@ def llmcompressor_recipe(plan: Any, adapter: Any = None) -> dict[str, Any]:
                 "sparsity": sparsities[0] if len(set(sparsities)) == 1 else sparsities,
                 "mask_structure": key[1],
             }
-            if name == "sparsegpt":
-                args.update(block_size=int(key[2]), dampening_frac=float(key[3]))
-            stage[group] = {PRUNERS[name]: args}
+            args.update(_solver_args(dict(first.values)))
+            stage[group] = {modifier: args}
         else:
             config_groups: dict[str, Any] = {}
             schemes: dict[tuple, list[str]] = {}
@@ -134,9 +143,9 @@ def llmcompressor_recipe(plan: Any, adapter: Any = None) -> dict[str, Any]:
                                                "weights": dict(scheme_key), "input_activations": None,
                                                "output_activations": None}
             args = {"config_groups": config_groups, "ignore": ["lm_head"]}
-            if name == "gptq":
-                args.update(block_size=int(key[1]), dampening_frac=float(key[2]), actorder=None)
-            stage[group] = {QUANTIZERS[name]: args}
+            if solver := _solver_args(dict(first.values)):
+                args.update(solver, actorder=None)
+            stage[group] = {modifier: args}
     return {"oneshot_stage": stage}
 
 
