@@ -38,7 +38,7 @@ class DemoSettings:
     sweep_samples: int = 4
     sweep_steps: int = 8
     sweep_budget: str = "sparsity=0.5"
-    heldout_windows: int = 8  # 256-token windows of the held-out split scoring both plans
+    heldout_windows: int = 4  # 256-token windows of the held-out split scoring both plans
 
 
 def probe_command(s: DemoSettings, store: Path) -> list[str]:
