@@ -1037,7 +1037,7 @@ def test_checkpoint_method_refuses_integer_tensors_of_the_right_shape(tmp_path, 
 
 
 # -- apply's checkpoint points at no code it did not copy -----------------------------------------------
-def test_apply_drops_auto_map_from_config_and_tokenizer(tmp_path, tiny):
+def test_apply_and_compress_drop_auto_map_from_config_and_tokenizer(tmp_path, tiny):
     import shutil
 
     path, loaded = tiny
@@ -1054,13 +1054,15 @@ def test_apply_drops_auto_map_from_config_and_tokenizer(tmp_path, tiny):
     plan.write_text(json.dumps(d))
     res = cli("apply", plan, "--out", tmp_path / "ck")
     assert res.exit_code == 0, res.output
-    out = tmp_path / "ck"
-    assert "auto_map" not in json.loads((out / "config.json").read_text())
-    if (out / "tokenizer_config.json").is_file():
+    res = cli("compress", "--model", src, "--method", "drop", "--units", "L1", "--out", tmp_path / "ck2")
+    assert res.exit_code == 0, res.output
+    for out in (tmp_path / "ck", tmp_path / "ck2"):
+        assert "auto_map" not in json.loads((out / "config.json").read_text())
         assert "auto_map" not in json.loads((out / "tokenizer_config.json").read_text())
-    assert not list(out.glob("*.py")) and not (tmp_path / "ran").exists()
+        assert not list(out.glob("*.py")) and not (tmp_path / "ran").exists()
+        assert load_model(str(out)).adapter.num_layers == 3
     assert json.loads((src / "config.json").read_text())["auto_map"] == auto_map  # the source is left alone
-    assert load_model(str(out)).adapter.num_layers == 3
+    assert json.loads((src / "tokenizer_config.json").read_text())["auto_map"] == auto_map
 
 
 # -- byte budgets are whole bytes ---------------------------------------------------------------------

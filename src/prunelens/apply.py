@@ -97,19 +97,6 @@ def compress_with_plan(loaded: Any, plan: Plan, *, calib_samples: int = 32, cali
                           progress=progress, work=work)
 
 
-def drop_remote_code_refs(loaded: Any) -> None:
-    """Forget the source's ``auto_map`` (config and tokenizer): the checkpoint holds none of that custom code, and
-    prunelens never runs it (``trust_remote_code`` is off), so the saved files must not point at it."""
-    config = getattr(loaded.model, "config", None)
-    if config is not None and hasattr(config, "auto_map"):
-        delattr(config, "auto_map")
-    tok = getattr(loaded, "tokenizer", None)
-    if tok is not None:
-        getattr(tok, "init_kwargs", {}).pop("auto_map", None)
-        if getattr(tok, "_auto_map", None) is not None:
-            tok._auto_map = None
-
-
 def apply_plan(plan: Plan, out_dir: str | Path, *, loaded: Any = None, calib_samples: int = 32, calib_len: int = 256,
                overwrite: bool = False, force: bool = False, progress: bool = True) -> tuple[Path, dict]:
     """Compress the plan's model in place (``loaded`` is consumed) and save it to ``out_dir``.
@@ -136,7 +123,6 @@ def apply_plan(plan: Plan, out_dir: str | Path, *, loaded: Any = None, calib_sam
     zeros, present = linear_zeros(loaded.adapter)
     summary["zero_fraction"] = zeros / present if present else 0.0  # of the decoder linear weights still stored
     summary["linear_zero_or_removed"] = (zeros + linear_before - present) / linear_before
-    drop_remote_code_refs(loaded)
     out = save_checkpoint(loaded, out_dir, {"plan": plan.to_dict(), "compress": summary}, overwrite=overwrite,
                           force=force)
     from .resume import LayerWork

@@ -262,10 +262,24 @@ def drop_units(loaded: Any, units: list[Unit]) -> dict:
 
 
 # -- checkpoints --------------------------------------------------------------------------------
+def drop_remote_code_refs(loaded: Any) -> None:
+    """Forget the source's ``auto_map`` (config and tokenizer): a checkpoint holds none of that custom code, and
+    prunelens never runs it (``trust_remote_code`` is off), so the saved files must not point at it."""
+    config = getattr(loaded.model, "config", None)
+    if config is not None and hasattr(config, "auto_map"):
+        delattr(config, "auto_map")
+    tok = getattr(loaded, "tokenizer", None)
+    if tok is not None:
+        getattr(tok, "init_kwargs", {}).pop("auto_map", None)
+        if getattr(tok, "_auto_map", None) is not None:
+            tok._auto_map = None
+
+
 def save_checkpoint(loaded: Any, out_dir: str | Path, meta: dict, overwrite: bool = False, force: bool = False) -> Path:
     """Write safetensors + tokenizer + ``prunelens.json`` to ``out_dir`` atomically (temp dir, then rename).
 
-    An existing ``out_dir`` is replaced only as ``prunelens.paths.guard_output_dir`` allows.
+    An existing ``out_dir`` is replaced only as ``prunelens.paths.guard_output_dir`` allows. The saved
+    config and tokenizer config keep no ``auto_map`` (``drop_remote_code_refs``).
     """
     from . import __version__
     from .paths import CHECKPOINT_MARKER, guard_output_dir, remove_stale_temps, temp_prefix
@@ -277,6 +291,7 @@ def save_checkpoint(loaded: Any, out_dir: str | Path, meta: dict, overwrite: boo
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; a checkpoint gets the usual mode
     old = None
     try:
+        drop_remote_code_refs(loaded)
         loaded.model.save_pretrained(tmp)
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(tmp)
