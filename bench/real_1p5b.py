@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--parts", type=Path, default=Path("/tmp/qwen-parts"))
     ap.add_argument("--work", type=Path, default=Path("/tmp/qwen2.5-coder-1.5b/run"), help="Store, plan, checkpoint.")
     ap.add_argument("--steps", default=",".join(STEPS), help=f"Comma-separated subset of {', '.join(STEPS)}.")
-    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--samples", type=int, default=2)
     ap.add_argument("--timing", default="teacher_forced", help="Probe timings (free_running adds a decode per cell).")
     ap.add_argument("--probe-steps", type=int, default=8)
     ap.add_argument("--calib", default="8x128", help="Calibration windows x length (wanda).")
@@ -91,7 +91,7 @@ def main() -> None:
         "plan": [*cli, "plan", str(store), "--method", "drop", "--kind", "all", "--budget", args.budget,
                  "--out", str(plan)],
         "apply": [*cli, "apply", str(plan), "--out", str(ckpt), "--overwrite"],
-        "eval": [*cli, "eval", str(ckpt), "--tasks", "perplexity,mc_nextline", "--samples", "32",
+        "eval": [*cli, "eval", str(ckpt), "--tasks", "perplexity,mc_nextline", "--samples", "16",
                  "--threads", str(args.threads), "--device", "cpu"],
     }
     rows = []
