@@ -37,6 +37,7 @@ def test_offload_puts_layers_and_head_on_disk(tmp_path):
     assert "lm_head.weight" in offloaded_tensors(loaded.model)
 
 
+@pytest.mark.slow
 def test_offloaded_cells_equal_the_plain_run(tmp_path):
     """drop, magnitude, wanda and sparsegpt on every unit: an offloaded run (layers and the head on disk) stores the
     cells of a plain CPU run to 1e-5 relative (float32), with the same weights fingerprint."""

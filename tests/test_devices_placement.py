@@ -124,6 +124,7 @@ def _split(model) -> None:
     add_hook_to_module(model, Align(io_same_device=True))  # outputs back on the input's device
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype,decode", [(torch.float32, "greedy"), (torch.bfloat16, "sample")])
 def test_probe_over_two_devices_moves_every_crossing_tensor(dtype, decode):
     from conftest import make_tiny_model
