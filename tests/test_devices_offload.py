@@ -306,3 +306,21 @@ def test_weights_load_straight_onto_the_device_in_the_resolved_dtype(tmp_path, m
             (bf16 / f).write_bytes((model / f).read_bytes())
     assert resolve_dtype(str(bf16), "auto", "cpu") == "bfloat16"
     assert next(load_model(str(bf16), dtype="auto").model.parameters()).dtype == torch.bfloat16
+
+
+def test_fingerprint_of_a_tied_head_is_the_same_offloaded(tmp_path):
+    """A tied LM head (one tensor in memory, a separate copy when offloaded) gives the same fingerprint."""
+    from conftest import tiny_config
+    from rank_helpers import tiny_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config("llama", layers=4)
+    config.tie_word_embeddings = True
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    model.save_pretrained(tmp_path / "tied", safe_serialization=True)
+    tiny_tokenizer().save_pretrained(tmp_path / "tied")
+    off = _offloaded(tmp_path / "tied", tmp_path / "off")
+    assert has_offload(off.model)
+    assert weights_fingerprint(off.model) == weights_fingerprint(model)

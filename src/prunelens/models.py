@@ -320,7 +320,8 @@ def tensor_digest(t: torch.Tensor) -> bytes:
 
 
 def weights_fingerprint(model: Any) -> str:
-    """A short hash of a model's weights: every tensor's name, shape, dtype and ``tensor_digest`` (tied tensors once).
+    """A short hash of a model's weights: every tensor's name, shape, dtype and ``tensor_digest`` (equal tensors,
+    tied ones included, once: the same fingerprint whether a tied head is shared, copied or offloaded).
 
     Offloaded tensors (accelerate device_map offload) are read from where they are kept. The
     digests are exact block sums computed on the tensor's device (about 15 GB/s on two CPU
@@ -330,7 +331,7 @@ def weights_fingerprint(model: Any) -> str:
     from .offload import offloaded_tensors
 
     h = hashlib.blake2b(digest_size=16)
-    seen: set[tuple[str, int, int]] = set()
+    seen: set[bytes] = set()
     offloaded = offloaded_tensors(model)
     with torch.no_grad():
         for name, t in sorted(model.state_dict().items()):
@@ -341,10 +342,10 @@ def weights_fingerprint(model: Any) -> str:
             h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
             if t.device.type == "meta" or t.numel() == 0:
                 continue
-            key = (str(t.device), t.untyped_storage().data_ptr(), t.storage_offset())
-            if key in seen:
+            digest = f"{tuple(t.shape)}|{t.dtype}|".encode() + tensor_digest(t)
+            if digest in seen:  # a tied tensor (or an equal one): the same whether it is shared, copied or offloaded
                 h.update(b"tied")
                 continue
-            seen.add(key)
-            h.update(tensor_digest(t))
+            seen.add(digest)
+            h.update(digest)
     return h.hexdigest()[:16]
