@@ -10,7 +10,7 @@ from prunelens.quantizer import Grid, check_bits, check_group_size
 
 QUANT_PARAMS = {
     "bits": Param(int, 4, "bits per weight (2..8)", check_bits),
-    "sym": Param(bool, False, "symmetric grid around zero (else asymmetric with a zero point)"),
+    "sym": Param(bool, False, "symmetric grid around zero (else asymmetric with a zero point)", flag="--sym/--asym"),
     "group_size": Param(int, 128, "columns sharing one scale; -1 = one scale per output channel", check_group_size),
 }
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -11,12 +11,16 @@ from .errors import PrunelensError
 
 @dataclass(frozen=True)
 class Param:
-    """One parameter: its type, default, help and an optional check (returns an error or None)."""
+    """One parameter: its type, default, help and an optional check (returns an error or None).
+
+    ``flag`` spells its command-line option when ``--name`` (a bool: ``--name/--no-name``) does not
+    fit, e.g. ``"--sym/--asym"``; ``option`` builds it."""
 
     type: Callable[[str], Any]
     default: Any
     help: str = ""
     check: Callable[[Any], str | None] | None = None
+    flag: str | None = None
 
     def coerce(self, name: str, value: Any) -> Any:
         if value is None or value == "":
@@ -29,6 +33,23 @@ class Param:
             return self.type(value)
         except (TypeError, ValueError):
             raise PrunelensError(f"parameter {name}={value!r}: expected {getattr(self.type, '__name__', self.type)}") from None
+
+    def option(self, name: str, users: Sequence[str] = ()) -> Any:
+        """This parameter as a ``click.Option`` named ``name`` (``group_size`` -> ``--group-size``) whose value
+        is None unless given, so the method's own default applies; ``users`` (the methods that take it)
+        end its help."""
+        import click
+
+        decl = self.flag or f"--{name.replace('_', '-')}"
+        if self.type is bool and "/" not in decl:
+            decl = f"{decl}/--no-{decl[2:]}"
+        kinds: dict[Any, Any] = {int: click.INT, float: click.FLOAT}
+        text = self.help[:1].upper() + self.help[1:]
+        if users:
+            text += f" (methods: {', '.join(users)})"
+        if self.type is bool:
+            return click.Option([decl, name], default=None, help=text)
+        return click.Option([decl, name], type=kinds.get(self.type, click.STRING), default=None, help=text)
 
     def problem(self, name: str) -> str | None:
         """Why this declaration cannot work (its default fails its own type or check), or None.

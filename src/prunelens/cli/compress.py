@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,10 +13,6 @@ from ._complete import complete_method
 if TYPE_CHECKING:
     from ..methods import Method
 
-# option name -> method parameter; an option given for a method without that parameter is an error
-PARAM_OPTIONS = ("sparsity", "pattern", "bits", "group_size", "sym")
-
-
 def method_from_options(method: str, options: dict, extra: tuple[str, ...]) -> Method:
     """``--method wanda:sparsity=0.5`` plus ``--sparsity``/``--param k=v`` -> a validated method.
 
@@ -24,35 +20,62 @@ def method_from_options(method: str, options: dict, extra: tuple[str, ...]) -> M
     """
     from ..errors import PrunelensError
     from ..methods import parse_method
+    from ..params import format_spec, parse_spec
 
-    name, _, rest = method.partition(":")
-    values: dict[str, str] = {}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, val = item.partition("=")
-        if not eq:
-            raise PrunelensError(f"bad method parameter {item!r}: expected key=value")
-        values[key.strip()] = val.strip()
+    name, values = parse_spec(method, "method")
     for item in extra:
         key, eq, val = item.partition("=")
         if not eq:
             raise PrunelensError(f"bad --param {item!r}: expected key=value")
         values[key.strip()] = val.strip()
-    for key in PARAM_OPTIONS:
-        if options.get(key) is not None:
-            values[key] = str(options[key])
-    spec = name + (":" + ",".join(f"{k}={v}" for k, v in values.items()) if values else "")
-    return parse_method(spec)
+    values.update({key: str(value) for key, value in options.items() if value is not None})
+    return parse_method(format_spec(name, values))
 
 
-@click.command("compress")
+class MethodOptionsCommand(click.Command):
+    """A command that also takes one option per parameter of the installed methods (``Param.option``:
+    ``--sparsity``, ``--group-size``, ``--sym/--asym``, a plugin's own), built when it parses or shows
+    help (after ``--plugin`` files load). A parameter whose flag another option has is given with ``--param``."""
+
+    _built: tuple[Any, list[click.Parameter]] | None = None  # (the methods they were built for, the options)
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        from ..methods import method_registry
+
+        params = super().get_params(ctx)
+        methods = tuple((name, id(cls)) for name, (_, cls) in sorted(method_registry().items()))
+        if self._built is None or self._built[0] != methods:  # the same Option objects for one parse
+            taken = {o for p in params for o in (*p.opts, *p.secondary_opts)} | {p.name for p in params}
+            self._built = (methods, method_options(taken))
+        at = next((i + 1 for i, p in enumerate(params) if p.name == "extra"), len(params))  # right after --param
+        return params[:at] + self._built[1] + params[at:]
+
+
+def method_options(taken: set[str | None]) -> list[click.Parameter]:
+    """``Param.option`` for each parameter name of the installed methods (the first declaration in name
+    order; its help lists every method that takes it), leaving out names and flags in ``taken``."""
+    from ..methods import method_registry
+
+    users: dict[str, list[str]] = {}
+    first: dict[str, Any] = {}
+    for mname, (_, cls) in sorted(method_registry().items()):
+        for pname, param in cls.params.items():
+            first.setdefault(pname, param)
+            users.setdefault(pname, []).append(mname)
+    out: list[click.Parameter] = []
+    for pname, param in first.items():
+        option = param.option(pname, users[pname])
+        if pname in taken or taken & {*option.opts, *option.secondary_opts}:
+            continue
+        out.append(option)
+    return out
+
+
+@click.command("compress", cls=MethodOptionsCommand)
 @click.option("--model", "model_spec", required=True, help="Bundled alias (smollm2-135m), HF directory, .gguf or hub id.")
 @click.option("--method", required=True, shell_complete=complete_method, help="Method name or spec, e.g. wanda or wanda:sparsity=0.5,pattern=2:4.")
-@click.option("--sparsity", type=float, default=None, help="Fraction of weights set to zero (pruning methods).")
-@click.option("--pattern", default=None, help="N:M semi-structured pattern, keep N of every M (e.g. 2:4).")
-@click.option("--bits", type=int, default=None, help="Bits per weight (rtn, gptq).")
-@click.option("--group-size", "group_size", type=int, default=None, help="Columns sharing a scale; -1 = per channel (rtn, gptq).")
-@click.option("--sym/--asym", "sym", default=None, help="Symmetric or asymmetric quantization grid (rtn, gptq).")
-@click.option("--param", "extra", multiple=True, metavar="KEY=VALUE", help="Any other method parameter (repeatable).")
+@click.option("--param", "extra", multiple=True, metavar="KEY=VALUE",
+              help="Any method parameter (repeatable); the installed methods' parameters are also the options that follow.")
 @click.option("--units", default=None, help="Units to compress: all, attn, mlp, L0-5.mlp,L7 ... (default: every block; required for drop).")
 @click.option("--calib-samples", type=int, default=32, show_default=True, help="Calibration windows (split=calib).")
 @click.option("--calib-len", type=int, default=256, show_default=True, help="Tokens per calibration window.")
@@ -73,9 +96,9 @@ def method_from_options(method: str, options: dict, extra: tuple[str, ...]) -> M
                                               "per device and time on --device-class; nothing is run or written.")
 @click.option("--device-class", default=None, type=click.Choice(["cpu", "h100", "a100"]),
               help="Device class of the --dry-run time estimate (default: cpu for a CPU --device, else h100).")
-def command(model_spec, method, sparsity, pattern, bits, group_size, sym, extra, units, calib_samples, calib_len, seed,
+def command(model_spec, method, extra, units, calib_samples, calib_len, seed,
             dtype, device, max_memory, eval_ppl, out_dir, overwrite, force, as_json, dry_run,
-            device_class) -> None:
+            device_class, **method_params) -> None:
     """Compress a whole model with one method (sequentially, layer by layer) and save a checkpoint.
 
     \b
@@ -92,8 +115,7 @@ def command(model_spec, method, sparsity, pattern, bits, group_size, sym, extra,
 
     from ..errors import PrunelensError
 
-    m = method_from_options(method, {"sparsity": sparsity, "pattern": pattern, "bits": bits,
-                                     "group_size": group_size, "sym": sym}, extra)
+    m = method_from_options(method, method_params, extra)
     if dry_run:
         from ..estimate import estimate_compress, show
         from .probe import _device_class
