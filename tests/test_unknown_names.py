@@ -45,3 +45,13 @@ def test_other_lookups_use_the_same_message():
         shakespeare_works("heldot")
     with pytest.raises(PrunelensError, match=r"unknown budget 'sparsty'; did you mean sparsity\?"):
         parse_budget_spec("sparsty=0.5")
+
+
+def test_estimate_and_units_use_the_same_message():
+    from prunelens.estimate import load_config
+    from prunelens.units import all_units
+
+    with pytest.raises(PrunelensError, match=r"unknown unit kind 'mpl'; did you mean mlp\? available: attn, block, mlp"):
+        all_units(2, ["attn", "mpl"])
+    with pytest.raises(PrunelensError, match=r"unknown model 'smolm2-135m'; did you mean smollm2-135m\?"):
+        load_config("smolm2-135m")

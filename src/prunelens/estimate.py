@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import PrunelensError
+from .errors import PrunelensError, closest, unknown
 from .units import Unit
 
 GiB = 1 << 30
@@ -108,7 +108,9 @@ def load_config(spec: str) -> Any:
         if p.exists() and not (p / "config.json").is_file():
             raise PrunelensError(f"{spec} is not a model directory (no config.json)")
         if not p.exists() and (spec.startswith((".", "/", "~")) or spec.count("/") > 1):
-            raise PrunelensError(f"model path not found: {spec}")
+            raise PrunelensError(f"model path not found: {spec} (bundled models: {', '.join(sorted(BUNDLED))})")
+        if not p.exists() and "/" not in spec and closest(spec, BUNDLED) is not None:  # a misspelt alias
+            raise unknown("model", spec, BUNDLED, "(or a model directory, .gguf file or hub id)")
         return AutoConfig.from_pretrained(str(p) if p.exists() else spec, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -217,7 +219,7 @@ def _method_bytes(shape: Shape, units: list[Unit], methods: list[Any], dtype_byt
 
 def _device(device_class: str) -> DeviceClass:
     if device_class not in DEVICE_CLASSES:
-        raise PrunelensError(f"unknown device class {device_class!r}; choose from {', '.join(DEVICE_CLASSES)}")
+        raise unknown("device class", device_class, DEVICE_CLASSES)
     return DEVICE_CLASSES[device_class]
 
 
@@ -310,7 +312,7 @@ def _dtype_bytes(dtype: str, spec: str = "", kind: str = "cpu") -> int:
         cfg_dtype = str(getattr(load_config(spec), "dtype", None) or "float32").replace("torch.", "")
         dtype = "bfloat16" if kind == "cuda" and cfg_dtype == "float32" else cfg_dtype
     if dtype not in DTYPE_BYTES:
-        raise PrunelensError(f"unknown dtype {dtype!r}; choose from auto, {', '.join(DTYPE_BYTES)}")
+        raise unknown("dtype", dtype, ["auto", *DTYPE_BYTES])
     return DTYPE_BYTES[dtype]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import PrunelensError
+from .errors import PrunelensError, closest
 
 MERGED_SECTIONS = ("results", "n-samples", "versions", "configs", "higher_is_better", "n-shot", "samples")
 INSTALL_HINT = "pip install 'prunelens[lm-eval]'"
@@ -54,6 +54,9 @@ def run_lm_eval(loaded: Any, tasks: str, *, include_path: str | None = None, lim
     unknown = [n for n in names if n not in set(manager.all_tasks)]
     if unknown:
         hint = "" if include_path else " (a task of your own: --lm-eval-include FOLDER)"
+        guess = closest(unknown[0], manager.all_tasks)  # thousands of tasks: suggested, not listed
+        if guess is not None:
+            hint = f"; did you mean {guess}?{hint}"
         raise PrunelensError(f"unknown lm-eval task(s) {', '.join(unknown)}{hint}")
     lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size)
     out = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=manager, limit=limit, log_samples=log_samples,

@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .errors import PrunelensError
+from .errors import PrunelensError, unknown
 
 KINDS = ("block", "attn", "mlp")
 _UNIT_RE = re.compile(r"^L(\d+)(?:\.(attn|mlp))?$")
@@ -39,7 +39,7 @@ def all_units(num_layers: int, kinds: Iterable[str] = KINDS) -> list[Unit]:
     kinds = list(kinds)
     bad = [k for k in kinds if k not in KINDS]
     if bad:
-        raise PrunelensError(f"unknown unit kind(s) {bad}; choose from {', '.join(KINDS)}")
+        raise unknown("unit kind", bad[0], KINDS)
     return [Unit(i, k) for i in range(num_layers) for k in KINDS if k in kinds]
 
 
