@@ -164,3 +164,16 @@ def test_plugins_lists_the_refusal_and_the_same_shadowing_warning_as_a_command(t
     shadowing = "prunelens: warning: plugin 'shadow' registers 'magnitude', a built-in name: ignored"
     assert sorted(listed.stderr.splitlines()) == sorted(used.stderr.splitlines())
     assert len(listed.stderr.splitlines()) == 2 and any(w.startswith(shadowing) for w in listed.stderr.splitlines())
+
+
+def test_compress_with_a_builtin_works_beside_a_nameless_plugin(tmp_path):
+    from rank_helpers import save_tiny
+
+    model = save_tiny(tmp_path / "llama", layers=2)
+    broken = _plugin(tmp_path, "noname", CASES["noname"][0])
+    res = subprocess.run([sys.executable, "-m", "prunelens", "--plugin", str(broken), "compress", "--model", str(model),
+                          "--method", "wanda", "--sparsity", "0.3", "--dry-run", "--device", "cpu", "--json",
+                          "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300, env=ENV)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.splitlines() == [f"prunelens: warning: plugin 'noname': {CASES['noname'][1]}"]
+    assert json.loads(res.stdout) and not (tmp_path / "out").exists()
