@@ -43,7 +43,7 @@ def unit_means(ds, name: str) -> np.ndarray:
     """[unit, locality, timing] means over samples and steps (probability space, T = 1)."""
     v = ds[name]
     if "space" in v.dims:
-        v = v.sel(space="prob")
+        v = v.sel(space="probability")
     if "temperature" in v.dims:
         v = v.isel(temperature=0)
     return v.isel(method=0).mean(dim=("sample", "step")).transpose("unit", "locality", "timing").values
@@ -55,12 +55,15 @@ def main() -> None:
     ap.add_argument("--units", default="attn,mlp")
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--keep", type=Path, default=None, help="keep the two stores here (a rerun reuses them)")
     args = ap.parse_args()
     from scipy.stats import spearmanr
 
     from prunelens_store import open_store
 
-    with tempfile.TemporaryDirectory(prefix="bf16-fidelity-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bf16-fidelity-") as tmp_dir:
+        tmp = args.keep or Path(tmp_dir)
+        tmp.mkdir(parents=True, exist_ok=True)
         secs = {d: probe(Path(tmp) / f"{d}.zarr", d, args) for d in ("float32", "bfloat16")}
         a, b = open_store(Path(tmp) / "float32.zarr"), open_store(Path(tmp) / "bfloat16.zarr")
         units = a.sizes["unit"]
