@@ -45,14 +45,14 @@ def test_help_lists_builtin_and_plugin_parameters(tmp_path):
     (tmp_path / "scaler_opts.py").write_text(
         "from prunelens import Param, WeightMethod, hookimpl\n\n"
         "class Scaler(WeightMethod):\n    name = 'scaler_opts'\n"
-        "    params = {'factor': Param(float, 0.5, 'multiplier'), 'seed': Param(int, 0, 'clashes with --seed')}\n\n"
-        "    def compress_weight(self, weight, stats=None):\n        return weight * self.factor\n\n"
+        "    params = {'gain_opts': Param(float, 0.5, 'gain of the test'), 'seed': Param(int, 0, 'clashes with --seed')}\n\n"
+        "    def compress_weight(self, weight, stats=None):\n        return weight * self.gain_opts\n\n"
         "@hookimpl\ndef register_methods(register):\n    register(Scaler)\n")
     load_plugin_file(tmp_path / "scaler_opts.py")
     res = CliRunner().invoke(main, ["compress", "--help"], terminal_width=200)
     assert res.exit_code == 0, res.output
     for flag in ("--sparsity FLOAT", "--pattern TEXT", "--bits INTEGER", "--group-size INTEGER", "--sym / --asym",
-                 "--factor FLOAT"):
+                 "--gain-opts FLOAT"):
         assert flag in res.output, flag
-    assert "Multiplier (methods: scaler_opts)" in res.output
+    assert "Gain of the test (methods: scaler_opts)" in res.output
     assert res.output.count("--seed") == 1  # the command's own --seed; the plugin's seed goes through --param
