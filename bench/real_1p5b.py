@@ -65,6 +65,7 @@ def main() -> None:
     ap.add_argument("--steps", default=",".join(STEPS), help=f"Comma-separated subset of {', '.join(STEPS)}.")
     ap.add_argument("--samples", type=int, default=2)
     ap.add_argument("--timing", default="teacher_forced", help="Probe timings (free_running adds a decode per cell).")
+    ap.add_argument("--locality", default="local", help="Probe localities (propagated runs the rest of the model).")
     ap.add_argument("--probe-steps", type=int, default=8)
     ap.add_argument("--calib", default="8x128", help="Calibration windows x length (wanda).")
     ap.add_argument("--budget", default="8", help="Plan budget (units to drop).")
@@ -85,11 +86,12 @@ def main() -> None:
                     "gguf_checkpoint; print(gguf_checkpoint(Path(sys.argv[1])))", gguf],
         "probe": [*cli, "probe", "--model", gguf, "--method", "drop", "--method", "wanda:sparsity=0.5",
                   "--units", "attn,mlp", "--samples", str(args.samples), "--steps", str(args.probe_steps),
-                  "--temperature", "1.0", "--timing", args.timing, "--calib-samples", n_calib, "--calib-len", calib_len,
+                  "--temperature", "1.0", "--timing", args.timing, "--locality", args.locality,
+                  "--calib-samples", n_calib, "--calib-len", calib_len,
                   "--device", "cpu",
                   "--out", str(store), "--quiet"],
         "plan": [*cli, "plan", str(store), "--method", "drop", "--kind", "all", "--budget", args.budget,
-                 "--out", str(plan)],
+                 "--locality", args.locality.split(",")[-1], "--out", str(plan)],
         "apply": [*cli, "apply", str(plan), "--out", str(ckpt), "--overwrite"],
         "eval": [*cli, "eval", str(ckpt), "--tasks", "perplexity,mc_nextline", "--samples", "16",
                  "--threads", str(args.threads), "--device", "cpu"],
