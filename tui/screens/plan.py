@@ -109,7 +109,7 @@ class PlanScreen(Screen):
             self.plan = self.planned = None
             self.query_one(DataTable).clear()
         for name in SHARED:
-            options = [(S.option_label(name, v), v) for v in S.choices(ds, name)]
+            options = [(Text(clean(S.option_label(name, v))), v) for v in S.choices(ds, name)]  # Text: never markup
             if options != self._options.get(name):  # the same store reopened (new cells): the boxes stay as they are
                 self._options[name] = options
                 self.query_one(f"#{name}", Select).set_options(options)
@@ -163,7 +163,7 @@ class PlanScreen(Screen):
 
     def _set_strategies(self, strategies: list[tuple[str, str]]) -> None:
         by = self.query_one("#by", Select)
-        by.set_options([(name, name) for name, _ in strategies])
+        by.set_options([(Text(clean(name)), name) for name, _ in strategies])
         if strategies:
             by.value = "kl_pred" if any(n == "kl_pred" for n, _ in strategies) else strategies[0][0]
         self._loading = False
