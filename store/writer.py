@@ -169,8 +169,10 @@ class StoreWriter:
     def done(self) -> np.ndarray:
         return np.asarray(self.group["done"][:], dtype=bool)
 
-    def write_cell(self, m: int, u: int, arrays: Mapping[str, np.ndarray], free_tokens: np.ndarray, nonfinite: int) -> None:
-        """Write every per-unit variable of cell (m, u) (whole chunks), then mark it done."""
+    def write_cell(self, m: int, u: int, arrays: Mapping[str, np.ndarray], free_tokens: np.ndarray, nonfinite: int,
+                   *, mark_done: bool = True) -> None:
+        """Write every per-unit variable of cell (m, u) (whole chunks), then mark it done (or leave that to
+        ``mark_done`` once the caller has checked the cell)."""
         with quiet():
             values: dict[str, Any] = {}
             for name in METRICS:
@@ -181,7 +183,15 @@ class StoreWriter:
             values["free_tokens"] = np.asarray(free_tokens, dtype=np.int64)
             values["nonfinite"] = np.int64(nonfinite)
             self._write_all(m, u, values)
-            self._array("done")[m, u] = True  # last: a cell marked done has every variable on disk
+            if mark_done:
+                self._array("done")[m, u] = True  # last: a cell marked done has every variable on disk
+
+    def mark_done(self, cells: list[tuple[int, int]]) -> None:
+        """Mark cells written with ``mark_done=False`` as done."""
+        with quiet():
+            done = self._array("done")
+            for m, u in cells:
+                done[m, u] = True
 
     def _write_all(self, m: int, u: int, values: Mapping[str, Any]) -> None:
         """Every variable's chunk of cell (m, u), written concurrently on zarr's event loop (about half the

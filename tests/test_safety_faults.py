@@ -1141,3 +1141,69 @@ def test_accelerator_word_sums_equal_numpy_and_see_one_ulp_and_a_swap(monkeypatc
     swapped = t.clone()
     swapped[[3, 40]] = swapped[[40, 3]]
     assert integrity.word_sums(ulp) != base and integrity.word_sums(swapped) != base
+
+
+INPLACE_DAMAGE_PLUGIN = '''
+from contextlib import contextmanager
+from prunelens.hookspecs import hookimpl
+from prunelens.methods import Method
+from prunelens.units import Unit
+
+
+class ScaleL3InPlace(Method):
+    """Test-only: scales L3.mlp in place for good (the tensors stay the same objects), whatever its unit."""
+
+    name = "scale_l3_inplace"
+
+    @contextmanager
+    def perturb(self, adapter, unit, stats=None):
+        for p in adapter.module(Unit.parse("L3.mlp")).parameters():
+            p.data.mul_(0.5)
+        yield
+
+
+@hookimpl
+def register_methods(register):
+    register(ScaleL3InPlace)
+'''
+
+
+def test_an_in_place_damage_elsewhere_is_caught_by_the_full_check_before_any_later_cell_is_done(
+        tmp_path, monkeypatch):
+    """Between full checks only the unit's own layer is read: a damage elsewhere is found by the next full check,
+    and no cell since the last passed check is marked done."""
+    from prunelens.plugins import load_plugin_file
+    from prunelens.probe.integrity import CellGate
+
+    plugin = tmp_path / "inplace_plugin.py"
+    plugin.write_text(INPLACE_DAMAGE_PLUGIN)
+    load_plugin_file(plugin)
+    monkeypatch.setattr(CellGate, "ALWAYS", 0.0)  # as on a big model: full checks only now and then ...
+    monkeypatch.setattr(CellGate, "SHARE", 1e-9)  # ... here never before the run's end
+    path = save_tiny(tmp_path / "llama4", layers=4)
+    out = tmp_path / "inplace.zarr"
+    with pytest.raises(PrunelensError) as err:
+        probe(load_model(str(path)), out, methods=["magnitude:sparsity=0.3", parse_method("scale_l3_inplace")],
+              units="L0-2")
+    msg = str(err.value)
+    assert "\n" not in msg and "one of magnitude:sparsity=0.3, scale_l3_inplace" in msg and "(L3)" in msg, msg
+    done = np.asarray(open_store(out, allow_incomplete=True)["done"].values, dtype=bool)
+    assert not done.any()  # every cell ran after (or beside) the damage: none is done, a rerun recomputes them
+
+
+def test_deferred_full_checks_mark_every_clean_cell_done(tmp_path, monkeypatch):
+    from prunelens.probe.integrity import CellGate
+
+    monkeypatch.setattr(CellGate, "ALWAYS", 0.0)
+    monkeypatch.setattr(CellGate, "SHARE", 1e-9)  # one full check, at the end
+    marks: list[int] = []
+    real_flush = CellGate.flush
+
+    def counting_flush(self):
+        marks.append(len(self.pending))
+        real_flush(self)
+
+    monkeypatch.setattr(CellGate, "flush", counting_flush)
+    path = save_tiny(tmp_path / "llama4", layers=4)
+    attrs = probe(load_model(str(path)), tmp_path / "ok.zarr", methods=["magnitude:sparsity=0.3"], units="L0-3")
+    assert attrs["complete"] and marks == [4]  # the four cells waited for the one full check, then were marked

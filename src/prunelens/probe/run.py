@@ -20,7 +20,7 @@ from ..tokens import convention
 from ..units import Unit
 from .distributed import Ranks
 from .engine import ProbeEngine, ProbeSettings
-from .integrity import WeightGuard
+from .integrity import CellGate, WeightGuard
 from .prompts import Prompts
 
 
@@ -234,21 +234,25 @@ def _run_probe(
     mine = [c for c in ranks.shard_by(cells, lambda c: units[c[1]].layer) if not done[c]]
     engine.expect_cells(len(mine))  # the metric kernel compiles only if these cells pay for it
     stats = StatsCache(loaded, units, calib_samples, calib_len, seed)
-    guard = WeightGuard(loaded.model) if mine else None  # per-layer digests: no method may leave a change
+    # per-layer digests: no method may leave a change; cells are marked done only once a full check passed
+    gate = CellGate(WeightGuard(loaded.model), writer.mark_done) if mine else None
     bar = _progress(len(mine), ranks, progress, skipped=int(done.sum()))
     try:
         for mi, ui in mine:
             m, u = methods[mi], units[ui]
             if bar is not None:
                 bar.set_postfix_str(f"{m.spec} {u.name}")
+            started = time.perf_counter()
             cell = engine.measure(m, u, stats.for_cell(m, u))
-            if guard is not None:
-                guard.check(m.spec, u.name)  # before the cell is written (marked done)
-            writer.write_cell(mi, ui, cell.arrays, cell.free_tokens, cell.nonfinite)
+            writer.write_cell(mi, ui, cell.arrays, cell.free_tokens, cell.nonfinite, mark_done=gate is None)
+            if gate is not None:
+                gate.after_cell((mi, ui), m.spec, u.name, u.layer, time.perf_counter() - started)
             if on_cell:
                 on_cell(m.spec, u.name)
             if bar is not None:
                 bar.update(1)
+        if gate is not None:
+            gate.flush()
     finally:
         if bar is not None:
             bar.close()
