@@ -101,11 +101,10 @@ def command(store, method, kind, temperature, by, locality, timing, budget, allo
     else:
         plan = plan_from_store(ds, method=method, kind=kind_, temperature=temperature, by=by, budget=budget,
                                locality=locality, timing=timing, store_path=str(Path(store).resolve()))
-    from ..plan_checks import check_plan_sane
-    from ..workflow.export import export_plan
+    from ..workflow.export import export_plan, prepare_plan
     from ..workflow.tables import allocation_line, plan_table
 
-    check_plan_sane(plan, ds)  # 0 units or every layer removed: refuse before writing
+    prepare_plan(plan, ds)  # the data record; 0 units or every layer removed: refused before writing (as the TUI)
     export_plan(plan, out, mergekit, llmc)  # every text is built (and checked) before anything is written
     if as_json and not is_stdout(out):
         write_output("-", plan.to_json())
@@ -122,7 +121,3 @@ def command(store, method, kind, temperature, by, locality, timing, budget, allo
     if note:
         make_console(stderr=True).print(f"[yellow]warning: {esc(note)}; units with non-finite results are never "
                                         "planned[/yellow]")
-    if not plan.data:
-        from ..data import plan_data
-
-        plan.data = plan_data(ds)
