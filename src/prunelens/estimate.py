@@ -11,7 +11,8 @@ linears and the vocabulary come from it. The cost model (docs/scale.md) is, per 
   output projection share one input), the input norms d_in x 4 B.
 - working set of a weight method on its largest linear: float32 copies of the weight (read, dead-input fix,
   result: ``WEIGHT_COPIES``), the unit's new weights in the model dtype, and for an OBS solver (SparseGPT,
-  GPTQ) ``SOLVER_HESSIANS`` extra d_in² float32 matrices (damped copy, Cholesky factor, inverse, its factor).
+  GPTQ) ``SOLVER_HESSIANS`` extra d_in² float32 matrices (damped copy, Cholesky factor, inverse, its factor,
+  temporaries).
 - activations: every layer's cached dense input and free-running rows, ``LOGIT_COPIES`` float32
   [rows x vocab] arrays (the dense logits kept, a cell's logits, their metric temporaries), and the
   calibration batch's hidden and MLP activations.
@@ -33,7 +34,7 @@ from .units import Unit
 GiB = 1 << 30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 WEIGHT_COPIES = 3  # float32 copies of the largest linear's weight alive in compress_weight (read, dead-fix, out)
-SOLVER_HESSIANS = 4  # extra float32 d_in² matrices alive in the OBS solver besides the statistic itself
+SOLVER_HESSIANS = 6  # extra float32 d_in² matrices in the OBS solver: fitted to the 8B twin's SparseGPT peak
 LOGIT_COPIES = 3  # float32 [rows x vocab] arrays: the dense logits kept, a cell's, their metric temporaries
 ALLOWANCE = {"cpu": int(0.75 * GiB), "cuda": int(0.5 * GiB)}  # python, torch, transformers; CUDA context margin
 
