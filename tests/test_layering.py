@@ -1,7 +1,8 @@
 """The layering holds: no import cycles among prunelens modules, the core never imports the built-in
 plugins or the TUI, and the plugin manager sits at the bottom.
 
-Imports inside functions count as edges too (a lazy import still couples two modules).
+Imports inside functions count as edges too (a lazy import still couples two modules); imports under
+``if TYPE_CHECKING:`` do not (they never run: annotations only, as import-linter is configured).
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ def imported_modules(path: Path) -> set[str]:
     name = module_name(path)
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {id(n) for block in ast.walk(tree) if _is_type_checking_block(block)
+                   for stmt in block.body for n in ast.walk(stmt)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -36,6 +42,15 @@ def imported_modules(path: Path) -> set[str]:
             out.add(mod)
             out.update(f"{mod}.{a.name}" for a in node.names)  # `from pkg import module`
     return out
+
+
+def _is_type_checking_block(node: ast.AST) -> bool:
+    """``if TYPE_CHECKING:`` or ``if typing.TYPE_CHECKING:``."""
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def import_graph(packages: dict[str, Path] = PACKAGES) -> dict[str, set[str]]:
@@ -103,6 +118,16 @@ def test_cycle_finder_finds_a_planted_cycle():
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
+def test_type_checking_imports_are_no_edges_but_lazy_imports_are(tmp_path, monkeypatch):
+    (tmp_path / "mod.py").write_text("from typing import TYPE_CHECKING\nimport typing\n"
+                                     "if TYPE_CHECKING:\n    from .a import A\n"
+                                     "if typing.TYPE_CHECKING:\n    import pkg.b\n"
+                                     "def f():\n    from . import c\n")
+    monkeypatch.setitem(PACKAGES, "pkg", tmp_path)
+    deps = imported_modules(tmp_path / "mod.py")
+    assert "pkg.a" not in deps and "pkg.b" not in deps and "pkg.c" in deps
+
+
 def test_no_import_cycles():
     graph = import_graph()
     assert len(graph) > 50  # the whole tree was read
@@ -123,7 +148,9 @@ def test_core_never_imports_builtin_plugins_or_the_tui():
 
 def test_plugin_manager_sits_at_the_bottom():
     deps = import_graph()["prunelens.plugins"]
-    assert deps <= {"prunelens", "prunelens.errors", "prunelens.hookspecs"}, deps
+    # params: the Param declarations whose defaults registration checks (itself on errors only)
+    assert deps <= {"prunelens", "prunelens.errors", "prunelens.hookspecs", "prunelens.params"}, deps
+    assert import_graph()["prunelens.params"] <= {"prunelens", "prunelens.errors"}
     for module in ("prunelens.plans", "prunelens.plan_checks", "prunelens.apply"):
         assert "prunelens.planning" not in import_graph()[module]  # plans are data; planning sits above them
 
