@@ -15,7 +15,8 @@ import click
 @click.option("--free-running", is_flag=True, help="Also probe free-running generation (slower: each unit generates).")
 @click.option("--eval-samples", type=int, default=16, show_default=True, help="Items per evaluation task.")
 def command(out, kind, budget, temperature, samples, steps, free_running, eval_samples) -> None:
-    """Probe → rank → plan → apply → validate → eval → report on SmolLM2-135M (about 10 minutes on 2 cores)."""
+    """Probe → rank → plan → apply → validate → eval → report on SmolLM2-135M, then the decision: a level sweep,
+    the knapsack plan beside uniform, both applied and scored (about 2.5 minutes on 2 cores)."""
     from ..console import make_console
     from ..demo import DemoSettings, run_demo
     from ._interrupt import mark_resumable
