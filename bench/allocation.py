@@ -94,7 +94,7 @@ def prepare(out: Path, args: argparse.Namespace, tokenizer: Any) -> dict[str, An
         "calib": token_windows(tokenizer, cn, cl, split="calib", seed=0).tolist(),  # = prunelens' default windows
         "eval": token_windows(tokenizer, en, el, split="heldout", seed=1).tolist(),
         "gen": token_windows(tokenizer, args.gen, 32, split="heldout", seed=2).tolist(),
-        "probe": token_windows(tokenizer, args.probe_samples, 32, split="calib", seed=3).tolist(),
+        "probe": token_windows(tokenizer, args.probe_samples, 32, split="probe", seed=3).tolist(),
     }
     (out / "ids.json").write_text(json.dumps(ids))
     with open(out / "probe_prompts.jsonl", "w") as f:
