@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from .errors import PrunelensError
+from .fileio import atomic_write
 
 STATE = "state.json"
 FORMAT = 1
@@ -39,9 +40,7 @@ def tensor_digest(t: torch.Tensor) -> str:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=1, default=str))
 
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
