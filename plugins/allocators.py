@@ -22,9 +22,12 @@ from prunelens.allocation import (
     Allocator,
     AllocContext,
     Choice,
+    covers_layer,
+    layer_choices,
     layer_combinations,
     solve_mckp,
     store_options,
+    within_band,
 )
 from prunelens.budgets import option_effect, requirement, saving
 from prunelens.errors import PrunelensError
@@ -53,13 +56,7 @@ class Knapsack(Allocator):
     def allocate(self, ctx: AllocContext) -> Allocation:
         options = store_options(ctx, self.score)
         sizes = ctx.sizes()
-        layers = range(sizes.num_layers)
-        dense_ok = True
-        if self.band is not None:
-            options, dense_ok = _within_band(ctx, options, self.band)
-        combos = [layer_combinations(options.get(i, [])) for i in layers]
-        if not dense_ok:  # every weight at a level inside the band: each layer's block, or both its sublayers
-            combos = [[c for c in cs if _covers_layer(c)] or cs for cs in combos]
+        combos = layer_choices(ctx, options, self.band)
         groups = [[(sum(o.saving for o in c), sum(o.predicted_kl for o in c)) for c in cs] for cs in combos]
         need = requirement(ctx.budget, sizes, ctx.dense_bits)
         _check_reach(ctx, groups, need)
@@ -83,27 +80,6 @@ def _check_reach(ctx: AllocContext, groups: list, need: float) -> None:
         best = achieved(ctx.budget, reach, ctx.sizes(), ctx.dense_bits)
         raise PrunelensError(f"budget {ctx.budget.text} cannot be met with the store's options "
                              f"({', '.join(ctx.store_labels())}): they reach at most {ctx.budget.kind}={best:.4g}")
-
-
-def _covers_layer(combo: tuple) -> bool:
-    kinds = {Unit.parse(o.unit).kind for o in combo}
-    return "block" in kinds or {"attn", "mlp"} <= kinds
-
-
-def _within_band(ctx: AllocContext, options: dict, band: float) -> tuple[dict, bool]:
-    """Options whose level lies within the target +- band, and whether dense does."""
-    from prunelens.budgets import option_level
-    from prunelens.methods import parse_method
-
-    target = ctx.budget.value
-    level = {}
-    for opts in options.values():
-        for o in opts:
-            if o.method not in level:
-                level[o.method] = option_level(ctx.budget, option_effect(parse_method(o.method)), ctx.dense_bits)
-    kept = {i: [o for o in opts if abs(level[o.method] - target) <= band + 1e-9] for i, opts in options.items()}
-    dense_ok = abs(option_level(ctx.budget, None, ctx.dense_bits) - target) <= band + 1e-9
-    return {i: opts for i, opts in kept.items() if opts}, dense_ok
 
 
 def _single_method(ctx: AllocContext, who: str) -> str:
@@ -313,7 +289,7 @@ class IterativeKnapsack(Knapsack):
         options = store_options(ctx, self.score)
         dense_ok = True
         if self.band is not None:
-            options, dense_ok = _within_band(ctx, options, self.band)
+            options, dense_ok = within_band(ctx, options, self.band)
         sizes = ctx.sizes()
         n = sizes.num_layers
         need = requirement(ctx.budget, sizes, ctx.dense_bits)
@@ -350,7 +326,7 @@ class IterativeKnapsack(Knapsack):
     @staticmethod
     def _combos(opts: list, dense_ok: bool) -> list:
         cs = layer_combinations(opts)
-        return cs if dense_ok else ([c for c in cs if _covers_layer(c)] or cs)
+        return cs if dense_ok else ([c for c in cs if covers_layer(c)] or cs)
 
     @staticmethod
     def _reprobe(ctx: AllocContext, work: Any, remaining: dict[int, list], calib: Any) -> dict[int, list]:

@@ -282,6 +282,39 @@ def layer_combinations(options: list[UnitOption]) -> list[tuple[UnitOption, ...]
     return combos
 
 
+
+def within_band(ctx: AllocContext, options: dict[int, list[UnitOption]],
+                band: float) -> tuple[dict[int, list[UnitOption]], bool]:
+    """The options whose level lies within the budget's target +- ``band``, and whether dense does."""
+    from .budgets import option_level
+    from .methods import parse_method
+
+    target = ctx.budget.value
+    level = {o.method: option_level(ctx.budget, option_effect(parse_method(o.method)), ctx.dense_bits)
+             for opts in options.values() for o in opts}
+    kept = {i: [o for o in opts if abs(level[o.method] - target) <= band + 1e-9] for i, opts in options.items()}
+    dense_ok = abs(option_level(ctx.budget, None, ctx.dense_bits) - target) <= band + 1e-9
+    return {i: opts for i, opts in kept.items() if opts}, dense_ok
+
+
+def covers_layer(combo: tuple[UnitOption, ...]) -> bool:
+    """Whether a layer's choice compresses every weight of it: its block, or both its sublayers."""
+    kinds = {Unit.parse(o.unit).kind for o in combo}
+    return "block" in kinds or {"attn", "mlp"} <= kinds
+
+
+def layer_choices(ctx: AllocContext, options: dict[int, list[UnitOption]],
+                  band: float | None) -> list[list[tuple[UnitOption, ...]]]:
+    """Per layer, the choices an allocator picks from (``layer_combinations``); with a ``band`` only levels within
+    it, and where dense lies outside it only choices that cover the whole layer (when the layer has any)."""
+    dense_ok = True
+    if band is not None:
+        options, dense_ok = within_band(ctx, options, band)
+    combos = [layer_combinations(options.get(i, [])) for i in range(ctx.sizes().num_layers)]
+    if not dense_ok:
+        combos = [[c for c in cs if covers_layer(c)] or cs for cs in combos]
+    return combos
+
 # -- the public entry point ----------------------------------------------------------------------
 def apply_order(choices: list[Choice]) -> list[Choice]:
     """Layer by layer; attention before MLP within a layer (the order apply compresses them in)."""

@@ -391,27 +391,9 @@ def _stages(text: str, what: str) -> tuple[int, ...]:
 
 def _search_space(ctx: Any, score: str, band: float | None) -> list[list[Combo]]:
     """Per layer, the knapsack's choices (dense, a block option, attention and/or MLP options)."""
-    from .allocation import layer_combinations, store_options
-    from .budgets import option_effect, option_level
-    from .methods import parse_method
+    from .allocation import layer_choices, store_options
 
-    options = store_options(ctx, score)
-    dense_ok = True
-    if band is not None:
-        target = ctx.budget.value
-        level = {o.method: option_level(ctx.budget, option_effect(parse_method(o.method)), ctx.dense_bits)
-                 for opts in options.values() for o in opts}
-        options = {i: [o for o in opts if abs(level[o.method] - target) <= band + 1e-9] for i, opts in options.items()}
-        dense_ok = abs(option_level(ctx.budget, None, ctx.dense_bits) - target) <= band + 1e-9
-    combos = []
-    for i in range(ctx.sizes().num_layers):
-        cs = layer_combinations(options.get(i, []))
-        if not dense_ok:
-            whole = [c for c in cs if {Unit.parse(o.unit).kind for o in c} & {"block"}
-                     or {"attn", "mlp"} <= {Unit.parse(o.unit).kind for o in c}]
-            cs = whole or cs
-        combos.append(cs)
-    return combos
+    return layer_choices(ctx, store_options(ctx, score), band)
 
 
 def _seed_genome(combos: list[list[Combo]], choices: list[Any]) -> list[int]:
