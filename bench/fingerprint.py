@@ -1,4 +1,4 @@
-"""Speed of the weights fingerprint (``prunelens.models.weights_fingerprint``) beside hashing every byte.
+"""Speed of the weights fingerprint (``prunelens.model.loading.weights_fingerprint``) beside hashing every byte.
 
     flock /tmp/prunelens-heavy.lock python bench/fingerprint.py              # the Llama-3-8B twin (3.6 GiB bf16)
     python bench/fingerprint.py --random-gb 1                                # a random bf16 tensor set instead
@@ -57,14 +57,14 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=Path("/tmp/prunelens-twins"))
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    from prunelens.models import weights_fingerprint
+    from prunelens.model.loading import weights_fingerprint
 
     if args.random_gb:
         model, what = random_model(args.random_gb), f"random bf16 tensors ({args.random_gb:g} GB)"
     else:
         from scale import build_twin
 
-        from prunelens.models import load_model
+        from prunelens.model.loading import load_model
 
         args.root.mkdir(parents=True, exist_ok=True)
         model = load_model(str(build_twin("8b", args.root)), dtype="bfloat16", device="cpu").model

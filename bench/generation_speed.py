@@ -6,7 +6,7 @@ Variants (all built in memory from the bundled model, the same code ``apply`` us
 - ``drop 4 blocks``: blocks removed (``drop_units``), as in the saved checkpoint;
 - ``drop 8 attn (plain)``: 8 attentions dropped the way plain transformers loads them
   (zeroed ``o_proj``: still stored, computed and cached);
-- ``drop 8 attn (slim)``: the same model through ``prunelens.slim`` (sublayers removed);
+- ``drop 8 attn (slim)``: the same model through ``prunelens.compression.remove_dropped`` (sublayers removed);
 - ``50% unstructured``: half of every decoder linear weight zeroed (magnitude; the speed of
   a dense matmul does not depend on which weights are zero, so no calibration is needed);
 - ``rtn 4-bit (fake quant)``: weights rounded to a 4-bit grid but stored as float32.
@@ -31,9 +31,9 @@ MODEL = "smollm2-135m"
 
 
 def variants() -> dict[str, Callable[[Any], None]]:
-    from prunelens.compress import compress_model, drop_units
-    from prunelens.methods import parse_method
-    from prunelens.slim import slim_model
+    from prunelens.compression.methods import parse_method
+    from prunelens.compression.remove_dropped import slim_model
+    from prunelens.compression.sequential import compress_model, drop_units
     from prunelens.units import Unit
 
     attn = [Unit(i, "attn") for i in range(10, 18)]
@@ -87,8 +87,8 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from prunelens.data import token_windows
-    from prunelens.models import load_model
+    from prunelens.model.loading import load_model
+    from prunelens.text.corpora import token_windows
 
     torch.set_num_threads(args.threads)
     models = {}

@@ -6,7 +6,7 @@ Runs in a SEPARATE environment (never the project's): ::
     /tmp/llmc-venv/bin/pip install "llmcompressor==0.14.*" "transformers>=5.15,<5.18"
 
 First run ``bench/allocation.py`` (it writes OUT/ids.json with the exact calibration token
-ids, and OUT/plans/*.recipe.yaml: every plan exported with ``prunelens.export_llmc``). Then ::
+ids, and OUT/plans/*.recipe.yaml: every plan exported with ``prunelens.plan.llmcompressor_recipe``). Then ::
 
     /tmp/llmc-venv/bin/python bench/llmc_compare.py --out bench/out/allocation \\
         --model ~/.cache/prunelens/models/smollm2-135m

@@ -61,7 +61,7 @@ def largest_layer_stats_mb(loaded, method) -> float:
         return 0.0
     import torch
 
-    from prunelens.calibration import collect_stats
+    from prunelens.compression.calibration import collect_stats
     from prunelens.units import Unit
 
     stats = collect_stats(loaded.adapter, [Unit(0, "block")], method.calibration, torch.zeros(1, 4, dtype=torch.long))
@@ -72,11 +72,11 @@ def run_one(spec: str, args) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from prunelens.compress import compress_model
-    from prunelens.data import token_windows
-    from prunelens.methods import parse_method
-    from prunelens.models import load_model
-    from prunelens.perplexity import perplexity
+    from prunelens.compression.methods import parse_method
+    from prunelens.compression.sequential import compress_model
+    from prunelens.evaluation.perplexity import perplexity
+    from prunelens.model.loading import load_model
+    from prunelens.text.corpora import token_windows
 
     loaded = load_model(args.model)
     heldout = torch.as_tensor(token_windows(loaded.tokenizer, args.ppl_samples, args.ppl_len, split="heldout"))

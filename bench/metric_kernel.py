@@ -35,8 +35,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from prunelens.probe.kernel import DenseRows, SumsKernel
     from prunelens.probe.metrics import row_metrics
+    from prunelens.probe.vocab_pass import DenseRows, SumsKernel
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(args.vocab, args.hidden, generator=g) * (3 / args.hidden ** 0.5)
@@ -55,9 +55,9 @@ def main() -> None:
                 print(f"{m}: build or load + first call, {d.inv_t.numel()} temperature(s): {time.perf_counter() - t:.1f} s",
                       flush=True)
     os.environ["PRUNELENS_KERNEL_BACKEND"] = ""
-    from prunelens.probe import native
+    from prunelens.probe import vocab_pass_c
 
-    native_lib = native.load_library()[0] if "compiled" in kernels and native.compiler() else None  # kept: no build
+    native_lib = vocab_pass_c.load_library()[0] if "compiled" in kernels and vocab_pass_c.compiler() else None  # kept: no build
     times: dict[str, list[float]] = {}
 
     def clock(name, fn):

@@ -76,8 +76,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from prunelens.methods import parse_method
-    from prunelens.models import load_model
+    from prunelens.compression.methods import parse_method
+    from prunelens.model.loading import load_model
     from prunelens.probe.engine import ProbeEngine, ProbeSettings
     from prunelens.probe.metrics import row_metrics
     from prunelens.probe.prompts import shakespeare_prompts

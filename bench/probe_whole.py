@@ -46,8 +46,9 @@ argv = sys.argv[2:]
 import torch
 torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
 import prunelens.cli as cli
-from prunelens import models
-from prunelens.probe import engine as E, kernel as K
+from prunelens.model import loading
+from prunelens.probe import engine as E
+from prunelens.probe import vocab_pass as K
 import prunelens_store.writer as W
 T_IMPORT = time.perf_counter() - T0
 acc = {}
@@ -76,12 +77,12 @@ def prepare(self, *a, **k):
         state["in_prepare"] = False
 E.ProbeEngine.prepare = prepare
 timed(models, "load_model", "load")
-_load = models.load_model
+_load = loading.load_model
 def load_and_note(*a, **k):
     out = _load(*a, **k)
     state["rss_after_load"] = [int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmRSS")][0]
     return out
-models.load_model = load_and_note
+loading.load_model = load_and_note
 import prunelens.cli.probe as cp
 if hasattr(cp, "load_model"):
     timed(cp, "load_model", "load")
@@ -119,8 +120,8 @@ out_json = sys.argv[1]
 model_id, samples, steps, prompt_len, units_spec, method_spec = sys.argv[2:8]
 import torch
 torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
-from prunelens.methods import parse_method
-from prunelens.models import load_model
+from prunelens.compression.methods import parse_method
+from prunelens.model.loading import load_model
 from prunelens.probe.freerun import greedy_decode
 from prunelens.probe.prompts import shakespeare_prompts
 from prunelens.units import select_units

@@ -32,8 +32,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from prunelens.methods import parse_method
-    from prunelens.models import load_model
+    from prunelens.compression.methods import parse_method
+    from prunelens.model.loading import load_model
     from prunelens.probe.engine import ProbeSettings
     from prunelens.probe.prompts import shakespeare_prompts
     from prunelens.probe.run import run_probe

@@ -82,7 +82,7 @@ def main() -> None:
     n_calib, calib_len = args.calib.split("x")
     env = {"OMP_NUM_THREADS": str(args.threads), "PRUNELENS_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
     commands = {
-        "convert": [sys.executable, "-c", "import sys; from pathlib import Path; from prunelens.models import "
+        "convert": [sys.executable, "-c", "import sys; from pathlib import Path; from prunelens.model.loading import "
                     "gguf_checkpoint; print(gguf_checkpoint(Path(sys.argv[1])))", gguf],
         "probe": [*cli, "probe", "--model", gguf, "--method", "drop", "--method", "wanda:sparsity=0.5",
                   "--units", "attn,mlp", "--samples", str(args.samples), "--steps", str(args.probe_steps),

@@ -9,7 +9,7 @@ rope theta 500,000) with only a few decoder layers and random bf16 weights, save
 layer) under --root with a borrowed tokenizer (SmolLM2's: its ids lie inside the twin's vocabulary). Each probe
 (1 sample x 4 steps, calibration 4 x 64, local and propagated, teacher-forced and free-running, bfloat16, CPU)
 is a fresh ``prunelens probe`` process under the heavy-run lock; its peak RSS (``ru_maxrss`` of the child) is
-printed beside ``prunelens.estimate``'s peak for the same command (the dry-run's number) and their ratio.
+printed beside ``prunelens.model.cost_estimate``'s peak for the same command (the dry-run's number) and their ratio.
 Results accumulate in --results (JSON), so slow runs can be added later.
 """
 

@@ -145,8 +145,8 @@ import torch
 torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
 import sparsegpt_ref as R
 side, out, samples, length, sparsity = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
-from prunelens.data import token_windows
-from prunelens.models import load_model
+from prunelens.text.corpora import token_windows
+from prunelens.model.loading import load_model
 loaded = load_model("smollm2-135m")
 ids = torch.as_tensor(token_windows(loaded.tokenizer, samples, length, split="calib", seed=0))
 base = R.rss_mib()
@@ -157,8 +157,8 @@ with torch.no_grad():
     if side == "reference":
         R.reference_sparsegpt(loaded.model, ids, sparsity, per_layer)
     else:
-        from prunelens.compress import compress_model
-        from prunelens.methods import parse_method
+        from prunelens.compression.sequential import compress_model
+        from prunelens.compression.methods import parse_method
         compress_model(loaded, parse_method(f"sparsegpt:sparsity={sparsity}"), calib_ids=ids, progress=False)
 cpu, wall = time.process_time() - c0, time.perf_counter() - w0
 peak = R.rss_mib("VmHWM") - base

@@ -94,9 +94,9 @@ def ground_truth(model_id: str, kinds: list[str], args) -> dict:
     """Per single drop: generation degradation and multiple-choice accuracy drops (cached as JSON)."""
     from tqdm import tqdm
 
-    from prunelens.evaluation import run_tasks
-    from prunelens.methods import parse_method
-    from prunelens.models import load_model
+    from prunelens.compression.methods import parse_method
+    from prunelens.evaluation.task_runner import run_tasks
+    from prunelens.model.loading import load_model
 
     cache = Path(args.truth) if args.truth else None
     truth: dict = {"model_id": model_id, "rows": [], "seconds": 0.0}
@@ -170,8 +170,8 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from prunelens.models import load_model
-    from prunelens.ranking import load_store, rank_units
+    from prunelens.model.loading import load_model
+    from prunelens.plan.ranking import load_store, rank_units
     from prunelens_store import spearman
 
     console = Console()
@@ -194,7 +194,7 @@ def main() -> None:
     base = truth.get("dense", {})
     measured = {r["unit"]: r for r in truth["rows"]}
     dense = load_model(model_id)
-    from prunelens.ranking import store_means, store_units
+    from prunelens.plan.ranking import store_means, store_units
 
     units = [u for k in kinds for u in store_units(ds, k)]
     means = store_means(ds, method="drop", temperature=args.temperature, locality=args.locality,

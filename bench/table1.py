@@ -9,7 +9,7 @@ perplexity and greedy generation agreement with the dense model, side by side:
 Dropped layers: ``--rule last`` (default) drops the last k non-final layers (L21-L28 for
 k = 8 on 30 layers); any dense ranking strategy name (``llm_drop``, ``block_influence``)
 drops the k best-ranked sublayers of each kind instead. Dropping uses
-``prunelens.compress.drop_units`` (a dropped sublayer's output projection is zeroed).
+``prunelens.compression.sequential.drop_units`` (a dropped sublayer's output projection is zeroed).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def choose_units(rule: str, dense, kind: str, k: int) -> list:
         raise SystemExit(f"k={k} is too large for {n} layers")
     if rule == "last":
         return [Unit(i, kind) for i in range(n - 1 - k, n - 1)]
-    from prunelens.ranking import rank_units
+    from prunelens.plan.ranking import rank_units
 
     df = rank_units(None, method="drop", kind=kind, temperature=1.0, by=rule, loaded=dense)
     return sorted(Unit.parse(u) for u in df["unit"].tolist()[:k])
@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from prunelens.compress import drop_units
-    from prunelens.evaluation import run_tasks
-    from prunelens.models import load_model
+    from prunelens.compression.sequential import drop_units
+    from prunelens.evaluation.task_runner import run_tasks
+    from prunelens.model.loading import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

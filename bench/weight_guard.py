@@ -37,8 +37,8 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from prunelens.methods import parse_method
-    from prunelens.models import load_model, weights_fingerprint
+    from prunelens.compression.methods import parse_method
+    from prunelens.model.loading import load_model, weights_fingerprint
     from prunelens.probe.engine import ProbeEngine, ProbeSettings
     from prunelens.probe.integrity import WeightGuard
     from prunelens.probe.prompts import shakespeare_prompts

@@ -1,4 +1,4 @@
-"""Built-in allocators (see ``prunelens.allocation``).
+"""Built-in allocators (see ``prunelens.plan.allocation``).
 
 - ``knapsack``: exact multiple-choice knapsack on the store's summed predicted KL.
 - ``uniform``: every block at the budget's level (``wanda:sparsity=0.6``, ``rtn:bits=4``...).
@@ -17,7 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from prunelens.allocation import (
+from prunelens.errors import PrunelensError
+from prunelens.hookspecs import hookimpl
+from prunelens.params import Param
+from prunelens.plan.allocation import (
     Allocation,
     Allocator,
     AllocContext,
@@ -29,10 +32,7 @@ from prunelens.allocation import (
     store_options,
     within_band,
 )
-from prunelens.budgets import option_effect, requirement, saving
-from prunelens.errors import PrunelensError
-from prunelens.hookspecs import hookimpl
-from prunelens.params import Param
+from prunelens.plan.budgets import option_effect, requirement, saving
 from prunelens.units import Unit
 
 MAX_RESOLUTION = 1_000_000  # 16 bytes per grid step and layer: 0.5 GB for 32 layers
@@ -73,7 +73,7 @@ class Knapsack(Allocator):
 
 def _check_reach(ctx: AllocContext, groups: list, need: float) -> None:
     """A one-line error in the budget's own terms when even the largest options fall short."""
-    from prunelens.budgets import achieved
+    from prunelens.plan.budgets import achieved
 
     reach = sum(max(s for s, _ in g) for g in groups)
     if reach < need * (1 - 1e-12):
@@ -91,8 +91,8 @@ def _single_method(ctx: AllocContext, who: str) -> str:
 
 def _store_kl(ctx: AllocContext, spec: str, units: list[Unit]) -> list[float | None]:
     """The store's predicted KL of ``spec`` on ``units`` where it was probed (else None)."""
-    from prunelens.methods import parse_method
-    from prunelens.ranking import store_means
+    from prunelens.compression.methods import parse_method
+    from prunelens.plan.ranking import store_means
 
     if ctx.ds is None:
         return [None] * len(units)
@@ -126,7 +126,7 @@ def _layer_units(ctx: AllocContext, method: Any) -> list[Unit]:
 
 
 def _choices(ctx: AllocContext, units: list[Unit], specs: list[str]) -> list[Choice]:
-    from prunelens.methods import parse_method
+    from prunelens.compression.methods import parse_method
 
     sizes = ctx.sizes()
     out: list[Choice] = []
@@ -145,7 +145,7 @@ class Uniform(Allocator):
     params = {}
 
     def allocate(self, ctx: AllocContext) -> Allocation:
-        from prunelens.methods import parse_method
+        from prunelens.compression.methods import parse_method
 
         key = ctx.budget.kind
         if key not in ("sparsity", "bits"):
@@ -178,7 +178,7 @@ def owl_outlier_ratios(loaded: Any, calib_ids: Any, m: float = 5.0, batch_size: 
     """Per block, 100 · the fraction of Wanda scores ``|W|·sqrt(S)`` above ``m`` × their mean (dense activations)."""
     import torch
 
-    from prunelens.calibration import collect_stats
+    from prunelens.compression.calibration import collect_stats
 
     adapter = loaded.adapter
     blocks = [Unit(i, "block") for i in range(adapter.num_layers)]
@@ -205,7 +205,7 @@ class OWL(Allocator):
     }
 
     def allocate(self, ctx: AllocContext) -> Allocation:
-        from prunelens.methods import parse_method
+        from prunelens.compression.methods import parse_method
 
         if ctx.budget.kind != "sparsity":
             raise PrunelensError(f"owl allocates a sparsity budget, not {ctx.budget.text}")
@@ -232,8 +232,8 @@ class Ranked(Allocator):
     params = {"by": Param(str, "kl_pred", "ranking strategy (prunelens rank --list-strategies)")}
 
     def allocate(self, ctx: AllocContext) -> Allocation:
-        from prunelens.methods import parse_method
-        from prunelens.ranking import rank_units
+        from prunelens.compression.methods import parse_method
+        from prunelens.plan.ranking import rank_units
 
         labels = ctx.store_labels() if ctx.ds is not None else list(ctx.methods or [])
         if len(labels) != 1:
@@ -281,8 +281,8 @@ class IterativeKnapsack(Knapsack):
     def allocate(self, ctx: AllocContext) -> Allocation:
         import copy
 
-        from prunelens.methods import parse_method
-        from prunelens.mixed import compress_mixed
+        from prunelens.compression.methods import parse_method
+        from prunelens.compression.per_unit import compress_mixed
 
         if self.score != "kl_pred":
             raise PrunelensError("iterative re-probes predicted KL; use score=kl_pred")
@@ -333,9 +333,9 @@ class IterativeKnapsack(Knapsack):
         """Predicted KL of every remaining option on the partially compressed ``work`` model (its own reference)."""
         import dataclasses
 
-        from prunelens.apply import store_prompt_ids
-        from prunelens.calibration import collect_stats
-        from prunelens.methods import parse_method
+        from prunelens.compression.calibration import collect_stats
+        from prunelens.compression.methods import parse_method
+        from prunelens.plan.apply import store_prompt_ids
         from prunelens.probe.engine import ProbeEngine, ProbeSettings
         from prunelens.probe.prompts import Prompts
 
@@ -367,7 +367,7 @@ class IterativeKnapsack(Knapsack):
 
 @hookimpl
 def register_allocators(register):
-    from prunelens.search_allocation import SearchAllocator  # search: the knapsack's seed, evolved on real KL
+    from prunelens.plan.search_allocation import SearchAllocator  # search: the knapsack's seed, evolved on real KL
 
     for cls in (Knapsack, Uniform, OWL, Ranked, IterativeKnapsack, SearchAllocator):
         register(cls)

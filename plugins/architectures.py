@@ -1,7 +1,7 @@
 """Built-in architectures: llama, qwen2, mistral, gemma3 text, gpt2, gpt_neox."""
 
-from prunelens.adapters import ArchitectureSpec
 from prunelens.hookspecs import hookimpl
+from prunelens.model.adapters import ArchitectureSpec
 
 LLAMA_LIKE = ArchitectureSpec(
     name="llama-like",

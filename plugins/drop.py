@@ -5,7 +5,7 @@ In ``perturb`` the unit is swapped for a module that returns zeros (a sublayer) 
 KV cache for its layer: ``DynamicCache.get_seq_length()`` reads layer 0, so a dropped
 ``L0.attn`` that left its cache empty would make generation restart positions at 0.
 The placeholder is never read (nothing attends through a dropped attention).
-For a whole model (``compress_model`` / ``prunelens compress``) see ``prunelens.compress.drop_units``.
+For a whole model (``compress_model`` / ``prunelens compress``) see ``prunelens.compression.sequential.drop_units``.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelens.adapters import Adapter
+from prunelens.compression.methods import Method
 from prunelens.hookspecs import hookimpl
-from prunelens.methods import Method
+from prunelens.model.adapters import Adapter
 from prunelens.units import Unit
 
 
@@ -112,8 +112,8 @@ class Drop(Method):
             yield
 
     def apply(self, loaded: Any, units: list[Unit], progress: bool = False) -> dict:
-        """Whole-model form: drop ``units`` for good (see ``prunelens.compress.drop_units``)."""
-        from prunelens.compress import drop_units
+        """Whole-model form: drop ``units`` for good (see ``prunelens.compression.sequential.drop_units``)."""
+        from prunelens.compression.sequential import drop_units
 
         return drop_units(loaded, units)
 

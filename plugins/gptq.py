@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from prunelens.compression.methods import WeightMethod
+from prunelens.compression.obs_solver import OBS_PARAMS, obs_compress
+from prunelens.compression.quant_grid import Grid
 from prunelens.hookspecs import hookimpl
-from prunelens.methods import WeightMethod
-from prunelens.obs import OBS_PARAMS, obs_compress
-from prunelens.quantizer import Grid
 from prunelens_plugins.rtn import QUANT_PARAMS
 
 

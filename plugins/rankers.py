@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from prunelens.compression.methods import Param
 from prunelens.hookspecs import hookimpl
-from prunelens.methods import Param
-from prunelens.ranking import RankContext, Ranker, resolve_method, store_means
+from prunelens.plan.ranking import RankContext, Ranker, resolve_method, store_means
 from prunelens.units import Unit
 
 
@@ -89,7 +89,7 @@ def row_cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def dense_ids(ctx: RankContext, samples: int, length: int, seed: int) -> torch.Tensor:
-    from prunelens.data import token_windows
+    from prunelens.text.corpora import token_windows
 
     if ctx.calib_ids is not None:
         return torch.as_tensor(ctx.calib_ids)

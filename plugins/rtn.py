@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from prunelens.compression.methods import Param, WeightMethod
+from prunelens.compression.quant_grid import Grid, check_bits, check_group_size
 from prunelens.hookspecs import hookimpl
-from prunelens.methods import Param, WeightMethod
-from prunelens.quantizer import Grid, check_bits, check_group_size
 
 QUANT_PARAMS = {
     "bits": Param(int, 4, "bits per weight (2..8)", check_bits),

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from prunelens.compression.methods import Param, WeightMethod
+from prunelens.compression.obs_solver import OBS_PARAMS, obs_compress
+from prunelens.compression.sparsity_masks import check_sparsity, parse_pattern
 from prunelens.hookspecs import hookimpl
-from prunelens.methods import Param, WeightMethod
-from prunelens.obs import OBS_PARAMS, obs_compress
-from prunelens.sparsity import check_sparsity, parse_pattern
 
 
 class SparseGPT(WeightMethod):

@@ -1,5 +1,5 @@
 """Built-in evaluation tasks: perplexity, next-line multiple choice (two formats),
-generation agreement with the dense model, and GSM8K. All data is offline (``prunelens.data``)."""
+generation agreement with the dense model, and GSM8K. All data is offline (``prunelens.text.corpora``)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from prunelens import tasks as T
-from prunelens.data import hash_tokens, token_windows
-from prunelens.evaluation import Param, Task, positive
+from prunelens.evaluation.task_runner import Param, Task, positive
+from prunelens.evaluation import scoring as T
 from prunelens.hookspecs import hookimpl
+from prunelens.text.corpora import hash_tokens, token_windows
 
 
 def _n(default: int) -> Param:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from prunelens.compression.methods import Param, WeightMethod
+from prunelens.compression.sparsity_masks import check_sparsity, nm_mask, parse_pattern, topk_mask
 from prunelens.hookspecs import hookimpl
-from prunelens.methods import Param, WeightMethod
-from prunelens.sparsity import check_sparsity, nm_mask, parse_pattern, topk_mask
 
 
 def wanda_scores(weight: torch.Tensor, input_norms: torch.Tensor) -> torch.Tensor:

@@ -8,9 +8,9 @@ from typing import Any
 
 from prunelens.errors import PrunelensError
 
-from .quiet import quiet
 from .schema import SCHEMA_VERSION, variables_for
 from .writer import damaged_cells, describe_damage
+from .zarr_warnings import quiet
 
 
 def open_store(path: str | Path, allow_incomplete: bool = False, verify: bool = True) -> Any:

@@ -17,8 +17,8 @@ import numpy as np
 
 from prunelens.errors import PrunelensError
 
-from .quiet import quiet
 from .stats import cell_means
+from .zarr_warnings import quiet
 
 DEFAULT_TEMPERATURE = 1.0  # the temperature shown when none is asked for (or the store's nearest)
 TEMPERATURE_ATOL = 1e-6  # an explicit temperature matches a store label within this

@@ -26,10 +26,10 @@ import numpy as np
 
 from prunelens.errors import PrunelensError
 
-from .quiet import quiet
 from .schema import METRICS, SCHEMA_VERSION, template
 from .stats import spearman
 from .view import StoreView
+from .zarr_warnings import quiet
 
 EXTRA_CELL_VARS = {"nonfinite": ("method", "unit")}  # count of non-finite measured values per cell
 IDENTITY_ATTR = "identity"  # JSON of what must match for a resume

@@ -56,6 +56,6 @@ def tiny_llama():
 @pytest.fixture(scope="session")
 def smollm2():
     """The bundled SmolLM2-135M (prepared by setup). Mark tests using it with ``real_model``."""
-    from prunelens.models import load_model
+    from prunelens.model.loading import load_model
 
     return load_model("smollm2-135m")

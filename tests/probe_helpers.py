@@ -7,7 +7,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from prunelens.methods import Method, Param
+from prunelens.compression.methods import Method, Param
 
 
 class ScaleOutput(Method):

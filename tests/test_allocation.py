@@ -12,12 +12,12 @@ import pytest
 import torch
 from rank_helpers import random_ids, save_tiny, synthetic_store
 
-from prunelens.allocation import AllocContext, allocate_plan, layer_combinations, solve_mckp, store_options
-from prunelens.budgets import Budget, option_effect, parse_budget_spec, unit_sizes
+from prunelens.compression.methods import expand_method_specs, expand_methods, parse_method
 from prunelens.errors import PrunelensError
-from prunelens.methods import expand_method_specs, expand_methods, parse_method
-from prunelens.models import load_model
-from prunelens.plans import Plan
+from prunelens.model.loading import load_model
+from prunelens.plan.allocation import AllocContext, allocate_plan, layer_combinations, solve_mckp, store_options
+from prunelens.plan.budgets import Budget, option_effect, parse_budget_spec, unit_sizes
+from prunelens.plan.document import Plan
 from prunelens.units import Unit
 
 SPECS = ["drop", "wanda:sparsity=0.3", "wanda:sparsity=0.5", "wanda:sparsity=0.7", "rtn:bits=2", "rtn:bits=3",
@@ -223,8 +223,8 @@ MIXED = [("L0.attn", "wanda:sparsity=0.5"), ("L0.mlp", "sparsegpt:sparsity=0.6")
 
 
 def test_mixed_plan_equals_its_units_applied_one_by_one(tiny_dir):
-    from prunelens.compress import compress_model
-    from prunelens.mixed import compress_mixed
+    from prunelens.compression.per_unit import compress_mixed
+    from prunelens.compression.sequential import compress_model
 
     ids = random_ids(batch=6, length=16, seed=5)
     a, b = load_model(str(tiny_dir)), load_model(str(tiny_dir))
@@ -245,8 +245,8 @@ def test_mixed_plan_equals_its_units_applied_one_by_one(tiny_dir):
 
 
 def test_apply_mixed_plan_with_a_block_drop_reports_zeros_and_bytes(tiny_dir, tmp_path):
-    from prunelens.apply import apply_plan
-    from prunelens.plans import PlanUnit
+    from prunelens.plan.apply import apply_plan
+    from prunelens.plan.document import PlanUnit
 
     base = load_model(str(tiny_dir))
     units = [PlanUnit(unit="L0", method="wanda:sparsity=0.5"), PlanUnit(unit="L1", method="drop"),
@@ -315,9 +315,9 @@ def test_probe_sweep_then_allocate_apply_validate(tiny_dir, tmp_path):
     """End to end on a tiny model: a level sweep probe, a bits-budget knapsack plan, apply, validate."""
     from click.testing import CliRunner
 
-    from prunelens.apply import apply_plan, validate_plan
     from prunelens.cli import main
-    from prunelens.ranking import load_store
+    from prunelens.plan.apply import apply_plan, validate_plan
+    from prunelens.plan.ranking import load_store
 
     store = tmp_path / "sweep.zarr"
     res = CliRunner().invoke(main, ["probe", "--model", str(tiny_dir), "--method", "rtn:bits=2,3,8", "--units", "block",
@@ -383,8 +383,8 @@ def test_knapsack_band_keeps_every_level_near_the_target(loaded):
 def test_iterative_knapsack_fixes_front_layers_and_reprobes_the_rest(loaded):
     import copy
 
-    from prunelens.apply import store_prompt_ids
-    from prunelens.mixed import compress_mixed
+    from prunelens.compression.per_unit import compress_mixed
+    from prunelens.plan.apply import store_prompt_ids
     from prunelens.probe.engine import ProbeEngine, ProbeSettings
     from prunelens.probe.prompts import Prompts
 
@@ -417,7 +417,7 @@ def test_iterative_knapsack_fixes_front_layers_and_reprobes_the_rest(loaded):
 
 
 def test_report_shows_a_mixed_plan(loaded, tmp_path):
-    from prunelens.report import write_report
+    from prunelens.workflow.report import write_report
 
     ds = _store(loaded, methods=["wanda:sparsity=0.5", "wanda:sparsity=0.7", "drop"])
     plan = allocate_plan(ds, allocator="knapsack", budget="sparsity=0.6", temperature=0.7, loaded=loaded)
@@ -431,8 +431,8 @@ def test_report_shows_a_mixed_plan(loaded, tmp_path):
 
 def test_uniform_plan_applied_mixed_or_whole_is_the_same(tiny_dir):
     """Uniform (one spec: compress_model) and per-block plans (compress_mixed) differ only in the allocation."""
-    from prunelens.compress import compress_model
-    from prunelens.mixed import compress_mixed
+    from prunelens.compression.per_unit import compress_mixed
+    from prunelens.compression.sequential import compress_model
 
     ids = random_ids(batch=4, length=16, seed=2)
     a, b = load_model(str(tiny_dir)), load_model(str(tiny_dir))
@@ -445,8 +445,8 @@ def test_uniform_plan_applied_mixed_or_whole_is_the_same(tiny_dir):
 
 def test_mixed_plan_with_a_block_drop_equals_one_by_one_with_renumbering(tiny_dir):
     """A dropped block ahead of calibrated units: later layers calibrate on the model without it."""
-    from prunelens.compress import compress_model
-    from prunelens.mixed import compress_mixed
+    from prunelens.compression.per_unit import compress_mixed
+    from prunelens.compression.sequential import compress_model
 
     ids = random_ids(batch=4, length=16, seed=4)
     a, b = load_model(str(tiny_dir)), load_model(str(tiny_dir))
@@ -463,7 +463,7 @@ def test_mixed_plan_with_a_block_drop_equals_one_by_one_with_renumbering(tiny_di
 def test_bytes_budget_drops_blocks_and_the_checkpoint_fits(loaded, tmp_path):
     from safetensors import safe_open
 
-    from prunelens.apply import apply_plan
+    from prunelens.plan.apply import apply_plan
 
     sizes = unit_sizes(loaded)
     block = sizes.params["L0"] * sizes.bytes_per_param

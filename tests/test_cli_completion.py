@@ -5,9 +5,9 @@ from __future__ import annotations
 from click.shell_completion import ShellComplete
 
 from prunelens.cli import main
-from prunelens.evaluation import task_registry
-from prunelens.methods import method_registry
-from prunelens.ranking import ranker_registry
+from prunelens.compression.methods import method_registry
+from prunelens.evaluation.task_runner import task_registry
+from prunelens.plan.ranking import ranker_registry
 
 
 def completions(args: list[str], incomplete: str) -> list[str]:

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from rank_helpers import save_tiny
 
 from prunelens.cli import main
-from prunelens.devices import resolve_device
+from prunelens.model.devices import resolve_device
 
 
 @pytest.mark.parametrize("cuda,want", [(True, "cuda"), (False, "cpu")])

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from rank_helpers import save_tiny, synthetic_store
 
 from prunelens.cli import main
-from prunelens.models import load_model
+from prunelens.model.loading import load_model
 
 ELLIPSIS = "…"
 LONG = "a-directory-name-long-enough-that-any-table-showing-it-overflows-eighty-columns"
@@ -116,7 +116,7 @@ def test_rank_json_and_csv_to_stdout(setup, tmp_path, monkeypatch):
 
 
 def test_plan_and_validate_json(setup, tmp_path, monkeypatch):
-    from prunelens.plans import Plan
+    from prunelens.plan.document import Plan
 
     _, _, store = setup
     monkeypatch.chdir(tmp_path)

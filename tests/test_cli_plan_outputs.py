@@ -69,11 +69,11 @@ def test_a_count_budget_the_store_cannot_fill_is_an_error(store, tmp_path, kind,
 
 def test_a_count_budget_the_ranking_cannot_fill_names_what_it_reaches(store, tmp_path):
     """8 units fit together, but safest first this ranking takes a block that excludes its sublayers."""
-    from prunelens.planning import select_units
-    from prunelens.ranking import load_store, rank_units
+    from prunelens.plan.ranking import load_store, rank_units
+    from prunelens.plan.unit_selection import safest_units
 
     df = rank_units(load_store(store), method="drop", kind=None, temperature=1.0, by="kl_pred")
-    reached = len(select_units(list(df["unit"]), 8))
+    reached = len(safest_units(list(df["unit"]), 8))
     assert reached < 8  # the independent count this store's ranking gives
     res = _cli("plan", store, "-T", "1.0", "--budget", "8", "--out", tmp_path / "p.json")
     _one_line_error(res, f"this ranking reaches {reached}: ask for at most {reached}")

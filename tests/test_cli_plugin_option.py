@@ -16,7 +16,7 @@ PLUGIN = '''
 """randprune: a test method registered from a file."""
 import torch
 from prunelens.hookspecs import hookimpl
-from prunelens.methods import WeightMethod
+from prunelens.compression.methods import WeightMethod
 
 
 class RandPrune(WeightMethod):
@@ -55,7 +55,7 @@ def test_plugin_after_the_subcommand_is_loaded(tmp_path):
 
 def test_provenance_of_a_file_plugin_names_the_file(tmp_path):
     from prunelens import plugins
-    from prunelens.methods import method_provenance
+    from prunelens.compression.methods import method_provenance
 
     path = tmp_path / "randprune.py"
     path.write_text(PLUGIN)

@@ -25,11 +25,11 @@ import os, signal
 
 import torch
 
-import prunelens.data
-import prunelens.resume
+import prunelens.text.corpora
+import prunelens.compression.resume
 
 AT = int(os.environ.get("KILL_AFTER_LAYER", "-1"))
-_save = prunelens.resume.LayerWork.save
+_save = prunelens.compression.resume.LayerWork.save
 
 
 def save(self, i, *a, **k):
@@ -42,8 +42,8 @@ def token_windows(tok, n, length, split="calib", seed=0):
     return torch.randint(2, 96, (n, length), generator=torch.Generator().manual_seed(seed)).numpy()
 
 
-prunelens.resume.LayerWork.save = save
-prunelens.data.token_windows = token_windows
+prunelens.compression.resume.LayerWork.save = save
+prunelens.text.corpora.token_windows = token_windows
 '''
 
 
@@ -92,8 +92,8 @@ def test_compress_killed_after_a_layer_resumes_bit_identical(setup, tmp_path):
 def test_apply_of_a_mixed_plan_killed_after_a_layer_resumes_bit_identical(setup, tmp_path):
     from transformers import AutoConfig
 
-    from prunelens.models import config_hash
-    from prunelens.plans import Plan, PlanUnit
+    from prunelens.model.loading import config_hash
+    from prunelens.plan.document import Plan, PlanUnit
 
     units = [("L0.attn", "wanda:sparsity=0.5"), ("L0.mlp", "sparsegpt:sparsity=0.5"), ("L1.attn", "drop"),
              ("L2", "sparsegpt:sparsity=0.5"), ("L3.mlp", "wanda:sparsity=0.5")]
@@ -111,9 +111,9 @@ def test_resume_restores_the_layers_and_the_next_inputs_exactly(tmp_path):
     import torch
     from test_methods_compress import CALIB, loaded_of
 
-    from prunelens.compress import compress_model
-    from prunelens.methods import parse_method
-    from prunelens.resume import LayerWork
+    from prunelens.compression.methods import parse_method
+    from prunelens.compression.resume import LayerWork
+    from prunelens.compression.sequential import compress_model
 
     method = parse_method("sparsegpt:sparsity=0.5")
     ref = make_tiny_model("llama", layers=4)
@@ -145,8 +145,8 @@ def test_resume_restores_the_layers_and_the_next_inputs_exactly(tmp_path):
 
 
 def test_a_work_folder_of_another_run_or_not_ours_is_refused(tmp_path):
+    from prunelens.compression.resume import LayerWork, work_dir_for
     from prunelens.errors import PrunelensError
-    from prunelens.resume import LayerWork, work_dir_for
 
     assert work_dir_for(tmp_path / "out") == tmp_path / "out.partial"
     LayerWork.open(tmp_path / "out.partial", {"method": "wanda:sparsity=0.5"})
@@ -175,10 +175,10 @@ def _interrupt_in(monkeypatch, target: str, name: str) -> None:
 def test_ctrl_c_claims_resume_only_where_the_command_resumes(setup, tmp_path, monkeypatch):
     from prunelens.cli import main
 
-    _interrupt_in(monkeypatch, "prunelens.ranking", "load_store")
+    _interrupt_in(monkeypatch, "prunelens.plan.ranking", "load_store")
     res = CliRunner().invoke(main, ["rank", str(tmp_path)])
     assert res.exit_code == 130 and res.output.strip() == "Interrupted."
-    _interrupt_in(monkeypatch, "prunelens.compress", "compress_model")
+    _interrupt_in(monkeypatch, "prunelens.compression.sequential", "compress_model")
     res = CliRunner().invoke(main, ["compress", "--model", str(setup / "tiny"), "--method", "magnitude",
                                     "--out", str(tmp_path / "m")])
     assert res.exit_code == 130

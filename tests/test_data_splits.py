@@ -8,14 +8,14 @@ import json
 import numpy as np
 import pytest
 
-from prunelens.data import SPLITS, _tokenized, data_splits, shakespeare_works, token_windows
+from prunelens.text.corpora import SPLITS, _tokenized, data_splits, shakespeare_works, token_windows
 
 
 @pytest.fixture(scope="module")
 def tok():
     from transformers import AutoTokenizer
 
-    from prunelens.models import prepared_path
+    from prunelens.model.loading import prepared_path
 
     return AutoTokenizer.from_pretrained(prepared_path("smollm2-135m"))
 
@@ -44,7 +44,7 @@ def _occurs(window: np.ndarray, stream: bytes) -> bool:
 def test_no_window_of_one_split_occurs_in_another(tok):
     """Every split's windows (as the entry points draw them) occur in their own text and in no other split's."""
     from prunelens.probe.prompts import shakespeare_prompts
-    from prunelens.tokens import convention
+    from prunelens.text.tokens import convention
 
     skip = len(convention(tok).prefix)
     streams = {s: _tokenized(tok, s)[0].astype(np.int64).tobytes() for s in SPLITS}
@@ -65,7 +65,7 @@ def test_no_window_of_one_split_occurs_in_another(tok):
 
 def test_default_probe_prompts_ask_for_the_probe_split(monkeypatch):
     """Probe prompts without --prompts come from the probe split (the search's own split: test_search_allocation)."""
-    import prunelens.data
+    import prunelens.text.corpora
 
     asked = []
 
@@ -73,7 +73,7 @@ def test_default_probe_prompts_ask_for_the_probe_split(monkeypatch):
         asked.append(split)
         return np.full((n, length), 5, dtype=np.int64)
 
-    monkeypatch.setattr(prunelens.data, "token_windows", windows)
+    monkeypatch.setattr(prunelens.text.corpora, "token_windows", windows)
     from prunelens.probe.prompts import shakespeare_prompts
 
     shakespeare_prompts(None, 2, 4)
@@ -85,7 +85,7 @@ def test_probe_store_and_plan_record_the_splits(tmp_path):
     from rank_helpers import save_tiny
 
     from prunelens.cli import main
-    from prunelens.ranking import load_store
+    from prunelens.plan.ranking import load_store
 
     model = save_tiny(tmp_path / "tiny", layers=2)
     store = tmp_path / "s.zarr"

@@ -9,8 +9,8 @@ from click.testing import CliRunner
 from rank_helpers import save_tiny
 
 from prunelens.cli import main
-from prunelens.models import load_model, tensor_digest, weights_fingerprint
-from prunelens.offload import has_offload, offloaded_tensors
+from prunelens.model.loading import load_model, tensor_digest, weights_fingerprint
+from prunelens.model.offload import has_offload, offloaded_tensors
 
 METHODS = ("drop", "magnitude:sparsity=0.5", "wanda:sparsity=0.5", "sparsegpt:sparsity=0.5")
 SMALL_CPU = 60_000  # bytes of "cpu" memory for accelerate: the embedding and a layer or so; the rest goes to disk
@@ -64,8 +64,8 @@ def test_offloaded_cells_equal_the_plain_run(tmp_path):
 
 def test_offloaded_weights_are_restored_after_a_cell(tmp_path):
     """A weight method's edit lasts only while its cell is open: the offloaded values come back exactly."""
-    from prunelens.methods import parse_method
-    from prunelens.offload import onloaded
+    from prunelens.compression.methods import parse_method
+    from prunelens.model.offload import onloaded
     from prunelens.units import Unit
 
     loaded = _offloaded(save_tiny(tmp_path / "tiny"), tmp_path / "off")
@@ -191,7 +191,7 @@ def test_out_of_memory_at_load_is_one_line(tmp_path, monkeypatch):
 
 
 def test_cpu_allocator_failure_counts_as_out_of_memory():
-    from prunelens.devices import is_out_of_memory
+    from prunelens.model.devices import is_out_of_memory
 
     assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:116] DefaultCPUAllocator: can't allocate "
                                          "memory: you tried to allocate 1000000000000 bytes."))
@@ -208,8 +208,8 @@ def test_compress_refuses_offloaded_weights(tmp_path):
 
 
 def test_device_and_dtype_choices():
-    from prunelens.devices import auto_dtype, parse_max_memory, rank_device
     from prunelens.errors import PrunelensError
+    from prunelens.model.devices import auto_dtype, parse_max_memory, rank_device
 
     assert auto_dtype("float32", "cpu") == "float32"  # CPU numbers stay float32
     assert auto_dtype("float32", "cuda:1") == "bfloat16"
@@ -230,8 +230,8 @@ def test_obs_column_loop_has_no_host_syncs():
     not grow with the number of columns: none happens per column."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from prunelens.obs import obs_compress
-    from prunelens.quantizer import Grid
+    from prunelens.compression.obs_solver import obs_compress
+    from prunelens.compression.quant_grid import Grid
 
     class Syncs(TorchDispatchMode):
         def __init__(self):
@@ -265,7 +265,7 @@ def test_low_precision_readout_is_chunked_and_exact(monkeypatch):
     import torch.nn.functional as F
     from conftest import make_tiny_model
 
-    from prunelens.adapters import get_adapter
+    from prunelens.model.adapters import get_adapter
     from prunelens.probe import engine as eng
 
     model = make_tiny_model("llama", layers=2).to(torch.bfloat16)
@@ -283,7 +283,7 @@ def test_weights_load_straight_onto_the_device_in_the_resolved_dtype(tmp_path, m
     checkpoint; a bf16 checkpoint stays bf16 on the CPU."""
     import transformers
 
-    from prunelens.models import resolve_dtype
+    from prunelens.model.loading import resolve_dtype
 
     model = save_tiny(tmp_path / "tiny", layers=2)
     seen = {}

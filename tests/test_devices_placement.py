@@ -129,8 +129,8 @@ def _split(model) -> None:
 def test_probe_over_two_devices_moves_every_crossing_tensor(dtype, decode):
     from conftest import make_tiny_model
 
-    from prunelens.adapters import get_adapter
-    from prunelens.methods import parse_method
+    from prunelens.compression.methods import parse_method
+    from prunelens.model.adapters import get_adapter
     from prunelens.probe.engine import ProbeEngine, ProbeSettings
     from prunelens.probe.prompts import Prompts
     from prunelens.units import Unit

@@ -17,7 +17,7 @@ from prunelens.cli import main
 def tiny_dir(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from prunelens.models import is_prepared, prepared_path
+    from prunelens.model.loading import is_prepared, prepared_path
 
     if not is_prepared("smollm2-135m"):
         pytest.skip("the bundled SmolLM2 tokenizer is not prepared")
@@ -45,7 +45,7 @@ def test_eval_cli_json_matches_direct_perplexity(tiny_dir, tmp_path):
     assert "samples" not in record
     from transformers import AutoModelForCausalLM
 
-    from prunelens.data import token_windows
+    from prunelens.text.corpora import token_windows
 
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     windows = torch.as_tensor(token_windows(tok, 2, 10, split="heldout", seed=4))
@@ -90,7 +90,7 @@ def test_report_reads_what_eval_json_writes(tiny_dir, tmp_path):
 
 def test_eval_results_reader_accepts_old_and_by_model_shapes():
     from prunelens.errors import PrunelensError
-    from prunelens.eval_results import read_results
+    from prunelens.evaluation.results import read_results
 
     old = {"model": "m", "results": {"mc_nextline": {"acc": 0.5, "n": 4.0}}}
     assert read_results(old) == {"m": {"mc_nextline": {"acc": 0.5, "n": 4.0}}}
@@ -150,7 +150,7 @@ def test_docs_plugin_example_registers_and_runs(tiny_dir, tmp_path):
 
     from test_eval_tasks import _loaded
 
-    from prunelens.evaluation import run_tasks
+    from prunelens.evaluation.task_runner import run_tasks
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "eval.md").read_text()
     code = next(b for b in re.findall(r"```python\n(.*?)```", doc, flags=re.S) if "class FirstToken" in b)

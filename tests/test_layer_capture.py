@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import TINY_ARCHS, make_tiny_model
 
-from prunelens.adapters import LayerCall, get_adapter
-from prunelens.calibration import collect_stats
+from prunelens.compression.calibration import collect_stats
+from prunelens.model.adapters import LayerCall, get_adapter
 from prunelens.units import Unit
 
 IDS = torch.randint(2, 90, (2, 12), generator=torch.Generator().manual_seed(11))

@@ -16,9 +16,9 @@ import torch
 import yaml
 from rank_helpers import save_tiny, synthetic_store
 
-from prunelens.models import BUNDLED, load_model, prepared_path
-from prunelens.planning import plan_from_store
-from prunelens.plans import mergekit_source
+from prunelens.model.loading import BUNDLED, load_model, prepared_path
+from prunelens.plan.document import mergekit_source
+from prunelens.plan.unit_selection import plan_from_store
 
 
 def _mergekit_python() -> str | None:
@@ -81,7 +81,7 @@ def test_mergekit_yaml_output_equals_prunelens_apply(block_plan, tmp_path):
         pytest.skip("mergekit is not installed (set PRUNELENS_MERGEKIT_PYTHON to a Python that has it)")
     from safetensors.torch import load_file
 
-    from prunelens.apply import apply_plan
+    from prunelens.plan.apply import apply_plan
 
     _, _, plan = block_plan
     yaml_path = tmp_path / "plan.yaml"

@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
-from prunelens.adapters import get_adapter
-from prunelens.calibration import Stats, collect_stats
+from prunelens.compression.calibration import Stats, collect_stats
+from prunelens.model.adapters import get_adapter
 from prunelens.units import Unit
 
 

@@ -11,13 +11,13 @@ import torch
 from click.testing import CliRunner
 from conftest import TINY_ARCHS, make_tiny_model
 
-from prunelens.adapters import get_adapter, linear_weight
-from prunelens.calibration import collect_stats
-from prunelens.compress import compress_model, drop_units, save_checkpoint
+from prunelens.compression.calibration import collect_stats
+from prunelens.compression.methods import parse_method
+from prunelens.compression.sequential import compress_model, drop_units, save_checkpoint
 from prunelens.errors import PrunelensError
-from prunelens.methods import parse_method
-from prunelens.models import LoadedModel
-from prunelens.perplexity import perplexity
+from prunelens.evaluation.perplexity import perplexity
+from prunelens.model.adapters import get_adapter, linear_weight
+from prunelens.model.loading import LoadedModel
 from prunelens.units import Unit
 
 
@@ -173,7 +173,7 @@ def test_cli_drop_checkpoints_generate(tiny_dir, tmp_path, units, layers):
 
 
 def test_cli_weight_method_with_options(tiny_dir, tmp_path, monkeypatch):
-    import prunelens.data
+    import prunelens.text.corpora
 
     seen = {}
 
@@ -181,7 +181,7 @@ def test_cli_weight_method_with_options(tiny_dir, tmp_path, monkeypatch):
         seen.update(n=n, length=length, split=split)
         return torch.randint(2, 96, (n, length), generator=torch.Generator().manual_seed(seed)).numpy()
 
-    monkeypatch.setattr(prunelens.data, "token_windows", fake_windows)
+    monkeypatch.setattr(prunelens.text.corpora, "token_windows", fake_windows)
     out = tmp_path / "w"
     res = _cli("compress", "--model", str(tiny_dir), "--method", "wanda", "--pattern", "2:4", "--units", "mlp",
                "--calib-samples", "4", "--calib-len", "16", "--out", str(out), "--json")
@@ -235,7 +235,7 @@ def test_real_model_drop_checkpoint(smollm2, tmp_path):
 
 def test_third_party_method_file_works_everywhere(tmp_path):
     """The docs' example method, loaded from a file, works in perturb and compress_model."""
-    from prunelens.methods import method_registry
+    from prunelens.compression.methods import method_registry
     from prunelens.plugins import load_plugin_file
 
     src = (Path(__file__).parents[1] / "docs" / "methods.md").read_text()
@@ -253,7 +253,7 @@ def test_third_party_method_file_works_everywhere(tmp_path):
 
 
 def _check_ternary():
-    from prunelens.methods import method_registry
+    from prunelens.compression.methods import method_registry
 
     assert "ternary" in method_registry()
     method = parse_method("ternary:scale=2")

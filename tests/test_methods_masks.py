@@ -7,10 +7,10 @@ import itertools
 import pytest
 import torch
 
-from prunelens.calibration import Stats
+from prunelens.compression.calibration import Stats
+from prunelens.compression.methods import parse_method
+from prunelens.compression.quant_grid import Grid
 from prunelens.errors import PrunelensError
-from prunelens.methods import parse_method
-from prunelens.quantizer import Grid
 
 
 def _norm_stats(s: torch.Tensor) -> Stats:
@@ -124,8 +124,8 @@ def test_validation_errors(spec, needle):
 
 
 def test_unit_kind_error_lists_what_it_can(tiny_llama):
-    from prunelens.adapters import get_adapter
-    from prunelens.methods import WeightMethod
+    from prunelens.compression.methods import WeightMethod
+    from prunelens.model.adapters import get_adapter
     from prunelens.units import Unit
 
     class AttnOnly(WeightMethod):

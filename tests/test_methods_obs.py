@@ -7,10 +7,10 @@ import warnings
 import pytest
 import torch
 
-from prunelens.calibration import Stats
+from prunelens.compression.calibration import Stats
+from prunelens.compression.methods import parse_method
+from prunelens.compression.obs_solver import inverse_hessian_cholesky, obs_compress
 from prunelens.errors import PrunelensError
-from prunelens.methods import parse_method
-from prunelens.obs import inverse_hessian_cholesky, obs_compress
 
 
 def correlated_inputs(n: int = 2048, d: int = 64, seed: int = 0) -> torch.Tensor:

@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import TINY_ARCHS, make_tiny_model
 
-from prunelens.adapters import get_adapter
-from prunelens.calibration import collect_stats
-from prunelens.methods import parse_method
+from prunelens.compression.calibration import collect_stats
+from prunelens.compression.methods import parse_method
+from prunelens.model.adapters import get_adapter
 from prunelens.units import Unit
 
 SPECS = ["magnitude", "wanda", "wanda:pattern=2:4", "sparsegpt", "sparsegpt:pattern=2:4", "rtn:bits=3",

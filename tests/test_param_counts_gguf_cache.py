@@ -35,8 +35,8 @@ def saved(request, tmp_path):
 
 
 def test_unit_param_counts_count_tied_embeddings_once(saved):
-    from prunelens.models import load_model
-    from prunelens.modelinfo import unit_param_counts
+    from prunelens.model.info import unit_param_counts
+    from prunelens.model.loading import load_model
     from prunelens.units import Unit
 
     path, cfg, tied = saved
@@ -53,7 +53,7 @@ def test_unit_param_counts_count_tied_embeddings_once(saved):
 
 
 def test_unique_numel_counts_views_of_one_storage_once():
-    from prunelens.paramcount import unique_numel
+    from prunelens.model.parameter_counts import unique_numel
 
     w = torch.zeros(4, 5)
     assert unique_numel([w, w, w.view(4, 5)]) == 20
@@ -65,7 +65,7 @@ def test_unique_numel_counts_views_of_one_storage_once():
 @pytest.fixture
 def fake_convert(monkeypatch, tmp_path):
     """Replace the (slow) dequantisation by a stub that writes a checkpoint marker; count its calls."""
-    import prunelens.models as M
+    import prunelens.model.loading as M
 
     monkeypatch.setenv("PRUNELENS_HOME", str(tmp_path / "home"))
     calls: list[Path] = []
@@ -83,7 +83,7 @@ def fake_convert(monkeypatch, tmp_path):
 def test_gguf_is_converted_once_per_content_hash(fake_convert, tmp_path):
     import hashlib
 
-    from prunelens.models import _resolve, gguf_cache_dir
+    from prunelens.model.loading import _resolve, gguf_cache_dir
 
     a = tmp_path / "a.gguf"
     a.write_bytes(b"GGUF" + bytes(range(200)))
@@ -104,7 +104,7 @@ def test_models_list_shows_the_cached_gguf_location(fake_convert, tmp_path):
     from click.testing import CliRunner
 
     from prunelens.cli import main
-    from prunelens.models import _resolve
+    from prunelens.model.loading import _resolve
 
     g = tmp_path / "tiny.gguf"
     g.write_bytes(b"GGUF-tiny")

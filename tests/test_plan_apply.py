@@ -11,10 +11,10 @@ import torch
 from rank_helpers import save_tiny, synthetic_store
 
 from prunelens.errors import PrunelensError
-from prunelens.models import load_model
-from prunelens.modelinfo import unit_param_counts
-from prunelens.planning import iterative_plan, plan_from_store, select_units
-from prunelens.plans import Plan, parse_budget
+from prunelens.model.info import unit_param_counts
+from prunelens.model.loading import load_model
+from prunelens.plan.document import Plan, parse_budget
+from prunelens.plan.unit_selection import iterative_plan, plan_from_store, safest_units
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_plan_load_rejects_bad_plans(loaded, tmp_path):
 def test_mergekit_yaml_kept_ranges_match_the_plan(loaded):
     import yaml
 
-    from prunelens.plans import PlanUnit
+    from prunelens.plan.document import PlanUnit
 
     plan = plan_from_store(_store(loaded), method="drop", kind="block", temperature=0.7, by="kl_pred", budget=1)
     for dropped in ([1], [0, 3], [1, 2], [3]):
@@ -120,7 +120,7 @@ def test_budgets_by_count_and_parameter_fraction(loaded):
     real = {u.name: sum(p.numel() for p in loaded.adapter.module(u).parameters()) for u in units}
     assert counts == real and total == sum(p.numel() for p in loaded.model.parameters())
     order = ["L2", "L2.attn", "L0.mlp", "L1", "L3.attn", "L0.attn"]
-    chosen = select_units(order, 0.3, counts, total)
+    chosen = safest_units(order, 0.3, counts, total)
     # by hand: skip overlaps (L2.attn inside L2), skip what does not fit
     exp, used = [], 0
     for name in order:
@@ -131,7 +131,7 @@ def test_budgets_by_count_and_parameter_fraction(loaded):
             exp.append(name)
             used += counts[name]
     assert chosen == exp and sum(counts[c] for c in chosen) <= 0.3 * total
-    assert select_units(order, 2) == ["L2", "L0.mlp"]
+    assert safest_units(order, 2) == ["L2", "L0.mlp"]
 
 
 def _dense_step_logits(model, ds):
@@ -145,8 +145,8 @@ def _dense_step_logits(model, ds):
 def test_apply_block_plan_loads_and_generates_in_plain_transformers(loaded, tiny_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from prunelens.apply import apply_plan, perturbed
-    from prunelens.methods import parse_method
+    from prunelens.compression.methods import parse_method
+    from prunelens.plan.apply import apply_plan, perturbed
 
     ds = _store(loaded, seed=2)
     plan = plan_from_store(ds, method="drop", kind="block", temperature=0.7, by="kl_pred", budget=2)
@@ -170,7 +170,7 @@ def test_apply_block_plan_loads_and_generates_in_plain_transformers(loaded, tiny
 def test_apply_sublayer_plan_and_validate_predicted_vs_measured(loaded, tiny_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from prunelens.apply import apply_plan, validate_plan
+    from prunelens.plan.apply import apply_plan, validate_plan
 
     ds = _store(loaded, seed=3)
     plan = plan_from_store(ds, method="drop", kind="attn", temperature=0.7, by="kl_pred", budget=2)
@@ -193,7 +193,7 @@ def test_apply_sublayer_plan_and_validate_predicted_vs_measured(loaded, tiny_dir
 
 
 def test_iterative_plan_first_pick_is_the_single_unit_argmin(loaded):
-    from prunelens.methods import parse_method
+    from prunelens.compression.methods import parse_method
     from prunelens.units import Unit
 
     ds = _store(loaded, seed=4)

@@ -13,19 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_api_names_are_the_real_classes():
     import prunelens
-    from prunelens import (
-        Method,
-        Param,
-        PrunelensError,
-        Unit,
-        WeightMethod,
-        errors,
-        hookimpl,
-        hookspecs,
-        methods,
-        params,
-        units,
-    )
+    from prunelens import Method, Param, PrunelensError, Unit, WeightMethod, errors, hookimpl, hookspecs, params, units
+    from prunelens.compression import methods
 
     assert (hookimpl, Method, WeightMethod, Param, Unit, PrunelensError) == (
         hookspecs.hookimpl, methods.Method, methods.WeightMethod, params.Param, units.Unit, errors.PrunelensError)

@@ -87,7 +87,7 @@ def loaded(tmp_path_factory):
     code = textwrap.dedent(f'''
         import json
         from prunelens.plugins import load_plugin_file
-        from prunelens.methods import method_registry, parse_method
+        from prunelens.compression.methods import method_registry, parse_method
         for f in {files!r}:
             load_plugin_file(f)
         reg = method_registry()
@@ -114,7 +114,7 @@ def test_a_broken_method_is_refused_with_one_warning_and_the_rest_works(loaded, 
 
 
 def test_the_checks_on_the_builtins_find_nothing():
-    from prunelens.methods import method_problem, method_registry
+    from prunelens.compression.methods import method_problem, method_registry
     from prunelens.plugins import registration_problem
 
     for name, (_, cls) in method_registry().items():
@@ -128,8 +128,8 @@ def test_the_checks_on_the_builtins_find_nothing():
 
 def test_a_broken_task_ranker_or_allocator_default_is_refused():
     from prunelens.params import Param
+    from prunelens.plan.ranking import Ranker
     from prunelens.plugins import registration_problem
-    from prunelens.ranking import Ranker
 
     class Slow(Ranker):
         name = "slow"
@@ -156,7 +156,7 @@ def test_plugins_lists_the_refusal_and_the_same_shadowing_warning_as_a_command(t
     assert listed.returncode == 0, listed.stderr
     infos = {i["name"]: i for i in json.loads(listed.stdout)}
     assert infos["noname"]["methods"] == ["good_noname"] and "has no name" in infos["noname"]["error"]
-    code = ("import sys\nfrom prunelens.plugins import load_plugin_file\nfrom prunelens.methods import parse_method\n"
+    code = ("import sys\nfrom prunelens.plugins import load_plugin_file\nfrom prunelens.compression.methods import parse_method\n"
             "for f in sys.argv[1:]:\n    load_plugin_file(f)\nparse_method('magnitude')\n")
     used = subprocess.run([sys.executable, "-c", code, str(shadow), str(broken)], capture_output=True, text=True,
                           timeout=300, env=ENV)

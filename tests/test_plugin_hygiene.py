@@ -14,7 +14,7 @@ import pytest
 METHOD_PLUGIN = textwrap.dedent(
     '''
     from prunelens.hookspecs import hookimpl
-    from prunelens.methods import Param, WeightMethod
+    from prunelens.compression.methods import Param, WeightMethod
 
     class Flip(WeightMethod):
         """Test method: multiply every weight by -scale."""
@@ -88,7 +88,7 @@ def test_builtin_manifest_matches_what_the_hooks_register():
 # -- overriding a built-in is an explicit opt-in -------------------------------------------------
 def test_overriding_a_builtin_needs_opt_in(tmp_path):
     _fake_distribution(tmp_path, "prunelens-fakedrop", "prunelens_fakedrop", METHOD_PLUGIN.format(name="drop"))
-    code = "from prunelens.methods import method_registry; print(method_registry()['drop'][0])"
+    code = "from prunelens.compression.methods import method_registry; print(method_registry()['drop'][0])"
     res = _py(code, _env(tmp_path))
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "drop"  # the built-in is kept

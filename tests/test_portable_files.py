@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from rank_helpers import save_tiny, synthetic_store
 
 from prunelens.cli import main
-from prunelens.models import load_model
+from prunelens.model.loading import load_model
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_copied_plan_validates_from_another_directory(made, monkeypatch):
 
 
 def test_relative_store_path_resolves_beside_the_plan(made, tmp_path, monkeypatch):
-    from prunelens.plans import Plan
+    from prunelens.plan.document import Plan
 
     _, _, work, _ = made
     plan_dir = tmp_path / "shared"
@@ -78,8 +78,8 @@ def test_relative_store_path_resolves_beside_the_plan(made, tmp_path, monkeypatc
 
 @pytest.mark.parametrize("mask", [0o022, 0o027])
 def test_outputs_follow_the_umask(made, tmp_path, mask):
-    from prunelens.apply import apply_plan
-    from prunelens.plans import Plan
+    from prunelens.plan.apply import apply_plan
+    from prunelens.plan.document import Plan
 
     _, _, work, _ = made
     old = os.umask(mask)

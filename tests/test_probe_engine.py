@@ -8,7 +8,7 @@ import torch
 from conftest import make_tiny_model
 from probe_helpers import NaiveProbe, ScaleOutput, ZeroOutput, naive_metrics, single_thread
 
-from prunelens.adapters import get_adapter
+from prunelens.model.adapters import get_adapter
 from prunelens.probe.distributed import Ranks
 from prunelens.probe.engine import ProbeEngine, ProbeSettings
 from prunelens.probe.prompts import Prompts
@@ -88,14 +88,14 @@ def test_engine_matches_naive_zeroed_attention(arch):
 
 @pytest.mark.parametrize("unit", [Unit(0, "block"), Unit(2, "mlp")])
 def test_engine_matches_naive_magnitude(unit):
-    from prunelens.methods import parse_method
+    from prunelens.compression.methods import parse_method
 
     model = make_tiny_model("llama", layers=3)
     check_against_naive(get_adapter(model), parse_method("magnitude:sparsity=0.6"), unit, prompts(seed=1))
 
 
 def test_engine_matches_naive_drop_block():
-    from prunelens.methods import parse_method
+    from prunelens.compression.methods import parse_method
 
     model = make_tiny_model("qwen2", layers=3)
     check_against_naive(get_adapter(model), parse_method("drop"), Unit(1, "block"), prompts(seed=2))
@@ -141,7 +141,7 @@ def test_engine_taylor_limit(locality):
 @pytest.mark.real_model
 def test_engine_matches_naive_on_smollm2(smollm2):
     """The real model (30 layers, vocab 49152): one attention drop, both localities and timings."""
-    from prunelens.methods import parse_method
+    from prunelens.compression.methods import parse_method
 
     pr = Prompts([smollm2.tokenizer("To be, or not to be, that is the question:")["input_ids"][-7:],
                   smollm2.tokenizer("Now is the winter of our discontent")["input_ids"][-7:]])
@@ -203,8 +203,8 @@ def test_sharded_continuation_equals_one_process_and_a_failed_rank_stops_every_r
     (tokens, cached pass, free-running reference) as one process; a rank whose share failed makes the
     other raise a clear error instead of waiting or running on."""
     import prunelens.probe.engine as E
-    from prunelens.adapters import get_adapter
     from prunelens.errors import PrunelensError
+    from prunelens.model.adapters import get_adapter
 
     ad = get_adapter(tiny_llama)
     prompts = Prompts(torch.randint(2, 90, (5, 6), generator=torch.Generator().manual_seed(1)).tolist())

@@ -16,10 +16,10 @@ import torch
 from conftest import make_tiny_model
 from probe_helpers import ScaleOutput, single_thread
 
-from prunelens.adapters import get_adapter
+from prunelens.compression.methods import parse_method
 from prunelens.errors import PrunelensError
-from prunelens.methods import parse_method
-from prunelens.models import LoadedModel, config_hash
+from prunelens.model.adapters import get_adapter
+from prunelens.model.loading import LoadedModel, config_hash
 from prunelens.probe.engine import ProbeEngine, ProbeSettings
 from prunelens.probe.prompts import Prompts
 from prunelens.probe.run import run_probe
@@ -193,7 +193,7 @@ def test_sample_settings_are_checked():
 # -- checkpoint:path=DIR (pruned mode) ------------------------------------------------------
 
 def _compressed_copy(tmp_path, spec: str, calib_ids=None, arch="llama"):
-    from prunelens.compress import compress_model
+    from prunelens.compression.sequential import compress_model
 
     work = tiny_loaded(arch)
     compress_model(work, parse_method(spec), None, calib_ids=calib_ids, progress=False)
@@ -207,7 +207,7 @@ def _cells(eng, method, units, stats=None):
 
 
 def test_checkpoint_method_equals_the_method_probed_directly(tmp_path):
-    from prunelens.calibration import collect_stats
+    from prunelens.compression.calibration import collect_stats
 
     loaded = tiny_loaded("llama")
     units = select_units("attn,mlp", 3)
@@ -263,9 +263,8 @@ def test_checkpoint_of_another_architecture_or_shape_is_refused_with_one_line(tm
 # -- --base PLAN ------------------------------------------------------------------------------
 
 def test_base_plan_probes_every_unit_on_top_of_the_applied_plan(tmp_path):
-    from prunelens.apply import perturbed
-    from prunelens.plans import Plan, PlanUnit
-    from prunelens.apply import apply_base
+    from prunelens.plan.apply import apply_base, perturbed
+    from prunelens.plan.document import Plan, PlanUnit
 
     ref = tiny_loaded("llama")
     plan = Plan(model_id="tiny", config_hash=ref.config_hash, method="drop", units=[PlanUnit("L1.attn")],

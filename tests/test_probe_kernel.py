@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from prunelens.probe import kernel as K
+from prunelens.probe import vocab_pass as K
 from prunelens.probe.metrics import row_metrics
 
 TEMPS = [0.7, 1.0]
@@ -69,9 +69,9 @@ def kernel_home(tmp_path_factory):
 @pytest.fixture(params=["native", "aoti"])
 def kernel_backend(request, monkeypatch):
     """Each compiled kernel: the C function (a CPU's default) and AOTInductor (a GPU's, forced here)."""
-    from prunelens.probe import native
+    from prunelens.probe import vocab_pass_c
 
-    if request.param == "native" and native.compiler() is None:
+    if request.param == "native" and vocab_pass_c.compiler() is None:
         pytest.skip("no C compiler")
     monkeypatch.setenv("PRUNELENS_KERNEL_BACKEND", request.param)
     return request.param
@@ -313,8 +313,8 @@ def test_a_kernel_that_cannot_be_built_falls_back_to_eager(monkeypatch, tmp_path
 
 def test_compiled_engine_probe_equals_eager(tiny_llama, kernel_home, monkeypatch):
     """A whole compiled-mode probe (tiny model, vocabulary 96) equals the eager one."""
-    from prunelens.adapters import get_adapter
-    from prunelens.methods import parse_method
+    from prunelens.compression.methods import parse_method
+    from prunelens.model.adapters import get_adapter
     from prunelens.probe.engine import ProbeEngine, ProbeSettings
     from prunelens.probe.prompts import Prompts
     from prunelens.units import select_units
@@ -338,12 +338,12 @@ def test_native_kernel_equals_eager_at_a_ragged_vocabulary_any_thread_count(kern
     """The C kernel at a vocabulary that is not a multiple of its 8 lanes or 1024-element blocks, three
     temperatures, perturbations from 1e-6 to overflow: the eager sums where finite, the same inf/NaN where
     not (a NaN logit stays NaN, argmax picks the first NaN like torch), bitwise equal at 1 and 2 threads."""
-    from prunelens.probe import native
+    from prunelens.probe import vocab_pass_c
 
     monkeypatch.setenv("PRUNELENS_HOME", str(kernel_home))
-    if native.compiler() is None:
+    if vocab_pass_c.compiler() is None:
         pytest.skip("no C compiler")
-    lib, _ = native.load_library()
+    lib, _ = vocab_pass_c.load_library()
     g = torch.Generator().manual_seed(3)
     rows, vocab, temps = 9, 2 * 1024 + 13, [0.5, 1.0, 2.0]
     z = 4 * torch.randn(rows, vocab, generator=g)
@@ -356,9 +356,9 @@ def test_native_kernel_equals_eager_at_a_ragged_vocabulary_any_thread_count(kern
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = native.native_sums(lib, *args)
+        one = vocab_pass_c.native_sums(lib, *args)
         torch.set_num_threads(2)
-        two = native.native_sums(lib, *args)
+        two = vocab_pass_c.native_sums(lib, *args)
     finally:
         torch.set_num_threads(before)
     for a, b in zip(one, two):
@@ -431,12 +431,12 @@ def test_dense_rows_argmax_keeps_the_first_index_rule_on_ties():
 def test_native_dense_pass_equals_torch_top_k_and_argmax_rule(kernel_home, monkeypatch):
     """The C kernel's dense pass: Σz² (relative 1e-5), the top-10 ids and values of torch's topk, argmax's
     first index where the maximum ties, any thread count; a row with a NaN is left to torch's rules."""
-    from prunelens.probe import native
+    from prunelens.probe import vocab_pass_c
 
     monkeypatch.setenv("PRUNELENS_HOME", str(kernel_home))
-    if native.compiler() is None:
+    if vocab_pass_c.compiler() is None:
         pytest.skip("no C compiler")
-    lib, _ = native.load_library()
+    lib, _ = vocab_pass_c.load_library()
     g = torch.Generator().manual_seed(5)
     z = 3 * torch.randn(7, 3 * 64 + 5, generator=g)
     z[2, 150] = z[2, 40] = z[2, 196] = 30.0  # a three-way tie for the max: argmax's first index is 40
@@ -456,6 +456,6 @@ def test_native_dense_pass_equals_torch_top_k_and_argmax_rule(kernel_home, monke
             assert torch.equal(got.top[r], want.top[r])
     assert got.top[2, :3].tolist() == [40, 150, 196] and got.top[4].tolist() == list(range(K.TOPK))
     z[3, 9] = float("nan")
-    assert native.native_dense(lib, z, K.TOPK) is None
+    assert vocab_pass_c.native_dense(lib, z, K.TOPK) is None
     nan_rows = K.DenseRows.of(z, TEMPS, lib)  # torch's rules: NaN is the maximum
     assert nan_rows.argmax[3] == 9 and torch.isnan(nan_rows.zmax[3])

@@ -13,9 +13,9 @@ import torch
 from conftest import make_tiny_model
 from probe_helpers import single_thread
 
-from prunelens.adapters import get_adapter
-from prunelens.calibration import LayerwiseStats, StatsCollector, collect_stats
-from prunelens.methods import parse_method
+from prunelens.compression.calibration import LayerwiseStats, StatsCollector, collect_stats
+from prunelens.compression.methods import parse_method
+from prunelens.model.adapters import get_adapter
 from prunelens.probe import run as run_mod
 from prunelens.probe.engine import ProbeEngine, ProbeSettings
 from prunelens.probe.prompts import load_prompts
@@ -82,7 +82,7 @@ class AllAtOnce:
     """The statistics of every probed unit gathered in one dense pass (the reference)."""
 
     def __init__(self, loaded, units, samples, length, seed):
-        from prunelens.data import token_windows
+        from prunelens.text.corpora import token_windows
 
         self.loaded, self.units = loaded, units
         self.ids = torch.as_tensor(token_windows(loaded.tokenizer, samples, length, split="calib", seed=seed))
@@ -101,7 +101,7 @@ class AllAtOnce:
 
 def _probe(tiny_dir, out, monkeypatch, cache_cls):
     """A probe of UNITS with drop, wanda and sparsegpt; per cell, the layers whose statistics are alive."""
-    from prunelens.models import load_model
+    from prunelens.model.loading import load_model
 
     registry: list[tuple[weakref.ref, int, int]] = []  # (stats, layer, bytes)
     real_attached = StatsCollector.attached

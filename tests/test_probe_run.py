@@ -16,9 +16,9 @@ import zarr
 from conftest import make_tiny_model
 from probe_helpers import single_thread
 
+from prunelens.compression.methods import parse_method
 from prunelens.errors import PrunelensError
-from prunelens.methods import parse_method
-from prunelens.models import LoadedModel, config_hash
+from prunelens.model.loading import LoadedModel, config_hash
 from prunelens.probe.engine import ProbeEngine, ProbeSettings
 from prunelens.probe.prompts import Prompts, load_prompts
 from prunelens.probe.run import run_probe
@@ -32,7 +32,7 @@ SLOW_PLUGIN = '''
 import os, time
 from contextlib import contextmanager
 from prunelens.hookspecs import hookimpl
-from prunelens.methods import Method
+from prunelens.compression.methods import Method
 
 
 class SlowScale(Method):
@@ -80,7 +80,7 @@ def tiny_dir(tmp_path_factory):
 
 
 def loaded_tiny(path):
-    from prunelens.models import load_model
+    from prunelens.model.loading import load_model
 
     return load_model(str(path))
 
@@ -123,7 +123,7 @@ def test_run_store_equals_engine_and_resume_skips(tiny_dir, tmp_path):
 
 def test_method_that_cannot_act_on_a_kind_is_a_clear_error(tmp_path):
     model = make_tiny_model("llama", layers=2)
-    from prunelens.adapters import get_adapter
+    from prunelens.model.adapters import get_adapter
 
     loaded = LoadedModel(model, None, get_adapter(model), "tiny", config_hash(model.config))
 

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from rank_helpers import save_tiny, synthetic_store
 
 from prunelens.cli import main
-from prunelens.models import load_model
-from prunelens.report import fmt
+from prunelens.model.loading import load_model
+from prunelens.workflow.report import fmt
 
 
 @pytest.fixture(scope="module")

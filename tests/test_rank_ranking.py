@@ -7,10 +7,10 @@ import pytest
 import torch
 from rank_helpers import random_ids, synthetic_store
 
-from prunelens.adapters import get_adapter
 from prunelens.errors import PrunelensError
-from prunelens.models import LoadedModel
-from prunelens.ranking import COLUMNS, rank_units, ranker_registry
+from prunelens.model.adapters import get_adapter
+from prunelens.model.loading import LoadedModel
+from prunelens.plan.ranking import COLUMNS, rank_units, ranker_registry
 
 
 def test_registry_lists_builtin_strategies():
@@ -40,7 +40,7 @@ def test_store_ranking_equals_numpy_sort(by, kind):
 
 def test_unprobed_units_come_last_and_a_nan_step_is_never_skipped():
     """Issue 15 item 2: a probed unit NaN on one step must not rank as safe (its NaN steps were skipped)."""
-    from prunelens.ranking import nonfinite_note, nonfinite_units
+    from prunelens.plan.ranking import nonfinite_note, nonfinite_units
 
     ds = synthetic_store(num_layers=4, kinds=("attn",))
     ds["kl_pred"].values[0, 1] = np.nan  # L1.attn not probed

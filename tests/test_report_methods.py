@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from rank_helpers import synthetic_store
 
 from prunelens.cli import main
-from prunelens.plans import Plan, PlanUnit
+from prunelens.plan.document import Plan, PlanUnit
 
 METHODS = ("drop", "wanda:sparsity=0.5")
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -42,7 +42,7 @@ def _table_row(md: str, first_cell: str) -> list[str]:
 
 
 def test_every_method_side_by_side_with_its_own_plots(store, tmp_path):
-    from prunelens.ranking import load_store, rank_units
+    from prunelens.plan.ranking import load_store, rank_units
 
     _report("report", store, "-T", "1.0", "--out", tmp_path / "r")
     md = (tmp_path / "r" / "report.md").read_text()

@@ -25,9 +25,9 @@ from probe_helpers import single_thread
 from rank_helpers import save_tiny, synthetic_store
 
 from prunelens.cli import main
+from prunelens.compression.methods import parse_method
 from prunelens.errors import PrunelensError
-from prunelens.methods import parse_method
-from prunelens.models import load_model, weights_fingerprint
+from prunelens.model.loading import load_model, weights_fingerprint
 from prunelens.probe.engine import ProbeSettings
 from prunelens.probe.prompts import Prompts
 from prunelens.probe.run import run_probe
@@ -42,7 +42,7 @@ ESC = "\x1b"
 NAN_PLUGIN = '''
 from contextlib import contextmanager
 from prunelens.hookspecs import hookimpl
-from prunelens.methods import Method
+from prunelens.compression.methods import Method
 
 
 class NaNOnLayer1(Method):
@@ -146,7 +146,7 @@ def test_overwrite_refuses_home_and_foreign_directories(tmp_path, monkeypatch):
 
 
 def test_checkpoint_overwrite_keeps_foreign_files_and_mode(tmp_path, tiny):
-    from prunelens.compress import save_checkpoint
+    from prunelens.compression.sequential import save_checkpoint
 
     _, loaded = tiny
     out = save_checkpoint(loaded, tmp_path / "ckpt", {"a": 1})
@@ -194,8 +194,8 @@ def test_one_minus_cos_of_nan_or_inf_is_not_zero():
 
 
 def test_nan_units_are_counted_flagged_and_never_planned(tmp_path, tiny, nan_method):
-    from prunelens.planning import plan_from_store
-    from prunelens.ranking import nonfinite_units, rank_units
+    from prunelens.plan.ranking import nonfinite_units, rank_units
+    from prunelens.plan.unit_selection import plan_from_store
 
     path, loaded = tiny
     out = tmp_path / "nan.zarr"
@@ -269,7 +269,7 @@ def test_every_transformers_load_passes_trust_remote_code():
 
 
 def test_a_store_naming_a_model_with_custom_code_never_runs_it(tmp_path, monkeypatch):
-    from prunelens.modelinfo import model_config
+    from prunelens.model.info import model_config
 
     evil = tmp_path / "evil"
     evil.mkdir()
@@ -353,7 +353,7 @@ def test_a_plugin_file_named_like_a_builtin_is_loaded(tmp_path):
     plugin = tmp_path / "drop.py"
     plugin.write_text(
         "from contextlib import contextmanager\nfrom prunelens.hookspecs import hookimpl\n"
-        "from prunelens.methods import Method\n\n"
+        "from prunelens.compression.methods import Method\n\n"
         "class Mine(Method):\n    name = 'mine_from_drop_py'\n\n"
         "    @contextmanager\n    def perturb(self, adapter, unit, stats=None):\n        yield\n\n"
         "@hookimpl\ndef register_methods(register):\n    register(Mine)\n")
@@ -673,8 +673,8 @@ def _hostile_model_dir(root: Path, target: Path, name: str) -> Path:
 
 @pytest.mark.parametrize("hostile", HOSTILE)
 def test_llmcompressor_recipe_quotes_model_path_strategy_method_and_budget(tmp_path, tiny, hostile):
-    from prunelens.export_llmc import recipe_yaml
-    from prunelens.plans import Plan, PlanUnit
+    from prunelens.plan.document import Plan, PlanUnit
+    from prunelens.plan.llmcompressor_recipe import recipe_yaml
 
     model = _hostile_model_dir(tmp_path, tiny[0], hostile)
     plan = Plan(model_id=str(model), config_hash="x", method=hostile, temperature=1.0, budget=hostile,
@@ -688,7 +688,7 @@ def test_llmcompressor_recipe_quotes_model_path_strategy_method_and_budget(tmp_p
 
 @pytest.mark.parametrize("hostile", HOSTILE)
 def test_mergekit_yaml_quotes_model_id_and_strategy(tmp_path, tiny, hostile):
-    from prunelens.plans import Plan, PlanUnit
+    from prunelens.plan.document import Plan, PlanUnit
 
     model = _hostile_model_dir(tmp_path, tiny[0], hostile)
     plan = Plan(model_id=str(model), config_hash="x", method=hostile, temperature=1.0, budget=1, strategy=hostile,
@@ -704,8 +704,8 @@ def test_mergekit_yaml_quotes_model_id_and_strategy(tmp_path, tiny, hostile):
 
 @pytest.mark.parametrize("hostile", HOSTILE)
 def test_report_plan_section_keeps_plan_strings_on_their_line(hostile):
-    from prunelens.plans import Plan, PlanUnit
-    from prunelens.report import _plan_section
+    from prunelens.plan.document import Plan, PlanUnit
+    from prunelens.workflow.report import _plan_section
 
     plan = Plan(model_id=hostile, config_hash="x", method=hostile, temperature=1.0, budget=hostile, strategy=hostile,
                 units=[PlanUnit(unit="L1", method=hostile), PlanUnit(unit="L2", method="drop")], num_layers=4)
@@ -728,10 +728,10 @@ int prunelens_dense(void) { return 0; }
 @pytest.fixture
 def kernel_env(tmp_path, monkeypatch):
     """A fresh ``PRUNELENS_HOME`` and an empty library table; skipped where no C compiler exists."""
-    from prunelens.probe import kernel_cache, native
+    from prunelens.probe import kernel_cache, vocab_pass_c
 
     monkeypatch.delenv("CC", raising=False)
-    if native.compiler() is None:
+    if vocab_pass_c.compiler() is None:
         pytest.skip("no C compiler")
     monkeypatch.setenv("PRUNELENS_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(native, "_LIB", {})
@@ -743,13 +743,13 @@ def _plant(native, target: Path, marker: Path) -> None:
     """Compile a library whose constructor creates ``marker`` to ``target``."""
     src = target.with_name("planted.c")
     src.write_text(PLANTED.replace("MARKER", str(marker)))
-    subprocess.run([native.compiler(), "-shared", "-fPIC", "-o", str(target), str(src)], check=True)
+    subprocess.run([vocab_pass_c.compiler(), "-shared", "-fPIC", "-o", str(target), str(src)], check=True)
     src.unlink()
 
 
 def _sums_work(native, lib) -> None:
     z = torch.randn(3, 50)
-    per, once = native.native_sums(lib, z, z + 0.1, z.amax(-1), (z * z).sum(-1), torch.tensor([1.0]))
+    per, once = vocab_pass_c.native_sums(lib, z, z + 0.1, z.amax(-1), (z * z).sum(-1), torch.tensor([1.0]))
     assert per.shape == (10, 1, 3) and bool(torch.isfinite(once).all())
 
 
@@ -759,7 +759,7 @@ def test_a_planted_kernel_library_never_runs(tmp_path, kernel_env, how):
     from prunelens.probe import kernel_cache
 
     native = kernel_env
-    path = native.library_path()
+    path = vocab_pass_c.library_path()
     marker = tmp_path / "PLANTED_RAN"
     planted = path if how != "symlink to a planted file" else tmp_path / "elsewhere.so"
     _plant(native, planted, marker)
@@ -777,11 +777,11 @@ def test_a_planted_kernel_library_never_runs(tmp_path, kernel_env, how):
     elif how.endswith("world-writable folder"):
         path.parent.chmod(0o777)
     with pytest.warns(UserWarning, match="writable by others") if "folder" in how else _no_warning():
-        lib, built_s = native.load_library()
+        lib, built_s = vocab_pass_c.load_library()
     assert not marker.exists(), "the planted constructor ran"
     assert built_s > 0  # rebuilt, not loaded
     _sums_work(native, lib)
-    used = native.library_path()
+    used = vocab_pass_c.library_path()
     assert kernel_cache.trusted(used) and (used == path) == ("folder" not in how)
     assert (used.parent.stat().st_mode & 0o077) == 0  # rebuilt into a private folder (0700)
 
@@ -803,8 +803,8 @@ def test_a_corrupt_kernel_library_is_rebuilt_once_then_loaded(kernel_env, damage
     from prunelens.probe import kernel_cache
 
     native = kernel_env
-    native.load_library()
-    path = native.library_path()
+    vocab_pass_c.load_library()
+    path = vocab_pass_c.library_path()
     raw = path.read_bytes()
     damaged = {"truncate": raw[: len(raw) // 3], "flip a byte": raw[:64] + bytes([raw[64] ^ 0xFF]) + raw[65:],
                "empty": b""}.get(damage)
@@ -814,19 +814,19 @@ def test_a_corrupt_kernel_library_is_rebuilt_once_then_loaded(kernel_env, damage
         tmp = path.with_name("damaged")
         tmp.write_bytes(damaged)
         os.replace(tmp, path)
-    native._LIB.clear()
+    vocab_pass_c._LIB.clear()
     with _no_warning():
-        lib, built_s = native.load_library()
+        lib, built_s = vocab_pass_c.load_library()
     assert built_s > 0 and kernel_cache.trusted(path)
     _sums_work(native, lib)
-    native._LIB.clear()
-    assert native.load_library()[1] == 0.0  # the next process loads it without building
+    vocab_pass_c._LIB.clear()
+    assert vocab_pass_c.load_library()[1] == 0.0  # the next process loads it without building
 
 
 @pytest.mark.parametrize("cc", ["/nonexistent/cc", "junk", "fails", "no output"])
 def test_a_bad_cc_is_named_in_one_line_never_replaced(tmp_path, kernel_env, monkeypatch, cc):
     from prunelens.probe import kernel_cache
-    from prunelens.probe.kernel import compiled_kernel
+    from prunelens.probe.vocab_pass import compiled_kernel
 
     scripts = {"junk": 'for a; do case "$prev" in -o) echo junk > "$a";; esac; prev=$a; done; exit 0',
                "fails": "echo 'fatal: no licence' >&2; exit 3", "no output": "exit 0"}
@@ -847,7 +847,7 @@ def test_a_bad_cc_is_named_in_one_line_never_replaced(tmp_path, kernel_env, monk
 DAMAGE_PLUGIN = '''
 from contextlib import contextmanager
 from prunelens.hookspecs import hookimpl
-from prunelens.methods import Method
+from prunelens.compression.methods import Method
 from prunelens.units import Unit
 
 
@@ -936,7 +936,7 @@ OWL_RATIOS = {0.3: [8.133, 9.128, 6.066, 7.295], 0.5: [3.118, 4.233, 8.277, 4.09
 @pytest.mark.parametrize("target", sorted(OWL_RATIOS))
 def test_owl_meets_its_own_budget_whatever_the_rounding(tiny, monkeypatch, target):
     import prunelens_plugins.allocators as A
-    from prunelens.allocation import allocate_plan
+    from prunelens.plan.allocation import allocate_plan
 
     path, loaded = tiny
     ratios = OWL_RATIOS[target]
@@ -955,7 +955,7 @@ def test_owl_meets_its_own_budget_whatever_the_rounding(tiny, monkeypatch, targe
 @pytest.mark.parametrize("resolution,ok", [("9", False), ("10", True), ("1000000", True), ("1000001", False),
                                            ("99999999", False)])
 def test_knapsack_resolution_is_bounded(resolution, ok):
-    from prunelens.allocation import get_allocator
+    from prunelens.plan.allocation import get_allocator
 
     for name in ("knapsack", "iterative"):
         try:
@@ -999,7 +999,7 @@ def test_plan_fields_of_the_wrong_type_are_one_line_in_apply_and_validate(tmp_pa
 
 
 def test_a_well_typed_plan_applies_and_its_checkpoint_record_is_the_plan(tmp_path, tiny):
-    from prunelens.plans import Plan
+    from prunelens.plan.document import Plan
 
     path, loaded = tiny
     d = _plan_dict(path, loaded)
@@ -1070,7 +1070,7 @@ def test_apply_and_compress_drop_auto_map_from_config_and_tokenizer(tmp_path, ti
                                        ("bytes=-1KB", None), ("bytes=1", 1), ("bytes=1.5", 1), ("bytes=0.5KB", 500),
                                        ("bytes=1.5KiB", 1536)])
 def test_byte_budgets_below_one_byte_are_refused_others_floored(text, want):
-    from prunelens.budgets import parse_budget_spec
+    from prunelens.plan.budgets import parse_budget_spec
 
     if want is None:
         with pytest.raises(PrunelensError, match=r"must be (at least 1 byte|positive)|not a number"):
@@ -1146,7 +1146,7 @@ def test_accelerator_word_sums_equal_numpy_and_see_one_ulp_and_a_swap(monkeypatc
 INPLACE_DAMAGE_PLUGIN = '''
 from contextlib import contextmanager
 from prunelens.hookspecs import hookimpl
-from prunelens.methods import Method
+from prunelens.compression.methods import Method
 from prunelens.units import Unit
 
 

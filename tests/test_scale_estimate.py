@@ -9,11 +9,11 @@ import torch
 from click.testing import CliRunner
 from conftest import make_tiny_model, tiny_config
 
-from prunelens.adapters import get_adapter
-from prunelens.calibration import LayerwiseStats
 from prunelens.cli import main
-from prunelens.estimate import DEVICE_CLASSES, estimate_probe
-from prunelens.methods import parse_method
+from prunelens.compression.calibration import LayerwiseStats
+from prunelens.compression.methods import parse_method
+from prunelens.model.adapters import get_adapter
+from prunelens.model.cost_estimate import DEVICE_CLASSES, estimate_probe
 from prunelens.units import select_units
 
 PROBE = ["probe", "--method", "drop", "--method", "wanda", "--method", "sparsegpt", "--units", "mlp", "--samples", "2",

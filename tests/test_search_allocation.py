@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from rank_helpers import random_ids, save_tiny, synthetic_store
 
-import prunelens.data
-import prunelens.search_allocation as sa
-from prunelens.allocation import allocate_plan
+import prunelens.plan.search_allocation as sa
+import prunelens.text.corpora
+from prunelens.compression.methods import parse_method
 from prunelens.errors import PrunelensError
-from prunelens.methods import parse_method
-from prunelens.models import load_model
+from prunelens.model.loading import load_model
+from prunelens.plan.allocation import allocate_plan
 from prunelens.units import Unit
 
 FAST = dict(generations=4, offspring=4, survivors="2", tokens="24", windows=3, window_len=16, progress=False,
@@ -42,7 +42,7 @@ def random_windows(monkeypatch):
         return random_ids(n, length, seed=offset + seed).numpy()
 
     asked: list[str] = []
-    monkeypatch.setattr(prunelens.data, "token_windows", windows)
+    monkeypatch.setattr(prunelens.text.corpora, "token_windows", windows)
     return asked
 
 
@@ -94,7 +94,7 @@ def test_bad_search_settings_are_one_line_errors(loaded):
 ])
 def test_every_candidate_spends_exactly_the_seed_budget(loaded, monkeypatch, budget, methods, kinds):
     if budget == "bytes":
-        from prunelens.budgets import unit_sizes
+        from prunelens.plan.budgets import unit_sizes
 
         sizes = unit_sizes(loaded)
         budget = f"bytes={sizes.model_bytes - 2 * sizes.params['L1'] * sizes.bytes_per_param}"
@@ -136,7 +136,7 @@ def _independent_kl(loaded, units, windows, calib):
     """KL(dense || model with each unit perturbed on dense statistics), one plain forward, no search code."""
     from contextlib import ExitStack
 
-    from prunelens.calibration import collect_stats
+    from prunelens.compression.calibration import collect_stats
 
     with torch.no_grad():
         p = F.log_softmax(loaded.model(input_ids=windows).logits.float(), -1)
@@ -151,8 +151,8 @@ def _independent_kl(loaded, units, windows, calib):
 def test_recorded_fitness_equals_an_independent_kl(loaded):
     ds = _store(loaded, ["wanda:sparsity=0.5", "wanda:sparsity=0.7"])
     plan = allocate_plan(ds, allocator="search", budget="sparsity=0.6", temperature=0.7, loaded=loaded, **FAST)
-    windows = torch.as_tensor(prunelens.data.token_windows(None, 3, 16, split="search", seed=0))
-    calib = torch.as_tensor(prunelens.data.token_windows(None, 4, 16, split="calib", seed=0))
+    windows = torch.as_tensor(prunelens.text.corpora.token_windows(None, 3, 16, split="search", seed=0))
+    calib = torch.as_tensor(prunelens.text.corpora.token_windows(None, 4, 16, split="calib", seed=0))
     assert plan.allocation["fitness"] == pytest.approx(_independent_kl(loaded, plan.units, windows, calib), rel=1e-4)
     assert all((m.weight.data is not None) for m in loaded.adapter.linears(Unit(0, "block")).values())
     dense_again = _independent_kl(loaded, [], windows, calib)
@@ -198,7 +198,7 @@ class _Planted:
 
 
 def test_search_beats_the_knapsack_on_a_planted_interaction():
-    from prunelens.allocation import solve_mckp
+    from prunelens.plan.allocation import solve_mckp
 
     weights = [0.1, 0.1, 1.0, 1.0, 3.0, 3.0]  # layers 0 and 1 look cheapest to compress hard, one by one
     combos = [[(_Option(f"L{i}", lv, w * lv * lv),) for lv in (0.5, 0.6, 0.7)] for i, w in enumerate(weights)]
@@ -254,7 +254,7 @@ def test_validate_prints_the_interaction_ratio_and_names_the_search(loaded, tmp_
 
     from click.testing import CliRunner
 
-    import prunelens.apply
+    import prunelens.plan.apply
     from prunelens.cli import main
 
     store = tmp_path / "s.zarr"
@@ -269,7 +269,7 @@ def test_validate_prints_the_interaction_ratio_and_names_the_search(loaded, tmp_
              "taylor_kl_of_set": None, "top1_agree": 1.0},
             {"k": 2, "unit": "L1", "predicted_kl": 0.3, "cumulative_predicted_kl": 0.5, "measured_kl": measured,
              "taylor_kl_of_set": None, "top1_agree": 1.0}]
-    monkeypatch.setattr(prunelens.apply, "validate_plan", lambda *a, **k: rows)
+    monkeypatch.setattr(prunelens.plan.apply, "validate_plan", lambda *a, **k: rows)
     res = CliRunner().invoke(main, ["validate", str(plan_path)], terminal_width=250)
     assert res.exit_code == 0, res.output
     assert f"interaction ratio (measured / sum of predicted KL): {measured / 0.5:.2f}" in res.output

@@ -11,14 +11,14 @@ from click.testing import CliRunner
 from rank_helpers import save_tiny, synthetic_store
 
 from prunelens.cli import main
+from prunelens.compression.methods import canonical_spec, match_spec
 from prunelens.errors import PrunelensError
-from prunelens.methods import canonical_spec, match_spec
 from prunelens.params import parse_spec
 
 LATE_FIRST = textwrap.dedent('''
     from prunelens.hookspecs import hookimpl
     from prunelens.params import Param
-    from prunelens.ranking import Ranker
+    from prunelens.plan.ranking import Ranker
 
     class LateFirst(Ranker):
         """Test ranker: later layers are safer; attention gets a bonus."""
@@ -38,7 +38,7 @@ LATE_FIRST = textwrap.dedent('''
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("spec")
     model_dir = save_tiny(root / "llama4", layers=4)
-    from prunelens.models import load_model
+    from prunelens.model.loading import load_model
 
     loaded = load_model(str(model_dir))
     ds = synthetic_store(num_layers=4, seed=3, methods=("wanda", "rtn:bits=8"),
@@ -129,7 +129,7 @@ def test_rank_refuses_specs_with_other_effective_parameters(store, spec):
 
 
 def test_tui_backend_and_report_resolve_through_the_same_function(store):
-    from prunelens.ranking import resolve_method
+    from prunelens.plan.ranking import resolve_method
 
     _, _, ds, _ = store
     import prunelens_tui.backend as backend
@@ -174,7 +174,7 @@ def test_list_strategies_needs_no_store():
 
 
 def test_task_specs_use_the_same_grammar():
-    from prunelens.evaluation import parse_task
+    from prunelens.evaluation.task_runner import parse_task
 
     assert parse_task("perplexity:n_samples=3").n_samples == 3
     with pytest.raises(PrunelensError, match="empty value"):
@@ -184,7 +184,7 @@ def test_task_specs_use_the_same_grammar():
 
 
 def test_allocator_specs_and_method_choice_use_the_same_grammar_and_identity(store):
-    from prunelens.allocation import AllocContext, parse_allocator_spec
+    from prunelens.plan.allocation import AllocContext, parse_allocator_spec
 
     assert parse_allocator_spec("owl:M=5,lmbda=0.1") == ("owl", {"M": "5", "lmbda": "0.1"})
     with pytest.raises(PrunelensError, match="empty value"):

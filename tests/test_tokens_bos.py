@@ -44,7 +44,7 @@ ARCH = {"gemma": "gemma3_text", "llama": "llama", "plain": "llama"}
 @pytest.fixture(scope="module", params=["gemma", "llama", "plain"])
 def case(request, tmp_path_factory):
     """A saved tiny model + tokenizer, reloaded the way a user loads it (AutoTokenizer from the directory)."""
-    from prunelens.models import load_model
+    from prunelens.model.loading import load_model
 
     mode = request.param
     d = tmp_path_factory.mktemp(mode) / "model"
@@ -65,7 +65,7 @@ def expect_prefix(mode: str) -> list[int]:
 
 
 def test_convention_is_read_from_the_tokenizer(case):
-    from prunelens.tokens import convention
+    from prunelens.text.tokens import convention
 
     mode, _, loaded = case
     conv = convention(loaded.tokenizer)
@@ -74,7 +74,7 @@ def test_convention_is_read_from_the_tokenizer(case):
 
 
 def test_encode_equals_the_tokenizers_own_ids(case):
-    from prunelens import tasks as T
+    from prunelens.evaluation import scoring as T
 
     mode, _, loaded = case
     tok = loaded.tokenizer
@@ -85,7 +85,7 @@ def test_encode_equals_the_tokenizers_own_ids(case):
 
 
 def test_token_windows_start_like_the_tokenizer_and_keep_their_length(case):
-    from prunelens.data import _tokenized, token_windows
+    from prunelens.text.corpora import _tokenized, token_windows
 
     mode, _, loaded = case
     tok = loaded.tokenizer
@@ -114,7 +114,7 @@ def test_text_prompts_follow_the_convention_and_truncation_keeps_bos(case, tmp_p
 
 
 def _capture(monkeypatch, name: str, result):
-    from prunelens import tasks as T
+    from prunelens.evaluation import scoring as T
 
     seen: dict = {}
     real = getattr(T, name)
@@ -128,7 +128,7 @@ def _capture(monkeypatch, name: str, result):
 
 
 def test_every_task_builds_its_sequences_with_the_convention(case, monkeypatch):
-    from prunelens.evaluation import parse_task
+    from prunelens.evaluation.task_runner import parse_task
 
     mode, _, loaded = case
     tok = loaded.tokenizer
@@ -145,7 +145,7 @@ def test_every_task_builds_its_sequences_with_the_convention(case, monkeypatch):
 
     nl = _capture(monkeypatch, "grouped_logprobs", None)
     parse_task("mc_nextline:n_samples=4").run(loaded)
-    from prunelens import tasks as T
+    from prunelens.evaluation import scoring as T
 
     items = T.nextline_items(4, 0, 6)
     assert nl["rows"] == [own_ids(tok, it.context) for it in items]
@@ -159,8 +159,8 @@ def test_every_task_builds_its_sequences_with_the_convention(case, monkeypatch):
 
 
 def test_calibration_and_dense_ranker_windows_follow_the_convention(case):
-    from prunelens.compress import _default_calibration
-    from prunelens.ranking import RankContext
+    from prunelens.compression.sequential import _default_calibration
+    from prunelens.plan.ranking import RankContext
     from prunelens_plugins.rankers import dense_ids
 
     mode, _, loaded = case

@@ -78,7 +78,7 @@ async def test_every_screen_and_switches(store):
 
 
 async def test_rank_and_export_equal_plan_from_store(store, tmp_path):
-    plans = pytest.importorskip("prunelens.planning", reason="prunelens.planning is not in the tree")
+    plans = pytest.importorskip("prunelens.plan.unit_selection", reason="prunelens.plan.unit_selection is not in the tree")
     from textual.widgets import Input, Select
 
     from prunelens_tui.backend import open_store
@@ -182,9 +182,9 @@ def real_store(tmp_path_factory):
     pytest.importorskip("prunelens.probe.run", reason="the probe engine is not in the tree")
     from conftest import make_tiny_model
 
-    from prunelens.adapters import get_adapter
-    from prunelens.methods import parse_method
-    from prunelens.models import LoadedModel
+    from prunelens.compression.methods import parse_method
+    from prunelens.model.adapters import get_adapter
+    from prunelens.model.loading import LoadedModel
     from prunelens.probe.engine import ProbeSettings
     from prunelens.probe.prompts import Prompts
     from prunelens.probe.run import run_probe
@@ -200,7 +200,7 @@ def real_store(tmp_path_factory):
 
 
 async def test_real_probe_store_every_screen_and_plan(real_store, tmp_path):
-    plans = pytest.importorskip("prunelens.planning", reason="prunelens.planning is not in the tree")
+    plans = pytest.importorskip("prunelens.plan.unit_selection", reason="prunelens.plan.unit_selection is not in the tree")
     from textual.widgets import Input
 
     from prunelens_tui.backend import open_store

@@ -14,7 +14,7 @@ from textual.widgets import Input, Select
 from tui_helpers import MONO, SIZE, screen_text, settle, use_mono
 
 from prunelens.cli import main
-from prunelens.plans import Plan
+from prunelens.plan.document import Plan
 from prunelens_tui.app import PrunelensApp
 from prunelens_tui.backend import open_store
 from prunelens_tui.synthetic import make_store

@@ -64,7 +64,7 @@ def test_theory(snap_compare, store):
 
 
 def test_plan_after_ranking(snap_compare, store):
-    pytest.importorskip("prunelens.plans", reason="prunelens.plans is not in the tree")
+    pytest.importorskip("prunelens.plan.document", reason="prunelens.plan.document is not in the tree")
 
     async def go(pilot):
         await settle(pilot)
@@ -118,7 +118,7 @@ def pilot_saw_every_glyph(seen: dict[str, str]) -> bool:
 
 def test_plan_after_method_switch(snap_compare, store):
     """``m`` and ``k`` on the heatmap, then the plan screen: its boxes and status line name wanda and block."""
-    pytest.importorskip("prunelens.plans", reason="prunelens.plans is not in the tree")
+    pytest.importorskip("prunelens.plan.document", reason="prunelens.plan.document is not in the tree")
 
     async def go(pilot):
         await settle(pilot)

@@ -20,14 +20,14 @@ def test_nothing_close_gives_no_suggestion():
 
 
 def test_unknown_method_suggests_through_the_registry():
-    from prunelens.methods import parse_method
+    from prunelens.compression.methods import parse_method
 
     with pytest.raises(PrunelensError, match=r"unknown method 'sparsgpt'; did you mean sparsegpt\? available: .*wanda"):
         parse_method("sparsgpt:sparsity=0.5")
 
 
 def test_misspelt_model_alias_lists_bundled_models():
-    from prunelens.models import _resolve
+    from prunelens.model.loading import _resolve
 
     with pytest.raises(PrunelensError, match=r"unknown model 'smollm2-135'; did you mean smollm2-135m\? "
                                              r"available: smollm2-135m"):
@@ -38,8 +38,8 @@ def test_misspelt_model_alias_lists_bundled_models():
 
 
 def test_other_lookups_use_the_same_message():
-    from prunelens.budgets import parse_budget_spec
-    from prunelens.data import shakespeare_works
+    from prunelens.plan.budgets import parse_budget_spec
+    from prunelens.text.corpora import shakespeare_works
 
     with pytest.raises(PrunelensError, match=r"unknown split 'heldot'; did you mean heldout\?"):
         shakespeare_works("heldot")
@@ -48,7 +48,7 @@ def test_other_lookups_use_the_same_message():
 
 
 def test_estimate_and_units_use_the_same_message():
-    from prunelens.estimate import load_config
+    from prunelens.model.cost_estimate import load_config
     from prunelens.units import all_units
 
     with pytest.raises(PrunelensError, match=r"unknown unit kind 'mpl'; did you mean mlp\? available: attn, block, mlp"):

@@ -45,7 +45,7 @@ def _unit_mean(ds, var: str, unit: str, temperature: float = 1.0, **sel) -> floa
 
 @pytest.fixture(scope="module")
 def store_and_ranking():
-    from prunelens.ranking import rank_units
+    from prunelens.plan.ranking import rank_units
 
     ds = synthetic_store(num_layers=5, seed=7)
     df = rank_units(ds, method="drop", kind="mlp", temperature=1.0, by="kl_pred")
@@ -89,7 +89,7 @@ def test_ranking_json_rows_are_the_ranking(store_and_ranking):
 
 
 def test_plan_table_lists_the_chosen_units_with_cumulative_kl(store_and_ranking):
-    from prunelens.planning import plan_from_store
+    from prunelens.plan.unit_selection import plan_from_store
 
     ds, df = store_and_ranking
     plan = plan_from_store(ds, method="drop", kind="mlp", temperature=1.0, by="kl_pred", budget=3, ranking=df)
@@ -189,8 +189,8 @@ def test_export_plan_to_stdout(tmp_path, capsys):
 
 
 def test_export_plan_recipe_of_a_real_plan(store_and_ranking, tmp_path):
-    from prunelens.planning import plan_from_store
-    from prunelens.plans import Plan
+    from prunelens.plan.document import Plan
+    from prunelens.plan.unit_selection import plan_from_store
 
     ds, df = store_and_ranking
     plan = plan_from_store(ds, method="drop", kind="mlp", temperature=1.0, by="kl_pred", budget=2, ranking=df)

@@ -1,7 +1,7 @@
 """The TUI's thin door to the core: open a store, rank units, build and export a plan.
 
 Every function calls the real implementation (``prunelens_store.reader``,
-``prunelens.ranking``, ``prunelens.planning``, ``prunelens.plans``); nothing here ranks or
+``prunelens.plan.ranking``, ``prunelens.plan.unit_selection``, ``prunelens.plan.document``); nothing here ranks or
 plans by itself. A missing piece becomes a ``PrunelensError`` that the UI shows as a message.
 """
 
@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import prunelens.planning
-import prunelens.ranking
+import prunelens.plan.ranking
+import prunelens.plan.unit_selection
 from prunelens.errors import PrunelensError
-from prunelens.plans import Plan
+from prunelens.plan.document import Plan
 from prunelens.workflow.export import export_plan, prepare_plan
 
 
@@ -57,13 +57,13 @@ def clean_labels(ds):
 
 def ranker_choices() -> list[tuple[str, str]]:
     """(name, description) of every ranking strategy that needs only the store."""
-    return [(name, cls.description) for name, (_, cls) in sorted(prunelens.ranking.ranker_registry().items())
+    return [(name, cls.description) for name, (_, cls) in sorted(prunelens.plan.ranking.ranker_registry().items())
             if cls.needs == "store"]
 
 
 def rank_units(ds: Any, **choices: Any) -> Any:
-    """``prunelens.ranking.rank_units`` (a DataFrame sorted safest first)."""
-    return prunelens.ranking.rank_units(ds, **choices)
+    """``prunelens.plan.ranking.rank_units`` (a DataFrame sorted safest first)."""
+    return prunelens.plan.ranking.rank_units(ds, **choices)
 
 
 def store_path_of(path: str | Path | None) -> str:
@@ -74,10 +74,10 @@ def store_path_of(path: str | Path | None) -> str:
 
 
 def plan_from_store(ds: Any, ranked: Any, *, budget: str, store_path: str, **choices: Any) -> Plan:
-    """``prunelens.planning.plan_from_store`` on the ranking already shown (the store is not ranked again),
+    """``prunelens.plan.unit_selection.plan_from_store`` on the ranking already shown (the store is not ranked again),
     then ``workflow.export.prepare_plan`` as ``prunelens plan`` does (the data record; no unit, or every layer
     removed, is an error)."""
-    plan = prunelens.planning.plan_from_store(ds, ranking=ranked, budget=budget, store_path=store_path_of(store_path),
+    plan = prunelens.plan.unit_selection.plan_from_store(ds, ranking=ranked, budget=budget, store_path=store_path_of(store_path),
                                               **choices)
     return prepare_plan(plan, ds)
 

@@ -54,7 +54,7 @@ def progress(path: str | Path) -> Progress:
     """The store's ``done`` mask counted and its ``complete`` attr, read from disk (not from an open dataset)."""
     import zarr
 
-    from prunelens_store.quiet import quiet
+    from prunelens_store.zarr_warnings import quiet
 
     path = Path(path)
     with quiet():

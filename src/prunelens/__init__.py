@@ -16,26 +16,26 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 if TYPE_CHECKING:
-    from .adapters import Adapter, ArchitectureSpec
-    from .allocation import Allocator, AllocContext
-    from .errors import PrunelensError
-    from .evaluation import Task
-    from .hookspecs import hookimpl
-    from .methods import Method, WeightMethod
-    from .params import Param
-    from .ranking import RankContext, Ranker
-    from .units import Unit
+    from prunelens.compression.methods import Method, WeightMethod
+    from prunelens.errors import PrunelensError
+    from prunelens.evaluation.task_runner import Task
+    from prunelens.hookspecs import hookimpl
+    from prunelens.model.adapters import Adapter, ArchitectureSpec
+    from prunelens.params import Param
+    from prunelens.plan.allocation import Allocator, AllocContext
+    from prunelens.plan.ranking import RankContext, Ranker
+    from prunelens.units import Unit
 
 # public name -> the module that defines it
 _API = {
     "hookimpl": "hookspecs",
-    "Method": "methods", "WeightMethod": "methods",
+    "Method": "compression.methods", "WeightMethod": "compression.methods",
     "Param": "params",
     "Unit": "units",
-    "Adapter": "adapters", "ArchitectureSpec": "adapters",
-    "Task": "evaluation",
-    "Ranker": "ranking", "RankContext": "ranking",
-    "Allocator": "allocation", "AllocContext": "allocation",
+    "Adapter": "model.adapters", "ArchitectureSpec": "model.adapters",
+    "Task": "evaluation.task_runner",
+    "Ranker": "plan.ranking", "RankContext": "plan.ranking",
+    "Allocator": "plan.allocation", "AllocContext": "plan.allocation",
     "PrunelensError": "errors",
 }
 

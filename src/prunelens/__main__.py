@@ -1,5 +1,5 @@
 """``python -m prunelens``."""
 
-from .cli import main
+from prunelens.cli import main
 
 main()

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .errors import PrunelensError
+from prunelens.errors import PrunelensError
 
 STDOUT = "-"
 _umask_lock = threading.Lock()

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 from pluggy import HookimplMarker, HookspecMarker
 
 if TYPE_CHECKING:
-    from .adapters import ArchitectureSpec
-    from .allocation import Allocator
-    from .evaluation import Task
-    from .methods import Method
-    from .ranking import Ranker
+    from prunelens.compression.methods import Method
+    from prunelens.evaluation.task_runner import Task
+    from prunelens.model.adapters import ArchitectureSpec
+    from prunelens.plan.allocation import Allocator
+    from prunelens.plan.ranking import Ranker
 
 hookspec = HookspecMarker("prunelens")
 hookimpl = HookimplMarker("prunelens")
@@ -40,4 +40,4 @@ def register_rankers(register: Callable[[type[Ranker]], None]) -> None:
 
 @hookspec
 def register_allocators(register: Callable[[type[Allocator]], None]) -> None:
-    """Register budget allocators: ``register(AllocatorSubclass)`` (see ``prunelens.allocation``)."""
+    """Register budget allocators: ``register(AllocatorSubclass)`` (see ``prunelens.plan.allocation``)."""

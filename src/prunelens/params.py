@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .errors import PrunelensError
+from prunelens.errors import PrunelensError
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ def guard_output_dir(out: str | Path, *, overwrite: bool, force: bool = False, f
     ``overwrite`` is set; a directory that is not a checkpoint, or holds other files, only with
     ``force`` as well. The current directory, home, their parents and a root: never.
     """
-    from .errors import PrunelensError
+    from prunelens.errors import PrunelensError
 
     path = Path(out).expanduser().resolve()
     if path.exists() and not path.is_dir():
@@ -82,7 +82,7 @@ def guard_output_dir(out: str | Path, *, overwrite: bool, force: bool = False, f
 
 def check_writable_dir(directory: Path, *, flag: str, shown: str | Path) -> None:
     """One-line error unless files can be created in ``directory`` (or its nearest existing parent)."""
-    from .errors import PrunelensError
+    from prunelens.errors import PrunelensError
 
     d = Path(directory)
     while not d.exists() and d != d.parent:
@@ -100,7 +100,7 @@ def check_writable_dir(directory: Path, *, flag: str, shown: str | Path) -> None
 
 def check_writable_file(path: str | Path | None, *, flag: str) -> None:
     """One-line error unless a file can be written at ``path`` (checked before any long work)."""
-    from .errors import PrunelensError
+    from prunelens.errors import PrunelensError
 
     if path is None:
         return

@@ -36,9 +36,9 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
-from .errors import PrunelensError
-from .params import declaration_problem
+from prunelens import hookspecs
+from prunelens.errors import PrunelensError
+from prunelens.params import declaration_problem
 
 ENTRY_POINT_GROUP = "prunelens"
 ENV_ALLOWLIST = "PRUNELENS_LOAD_PLUGINS"
@@ -52,7 +52,7 @@ BUILTIN_MODULES = (
     "prunelens_plugins.drop",
     "prunelens_plugins.rtn",
     "prunelens_plugins.gptq",
-    "prunelens_plugins.checkpoint",
+    "prunelens_plugins.checkpoint_swap",
     "prunelens_plugins.rankers",
     "prunelens_plugins.allocators",
     "prunelens_plugins.tasks",
@@ -71,7 +71,7 @@ BUILTIN_MANIFEST: dict[str, dict[str, list[str]]] = {
     "drop": {"hooks": ["register_methods"], "methods": ["drop"]},
     "rtn": {"hooks": ["register_methods"], "methods": ["rtn"]},
     "gptq": {"hooks": ["register_methods"], "methods": ["gptq"]},
-    "checkpoint": {"hooks": ["register_methods"], "methods": ["checkpoint"]},
+    "checkpoint_swap": {"hooks": ["register_methods"], "methods": ["checkpoint"]},
     "rankers": {"hooks": ["register_rankers"], "rankers": ["angular", "block_influence", "kl", "kl_pred", "llm_drop"]},
     "allocators": {"hooks": ["register_allocators"],
                    "allocators": ["iterative", "knapsack", "owl", "ranked", "search", "uniform"]},
@@ -153,7 +153,7 @@ def _load_builtins() -> None:
     if _builtins_loaded:
         return
     _builtins_loaded = True
-    from . import __version__
+    from prunelens import __version__
 
     for modname in BUILTIN_MODULES:
         _register(importlib.import_module(modname), modname.rsplit(".", 1)[-1], "builtin", __version__,
@@ -262,7 +262,7 @@ def collect(hook_name: str, load: bool = True) -> list[tuple[str, Any]]:
 def registration_problem(hook_name: str, item: Any) -> str | None:
     """Why ``item``, registered through ``hook_name``, cannot work, or None (architectures are not checked)."""
     if hook_name == "register_methods":
-        methods = sys.modules.get("prunelens.methods")  # not imported: nothing can subclass its Method yet
+        methods = sys.modules.get("prunelens.compression.methods")  # not imported: nothing can subclass its Method yet
         if methods is None:
             return f"{item!r} is not a subclass of prunelens.Method"
         problem: str | None = methods.method_problem(item)
@@ -295,7 +295,7 @@ def plugin_infos(import_builtins: bool = True) -> list[PluginInfo]:
     from ``BUILTIN_MANIFEST`` instead of importing them (which imports torch); third-party plugins
     are always loaded and asked.
     """
-    from . import __version__
+    from prunelens import __version__
 
     if import_builtins:
         load_plugins()

@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .errors import PrunelensError, unknown
+from prunelens.errors import PrunelensError, unknown
 
 KINDS = ("block", "attn", "mlp")
 _UNIT_RE = re.compile(r"^L(\d+)(?:\.(attn|mlp))?$")

@@ -15,7 +15,7 @@ from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Header, Input, ProgressBar, Select, Static
 
 from prunelens.errors import PrunelensError
-from prunelens.plans import Plan
+from prunelens.plan.document import Plan
 from prunelens.safe_text import clean, esc
 
 from .. import backend

@@ -12,8 +12,8 @@ import sys
 
 import click
 
-from .. import __version__
-from ..errors import PrunelensError
+from prunelens import __version__
+from prunelens.errors import PrunelensError
 
 
 class PrunelensGroup(click.Group):
@@ -44,19 +44,19 @@ class PrunelensGroup(click.Group):
         try:
             return super().invoke(ctx)
         except PrunelensError as exc:
-            from ..safe_text import clean
+            from prunelens.safe_text import clean
 
             click.secho(f"Error: {clean(exc)}", err=True, fg="red")  # no terminal escapes from a store or a path
             sys.exit(1)
         except (RuntimeError, MemoryError) as exc:  # out of memory anywhere (a cell names itself): one line
-            from ..devices import is_out_of_memory, out_of_memory
+            from prunelens.model.devices import is_out_of_memory, out_of_memory
 
             if not is_out_of_memory(exc):
                 raise
             click.secho(f"Error: {out_of_memory('', exc)}", err=True, fg="red")
             sys.exit(1)
         except KeyboardInterrupt:
-            from ._interrupt import interrupted_message
+            from prunelens.cli._interrupt import interrupted_message
 
             click.echo(interrupted_message(ctx), err=True)
             sys.exit(130)
@@ -99,7 +99,7 @@ def main(plugin_files: tuple[str, ...]) -> None:
     moves hidden states, logits and probabilities next to the Taylor predictions, rank
     the units at your deployment temperature and export a plan.
     """
-    from ..plugins import load_plugin_file
+    from prunelens.plugins import load_plugin_file
 
     for path in plugin_files:
         load_plugin_file(path)

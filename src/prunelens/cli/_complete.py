@@ -32,18 +32,18 @@ def _complete(names: dict[str, str], incomplete: str, *, listed: bool = False) -
 
 
 def complete_method(ctx: Any, param: Any, incomplete: str) -> list[CompletionItem]:
-    from ..methods import method_registry
+    from prunelens.compression.methods import method_registry
 
     return _complete(_names(method_registry), incomplete)
 
 
 def complete_ranker(ctx: Any, param: Any, incomplete: str) -> list[CompletionItem]:
-    from ..ranking import ranker_registry
+    from prunelens.plan.ranking import ranker_registry
 
     return _complete(_names(ranker_registry), incomplete)
 
 
 def complete_tasks(ctx: Any, param: Any, incomplete: str) -> list[CompletionItem]:
-    from ..evaluation import task_registry
+    from prunelens.evaluation.task_runner import task_registry
 
     return _complete(_names(task_registry), incomplete, listed=True)

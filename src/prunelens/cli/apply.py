@@ -20,19 +20,19 @@ import click
               help="Print the result as JSON (checkpoint path, summary, validation rows) instead of text.")
 def command(plan_path, out, overwrite, force, calib_samples, calib_len, validate_store, as_json) -> None:
     """Apply PLAN to its model and save the result to --out (safetensors + tokenizer + prunelens.json)."""
-    from ..apply import apply_plan
-    from ..console import make_console
-    from ..fileio import refuse_stdout_dir
-    from ..paths import guard_output_dir
-    from ..plans import Plan
-    from ..workflow.summaries import apply_lines
+    from prunelens.console import make_console
+    from prunelens.fileio import refuse_stdout_dir
+    from prunelens.paths import guard_output_dir
+    from prunelens.plan.apply import apply_plan
+    from prunelens.plan.document import Plan
+    from prunelens.workflow.summaries import apply_lines
 
     refuse_stdout_dir(out, "--out")
     guard_output_dir(out, overwrite=overwrite, force=force)  # before any work
     console = make_console(stderr=as_json)  # with --json, stdout carries the JSON only
     plan = Plan.load(plan_path)
-    from ..resume import work_dir_for
-    from ._interrupt import mark_resumable
+    from prunelens.cli._interrupt import mark_resumable
+    from prunelens.compression.resume import work_dir_for
 
     mark_resumable(f"rerun the same command to resume after the last finished layer (kept in {work_dir_for(out)})")
     path, summary = apply_plan(plan, out, calib_samples=calib_samples, calib_len=calib_len, overwrite=overwrite,
@@ -41,16 +41,16 @@ def command(plan_path, out, overwrite, force, calib_samples, calib_len, validate
         console.print(line)
     rows = None
     if validate_store:
-        from ..apply import validate_plan
-        from ..ranking import load_store
-        from ..workflow.tables import validation_table
+        from prunelens.plan.apply import validate_plan
+        from prunelens.plan.ranking import load_store
+        from prunelens.workflow.tables import validation_table
 
         rows = validate_plan(plan, load_store(validate_store), checkpoint=path)
         console.print(validation_table(plan, rows))
         plan.save(plan_path)
     console.print(f"load it with: AutoModelForCausalLM.from_pretrained({str(path)!r})")
     if as_json:
-        from ..fileio import json_text
+        from prunelens.fileio import json_text
 
         click.echo(json_text({"plan": str(plan_path), "checkpoint": str(path), "method": plan.method,
                               "units": plan.unit_names, "summary": summary, "validation": rows}), nl=False)

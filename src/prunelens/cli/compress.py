@@ -7,20 +7,20 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..devices import DEVICE_HELP, DTYPE_AUTO_HELP
-from ._complete import complete_method
+from prunelens.cli._complete import complete_method
+from prunelens.model.devices import DEVICE_HELP, DTYPE_AUTO_HELP
 
 if TYPE_CHECKING:
-    from ..methods import Method
+    from prunelens.compression.methods import Method
 
 def method_from_options(method: str, options: dict, extra: tuple[str, ...]) -> Method:
     """``--method wanda:sparsity=0.5`` plus ``--sparsity``/``--param k=v`` -> a validated method.
 
     Options override values written in the spec; unknown parameters are reported by the method.
     """
-    from ..errors import PrunelensError
-    from ..methods import parse_method
-    from ..params import format_spec, parse_spec
+    from prunelens.compression.methods import parse_method
+    from prunelens.errors import PrunelensError
+    from prunelens.params import format_spec, parse_spec
 
     name, values = parse_spec(method, "method")
     for item in extra:
@@ -40,7 +40,7 @@ class MethodOptionsCommand(click.Command):
     _built: tuple[Any, list[click.Parameter]] | None = None  # (the methods they were built for, the options)
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
-        from ..methods import method_registry
+        from prunelens.compression.methods import method_registry
 
         params = super().get_params(ctx)
         methods = tuple((name, id(cls)) for name, (_, cls) in sorted(method_registry().items()))
@@ -54,7 +54,7 @@ class MethodOptionsCommand(click.Command):
 def method_options(taken: set[str | None]) -> list[click.Parameter]:
     """``Param.option`` for each parameter name of the installed methods (the first declaration in name
     order; its help lists every method that takes it), leaving out names and flags in ``taken``."""
-    from ..methods import method_registry
+    from prunelens.compression.methods import method_registry
 
     users: dict[str, list[str]] = {}
     first: dict[str, Any] = {}
@@ -113,20 +113,20 @@ def command(model_spec, method, extra, units, calib_samples, calib_len, seed,
     """
     from pathlib import Path
 
-    from ..errors import PrunelensError
+    from prunelens.errors import PrunelensError
 
     m = method_from_options(method, method_params, extra)
     if dry_run:
-        from ..estimate import estimate_compress, show
-        from .probe import _device_class
+        from prunelens.cli.probe import _device_class
+        from prunelens.model.cost_estimate import estimate_compress, show
 
         show(estimate_compress(model_spec, m, units, dtype, _device_class(device_class, device),
                                calib_samples=calib_samples, calib_len=calib_len), as_json)
         return
-    from ..paths import guard_output_dir
+    from prunelens.paths import guard_output_dir
 
     out = Path(out_dir)
-    from ..fileio import refuse_stdout_dir
+    from prunelens.fileio import refuse_stdout_dir
 
     refuse_stdout_dir(out_dir, "--out")
     guard_output_dir(out, overwrite=overwrite, force=force)  # before any work
@@ -135,11 +135,11 @@ def command(model_spec, method, extra, units, calib_samples, calib_len, seed,
 
     import torch
 
-    from ..compress import compress_model, save_checkpoint
-    from ..devices import parse_max_memory, resolve_device
-    from ..models import load_model, resolve_dtype
-    from ..offload import has_offload
-    from ..units import select_units
+    from prunelens.compression.sequential import compress_model, save_checkpoint
+    from prunelens.model.devices import parse_max_memory, resolve_device
+    from prunelens.model.loading import load_model, resolve_dtype
+    from prunelens.model.offload import has_offload
+    from prunelens.units import select_units
 
     target = resolve_device(device)[0]
     memory = parse_max_memory(max_memory)
@@ -158,20 +158,20 @@ def command(model_spec, method, extra, units, calib_samples, calib_len, seed,
     ppl_ids = None
     before = None
     if eval_ppl:
-        from ..data import token_windows
-        from ..perplexity import perplexity
+        from prunelens.evaluation.perplexity import perplexity
+        from prunelens.text.corpora import token_windows
 
         ppl_ids = torch.as_tensor(token_windows(loaded.tokenizer, eval_ppl, 256, split="heldout", seed=seed))
         before = perplexity(loaded, ppl_ids)
     calib_ids = None
     if m.calibration != "none":
-        from ..data import token_windows
+        from prunelens.text.corpora import token_windows
 
         calib_ids = torch.as_tensor(token_windows(loaded.tokenizer, calib_samples, calib_len, split="calib", seed=seed))
     work = None
     if hasattr(m, "compress_weight"):  # layer by layer: finished layers kept beside --out, a rerun resumes
-        from ..resume import LayerWork, tensor_digest, work_dir_for
-        from ._interrupt import mark_resumable
+        from prunelens.cli._interrupt import mark_resumable
+        from prunelens.compression.resume import LayerWork, tensor_digest, work_dir_for
 
         work = LayerWork.open(work_dir_for(out), {
             "command": "compress", "model": model_spec, "config_hash": getattr(loaded, "config_hash", None),
@@ -183,7 +183,7 @@ def command(model_spec, method, extra, units, calib_samples, calib_len, seed,
             click.echo(f"resuming after layer {work.done} (finished layers kept in {work.path})", err=True)
     summary = compress_model(loaded, m, unit_list, calib_ids=calib_ids, progress=True, work=work)
     if ppl_ids is not None:
-        from ..perplexity import perplexity
+        from prunelens.evaluation.perplexity import perplexity
 
         summary["heldout_ppl_before"] = before
         summary["heldout_ppl_after"] = perplexity(loaded, ppl_ids)
@@ -195,6 +195,6 @@ def command(model_spec, method, extra, units, calib_samples, calib_len, seed,
     if as_json:
         click.echo(json.dumps({"out": str(path), **summary}, indent=2, default=str))
         return
-    from ..workflow.summaries import compress_line
+    from prunelens.workflow.summaries import compress_line
 
     click.echo(compress_line(m.spec, path, summary))

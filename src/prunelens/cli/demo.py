@@ -17,9 +17,9 @@ import click
 def command(out, kind, budget, temperature, samples, steps, free_running, eval_samples) -> None:
     """Probe → rank → plan → apply → validate → eval → report on SmolLM2-135M, then the decision: a level sweep,
     the knapsack plan beside uniform, both applied and scored (about 2.5 minutes on 2 cores)."""
-    from ..console import make_console
-    from ..demo import DemoSettings, run_demo
-    from ._interrupt import mark_resumable
+    from prunelens.cli._interrupt import mark_resumable
+    from prunelens.console import make_console
+    from prunelens.workflow.demo import DemoSettings, run_demo
 
     mark_resumable("rerun the same command to resume (the probe store and the applied layers are kept)")
 

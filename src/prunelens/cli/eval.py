@@ -6,8 +6,8 @@ import json
 
 import click
 
-from ..devices import DEVICE_HELP
-from ._complete import complete_tasks
+from prunelens.cli._complete import complete_tasks
+from prunelens.model.devices import DEVICE_HELP
 
 DEFAULT_TASKS = "perplexity,mc_nextline,mc_letters"
 
@@ -49,19 +49,19 @@ def command(model: str | None, task_list: str | None, reference: str | None, sam
     results: "acc,none", "acc_stderr,none", integer "n-samples", "versions", "configs",
     "config"; `prunelens report --eval FILE` reads it.
     """
-    from ..evaluation import split_task_list, task_registry
+    from prunelens.evaluation.task_runner import split_task_list, task_registry
 
     if list_only:
         _print_tasks(task_registry())
         return
-    from ..errors import PrunelensError
-    from ..evaluation import build_tasks, run_tasks
-    from ..models import load_model
+    from prunelens.errors import PrunelensError
+    from prunelens.evaluation.task_runner import build_tasks, run_tasks
+    from prunelens.model.loading import load_model
 
     if not model:
         raise PrunelensError("name a model to evaluate (a bundled alias such as smollm2-135m, or a checkpoint directory)")
     if json_path and json_path != "-":
-        from ..paths import check_writable_file
+        from prunelens.paths import check_writable_file
 
         check_writable_file(json_path, flag="--json")  # before the evaluation, not after it
 
@@ -75,15 +75,15 @@ def command(model: str | None, task_list: str | None, reference: str | None, sam
     if needs and not reference:
         raise PrunelensError(f"{', '.join(needs)} compares against the dense model: add --reference MODEL")
     if lm_eval_tasks:
-        from ..lm_eval_bridge import require_lm_eval
+        from prunelens.evaluation.lm_eval_harness import require_lm_eval
 
         require_lm_eval()  # one clear line before loading anything
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    from ..devices import resolve_device
-    from ..eval_results import read_results, results_record
+    from prunelens.evaluation.results import read_results, results_record
+    from prunelens.model.devices import resolve_device
 
     device = resolve_device(device)[0]
     loaded = load_model(model, dtype=dtype, device=device)
@@ -98,7 +98,7 @@ def command(model: str | None, task_list: str | None, reference: str | None, sam
     record = results_record(tasks, results, model=model, config=config, seconds=timings,
                             samples={t.name: t.samples for t in tasks} if log_samples else None)
     if lm_eval_tasks:
-        from ..lm_eval_bridge import merge_records, run_lm_eval
+        from prunelens.evaluation.lm_eval_harness import merge_records, run_lm_eval
 
         lm_record = run_lm_eval(loaded, lm_eval_tasks, include_path=lm_eval_include, limit=samples,
                                 batch_size=batch_size or 1, log_samples=log_samples)
@@ -109,7 +109,7 @@ def command(model: str | None, task_list: str | None, reference: str | None, sam
         return
     _print_results(model, next(iter(read_results(record).values())), record.get("seconds", {}))
     if json_path:
-        from ..fileio import atomic_write
+        from prunelens.fileio import atomic_write
 
         atomic_write(json_path, text + "\n")
         click.echo(f"wrote {json_path}")
@@ -117,8 +117,8 @@ def command(model: str | None, task_list: str | None, reference: str | None, sam
 
 
 def _print_results(model: str, results: dict[str, dict[str, float]], timings: dict[str, float]) -> None:
-    from ..console import make_console
-    from ..workflow.tables import eval_table
+    from prunelens.console import make_console
+    from prunelens.workflow.tables import eval_table
 
     console = make_console()
     console.print(f"prunelens eval: {model}", highlight=False, markup=False, soft_wrap=True)  # a long path stays whole
@@ -126,7 +126,7 @@ def _print_results(model: str, results: dict[str, dict[str, float]], timings: di
 
 
 def _print_tasks(reg: dict) -> None:
-    from ..console import make_console
-    from ..workflow.listings import tasks_table
+    from prunelens.console import make_console
+    from prunelens.workflow.listings import tasks_table
 
     make_console().print(tasks_table(reg))

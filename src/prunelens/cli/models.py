@@ -16,14 +16,14 @@ def command() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_cmd(as_json: bool) -> None:
     """Show the bundled models and whether each is prepared."""
-    from ..models import list_models
+    from prunelens.model.loading import list_models
 
     rows = list_models()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    from ..console import make_console
-    from ..workflow.listings import models_table
+    from prunelens.console import make_console
+    from prunelens.workflow.listings import models_table
 
     make_console().print(models_table(rows))
 
@@ -37,7 +37,7 @@ def prepare_cmd(alias: str, force: bool) -> None:
     The location is $PRUNELENS_HOME/models/ALIAS (default ~/.cache/prunelens). A second
     call returns at once.
     """
-    from ..models import is_prepared, prepare
+    from prunelens.model.loading import is_prepared, prepare
 
     already = is_prepared(alias) and not force
     path = prepare(alias, force=force)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from .rank import store_options
+from prunelens.cli.rank import store_options
 
 
 def check_export_targets(out: str | None, mergekit: str | None, llmc: str | None, as_json: bool = False) -> None:
     """At least one output; at most one text on standard output ('-', or --json's plan JSON)."""
-    from ..errors import PrunelensError
-    from ..fileio import is_stdout
+    from prunelens.errors import PrunelensError
+    from prunelens.fileio import is_stdout
 
     if out is None and mergekit is None and llmc is None:
         raise PrunelensError("missing --out (the plan JSON), or --mergekit / --llmcompressor alone")
@@ -51,12 +51,12 @@ def command(store, method, kind, temperature, by, locality, timing, budget, allo
     """Write a plan: the safest units of STORE under --budget, at --temperature."""
     from pathlib import Path
 
-    from ..console import make_console
-    from ..fileio import is_stdout, write_output
-    from ..paths import check_writable_file
-    from ..planning import iterative_plan, plan_from_store
-    from ..ranking import load_store
-    from ..safe_text import esc
+    from prunelens.console import make_console
+    from prunelens.fileio import is_stdout, write_output
+    from prunelens.paths import check_writable_file
+    from prunelens.plan.ranking import load_store
+    from prunelens.plan.unit_selection import iterative_plan, plan_from_store
+    from prunelens.safe_text import esc
 
     check_export_targets(out, mergekit, llmc, as_json)
     check_writable_file(None if is_stdout(out) else out, flag="--out")  # before any work
@@ -66,19 +66,19 @@ def command(store, method, kind, temperature, by, locality, timing, budget, allo
     console = make_console(stderr=quiet)
     ds = load_store(store)
     kind_ = None if kind == "all" else kind
-    from ..allocation import is_allocation_budget
+    from prunelens.plan.allocation import is_allocation_budget
 
     if allocator is None and is_allocation_budget(budget):
         allocator = "knapsack"
     if allocator is not None:
-        from ..allocation import allocate_plan, parse_allocator_spec
+        from prunelens.plan.allocation import allocate_plan, parse_allocator_spec
 
         if iterative:
             raise click.UsageError("--iterative and --allocator do not combine")
         name, params = parse_allocator_spec(allocator)
         methods = None if method is None else [m for m in method.split("+") if m]
         if seed is not None:
-            from ..allocation import allocator_registry
+            from prunelens.plan.allocation import allocator_registry
 
             reg = allocator_registry()
             if name in reg and "seed" not in reg[name][1].params:
@@ -101,8 +101,8 @@ def command(store, method, kind, temperature, by, locality, timing, budget, allo
     else:
         plan = plan_from_store(ds, method=method, kind=kind_, temperature=temperature, by=by, budget=budget,
                                locality=locality, timing=timing, store_path=str(Path(store).resolve()))
-    from ..workflow.export import export_plan, prepare_plan
-    from ..workflow.tables import allocation_line, plan_table
+    from prunelens.workflow.export import export_plan, prepare_plan
+    from prunelens.workflow.tables import allocation_line, plan_table
 
     prepare_plan(plan, ds)  # the data record; 0 units or every layer removed: refused before writing (as the TUI)
     export_plan(plan, out, mergekit, llmc)  # every text is built (and checked) before anything is written
@@ -115,7 +115,7 @@ def command(store, method, kind, temperature, by, locality, timing, budget, allo
     if line:
         console.print(line)
     console.print(esc("wrote " + " and ".join(str(p) for p in (out, mergekit, llmc) if p)))
-    from ..ranking import nonfinite_note
+    from prunelens.plan.ranking import nonfinite_note
 
     note = nonfinite_note(ds)
     if note:

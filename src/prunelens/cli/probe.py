@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..devices import DEVICE_HELP, DTYPE_AUTO_HELP
-from ._complete import complete_method
+from prunelens.cli._complete import complete_method
+from prunelens.model.devices import DEVICE_HELP, DTYPE_AUTO_HELP
 
 
 def _csv(value: str) -> list[str]:
@@ -72,17 +72,17 @@ def command(model, methods, units, samples, steps, prompt_len, temperatures, loc
     same arguments to resume; under torchrun or accelerate launch the units are shared
     among the processes.
     """
-    from ._interrupt import mark_resumable
+    from prunelens.cli._interrupt import mark_resumable
 
     mark_resumable("rerun the same command to resume (cells already in the store are kept)")
-    from ..errors import PrunelensError
-    from ..methods import expand_methods
-    from ..models import load_model
-    from ..probe.distributed import init_ranks
-    from ..probe.engine import ProbeSettings
-    from ..probe.prompts import load_prompts, shakespeare_prompts
-    from ..probe.run import run_probe
-    from ..units import select_units
+    from prunelens.compression.methods import expand_methods
+    from prunelens.errors import PrunelensError
+    from prunelens.model.loading import load_model
+    from prunelens.probe.distributed import init_ranks
+    from prunelens.probe.engine import ProbeSettings
+    from prunelens.probe.prompts import load_prompts, shakespeare_prompts
+    from prunelens.probe.run import run_probe
+    from prunelens.units import select_units
 
     try:
         temps = tuple(float(t) for t in _csv(temperatures))
@@ -94,7 +94,7 @@ def command(model, methods, units, samples, steps, prompt_len, temperatures, loc
     if samples_per_prompt > 1 and decode != "sample":
         raise PrunelensError("--samples-per-prompt needs --decode sample (greedy continuations of one prompt are identical)")
     if dry_run:
-        from ..estimate import estimate_probe, show
+        from prunelens.model.cost_estimate import estimate_probe, show
 
         parsed = [m for text in methods for m in expand_methods(text)]
         show(estimate_probe(model, parsed, units, dtype, _device_class(device_class, device), samples=samples,
@@ -104,15 +104,15 @@ def command(model, methods, units, samples, steps, prompt_len, temperatures, loc
         return
     from pathlib import Path
 
-    from ..paths import check_writable_dir
+    from prunelens.paths import check_writable_dir
 
     check_writable_dir(Path(out) if Path(out).exists() else Path(out).parent, flag="--out", shown=out)  # before any work
     parsed = [m for text in methods for m in expand_methods(text)]
     specs = [m.spec for m in parsed]
     if len(set(specs)) != len(specs):
         raise PrunelensError(f"the same method is given twice: {', '.join(specs)}")
-    from ..devices import parse_max_memory, rank_device, resolve_device
-    from ..models import resolve_dtype
+    from prunelens.model.devices import parse_max_memory, rank_device, resolve_device
+    from prunelens.model.loading import resolve_dtype
 
     device, why = resolve_device(device)
     memory = parse_max_memory(max_memory)
@@ -125,15 +125,15 @@ def command(model, methods, units, samples, steps, prompt_len, temperatures, loc
         if ranks.is_main and not quiet:
             click.echo(f"probe: {model} on {device} ({why}), dtype {dtype}", err=True)
         if quiet:
-            from ..console import silence_library_progress
+            from prunelens.console import silence_library_progress
 
             silence_library_progress()
         loaded = load_model(model, dtype=dtype, device=device, max_memory=memory, offload_folder=offload_folder)
         chosen = select_units(units, loaded.adapter.num_layers)
         base = None
         if base_plan:
-            from ..apply import apply_base
-            from ..offload import has_offload
+            from prunelens.model.offload import has_offload
+            from prunelens.plan.apply import apply_base
 
             if has_offload(loaded.model):  # a plan's edits would be lost at the next reload of an offloaded weight
                 raise PrunelensError("--base cannot apply a plan to offloaded weights; give the devices more "
@@ -163,7 +163,7 @@ def _device_class(device_class: str | None, device: str) -> str:
     """The --dry-run device class: as given, else from --device (cpu, or an H100 for any GPU choice)."""
     if device_class:
         return device_class
-    from ..devices import resolve_device
+    from prunelens.model.devices import resolve_device
 
     return "cpu" if resolve_device(device)[0] == "cpu" else "h100"
 
@@ -174,7 +174,7 @@ def _announce_compile(settings, loaded) -> None:
         return
     import torch
 
-    from ..probe.kernel import backend, kept_kernel_exists
+    from prunelens.probe.vocab_pass import backend, kept_kernel_exists
 
     weight = loaded.adapter.lm_head.weight
     vocab = weight.shape[0]
@@ -187,10 +187,9 @@ def print_summary(path: str, attrs: dict) -> None:
     """Means over units, samples and steps per method / locality / timing / T, and Spearman(pred, measured KL)."""
     import json
 
+    from prunelens.console import make_console
+    from prunelens.workflow.tables import probe_summary_line, probe_summary_table
     from prunelens_store import open_store
-
-    from ..console import make_console
-    from ..workflow.tables import probe_summary_line, probe_summary_table
 
     ds = open_store(path, allow_incomplete=True)
     rho = json.loads(attrs.get("spearman_kl_pred_vs_kl") or ds.attrs.get("spearman_kl_pred_vs_kl", "{}"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._complete import complete_method, complete_ranker
+from prunelens.cli._complete import complete_method, complete_ranker
 
 KIND_CHOICE = click.Choice(["attn", "mlp", "block", "all"])
 
@@ -36,22 +36,22 @@ def store_options(f):
 @click.option("--list-strategies", is_flag=True, help="List the ranking strategies and exit.")
 def command(store, method, kind, temperature, by, locality, timing, top, csv_path, as_json, list_strategies) -> None:
     """Rank the units of a probe STORE, safest first (lower predicted KL = safer)."""
-    from ..console import make_console
-    from ..ranking import load_store, rank_units, ranker_registry
+    from prunelens.console import make_console
+    from prunelens.plan.ranking import load_store, rank_units, ranker_registry
 
     console = make_console()
     if list_strategies:
-        from ..workflow.listings import strategies_table
+        from prunelens.workflow.listings import strategies_table
 
         console.print(strategies_table(ranker_registry()))
         return
     if not store:
         raise click.UsageError("missing argument STORE (only --list-strategies works without one)")
-    from ..fileio import is_stdout, json_text, write_output
-    from ..paths import check_writable_file
-    from ..ranking import nonfinite_note
-    from ..safe_text import esc
-    from ..workflow.tables import ranking_json, ranking_table, ranking_title
+    from prunelens.fileio import is_stdout, json_text, write_output
+    from prunelens.paths import check_writable_file
+    from prunelens.plan.ranking import nonfinite_note
+    from prunelens.safe_text import esc
+    from prunelens.workflow.tables import ranking_json, ranking_table, ranking_title
 
     check_writable_file(None if is_stdout(csv_path) else csv_path, flag="--csv")
     ds = load_store(store)

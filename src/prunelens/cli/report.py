@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ._complete import complete_method, complete_ranker
-from .rank import KIND_CHOICE
+from prunelens.cli._complete import complete_method, complete_ranker
+from prunelens.cli.rank import KIND_CHOICE
 
 
 @click.command("report")
@@ -30,18 +30,18 @@ def command(store, plan_path, eval_path, method, kind, temperature, by, locality
     """
     from pathlib import Path
 
-    from ..paths import check_writable_dir
-    from ..plans import Plan
-    from ..ranking import load_store, nonfinite_note
-    from ..report import write_report
-    from ..safe_text import clean
+    from prunelens.paths import check_writable_dir
+    from prunelens.plan.document import Plan
+    from prunelens.plan.ranking import load_store, nonfinite_note
+    from prunelens.safe_text import clean
+    from prunelens.workflow.report import write_report
 
     check_writable_dir(Path(out), flag="--out", shown=out)  # before any work
-    from ..fileio import refuse_stdout_dir
+    from prunelens.fileio import refuse_stdout_dir
 
     refuse_stdout_dir(out, "--out")
     plan = Plan.load(plan_path) if plan_path else None
-    from ..eval_results import load_results
+    from prunelens.evaluation.results import load_results
 
     results = load_results(eval_path) if eval_path else None
     ds = load_store(store)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import PrunelensError
+from prunelens.errors import PrunelensError
 
 
 def check_paths(paths: tuple[str, ...]) -> None:

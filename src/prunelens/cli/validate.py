@@ -22,11 +22,11 @@ def command(plan_path, store, checkpoint, no_cumulative, write, no_write, as_jso
 
     PLAN is only read; --write records the measured KL in it.
     """
-    from ..apply import validate_plan
-    from ..console import make_console
-    from ..errors import PrunelensError
-    from ..plans import Plan
-    from ..ranking import load_store
+    from prunelens.console import make_console
+    from prunelens.errors import PrunelensError
+    from prunelens.plan.apply import validate_plan
+    from prunelens.plan.document import Plan
+    from prunelens.plan.ranking import load_store
 
     if write and no_write:
         raise click.UsageError("--write and --no-write contradict each other")
@@ -40,18 +40,18 @@ def command(plan_path, store, checkpoint, no_cumulative, write, no_write, as_jso
         rows = validate_plan(plan, ds, checkpoint=checkpoint, cumulative=not no_cumulative,
                              progress=lambda m: status.update(f"measuring {m}"))
     if as_json:
-        from ..fileio import json_text
-        from ..workflow.tables import validation_json
+        from prunelens.fileio import json_text
+        from prunelens.workflow.tables import validation_json
 
         shown = validation_json(plan, rows, plan_path=plan_path, store=store, checkpoint=checkpoint)
         click.echo(json_text({**shown, "interaction_ratio": interaction_ratio(rows)}), nl=False)
     else:
-        from ..workflow.tables import validation_table
+        from prunelens.workflow.tables import validation_table
 
         console.print(validation_table(plan, rows))
     note = interaction_note(rows)
     if note:
-        from ..safe_text import esc
+        from prunelens.safe_text import esc
 
         console.print(esc(note))
     if write:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..adapters import Adapter, LayerCall
+from prunelens.model.adapters import Adapter, LayerCall
 
 
 def position_ids_for(mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -74,7 +74,7 @@ def mid_stream_module(adapter: Adapter, layer: int) -> torch.nn.Module:
     pre-feed-forward norm, after its post-attention norm); post-norm blocks (OLMo-2): the MLP itself.
     Parallel-residual blocks (GPT-NeoX by default) have no such stream: refused with one line.
     """
-    from ..errors import PrunelensError
+    from prunelens.errors import PrunelensError
 
     config = adapter.model.config
     block = adapter.layers[layer]

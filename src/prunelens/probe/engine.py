@@ -28,20 +28,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from prunelens.compression.methods import Method
+from prunelens.errors import PrunelensError
+from prunelens.model.adapters import Adapter
+from prunelens.model.devices import is_out_of_memory, out_of_memory
+from prunelens.model.offload import execution_device, onloaded
+from prunelens.probe.capture import DenseBatch, MidStream, capture_layers
+from prunelens.probe.distributed import Ranks
+from prunelens.probe.freerun import Decoded, Sampler, greedy_decode
+from prunelens.probe.metrics import RowMetrics, row_metrics
+from prunelens.probe.prompts import Prompts
+from prunelens.probe.vocab_pass import DenseRows, SumsKernel, kernel_key
+from prunelens.units import Unit
 from prunelens_store.schema import DEFAULT_LOCALITIES, LOCALITIES, METRICS, SPACES, TIMINGS, cell_shape
-
-from ..adapters import Adapter
-from ..devices import is_out_of_memory, out_of_memory
-from ..errors import PrunelensError
-from ..methods import Method
-from ..offload import execution_device, onloaded
-from ..units import Unit
-from .capture import DenseBatch, MidStream, capture_layers
-from .distributed import Ranks
-from .freerun import Decoded, Sampler, greedy_decode
-from .kernel import DenseRows, SumsKernel, kernel_key
-from .metrics import RowMetrics, row_metrics
-from .prompts import Prompts
 
 DECODES = ("greedy", "sample")
 INNER_CACHE_BYTES = 256 << 20  # one inner layer's dense logits are cached only below this size
@@ -232,7 +231,7 @@ class ProbeEngine:
         if "sublayer" not in self.settings.localities:
             return []
         try:
-            from .capture import mid_stream_module
+            from prunelens.probe.capture import mid_stream_module
 
             mid_stream_module(self.adapter, 0)
         except PrunelensError:

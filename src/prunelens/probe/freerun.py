@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..adapters import Adapter
-from .capture import MidStream, position_ids_for
+from prunelens.model.adapters import Adapter
+from prunelens.probe.capture import MidStream, position_ids_for
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """A method may not leave the model changed: per-layer digests of the weights, taken once before a run's cells
 and compared after each cell.
 
-``perturb`` promises to restore every weight it touches (``prunelens.methods``). A plugin that breaks
+``perturb`` promises to restore every weight it touches (``prunelens.compression.methods``). A plugin that breaks
 the promise (zeroes another layer for good, restores a copy rounded differently) would silently change
 every later cell, so a probe run checks: ``WeightGuard(model)`` records a digest per layer (plus one for
 the embeddings, final norm and head), ``guard.check(method, unit)`` recomputes them and raises a one-line
@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ..errors import PrunelensError
+from prunelens.errors import PrunelensError
 
 OTHER = "embeddings/norm/head"
 _CHUNK = 1 << 24  # words per step of an accelerator's checksum

@@ -48,7 +48,7 @@ def unsafe(path: Path, *, folder: bool = False) -> str | None:
 def cache_dir() -> Path:
     """The folder kernels are kept in: ``$PRUNELENS_HOME/kernels`` (made 0700) when only this user can write
     to it, else a private temporary folder for this process (and a warning saying why)."""
-    from ..paths import home
+    from prunelens.paths import home
 
     kept = Path(home()) / "kernels"
     try:

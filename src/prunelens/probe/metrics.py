@@ -22,9 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from prunelens.probe.vocab_pass import DenseRows, SumsKernel
 from prunelens_store.schema import METRICS, SCHEMA
-
-from .kernel import DenseRows, SumsKernel
 
 
 def one_minus_cos(norm_x: torch.Tensor, par: torch.Tensor, perp_sq: torch.Tensor) -> torch.Tensor:

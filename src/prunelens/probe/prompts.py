@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import PrunelensError
-from ..tokens import with_prefix
+from prunelens.errors import PrunelensError
+from prunelens.text.tokens import with_prefix
 
 
 @dataclass
@@ -68,7 +68,7 @@ class Prompts:
 def shakespeare_prompts(tokenizer: Any, samples: int, prompt_len: int, seed: int = 0) -> Prompts:
     """``samples`` windows of ``prompt_len`` tokens from the Shakespeare ``probe`` split (disjoint from the
     calibration, search and held-out evaluation splits)."""
-    from ..data import token_windows
+    from prunelens.text.corpora import token_windows
 
     rows = token_windows(tokenizer, samples, prompt_len, split="probe", seed=seed)
     return Prompts([list(map(int, r)) for r in rows], source=f"shakespeare:probe:seed={seed}")
@@ -78,7 +78,7 @@ def load_prompts(path: str | Path, tokenizer: Any, prompt_len: int, samples: int
     """Prompts from a file: ``.txt`` (one prompt per line) or ``.jsonl`` rows with ``prompt`` (text)
     or ``ids`` (token ids) and optional ``candidates`` (strings such as " A", or token ids).
 
-    A text prompt starts with the tokenizer's own special prefix (``prunelens.tokens``: a BOS
+    A text prompt starts with the tokenizer's own special prefix (``prunelens.text.tokens``: a BOS
     for Gemma or Llama); a prompt longer than ``prompt_len`` tokens keeps that prefix and its
     last tokens (given ``ids`` are used as they are); each candidate string must be one token.
     """

@@ -13,15 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from ..data import data_splits
-from ..errors import PrunelensError
-from ..methods import Method, method_provenance
-from ..tokens import convention
-from ..units import Unit
-from .distributed import Ranks
-from .engine import ProbeEngine, ProbeSettings
-from .integrity import CellGate, WeightGuard
-from .prompts import Prompts
+from prunelens.compression.methods import Method, method_provenance
+from prunelens.errors import PrunelensError
+from prunelens.probe.distributed import Ranks
+from prunelens.probe.engine import ProbeEngine, ProbeSettings
+from prunelens.probe.integrity import CellGate, WeightGuard
+from prunelens.probe.prompts import Prompts
+from prunelens.text.corpora import data_splits
+from prunelens.text.tokens import convention
+from prunelens.units import Unit
 
 
 def versions() -> dict[str, str]:
@@ -30,7 +30,7 @@ def versions() -> dict[str, str]:
     import xarray
     import zarr
 
-    from .. import __version__
+    from prunelens import __version__
 
     return {"prunelens": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "xarray": xarray.__version__, "zarr": zarr.__version__, "python": platform.python_version()}
@@ -47,7 +47,7 @@ def plugin_versions(methods: list[Method]) -> dict[str, str]:
 
 
 def prompts_hash(prompts: Prompts) -> str:
-    from ..data import hash_tokens
+    from prunelens.text.corpora import hash_tokens
 
     rows = [list(r) for r in prompts.ids]
     if prompts.candidates is not None:
@@ -58,9 +58,8 @@ def prompts_hash(prompts: Prompts) -> str:
 def run_identity(loaded: Any, methods: list[Method], units: list[Unit], prompts: Prompts, settings: ProbeSettings,
                  seed: int, dtype: str, calibration: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a store must match for a run to resume into it."""
+    from prunelens.model.loading import weights_fingerprint
     from prunelens_store.schema import KL_CONVENTION, SCHEMA_VERSION
-
-    from ..models import weights_fingerprint
 
     ident = {
         "schema_version": SCHEMA_VERSION, "model_id": loaded.model_id, "config_hash": loaded.config_hash, "dtype": dtype,
@@ -103,12 +102,12 @@ class StatsCache:
             return None
         if self.layerwise is None:
             try:
-                from ..calibration import LayerwiseStats
+                from prunelens.compression.calibration import LayerwiseStats
             except ImportError as exc:  # pragma: no cover - calibration ships with the core
-                raise PrunelensError(f"method {method.name!r} needs calibration, and prunelens.calibration is unavailable ({exc})") from exc
+                raise PrunelensError(f"method {method.name!r} needs calibration, and prunelens.compression.calibration is unavailable ({exc})") from exc
             import torch
 
-            from ..data import token_windows
+            from prunelens.text.corpora import token_windows
 
             tok = self.loaded.tokenizer
             if tok is None:
@@ -170,7 +169,7 @@ def _run_probe(
             if u.kind not in m.unit_kinds:
                 raise PrunelensError(f"method {m.name!r} cannot act on {u.kind} units ({u}); choose units of kind "
                                      f"{', '.join(m.unit_kinds)}")
-    from .prompts import check_vocab
+    from prunelens.probe.prompts import check_vocab
 
     check_vocab(prompts, int(loaded.model.get_input_embeddings().num_embeddings))  # before any store exists
     calibration = {"samples": calib_samples, "length": calib_len, "split": "calib", "seed": seed}
@@ -185,7 +184,7 @@ def _run_probe(
     if ranks.is_main:
         try:
             if lock is not None:
-                from ..paths import remove_stale_temps
+                from prunelens.paths import remove_stale_temps
 
                 lock.acquire()
                 remove_stale_temps(out, any_owner=True)  # we hold the lock: every temporary of out is stale

@@ -19,13 +19,13 @@ def export_plan(plan: Any, json_path: PathLike | None, mergekit_path: PathLike |
     (``prunelens.fileio``); a path ``-`` prints that text to standard output instead. Returns
     the files written, in the order given.
     """
-    from ..fileio import write_output
+    from prunelens.fileio import write_output
 
     texts: list[tuple[PathLike, str]] = [] if json_path is None else [(json_path, plan.to_json())]
     if mergekit_path is not None:
         texts.append((mergekit_path, plan.to_mergekit_yaml()))
     if recipe_path is not None:
-        from ..export_llmc import recipe_yaml
+        from prunelens.plan.llmcompressor_recipe import recipe_yaml
 
         texts.append((recipe_path, recipe_yaml(plan)))
     written = [write_output(path, text) for path, text in texts]
@@ -35,10 +35,10 @@ def export_plan(plan: Any, json_path: PathLike | None, mergekit_path: PathLike |
 def prepare_plan(plan: Any, ds: Any) -> Any:
     """What every front end does to a plan from ``ds`` before writing it: record which text its inputs came
     from (``plan.data``, unless set) and refuse an empty or whole-model plan (``check_plan_sane``)."""
-    from ..plan_checks import check_plan_sane
+    from prunelens.plan.checks import check_plan_sane
 
     if not plan.data:
-        from ..data import plan_data
+        from prunelens.text.corpora import plan_data
 
         plan.data = plan_data(ds)
     check_plan_sane(plan, ds)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..safe_text import esc
+from prunelens.safe_text import esc
 
 if TYPE_CHECKING:
     from rich.table import Table

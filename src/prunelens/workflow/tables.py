@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..report import fmt, rank_label
-from ..safe_text import esc
+from prunelens.safe_text import esc
+from prunelens.workflow.report import fmt, rank_label
 
 if TYPE_CHECKING:
     from rich.table import Table
