@@ -74,6 +74,7 @@ def fake_convert(monkeypatch, tmp_path):
         calls.append(gguf)
         dest.mkdir(parents=True)
         (dest / "model.safetensors").write_bytes(b"x")
+        (dest / "config.json").write_text("{}")
         (dest / M._MARKER).write_text(json.dumps(info))
 
     monkeypatch.setattr(M, "_convert_gguf", convert)
@@ -83,32 +84,35 @@ def fake_convert(monkeypatch, tmp_path):
 def test_gguf_is_converted_once_per_content_hash(fake_convert, tmp_path):
     import hashlib
 
-    from prunelens.model.loading import _resolve, gguf_cache_dir
+    from prunelens.model.loading import resolve_spec, gguf_cache_dir
 
     a = tmp_path / "a.gguf"
     a.write_bytes(b"GGUF" + bytes(range(200)))
-    first, extra = _resolve(str(a))
+    # reading a config converts nothing: before conversion it reads the GGUF itself
+    assert resolve_spec(str(a), weights=False) == (str(tmp_path), {"gguf_file": "a.gguf"}) and fake_convert == []
+    first, extra = resolve_spec(str(a))
     assert extra == {} and len(fake_convert) == 1
     digest = hashlib.sha256(a.read_bytes()).hexdigest()
     assert Path(first) == gguf_cache_dir() / digest[:16]
-    assert _resolve(str(a))[0] == first and len(fake_convert) == 1  # a second command: no conversion
+    assert resolve_spec(str(a))[0] == first and len(fake_convert) == 1  # a second command: no conversion
+    assert resolve_spec(str(a), weights=False) == (first, {})  # once converted, its config.json is read
     b = tmp_path / "copy" / "renamed.gguf"
     b.parent.mkdir()
     b.write_bytes(a.read_bytes())
-    assert _resolve(str(b))[0] == first and len(fake_convert) == 1  # same bytes elsewhere: the same cache
+    assert resolve_spec(str(b))[0] == first and len(fake_convert) == 1  # same bytes elsewhere: the same cache
     a.write_bytes(b"GGUF" + bytes(range(201)))  # the file changed: converted again, into a new entry
-    assert _resolve(str(a))[0] != first and len(fake_convert) == 2
+    assert resolve_spec(str(a))[0] != first and len(fake_convert) == 2
 
 
 def test_models_list_shows_the_cached_gguf_location(fake_convert, tmp_path):
     from click.testing import CliRunner
 
     from prunelens.cli import main
-    from prunelens.model.loading import _resolve
+    from prunelens.model.loading import resolve_spec
 
     g = tmp_path / "tiny.gguf"
     g.write_bytes(b"GGUF-tiny")
-    path, _ = _resolve(str(g))
+    path, _ = resolve_spec(str(g))
     res = CliRunner().invoke(main, ["models", "list", "--json"])
     assert res.exit_code == 0, res.output
     rows = {r["path"]: r for r in json.loads(res.output)}

@@ -27,14 +27,14 @@ def test_unknown_method_suggests_through_the_registry():
 
 
 def test_misspelt_model_alias_lists_bundled_models():
-    from prunelens.model.loading import _resolve
+    from prunelens.model.loading import resolve_spec
 
     with pytest.raises(PrunelensError, match=r"unknown model 'smollm2-135'; did you mean smollm2-135m\? "
                                              r"available: smollm2-135m"):
-        _resolve("smollm2-135")
+        resolve_spec("smollm2-135")
     with pytest.raises(PrunelensError, match=r"model path not found: /no/such/dir \(bundled models: smollm2-135m\)"):
-        _resolve("/no/such/dir")
-    assert _resolve("org/some-model") == ("org/some-model", {})  # a hub id is left to the hub
+        resolve_spec("/no/such/dir")
+    assert resolve_spec("org/some-model") == ("org/some-model", {})  # a hub id is left to the hub
 
 
 def test_other_lookups_use_the_same_message():
@@ -48,10 +48,10 @@ def test_other_lookups_use_the_same_message():
 
 
 def test_estimate_and_units_use_the_same_message():
-    from prunelens.model.cost_estimate import load_config
+    from prunelens.model.loading import read_config
     from prunelens.units import all_units
 
     with pytest.raises(PrunelensError, match=r"unknown unit kind 'mpl'; did you mean mlp\? available: attn, block, mlp"):
         all_units(2, ["attn", "mpl"])
     with pytest.raises(PrunelensError, match=r"unknown model 'smolm2-135m'; did you mean smollm2-135m\?"):
-        load_config("smolm2-135m")
+        read_config("smolm2-135m")

@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from prunelens.errors import PrunelensError, closest, unknown
+from prunelens.errors import unknown
 from prunelens.units import Unit
 
 GiB = 1 << 30
@@ -86,50 +85,6 @@ def _duration(s: float) -> str:
 
 
 # -- the model, from its config only ----------------------------------------------------------------
-def load_config(spec: str) -> Any:
-    """The config of a model spec (bundled alias, directory, .gguf file, hub id) without reading any weight."""
-    from transformers import AutoConfig
-
-    from prunelens.model.loading import BUNDLED, bundled_gguf, file_sha256, gguf_cache_dir, is_prepared, prepared_path
-
-    try:
-        if spec in BUNDLED:
-            if is_prepared(spec):
-                return AutoConfig.from_pretrained(str(prepared_path(spec)), trust_remote_code=False)
-            g = bundled_gguf(spec)
-            return AutoConfig.from_pretrained(str(g.parent), gguf_file=g.name, trust_remote_code=False)
-        p = Path(spec).expanduser()
-        if p.suffix == ".gguf":
-            if not p.is_file():
-                raise PrunelensError(f"model file not found: {spec}")
-            converted = gguf_cache_dir() / file_sha256(p)[:16] / "config.json"  # what loading it would use
-            if converted.is_file():
-                return AutoConfig.from_pretrained(str(converted.parent), trust_remote_code=False)
-            return AutoConfig.from_pretrained(str(p.parent), gguf_file=p.name, trust_remote_code=False)
-        if p.exists() and not (p / "config.json").is_file():
-            raise PrunelensError(f"{spec} is not a model directory (no config.json)")
-        if not p.exists() and (spec.startswith((".", "/", "~")) or spec.count("/") > 1):
-            raise PrunelensError(f"model path not found: {spec} (bundled models: {', '.join(sorted(BUNDLED))})")
-        if not p.exists() and "/" not in spec and closest(spec, BUNDLED) is not None:  # a misspelt alias
-            raise unknown("model", spec, BUNDLED, "(or a model directory, .gguf file or hub id)")
-        return AutoConfig.from_pretrained(str(p) if p.exists() else spec, trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PrunelensError(f"cannot read the config of {spec!r}: {first}") from None
-
-
-def meta_model(config: Any) -> Any:
-    """The model on the meta device: shapes only, no memory."""
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
-
-    with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
-    if getattr(config, "tie_word_embeddings", False):
-        model.tie_weights()  # a tied head is one tensor, counted once
-    return model
-
-
 def _in_out(mod: Any) -> tuple[int, int]:
     w = mod.weight
     return (int(w.shape[0]), int(w.shape[1])) if type(mod).__name__ == "Conv1D" else (int(w.shape[1]), int(w.shape[0]))
@@ -166,9 +121,11 @@ class Shape:
 
 def model_shape(spec: str, units_spec: str | None) -> tuple[Shape, list[Unit]]:
     from prunelens.model.adapters import get_adapter
+    from prunelens.model.loading import read_config
+    from prunelens.model.parameter_counts import meta_model
     from prunelens.units import select_units
 
-    model = meta_model(load_config(spec))
+    model = meta_model(read_config(spec))
     adapter = get_adapter(model)
     units = select_units(units_spec, adapter.num_layers) if units_spec else \
         [Unit(i, "block") for i in range(adapter.num_layers)]
@@ -310,7 +267,9 @@ def _solver_flops(shape: Shape, units: list[Unit], method: Any) -> float:
 def _dtype_bytes(dtype: str, spec: str = "", kind: str = "cpu") -> int:
     """Bytes per weight of ``--dtype`` (``auto``: the checkpoint's dtype; float32 becomes bfloat16 on CUDA)."""
     if dtype == "auto":
-        cfg_dtype = str(getattr(load_config(spec), "dtype", None) or "float32").replace("torch.", "")
+        from prunelens.model.loading import read_config
+
+        cfg_dtype = str(getattr(read_config(spec), "dtype", None) or "float32").replace("torch.", "")
         dtype = "bfloat16" if kind == "cuda" and cfg_dtype == "float32" else cfg_dtype
     if dtype not in DTYPE_BYTES:
         raise unknown("dtype", dtype, ["auto", *DTYPE_BYTES])

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from prunelens.errors import PrunelensError
 from prunelens.units import Unit
 
 
 def model_config(model_id: str) -> Any:
-    """The model's transformers config, without loading weights."""
-    from transformers import AutoConfig
+    """The model's transformers config, without loading weights (``loading.read_config``)."""
+    from prunelens.model.loading import read_config
 
-    from prunelens.model.loading import _resolve
-
-    target, extra = _resolve(model_id)
-    try:
-        # a store names the model: never run code found beside it
-        return AutoConfig.from_pretrained(target, **extra, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise PrunelensError(f"cannot read the config of {model_id!r}: {str(exc).splitlines()[0]}") from None
+    return read_config(model_id)
 
 
 def num_layers_of(model_id: str | None) -> int | None:

@@ -169,15 +169,28 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _resolve(spec: str) -> tuple[str, dict[str, Any]]:
-    """(from_pretrained target, extra kwargs) for a model spec."""
+def resolve_spec(spec: str, *, weights: bool = True) -> tuple[str, dict[str, Any]]:
+    """(from_pretrained target, extra kwargs) for a model spec: the one place a spec is checked.
+
+    ``weights=False`` converts nothing: a bundled alias or ``.gguf`` file not converted yet is read from the
+    GGUF's own metadata (enough for its config)."""
     if spec in BUNDLED:
-        return str(prepare(spec)), {}
+        if weights:
+            return str(prepare(spec)), {}
+        if is_prepared(spec):
+            return str(prepared_path(spec)), {}
+        g = bundled_gguf(spec)
+        return str(g.parent), {"gguf_file": g.name}
     p = Path(spec).expanduser()
     if p.suffix == ".gguf":
         if not p.is_file():
             raise PrunelensError(f"model file not found: {spec}")
-        return str(gguf_checkpoint(p)), {}
+        if weights:
+            return str(gguf_checkpoint(p)), {}
+        converted = gguf_cache_dir() / file_sha256(p)[:16]  # what loading it uses
+        if (converted / "config.json").is_file():
+            return str(converted), {}
+        return str(p.parent), {"gguf_file": p.name}
     if p.exists():
         if not p.is_dir() or not (p / "config.json").is_file():
             raise PrunelensError(f"{spec} is not a model directory (no config.json)")
@@ -187,6 +200,20 @@ def _resolve(spec: str) -> tuple[str, dict[str, Any]]:
     if "/" not in spec and closest(spec, BUNDLED) is not None:  # a misspelt alias, not a hub id
         raise unknown("model", spec, BUNDLED, "(or a model directory, .gguf file or hub id)")
     return spec, {}  # a hub id
+
+
+def read_config(spec: str) -> Any:
+    """A model spec's transformers config, reading no weight and converting nothing.
+
+    Never runs code found beside the model (a store or a plan names it: untrusted)."""
+    from transformers import AutoConfig
+
+    target, extra = resolve_spec(spec, weights=False)
+    try:
+        return AutoConfig.from_pretrained(target, **extra, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PrunelensError(f"cannot read the config of {spec!r}: {first}") from None
 
 
 def checkpoint_dtype(target: str, extra: dict[str, Any], trust_remote_code: bool = False) -> str | None:
@@ -215,7 +242,7 @@ def resolve_dtype(spec: str, dtype: str, device: str) -> str:
         return dtype
     from prunelens.model.devices import auto_dtype
 
-    target, extra = _resolve(spec)
+    target, extra = resolve_spec(spec)
     return auto_dtype(checkpoint_dtype(target, extra), device)
 
 
@@ -233,7 +260,7 @@ def load_model(spec: str, dtype: str = "float32", device: str = "cpu", trust_rem
 
     if dtype != "auto" and dtype not in DTYPES:
         raise unknown("dtype", dtype, ["auto", *DTYPES])
-    target, extra = _resolve(spec)
+    target, extra = resolve_spec(spec)
     kwargs: dict[str, Any] = dict(extra, trust_remote_code=trust_remote_code)
     if dtype == "auto":
         dtype = auto_dtype(checkpoint_dtype(target, extra, trust_remote_code), device)
