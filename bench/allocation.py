@@ -1,9 +1,9 @@
-"""Budgeted compression plans on a real model: uniform vs OWL vs predicted-KL knapsack (issue 9).
+"""Budgeted compression plans on a real model: uniform vs OWL vs predicted-KL knapsack.
 
 On SmolLM2-135M, every condition compresses the dense model with one plan (sequentially,
 layer by layer, on calibration text) and evaluates it on held-out Shakespeare that neither
 the calibration nor the probe prompts ever saw (``prunelens.text.corpora``: every fifth work is held
-out; the probe prompts here are drawn from the *calibration* split):
+out; the probe prompts are drawn from the *probe* split, disjoint from both):
 
 - ``ppl``: held-out perplexity (``--eval N×L`` windows);
 - ``agree``: greedy-token agreement with the dense model over 32 free-running steps

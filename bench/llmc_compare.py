@@ -1,4 +1,4 @@
-"""Uniform and OWL sparsity by llm-compressor's own code, on prunelens' calibration windows (issue 9, Must-show 2).
+"""Uniform and OWL sparsity by llm-compressor's own code, on prunelens' calibration windows.
 
 Runs in a SEPARATE environment (never the project's): ::
 

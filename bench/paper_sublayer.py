@@ -1,4 +1,4 @@
-"""Must-show 1 of issue 10: the store's sublayer cells of attention drops = the paper's per-layer measurement.
+"""The store's sublayer cells of attention drops = the paper's per-layer measurement.
 
 Probes ``drop`` on every attention unit at ``--locality sublayer --readout raw`` (teacher-forced)
 into a store, then re-computes each cell independently the way the paper's per-layer script

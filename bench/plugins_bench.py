@@ -1,9 +1,9 @@
-"""How long ``prunelens plugins`` takes (issue 12: under 2 s, no torch import to list built-ins).
+"""How long ``prunelens plugins`` takes (target: under 2 s, no torch import to list built-ins).
 
 Each command runs in a fresh process, ``--repeat`` times; the table shows the median wall time
 of: ``prunelens --help`` (the CLI's floor), ``prunelens plugins`` (built-ins from the declared
 manifest), and the same listing with every built-in imported (``plugin_infos(import_builtins=True)``,
-what listing cost before: it imports torch), with the ratio to ``plugins``.
+which imports torch), with the ratio to ``plugins``.
 
     .venv/bin/python bench/plugins_bench.py --repeat 5
 """

@@ -1,4 +1,4 @@
-"""Must-show 3 of issue 10: ``checkpoint:path=DIR`` vs the method probed directly, per unit.
+"""Pruned mode: ``checkpoint:path=DIR`` vs the method probed directly, per unit.
 
 DIR is written first by ``prunelens compress`` (sequential: layer i is calibrated on inputs that
 went through the already-compressed layers 0..i-1). The probe's ``wanda:sparsity=0.5`` is

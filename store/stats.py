@@ -8,7 +8,7 @@ import numpy as np
 def cell_means(values: np.ndarray, done: np.ndarray) -> np.ndarray:
     """Mean over every axis but the first (unit), in float64; units not ``done`` give NaN.
 
-    Non-finite values are never skipped (issue 15): one NaN makes the unit's mean NaN, one
+    Non-finite values are never skipped: one NaN makes the unit's mean NaN, one
     inf makes it inf, so a diverged unit can never look safe.
     """
     a = np.asarray(values, dtype=np.float64)
