@@ -115,7 +115,8 @@ def run(name: str, recipe, model_dir: Path, calib: list[list[int]], dest: Path, 
     import yaml
 
     text = yaml.safe_dump(recipe, sort_keys=False) if isinstance(recipe, dict) else recipe
-    oneshot(model=model, processor=AutoTokenizer.from_pretrained(model_dir), dataset=ds, recipe=text, num_calibration_samples=len(calib),
+    oneshot(model=model, processor=AutoTokenizer.from_pretrained(model_dir), dataset=ds, recipe=text,
+            num_calibration_samples=len(calib),
             max_seq_length=len(calib[0]), shuffle_calibration_samples=False, pipeline="sequential",
             batch_size=1)
     tmp = dest.with_name(dest.name + ".tmp")
@@ -129,8 +130,8 @@ def run(name: str, recipe, model_dir: Path, calib: list[list[int]], dest: Path, 
     (tmp / "llmc_meta.json").write_text(json.dumps(meta, indent=1))
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
-    print(f"[llmc] {name}: {meta['seconds']}s, mean sparsity {sum(meta['layer_sparsity']) / len(meta['layer_sparsity']):.4f}",
-          flush=True)
+    mean_sparsity = sum(meta['layer_sparsity']) / len(meta['layer_sparsity'])
+    print(f"[llmc] {name}: {meta['seconds']}s, mean sparsity {mean_sparsity:.4f}", flush=True)
 
 
 def main() -> None:

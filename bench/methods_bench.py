@@ -114,7 +114,8 @@ def main() -> None:
     ap.add_argument("--ppl-len", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--rows", nargs="*", default=None, help="print the table from saved 'RESULT {json}' lines in these files")
+    ap.add_argument("--rows", nargs="*", default=None,
+                    help="print the table from saved 'RESULT {json}' lines in these files")
     args = ap.parse_args()
     os.environ.setdefault("PRUNELENS_LOAD_PLUGINS", "")
     if args.one:
@@ -144,7 +145,8 @@ def main() -> None:
 
 
 def print_table(rows: list[dict], args) -> None:
-    print(f"\nSmolLM2-135M, whole-model compression; calibration {args.calib_samples} x {args.calib_len} tokens (calib split); "
+    print(f"\nSmolLM2-135M, whole-model compression; calibration {args.calib_samples} x {args.calib_len} tokens "
+          "(calib split); "
           f"perplexity on {args.ppl_samples} x {args.ppl_len} held-out tokens; {args.threads} threads")
     header = (f"{'method':28s} {'ppl':>10s} {'x dense':>8s} {'sparsity':>8s} {'time s':>8s} {'cpu s':>8s} "
               f"{'peak RSS +MB':>12s} {'1-layer stats MB':>16s}")

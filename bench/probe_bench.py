@@ -129,7 +129,8 @@ def main() -> None:
         """Hook-based: the full model per unit; layer outputs caught by forward hooks."""
         def outputs(layer: int):
             caught = {}
-            h = ad.layers[layer].register_forward_hook(lambda m, a, o, c=caught: c.__setitem__("x", o[0] if isinstance(o, tuple) else o))
+            h = ad.layers[layer].register_forward_hook(
+                lambda m, a, o, c=caught: c.__setitem__("x", o[0] if isinstance(o, tuple) else o))
             try:
                 model(input_ids=seq, use_cache=False)
             finally:
@@ -161,7 +162,8 @@ def main() -> None:
                         cm = method.perturb(ad, u, None)
                         cm.__enter__()
                         mod = ad.layers[u.layer]
-                    h = mod.register_forward_hook(lambda m, a, o, c=caught: c.__setitem__("x", o[0] if isinstance(o, tuple) else o))
+                    h = mod.register_forward_hook(
+                        lambda m, a, o, c=caught: c.__setitem__("x", o[0] if isinstance(o, tuple) else o))
                     try:
                         model(input_ids=prefix, use_cache=False)
                     finally:
@@ -185,7 +187,8 @@ def main() -> None:
             ad.readout(h[:, pos].reshape(-1, h.shape[-1]))
 
     eng_prop = engine("propagated")
-    print(f"{'comparison':44s} {'ours s':>8s} {'RSS MiB':>8s} {'other s':>8s} {'RSS MiB':>8s} {'ratio':>7s}  target", flush=True)
+    print(f"{'comparison':44s} {'ours s':>8s} {'RSS MiB':>8s} {'other s':>8s} {'RSS MiB':>8s} {'ratio':>7s}  target",
+          flush=True)
 
     def row(name, a, ma, b, mb, r, target):
         print(f"{name:44s} {a:8.2f} {ma:8.0f} {b:8.2f} {mb:8.0f} {r:7.2f}  {target}", flush=True)
@@ -199,10 +202,12 @@ def main() -> None:
     row("    ... / bare ops (no dense readouts)", t_local, m_local, t_bare, m_bare, t_local / t_bare, "(information)")
     t_prop, m_prop, _ = timed(run_engine(eng_prop))
     t_naive_p, m_naive_p, _ = timed(lambda: naive("propagated"))
-    row("(d) propagated probe vs naive full re-run", t_prop, m_prop, t_naive_p, m_naive_p, t_naive_p / t_prop, ">= 1.5x")
+    row("(d) propagated probe vs naive full re-run", t_prop, m_prop, t_naive_p, m_naive_p, t_naive_p / t_prop,
+        ">= 1.5x")
     if not args.skip_paper:
         t_paper, m_paper, _ = timed(paper)
-        row("(b) teacher-forced local vs prefix re-run", t_local, m_local, t_paper, m_paper, t_paper / t_local, f">= {S / 2:g}x")
+        row("(b) teacher-forced local vs prefix re-run", t_local, m_local, t_paper, m_paper, t_paper / t_local,
+            f">= {S / 2:g}x")
     print("(every protocol is given the dense greedy continuation; ours includes its one cached dense pass; "
           "RSS = peak resident set of the process during that protocol, model weights included)")
 

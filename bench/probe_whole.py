@@ -152,7 +152,8 @@ with torch.no_grad():
         ad.readout(h[:, pos].reshape(-1, h.shape[-1]))
     dense_readouts = time.perf_counter() - t
 status = {l.split(":")[0]: l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")}
-json.dump({"ops": ops, "dense_readouts": dense_readouts, "warm_up": warm_up, "peak_rss_mib": int(status["VmHWM"]) / 1024}, open(out_json, "w"))
+json.dump({"ops": ops, "dense_readouts": dense_readouts, "warm_up": warm_up,
+           "peak_rss_mib": int(status["VmHWM"]) / 1024}, open(out_json, "w"))
 '''
 
 
@@ -182,8 +183,9 @@ def run_child(code: str, args: list[str], threads: int, tmp: Path, launcher: lis
 
 def probe_args(a: argparse.Namespace, out: Path, temps: str, locality: str | None = None) -> list[str]:
     return ["probe", "--model", a.model, "--method", a.method, "--units", a.units, "--samples", str(a.samples),
-            "--steps", str(a.steps), "--prompt-len", str(a.prompt_len), "--temperature", temps, "--locality", locality or a.locality,
-            "--timing", a.timing, "--batch-size", str(a.batch_size or a.samples), "--out", str(out), "--quiet", "--device", "cpu"] \
+            "--steps", str(a.steps), "--prompt-len", str(a.prompt_len), "--temperature", temps,
+            "--locality", locality or a.locality, "--timing", a.timing, "--batch-size", str(a.batch_size or a.samples),
+            "--out", str(out), "--quiet", "--device", "cpu"] \
         + ([] if a.compile == "auto" else ["--compile" if a.compile == "compiled" else "--no-compile"])
 
 
@@ -197,11 +199,13 @@ def prebuild(a: argparse.Namespace, tmp: Path, threads: int | None = None) -> No
     threads = threads or a.threads
     for temps in [a.temperature] + (["0.5,0.7,1.0"] if a.temps3 else []):
         store = tmp / "prebuild.zarr"
-        tiny = argparse.Namespace(**{**vars(a), "units": "L0.attn", "samples": 1, "steps": 8, "compile": "compiled"})  # one kernel shape, any rows
+        # one kernel shape, any rows
+        tiny = argparse.Namespace(**{**vars(a), "units": "L0.attn", "samples": 1, "steps": 8, "compile": "compiled"})
         res = run_child(CHILD_PROBE, probe_args(tiny, store, temps), threads, tmp)
         shutil.rmtree(store, ignore_errors=True)
         k = res.get("kernel") or {}
-        what = f"built in {k['build_s']:.1f} s" if k.get("build_s") else ("kept from before, loaded" if k.get("loaded") else "not compiled")
+        kept = "kept from before, loaded" if k.get("loaded") else "not compiled"
+        what = f"built in {k['build_s']:.1f} s" if k.get("build_s") else kept
         print(f"compiled metric kernel, T={temps}, {threads} thread(s): {what}", flush=True)
 
 
@@ -219,12 +223,12 @@ def whole_process(a: argparse.Namespace) -> None:
                 order.reverse()
             for name in order:
                 if name == "floor":
-                    res = run_child(CHILD_FLOOR, [a.model, str(a.samples), str(a.steps), str(a.prompt_len), a.units, a.method],
-                                    a.threads, tmp)
+                    floor_args = [a.model, str(a.samples), str(a.steps), str(a.prompt_len), a.units, a.method]
+                    res = run_child(CHILD_FLOOR, floor_args, a.threads, tmp)
                 else:
                     store = tmp / f"run{r}-{name.replace(' ', '').replace('=', '')}.zarr"
-                    res = run_child(CHILD_PROBE, probe_args(a, store, "0.5,0.7,1.0" if name != "probe" else a.temperature),
-                                    a.threads, tmp)
+                    temps_of_run = "0.5,0.7,1.0" if name != "probe" else a.temperature
+                    res = run_child(CHILD_PROBE, probe_args(a, store, temps_of_run), a.threads, tmp)
                     shutil.rmtree(store, ignore_errors=True)
                 runs[name].append(res)
                 print(f"repeat {r}: {name:10s} " + json.dumps({k: (round(v, 2) if isinstance(v, float) else v)
@@ -246,18 +250,20 @@ def report(a: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
           f"floor process peak RSS {med(fl, 'peak_rss_mib'):.0f} MiB")
     for name in [k for k in runs if k != "floor"]:
         pr = runs[name]
-        parts = {k: med(pr, k) for k in ("import", "load", "greedy", "prepare", "measure", "dense_readouts", "metrics", "store",
-                                         "inside_s", "wall")}
+        parts = {k: med(pr, k) for k in ("import", "load", "greedy", "prepare", "measure", "dense_readouts", "metrics",
+                                         "store", "inside_s", "wall")}
         dense_pass = parts["prepare"] - parts["greedy"]
         units = parts["measure"] - parts["metrics"] - parts["dense_readouts"]
         kernel = dense_pass + parts["measure"]
         other = parts["wall"] - (parts["import"] + parts["load"] + parts["prepare"] + parts["measure"] + parts["store"])
         print(f"\n{name}: wall {parts['wall']:.2f} s, peak RSS {med(pr, 'peak_rss_mib'):.0f} MiB (after model load "
-              f"{med(pr, 'rss_after_load_mib'):.0f} MiB: +{med(pr, 'peak_rss_mib') - med(pr, 'rss_after_load_mib'):.0f}), kernel mode "
+              f"{med(pr, 'rss_after_load_mib'):.0f} MiB: "
+              f"+{med(pr, 'peak_rss_mib') - med(pr, 'rss_after_load_mib'):.0f}), kernel mode "
               f"{pr[-1]['kernel']['mode'] if pr[-1].get('kernel') else '?'} (compiled: "
               f"{pr[-1]['kernel']['compiled'] if pr[-1].get('kernel') else '?'}, kept kernel loaded: "
               f"{pr[-1]['kernel'].get('loaded') if pr[-1].get('kernel') else '?'})")
-        for label, v in (("import", parts["import"]), ("model load", parts["load"]), ("dense greedy continuation", parts["greedy"]),
+        for label, v in (("import", parts["import"]), ("model load", parts["load"]),
+                         ("dense greedy continuation", parts["greedy"]),
                          ("dense pass (capture)", dense_pass), ("per-unit ops (layer + perturbed readout)", units),
                          ("dense readouts + softmax stats", parts["dense_readouts"]), ("metrics", parts["metrics"]),
                          ("store", parts["store"]), ("interpreter start, CLI, other", other)):
@@ -273,7 +279,8 @@ def report(a: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
         k1 = med(runs["probe"], "prepare") - med(runs["probe"], "greedy") + med(runs["probe"], "measure")
         k3 = med(runs["probe T=3"], "prepare") - med(runs["probe T=3"], "greedy") + med(runs["probe T=3"], "measure")
         m1, m3 = med(runs["probe"], "metrics"), med(runs["probe T=3"], "metrics")
-        print(f"\nthree temperatures vs one: kernel time {k3 / k1:.2f}x (target <= 1.3x), metrics alone {m3 / m1:.2f}x, "
+        print(f"\nthree temperatures vs one: kernel time {k3 / k1:.2f}x (target <= 1.3x), "
+              f"metrics alone {m3 / m1:.2f}x, "
               f"wall {med(runs['probe T=3'], 'wall') / med(runs['probe'], 'wall'):.2f}x")
 
 
@@ -302,7 +309,8 @@ def gemm_ceiling() -> float:
     alone = min(run(1) + run(1))
     pair = run(2)
     ratio = 2 * alone / max(pair)
-    print(f"machine ceiling: 40 LM-head GEMMs alone {alone:.2f} s, two processes at once {pair[0]:.2f} / {pair[1]:.2f} s: "
+    print(f"machine ceiling: 40 LM-head GEMMs alone {alone:.2f} s, "
+          f"two processes at once {pair[0]:.2f} / {pair[1]:.2f} s: "
           f"2 processes give {ratio:.2f}x the throughput of 1", flush=True)
     return ratio
 
@@ -361,7 +369,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--timing", default="teacher_forced")
     ap.add_argument("--batch-size", type=int, default=None,
                     help="samples per batch (default: all in one; --procs: half, so each of 2 ranks decodes one batch)")
-    ap.add_argument("--temps3", action="store_true", help="also run T=0.5,0.7,1.0 and print its ratio to one temperature")
+    ap.add_argument("--temps3", action="store_true",
+                    help="also run T=0.5,0.7,1.0 and print its ratio to one temperature")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--compile", choices=("auto", "eager", "compiled"), default="auto")

@@ -55,8 +55,9 @@ def main() -> None:
     print(f"{'unit':10} {'locality':11} {'KL ckpt':>10} {'KL direct':>10} {'max rel diff':>13}")
     for u in units:
         for loc in ("local", "propagated"):
-            a = ds["kl"].sel({"method": methods[0].spec, "unit": u.name, "locality": loc, "timing": "teacher_forced"}).values
-            b = ds["kl"].sel({"method": methods[1].spec, "unit": u.name, "locality": loc, "timing": "teacher_forced"}).values
+            cell = {"unit": u.name, "locality": loc, "timing": "teacher_forced"}
+            a = ds["kl"].sel({"method": methods[0].spec, **cell}).values
+            b = ds["kl"].sel({"method": methods[1].spec, **cell}).values
             rel = float(np.max(np.abs(a - b) / np.abs(b)))
             print(f"{u.name:10} {loc:11} {a.mean():10.3e} {b.mean():10.3e} {rel:13.2e}"
                   f"{'  (<= 1e-4)' if rel <= 1e-4 else ''}")

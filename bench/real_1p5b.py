@@ -59,7 +59,8 @@ def assemble(parts: Path, gguf: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--gguf", type=Path, default=Path("/tmp/qwen2.5-coder-1.5b/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"))
+    ap.add_argument("--gguf", type=Path,
+                    default=Path("/tmp/qwen2.5-coder-1.5b/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"))
     ap.add_argument("--parts", type=Path, default=Path("/tmp/qwen-parts"))
     ap.add_argument("--work", type=Path, default=Path("/tmp/qwen2.5-coder-1.5b/run"), help="Store, plan, checkpoint.")
     ap.add_argument("--steps", default=",".join(STEPS), help=f"Comma-separated subset of {', '.join(STEPS)}.")

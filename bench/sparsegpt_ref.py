@@ -199,7 +199,8 @@ def main() -> None:
     rel = max(float((a[n].float() - b[n].float()).norm() / b[n].float().norm()) for n in a)
     p, r = res["prunelens"], res["reference"]
     L = p["layers"]
-    print(f"\nSmolLM2 whole-model SparseGPT {args.sparsity:g}, {args.calib_samples} x {args.calib_len} calibration tokens, "
+    print(f"\nSmolLM2 whole-model SparseGPT {args.sparsity:g}, "
+          f"{args.calib_samples} x {args.calib_len} calibration tokens, "
           f"{args.threads} thread(s), fresh process each")
     print(f"{'':12s} {'CPU s':>8s} {'CPU s/layer':>12s} {'wall s':>8s} {'peak RSS above model MiB':>26s}")
     for name, x in (("prunelens", p), ("reference", r)):

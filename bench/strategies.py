@@ -52,6 +52,7 @@ def signal_table(ds, rows: list[dict], kinds: list[str]) -> list[dict]:
     names = [r["unit"] for r in rows]
     deg = np.array([r.get("gen_degradation", np.nan) for r in rows], float)
     early = np.array([r.get("early_divergence", np.nan) for r in rows], float)
+    of_kind = {k: [r["kind"] == k for r in rows] for k in kinds}
     out = []
     cell = ds.sel({"method": "drop"}).sel(unit=names)
     for label, (var, space) in SIGNALS.items():
@@ -74,8 +75,7 @@ def signal_table(ds, rows: list[dict], kinds: list[str]) -> list[dict]:
                     out.append({"signal": label, "locality": loc, "timing": tim,
                                 "T": "-" if t is None or label.startswith(("1-cos h", "1-cos z", "rel ")) else f"{t:g}",
                                 "rho_degradation": spearman(v, deg), "rho_early_divergence": spearman(v, early),
-                                **{f"rho_degradation_{k}": spearman(v[[r["kind"] == k for r in rows]],
-                                                                    deg[[r["kind"] == k for r in rows]]) for k in kinds}})
+                                **{f"rho_degradation_{k}": spearman(v[of_kind[k]], deg[of_kind[k]]) for k in kinds}})
     out.sort(key=lambda r: -np.nan_to_num(r["rho_degradation"], nan=-9))
     return out
 
@@ -85,8 +85,9 @@ def signal_markdown(table: list[dict], kinds: list[str]) -> str:
         " | ".join(f"ρ agreement ({k})" for k in kinds) + " |"
     lines = [head, "|" + "---|" * (6 + len(kinds))]
     for r in table:
+        by_kind = " | ".join(f"{r[f'rho_degradation_{k}']:+.3f}" for k in kinds)
         lines.append(f"| {r['signal']} | {r['locality']} | {r['timing']} | {r['T']} | {r['rho_degradation']:+.3f} | "
-                     f"{r['rho_early_divergence']:+.3f} | " + " | ".join(f"{r[f'rho_degradation_{k}']:+.3f}" for k in kinds) + " |")
+                     f"{r['rho_early_divergence']:+.3f} | {by_kind} |")
     return "\n".join(lines)
 
 
@@ -253,7 +254,8 @@ def main() -> None:
                       f"T={best['T']} ρ={best['rho_degradation']:+.3f}; kl_pred ({args.locality}, teacher_forced, "
                       f"T={args.temperature:g}) ρ={kp[0]['rho_degradation']:+.3f}" if kp else "")
     n_gen = sum("gen_degradation" in r for r in rows)
-    console.print(f"units: {len(rows)} with store measurements, {n_gen} with measured generation; dense {json.dumps(base)}; "
+    console.print(f"units: {len(rows)} with store measurements, {n_gen} with measured generation; "
+                  f"dense {json.dumps(base)}; "
                   f"rankings {t_rank:.1f} s, ground truth {truth['seconds']} s")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

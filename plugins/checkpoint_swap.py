@@ -81,7 +81,8 @@ def check_architecture(path: str, config: Any) -> None:
     if not cfg_file.is_file():
         raise PrunelensError(f"checkpoint:path={path}: no config.json (cannot check it is the same architecture)")
     other = read_json(cfg_file, f"checkpoint:path={path}: config.json")
-    text = other.get("text_config") if isinstance(other.get("text_config"), dict) and "num_hidden_layers" not in other else None
+    nested = isinstance(other.get("text_config"), dict) and "num_hidden_layers" not in other
+    text = other.get("text_config") if nested else None
     other = text or other
     mine = config.to_dict()
     diff = [f"{k} {other.get(k)} vs {mine.get(k)}" for k in _ARCH_KEYS
@@ -119,8 +120,9 @@ class Checkpoint(Method):
                                      f"{tuple(own[n].shape)} (another architecture or a packed format)")
             if t.dtype.is_floating_point != own[n].dtype.is_floating_point or t.dtype == torch.bool:
                 # integers of the right shape are quantized codes (int8, packed): cast, they would read as weights
-                raise PrunelensError(f"checkpoint:path={self.path}: {n} is stored as {str(t.dtype).removeprefix('torch.')}"
-                                     f", the model's is {str(own[n].dtype).removeprefix('torch.')} (quantized or packed "
+                raise PrunelensError(f"checkpoint:path={self.path}: {n} is stored as "
+                                     f"{str(t.dtype).removeprefix('torch.')}, the model's is "
+                                     f"{str(own[n].dtype).removeprefix('torch.')} (quantized or packed "
                                      "formats are not read: save the checkpoint dequantized)")
             out[n] = (own[n], t)
         return out

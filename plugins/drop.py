@@ -52,7 +52,8 @@ class _CachePlaceholder(nn.Module):
             return
         b, s = hidden.shape[:2]
         kv = hidden.new_zeros(b, self.kv_heads, s, self.head_dim)
-        extra = {k: v for k, v in kwargs.items() if k not in ("hidden_states", "cache", "past_key_values", "layer_past")}
+        skip = ("hidden_states", "cache", "past_key_values", "layer_past")
+        extra = {k: v for k, v in kwargs.items() if k not in skip}
         cache.update(kv, kv.clone(), self.layer_idx, kwargs=extra)
 
 

@@ -60,7 +60,8 @@ def _zero_output(_module, _args, out):
 
 
 @torch.no_grad()
-def residual_pairs(adapter: Any, input_ids: torch.Tensor, units: list[Unit]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def residual_pairs(adapter: Any, input_ids: torch.Tensor,
+                   units: list[Unit]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """unit name -> (x_in, x_out) residual-stream states [batch, seq, d] from one dense pass."""
     calls, final = adapter.capture(input_ids)
     n = adapter.num_layers

@@ -18,7 +18,8 @@ class SparseGPT(WeightMethod):
     calibration = "hessian"
     params = {
         "sparsity": Param(float, 0.5, "fraction of weights set to zero (per block of columns)", check_sparsity),
-        "pattern": Param(str, None, "N:M semi-structured pattern: keep N of every M inputs, e.g. 2:4 (overrides sparsity)",
+        "pattern": Param(str, None,
+                         "N:M semi-structured pattern: keep N of every M inputs, e.g. 2:4 (overrides sparsity)",
                          check=lambda v: parse_pattern(v) and None),
         **OBS_PARAMS,
     }

@@ -22,7 +22,8 @@ class Wanda(WeightMethod):
     calibration = "input_norms"
     params = {
         "sparsity": Param(float, 0.5, "fraction of weights set to zero in each row (unstructured)", check_sparsity),
-        "pattern": Param(str, None, "N:M semi-structured pattern: keep N of every M inputs, e.g. 2:4 (overrides sparsity)",
+        "pattern": Param(str, None,
+                         "N:M semi-structured pattern: keep N of every M inputs, e.g. 2:4 (overrides sparsity)",
                          check=lambda v: parse_pattern(v) and None),
     }
 

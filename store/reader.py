@@ -40,11 +40,13 @@ def open_store(path: str | Path, allow_incomplete: bool = False, verify: bool = 
         raise PrunelensError(f"{path} is a Zarr store but not a prunelens probe store (no schema_version)")
     version = int(attrs["schema_version"])
     if version > SCHEMA_VERSION:
-        raise PrunelensError(f"{path} has store schema version {version}, newer than this prunelens reads ({SCHEMA_VERSION}); upgrade prunelens")
+        raise PrunelensError(f"{path} has store schema version {version}, newer than this prunelens reads "
+                             f"({SCHEMA_VERSION}); upgrade prunelens")
     try:
         missing = [v for v in variables_for(version) if v not in group]
     except Exception as exc:  # a variable's metadata (zarr.json) is truncated or not JSON
-        raise PrunelensError(f"{path} is damaged: a variable's metadata cannot be read ({type(exc).__name__}: {exc})") from None
+        raise PrunelensError(f"{path} is damaged: a variable's metadata cannot be read "
+                             f"({type(exc).__name__}: {exc})") from None
     if missing:
         raise PrunelensError(f"{path} is damaged or half-created: missing {', '.join(missing)}")
     if verify:
@@ -62,7 +64,8 @@ def open_store(path: str | Path, allow_incomplete: bool = False, verify: bool = 
         done = np.asarray(group["done"][:], dtype=bool)
         raise PrunelensError(f"{path} is half-written: {int(done.sum())} of {done.size} (method, unit) cells done; "
                              "rerun the same prunelens probe command to finish it")
-    consolidated = "consolidated_metadata" in json.loads((path / "zarr.json").read_text()) and attrs.get("complete", False)
+    root_meta = json.loads((path / "zarr.json").read_text())
+    consolidated = "consolidated_metadata" in root_meta and attrs.get("complete", False)
     try:
         with quiet():
             ds = xr.open_zarr(str(path), consolidated=bool(consolidated), zarr_format=3)

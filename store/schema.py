@@ -119,7 +119,8 @@ def template(
     coords = {
         "method": list(methods), "unit": list(units), "layer": ("unit", np.asarray(layers, dtype=np.int64)),
         "kind": ("unit", list(kinds)), "locality": list(localities), "timing": list(timings), "space": list(SPACES),
-        "temperature": np.asarray(temperatures, dtype=np.float64), "sample": np.arange(samples), "step": np.arange(steps),
+        "temperature": np.asarray(temperatures, dtype=np.float64), "sample": np.arange(samples),
+        "step": np.arange(steps),
     }
     ds = xr.Dataset(data_vars, coords=coords)
     ds.attrs.update({"schema_version": SCHEMA_VERSION, "kl_convention": KL_CONVENTION})

@@ -34,7 +34,8 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
 
 def finite_pairs(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Where both ``x`` and ``y`` are finite (the pairs a correlation uses)."""
-    return np.isfinite(np.asarray(x, dtype=np.float64).reshape(-1)) & np.isfinite(np.asarray(y, dtype=np.float64).reshape(-1))
+    finite_x = np.isfinite(np.asarray(x, dtype=np.float64).reshape(-1))
+    return finite_x & np.isfinite(np.asarray(y, dtype=np.float64).reshape(-1))
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:

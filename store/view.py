@@ -119,7 +119,8 @@ class StoreView:
     # -- done mask and prompts -----------------------------------------------------
     @property
     def done(self) -> np.ndarray:
-        """The ``[method, unit]`` done mask (all True for a dataset without one), re-read unless the store is complete."""
+        """The ``[method, unit]`` done mask (all True for a dataset without one), re-read unless the store is
+        complete."""
         if self._done is None or not self.static:
             self._sync()
         assert self._done is not None
@@ -157,7 +158,8 @@ class StoreView:
         """The stored token ids of every sample, compacted, with clear errors for what cannot be replayed."""
         for var in ("tokens", "prompt_len"):
             if var not in self.ds:
-                raise PrunelensError(f"the store has no {var!r} variable (token ids of its prompts); cannot replay them")
+                raise PrunelensError(f"the store has no {var!r} variable (token ids of its prompts); "
+                                     "cannot replay them")
         tokens = np.asarray(self.ds["tokens"].values, dtype=np.int64)
         plen = np.asarray(self.ds["prompt_len"].values, dtype=np.int64)
         steps = int(self.ds.sizes["step"])

@@ -84,7 +84,8 @@ def create_store(path: str | Path, ds: Any, identity: Mapping[str, Any]) -> None
         for name in per_unit:
             lazy[name] = lazy[name].chunk({"method": 1, "unit": 1})
         with quiet():
-            lazy.to_zarr(tmp / "store.zarr", mode="w", compute=False, consolidated=False, zarr_format=3, encoding=_encoding(lazy))
+            lazy.to_zarr(tmp / "store.zarr", mode="w", compute=False, consolidated=False, zarr_format=3,
+                         encoding=_encoding(lazy))
         try:
             os.rename(tmp / "store.zarr", path)
         except OSError as exc:  # another process made it first (without the lock: two API callers)
@@ -139,10 +140,12 @@ class StoreWriter:
         try:
             writer = cls(path)
         except Exception as exc:
-            raise PrunelensError(f"{path} exists but cannot be opened as a store ({type(exc).__name__}: {exc})") from exc
+            raise PrunelensError(f"{path} exists but cannot be opened as a store "
+                                 f"({type(exc).__name__}: {exc})") from exc
         version = writer.attrs.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise PrunelensError(f"{path} has store schema version {version}, this prunelens writes {SCHEMA_VERSION}; choose another --out")
+            raise PrunelensError(f"{path} has store schema version {version}, this prunelens writes "
+                                 f"{SCHEMA_VERSION}; choose another --out")
         stored = json.loads(writer.attrs.get(IDENTITY_ATTR, "{}"))
         diff = identity_mismatch(stored, identity)
         if diff:
@@ -251,7 +254,8 @@ def spearman_table(path: str | Path) -> dict[str, Any]:
         for loc in view.labels("locality"):
             for tim in view.labels("timing"):
                 for t in view.temperatures:
-                    cell: dict[str, Any] = {"method": m, "temperature": t, "locality": loc, "timing": tim, "units": units}
+                    cell: dict[str, Any] = {"method": m, "temperature": t, "locality": loc, "timing": tim,
+                                            "units": units}
                     rho = spearman(view.unit_means("kl_pred", **cell), view.unit_means("kl", **cell))
                     value = round(rho, 6) if np.isfinite(rho) else None
                     out.setdefault(m, {}).setdefault(loc, {}).setdefault(tim, {})[f"{t:g}"] = value

@@ -24,8 +24,8 @@ from .screens.theory import TheoryScreen
 from .selection import Selection, default_selection
 from .widgets.heatmap import HeatmapGrid
 
-SCREENS: dict[str, type[Screen]] = {"runs": RunsScreen, "heatmap": HeatmapScreen, "curves": CurvesScreen, "theory": TheoryScreen,
-           "plan": PlanScreen}
+SCREENS: dict[str, type[Screen]] = {"runs": RunsScreen, "heatmap": HeatmapScreen, "curves": CurvesScreen,
+                                    "theory": TheoryScreen, "plan": PlanScreen}
 
 
 class PrunelensApp(App):

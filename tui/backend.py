@@ -77,8 +77,8 @@ def plan_from_store(ds: Any, ranked: Any, *, budget: str, store_path: str, **cho
     """``prunelens.plan.unit_selection.plan_from_store`` on the ranking already shown (the store is not ranked again),
     then ``workflow.export.prepare_plan`` as ``prunelens plan`` does (the data record; no unit, or every layer
     removed, is an error)."""
-    plan = prunelens.plan.unit_selection.plan_from_store(ds, ranking=ranked, budget=budget, store_path=store_path_of(store_path),
-                                              **choices)
+    plan = prunelens.plan.unit_selection.plan_from_store(ds, ranking=ranked, budget=budget,
+                                                         store_path=store_path_of(store_path), **choices)
     return prepare_plan(plan, ds)
 
 

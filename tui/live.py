@@ -29,7 +29,8 @@ class Progress:
         return self.complete and self.done == self.cells
 
     def label(self) -> str:
-        return f"complete {self.done}/{self.cells} cells" if self.finished else f"probing: {self.done}/{self.cells} cells"
+        state = "complete" if self.finished else "probing:"
+        return f"{state} {self.done}/{self.cells} cells"
 
 
 def signature(path: str | Path) -> tuple:

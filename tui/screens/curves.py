@@ -40,5 +40,6 @@ class CurvesScreen(TwoPlotScreen):
         self.query_one("#kl", Plot).plot(kl, title=f"KL(p||q) by layer ({data.kind}, log y)", logy=True)
         legend = Text("filled, joined = measured; hollow = predicted:  ")
         for name, colour in SPACE_COLOURS.items():
-            legend.append(f"{MEASURED_GLYPHS[name]}{PREDICTED_GLYPHS[name]} {name.replace('1-cos ', '')}  ", style=colour)
+            glyphs = MEASURED_GLYPHS[name] + PREDICTED_GLYPHS[name]
+            legend.append(f"{glyphs} {name.replace('1-cos ', '')}  ", style=colour)
         self.query_one("#legend", Static).update(legend)

@@ -45,7 +45,8 @@ class Canvas:
         if 0 <= px < 2 * self.width and 0 <= py < 4 * self.height:
             row, col = py // 4, px // 2
             if beside and (row, col) in self.glyphs:
-                free = [c for d in (1, -1, 2, -2, 3, -3) if 0 <= (c := col + d) < self.width and (row, c) not in self.glyphs]
+                free = [c for d in (1, -1, 2, -2, 3, -3)
+                        if 0 <= (c := col + d) < self.width and (row, c) not in self.glyphs]
                 col = free[0] if free else col
             self.glyphs[row, col] = glyph
             self.colours[row][col] = colour
