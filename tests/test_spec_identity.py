@@ -1,4 +1,4 @@
-"""One spec grammar and one canonical identity for methods, rankers and tasks (issue 11, items 2 and 7)."""
+"""One spec grammar and one canonical identity for methods, rankers and tasks."""
 
 from __future__ import annotations
 
@@ -195,3 +195,23 @@ def test_allocator_specs_and_method_choice_use_the_same_grammar_and_identity(sto
     assert AllocContext(ds, None, 1.0, methods=["rtn"]).store_labels() == ["rtn:bits=8"]  # a bare name: all its levels
     with pytest.raises(PrunelensError, match="not in the store"):
         AllocContext(ds, None, 1.0, methods=["rtn:bits=4"]).store_labels()
+
+
+def test_one_reader_of_the_spec_grammar_serves_specs_sweeps_and_cli_assignments():
+    from prunelens.compression.methods import expand_method_specs
+    from prunelens.params import parse_assignments, parse_spec, spec_items
+
+    assert spec_items("wanda:sparsity=0.3,0.5,pattern=2:4", sweep=True) == \
+        ("wanda", [("sparsity", "0.3"), ("", "0.5"), ("pattern", "2:4")])
+    assert parse_spec("sparsegpt:pattern=2:4,sparsity=0.5") == ("sparsegpt", {"pattern": "2:4", "sparsity": "0.5"})
+    assert expand_method_specs("wanda:sparsity=0.3,0.5") == ["wanda:sparsity=0.3", "wanda:sparsity=0.5"]
+    for bad, message in (("wanda:sparsity=0.3,0.5", "expected key=value"), ("wanda:sparsity=", "empty value"),
+                         (":sparsity=0.5", "empty method name")):
+        with pytest.raises(PrunelensError, match=message):
+            parse_spec(bad)
+    with pytest.raises(PrunelensError, match="empty value"):  # the sweep reader refuses it the same way
+        expand_method_specs("wanda:sparsity=0.3,sparsity=")
+    assert parse_assignments(["sparsity=0.5", " bits = 4 "], "--param") == {"sparsity": "0.5", "bits": "4"}
+    for bad in ("sparsity", "=0.5", "sparsity="):
+        with pytest.raises(PrunelensError, match=r"bad --param .*expected key=value"):
+            parse_assignments([bad], "--param")

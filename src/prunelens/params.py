@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -81,29 +81,54 @@ def declaration_problem(cls: Any) -> str | None:
     return None
 
 
-def parse_spec(text: str, kind: str = "method") -> tuple[str, dict[str, str]]:
-    """``name:key=value,key=value`` -> ``(name, {key: value})``: the one grammar of method, ranker, allocator
-    and task specs. A value may hold ``:`` (``pattern=2:4``) but not ``,``; an empty value, a missing
-    ``=`` and a repeated key are refused (an empty value never silently means the default)."""
+def spec_items(text: str, kind: str = "method", sweep: bool = False) -> tuple[str, list[tuple[str, str]]]:
+    """``name:key=value,...`` -> ``(name, [(key, value), ...])``: the one reader of the spec grammar.
+
+    A value may hold ``:`` (``pattern=2:4``) but not ``,``; an empty value and a missing name are refused.
+    With ``sweep`` an item without ``=`` is one more value of the key before it (``sparsity=0.3,0.5``) and
+    comes back with the key ``""``; otherwise it is refused."""
     raw = str(text).strip()
     name, _, rest = raw.partition(":")
     name = name.strip()
     if not name:
         raise PrunelensError(f"empty {kind} name in {raw!r}: expected NAME or NAME:key=value,...")
-    values: dict[str, str] = {}
+    items: list[tuple[str, str]] = []
     for item in (s.strip() for s in rest.split(",")):
         if not item:
             continue
         key, eq, val = (x.strip() for x in item.partition("="))
-        if not eq or not key:
+        if not eq and sweep and items:
+            key, val = "", item
+        elif not eq or not key:
             raise PrunelensError(f"bad {kind} parameter {item!r} in {raw!r}: expected key=value")
         if not val:
             raise PrunelensError(f"{kind} parameter {key!r} has an empty value in {raw!r}: give a value, "
                                  "or leave the parameter out to use its default")
+        items.append((key, val))
+    return name, items
+
+
+def parse_spec(text: str, kind: str = "method") -> tuple[str, dict[str, str]]:
+    """``name:key=value,key=value`` -> ``(name, {key: value})``: the spec of a method, ranker, allocator or
+    task (``spec_items``); a repeated key is refused (an empty value never silently means the default)."""
+    name, items = spec_items(text, kind)
+    values: dict[str, str] = {}
+    for key, val in items:
         if key in values:
-            raise PrunelensError(f"{kind} parameter {key!r} is given twice in {raw!r}")
+            raise PrunelensError(f"{kind} parameter {key!r} is given twice in {str(text).strip()!r}")
         values[key] = val
     return name, values
+
+
+def parse_assignments(items: Iterable[str], option: str) -> dict[str, str]:
+    """``["k=v", ...]`` (a repeatable CLI option such as ``--param``) -> ``{k: v}`` with the spec's rules."""
+    values: dict[str, str] = {}
+    for item in items:
+        key, eq, val = (x.strip() for x in item.partition("="))
+        if not eq or not key or not val:
+            raise PrunelensError(f"bad {option} {item!r}: expected key=value")
+        values[key] = val
+    return values
 
 
 def format_spec(name: str, values: dict[str, Any]) -> str:

@@ -19,15 +19,10 @@ def method_from_options(method: str, options: dict, extra: tuple[str, ...]) -> M
     Options override values written in the spec; unknown parameters are reported by the method.
     """
     from prunelens.compression.methods import parse_method
-    from prunelens.errors import PrunelensError
-    from prunelens.params import format_spec, parse_spec
+    from prunelens.params import format_spec, parse_assignments, parse_spec
 
     name, values = parse_spec(method, "method")
-    for item in extra:
-        key, eq, val = item.partition("=")
-        if not eq:
-            raise PrunelensError(f"bad --param {item!r}: expected key=value")
-        values[key.strip()] = val.strip()
+    values.update(parse_assignments(extra, "--param"))
     values.update({key: str(value) for key, value in options.items() if value is not None})
     return parse_method(format_spec(name, values))
 

@@ -17,7 +17,7 @@ import torch
 
 from prunelens.errors import PrunelensError, unknown, unknown_message
 from prunelens.model.adapters import Adapter, linear_weight, set_linear_weight
-from prunelens.params import Param, Parameterized, declaration_problem, format_spec, parse_spec  # noqa: F401  (Param re-exported)
+from prunelens.params import Param, Parameterized, declaration_problem, format_spec, parse_spec, spec_items  # noqa: F401  (Param re-exported)
 from prunelens.units import KINDS, Unit
 
 CALIBRATIONS = ("none", "input_norms", "hessian")
@@ -214,30 +214,26 @@ def expand_method_specs(text: str) -> list[str]:
     """
     import itertools
 
-    name, _, rest = text.strip().partition(":")
+    name, items = spec_items(text, "method", sweep=True)
     reg = method_registry()
     if name not in reg:
         raise unknown("method", name, reg)
     params = reg[name][1].params
     keys: list[str] = []
     values: dict[str, list[str]] = {}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, val = item.partition("=")
-        if eq:
-            key = key.strip()
+    for key, val in items:
+        if key:
             if key in values:
                 raise PrunelensError(f"parameter {key!r} is given twice in {text!r}")
             keys.append(key)
-            values[key] = [val.strip()]
-        elif keys:
-            last = keys[-1]
-            p = params.get(last)
-            if p is None or p.type not in (int, float):
-                raise PrunelensError(f"only numeric parameters sweep over several values; {name}:{last} is not numeric "
-                                     f"(in {text!r})")
-            values[last].append(item)
-        else:
-            raise PrunelensError(f"bad method parameter {item!r} in {text!r}: expected key=value")
+            values[key] = [val]
+            continue
+        last = keys[-1]
+        p = params.get(last)
+        if p is None or p.type not in (int, float):
+            raise PrunelensError(f"only numeric parameters sweep over several values; {name}:{last} is not numeric "
+                                 f"(in {text!r})")
+        values[last].append(val)
     if not keys:
         return [name]
     for key in keys:
