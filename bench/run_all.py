@@ -4,7 +4,7 @@ Every bench prints its own ratios, measured side by side in one run; this runner
 chooses sizes, runs them in order with a time limit each, keeps their output under
 ``--out`` and prints one summary line per bench (ok / failed / timed out, seconds, the
 bench's last line). ``--quick`` (the default) uses sizes that finish in minutes on a
-2-core CPU; ``--full`` uses the sizes the issues' targets are stated at.
+2-core CPU; ``--full`` uses the sizes the documented targets are stated at.
 
     python bench/run_all.py                 # quick sizes, every bench
     python bench/run_all.py --full --only probe_bench,sparsegpt_ref
