@@ -39,8 +39,8 @@ _API = {
     "PrunelensError": "errors",
 }
 
-__all__ = ["AllocContext", "Allocator", "Adapter", "ArchitectureSpec", "Method", "Param", "PrunelensError", "RankContext",
-           "Ranker", "Task", "Unit", "WeightMethod", "__version__", "hookimpl"]
+__all__ = ["AllocContext", "Allocator", "Adapter", "ArchitectureSpec", "Method", "Param", "PrunelensError",
+           "RankContext", "Ranker", "Task", "Unit", "WeightMethod", "__version__", "hookimpl"]
 
 
 def __getattr__(name: str) -> Any:

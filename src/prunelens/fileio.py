@@ -77,7 +77,8 @@ def write_output(path: str | os.PathLike[str], text: str) -> Path | None:
 
 
 def read_json(path: str | os.PathLike[str], what: str | None = None) -> Any:
-    """Parse a JSON file; one-line ``PrunelensError`` (naming ``what`` or the path) if missing, unreadable or invalid."""
+    """Parse a JSON file; one-line ``PrunelensError`` (naming ``what`` or the path) if missing, unreadable or
+    invalid."""
     name = what or str(path)
     p = Path(path)
     if not p.is_file():

@@ -63,8 +63,8 @@ BUILTIN_MODULES = (
 # what the modules' hooks really register.
 BUILTIN_MANIFEST: dict[str, dict[str, list[str]]] = {
     "architectures": {"hooks": ["register_architectures"],
-                      "architectures": ["gemma2", "gemma3_text", "gpt2", "gpt_neox", "llama", "mistral", "olmo2", "phi3",
-                                        "qwen2", "qwen3"]},
+                      "architectures": ["gemma2", "gemma3_text", "gpt2", "gpt_neox", "llama", "mistral", "olmo2",
+                                        "phi3", "qwen2", "qwen3"]},
     "magnitude": {"hooks": ["register_methods"], "methods": ["magnitude"]},
     "wanda": {"hooks": ["register_methods"], "methods": ["wanda"]},
     "sparsegpt": {"hooks": ["register_methods"], "methods": ["sparsegpt"]},
@@ -75,7 +75,8 @@ BUILTIN_MANIFEST: dict[str, dict[str, list[str]]] = {
     "rankers": {"hooks": ["register_rankers"], "rankers": ["angular", "block_influence", "kl", "kl_pred", "llm_drop"]},
     "allocators": {"hooks": ["register_allocators"],
                    "allocators": ["iterative", "knapsack", "owl", "ranked", "search", "uniform"]},
-    "tasks": {"hooks": ["register_tasks"], "tasks": ["gen_agreement", "gsm8k", "mc_letters", "mc_nextline", "perplexity"]},
+    "tasks": {"hooks": ["register_tasks"],
+              "tasks": ["gen_agreement", "gsm8k", "mc_letters", "mc_nextline", "perplexity"]},
 }
 REGISTRY_KINDS = (("methods", "register_methods"), ("architectures", "register_architectures"),
                   ("tasks", "register_tasks"), ("rankers", "register_rankers"), ("allocators", "register_allocators"))

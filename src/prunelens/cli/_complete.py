@@ -28,7 +28,8 @@ def _complete(names: dict[str, str], incomplete: str, *, listed: bool = False) -
         head += ","
     if ":" in item:  # parameters follow; nothing to offer
         return []
-    return [CompletionItem(head + n, help=d.split(". ")[0][:80]) for n, d in sorted(names.items()) if n.startswith(item)]
+    return [CompletionItem(head + n, help=d.split(". ")[0][:80])
+            for n, d in sorted(names.items()) if n.startswith(item)]
 
 
 def complete_method(ctx: Any, param: Any, incomplete: str) -> list[CompletionItem]:

@@ -12,7 +12,8 @@ import click
 @click.option("--force", is_flag=True,
               help="Also replace a non-empty --out that is not a prunelens checkpoint (never the current "
                    "directory, home or their parents).")
-@click.option("--calib-samples", type=int, default=32, show_default=True, help="Calibration windows (wanda, sparsegpt, gptq).")
+@click.option("--calib-samples", type=int, default=32, show_default=True,
+              help="Calibration windows (wanda, sparsegpt, gptq).")
 @click.option("--calib-len", type=int, default=256, show_default=True, help="Tokens per calibration window.")
 @click.option("--validate", "validate_store", type=click.Path(exists=True, file_okay=False), default=None,
               help="Then compare predicted with measured KL on this store's prompts (and write it into the plan).")

@@ -7,7 +7,8 @@ import click
 
 @click.command("demo")
 @click.option("--out", "out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
-@click.option("--kind", type=click.Choice(["attn", "mlp"]), default="attn", show_default=True, help="Unit kind to drop.")
+@click.option("--kind", type=click.Choice(["attn", "mlp"]), default="attn", show_default=True,
+              help="Unit kind to drop.")
 @click.option("--budget", default="4", show_default=True, help="Units to drop (or a parameter fraction).")
 @click.option("--temperature", "-T", type=float, default=0.7, show_default=True, help="Deployment temperature.")
 @click.option("--samples", type=int, default=6, show_default=True, help="Probe prompts.")

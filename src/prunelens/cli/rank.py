@@ -12,13 +12,16 @@ KIND_CHOICE = click.Choice(["attn", "mlp", "block", "all"])
 def store_options(f):
     """The options shared by ``rank`` and ``plan``."""
     for opt in reversed([
-        click.option("--method", default=None, shell_complete=complete_method, help="Method label in the store (e.g. drop, wanda:sparsity=0.5)."),
+        click.option("--method", default=None, shell_complete=complete_method,
+                     help="Method label in the store (e.g. drop, wanda:sparsity=0.5)."),
         click.option("--kind", type=KIND_CHOICE, default="all", show_default=True, help="Unit kind to rank."),
         click.option("--temperature", "-T", type=float, default=1.0, show_default=True, help="Deployment temperature."),
         click.option("--by", default="kl_pred", show_default=True, shell_complete=complete_ranker,
-                     help="Strategy, optionally with parameters: NAME or NAME:key=value,... (e.g. late_first:attn_bonus=2); "
+                     help="Strategy, optionally with parameters: NAME or NAME:key=value,... "
+                          "(e.g. late_first:attn_bonus=2); "
                           "see prunelens rank --list-strategies."),
-        click.option("--locality", type=click.Choice(["local", "propagated", "sublayer"]), default="propagated", show_default=True),
+        click.option("--locality", type=click.Choice(["local", "propagated", "sublayer"]), default="propagated",
+                     show_default=True),
         click.option("--timing", type=click.Choice(["teacher_forced", "free_running"]), default="teacher_forced",
                      show_default=True),
     ]):
@@ -32,7 +35,8 @@ def store_options(f):
 @click.option("--top", type=click.IntRange(min=1), default=None, help="Show only the N safest units.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the ranking (the --top rows) as CSV; '-' prints CSV only.")
-@click.option("--json", "as_json", is_flag=True, help="Print the ranking as JSON instead of a table (shape: docs/cli.md).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the ranking as JSON instead of a table (shape: docs/cli.md).")
 @click.option("--list-strategies", is_flag=True, help="List the ranking strategies and exit.")
 def command(store, method, kind, temperature, by, locality, timing, top, csv_path, as_json, list_strategies) -> None:
     """Rank the units of a probe STORE, safest first (lower predicted KL = safer)."""

@@ -20,8 +20,10 @@ from prunelens.cli.rank import KIND_CHOICE
 @click.option("--temperature", "-T", type=float, default=None, help="Default: the plan's, else 1.0 if probed.")
 @click.option("--by", default="kl_pred", show_default=True, shell_complete=complete_ranker,
               help="Ranking strategy for the table.")
-@click.option("--locality", type=click.Choice(["local", "propagated", "sublayer"]), default="propagated", show_default=True)
-@click.option("--timing", type=click.Choice(["teacher_forced", "free_running"]), default="teacher_forced", show_default=True)
+@click.option("--locality", type=click.Choice(["local", "propagated", "sublayer"]), default="propagated",
+              show_default=True)
+@click.option("--timing", type=click.Choice(["teacher_forced", "free_running"]), default="teacher_forced",
+              show_default=True)
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Report directory.")
 def command(store, plan_path, eval_path, method, kind, temperature, by, locality, timing, out) -> None:
     """Write OUT/report.md with plots: 1-cos per layer, predicted vs measured KL, step-wise divergence, ranking.

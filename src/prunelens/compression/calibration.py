@@ -124,7 +124,8 @@ def collect_stats(
     batch_size: int = 8,
     progress: bool = False,
 ) -> dict[str, Stats]:
-    """One dense pass over ``input_ids`` [n, len] (``Adapter.run_decoder``); statistics of every linear of ``units`` by name."""
+    """One dense pass over ``input_ids`` [n, len] (``Adapter.run_decoder``); statistics of every linear of ``units``
+    by name."""
     _check_kind(kind)
     adapter = _adapter_of(loaded_or_adapter)
     input_ids = torch.as_tensor(input_ids)

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 @torch.no_grad()
 def mean_nll(loaded_or_model: Any, input_ids: Any, batch_size: int = 4) -> float:
     """Mean NLL (nats) of every token after the first in each window of ``input_ids`` [n, len]."""
-    model = loaded_or_model.model if hasattr(loaded_or_model, "adapter") else loaded_or_model  # LoadedModel or nn.Module
+    # a LoadedModel or an nn.Module
+    model = loaded_or_model.model if hasattr(loaded_or_model, "adapter") else loaded_or_model
     ids = torch.as_tensor(input_ids)
     if ids.dim() == 1:
         ids = ids.unsqueeze(0)
@@ -22,7 +23,8 @@ def mean_nll(loaded_or_model: Any, input_ids: Any, batch_size: int = 4) -> float
     for s in range(0, ids.shape[0], batch_size):
         batch = ids[s : s + batch_size].to(device)
         logits = model(input_ids=batch, use_cache=False).logits
-        nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1), reduction="sum")
+        nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1),
+                              reduction="sum")
         total += float(nll)
         count += batch[:, 1:].numel()
     return total / count

@@ -226,7 +226,8 @@ def greedy_generate(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens
     try:
         for rng in progress(batches(len(prompts), batch_size), -(-len(prompts) // batch_size), "generating"):
             ids, mask = pad_left([prompts[i] for i in rng], pad_id)
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gc, **extra)
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gc,
+                                 **extra)
             for row in out[:, ids.shape[1]:].tolist():
                 if eos_id is not None and eos_id in row:
                     row = row[: row.index(eos_id) + 1]
@@ -269,7 +270,8 @@ class MCItem:
 
 def _is_verse(line: str) -> bool:
     s = line.strip()
-    return len(s) >= 25 and not s.startswith("[") and not s.isupper() and s == line.rstrip() and not line.startswith(" ")
+    return (len(s) >= 25 and not s.startswith("[") and not s.isupper() and s == line.rstrip()
+            and not line.startswith(" "))
 
 
 def nextline_items(n: int, seed: int = 0, context_lines: int = 6, n_choices: int = 4) -> list[MCItem]:
@@ -327,7 +329,8 @@ def letter_ids(tokenizer: Any, n_choices: int = 4) -> list[int]:
     for letter in LETTERS[:n_choices]:
         enc = encode(tokenizer, " " + letter)
         if len(enc) != 1:
-            raise PrunelensError(f"the tokenizer splits {' ' + letter!r} into {len(enc)} tokens; lettered prompts need one")
+            raise PrunelensError(f"the tokenizer splits {' ' + letter!r} into {len(enc)} tokens; "
+                                 "lettered prompts need one")
         ids.append(enc[0])
     return ids
 

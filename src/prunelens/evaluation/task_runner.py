@@ -73,7 +73,8 @@ def parse_task(text: str, **defaults: Any) -> Task:
 
 
 def split_task_list(text: str) -> list[str]:
-    """``perplexity,mc_nextline:n_samples=8,seed=1,gsm8k`` -> task specs (a ``k=v`` item belongs to the task before it)."""
+    """``perplexity,mc_nextline:n_samples=8,seed=1,gsm8k`` -> task specs (a ``k=v`` item belongs to the task
+    before it)."""
     specs: list[str] = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
         if "=" in part and ":" not in part and specs:
@@ -105,7 +106,8 @@ def run_tasks(loaded: Any, tasks: Sequence[str | Task], reference: Any | None = 
     built = build_tasks(tasks, **params)
     missing = [t.name for t in built if t.needs_reference and reference is None]
     if missing:
-        raise PrunelensError(f"task(s) {', '.join(missing)} compare against the dense model: pass a reference (--reference MODEL)")
+        raise PrunelensError(f"task(s) {', '.join(missing)} compare against the dense model: "
+                             "pass a reference (--reference MODEL)")
     import torch
 
     results: dict[str, dict[str, float]] = {}

@@ -186,7 +186,8 @@ class Adapter:
     # -- capture and replay: the one primitive every dense pass goes through ------------------------
     @torch.no_grad()
     def run_decoder(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> None:
         """One forward through the decoder layers, stopped at the final norm (no LM head); hooks see every layer."""
         extra = {} if position_ids is None else {"position_ids": position_ids}
@@ -195,7 +196,8 @@ class Adapter:
 
     @contextmanager
     def watching(self, layers: Iterable[int], last_position: bool = False) -> Iterator[dict[int, list[torch.Tensor]]]:
-        """While open, each call of layer ``i`` appends its output (``last_position``: only ``[:, -1]``) to ``seen[i]``."""
+        """While open, each call of layer ``i`` appends its output (``last_position``: only ``[:, -1]``) to
+        ``seen[i]``."""
         seen: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
 
         def hook(i: int) -> Callable[..., None]:
@@ -223,11 +225,13 @@ class Adapter:
         def pre_hook(i: int) -> Callable[..., None]:
             def hook(_mod: nn.Module, args: tuple, kwargs: dict) -> None:
                 hidden = args[0] if args else kwargs["hidden_states"]
-                calls[i] = LayerCall(hidden.detach(), tuple(args[1:]), {k: v for k, v in kwargs.items() if k != "hidden_states"})
+                rest = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+                calls[i] = LayerCall(hidden.detach(), tuple(args[1:]), rest)
 
             return hook
 
-        handles = [layer.register_forward_pre_hook(pre_hook(i), with_kwargs=True) for i, layer in enumerate(self.layers)]
+        handles = [layer.register_forward_pre_hook(pre_hook(i), with_kwargs=True)
+                   for i, layer in enumerate(self.layers)]
         bypass = _bypassed(list(self.layers)) if not run_layers else nullcontext()
         try:
             with bypass, self.watching([self.num_layers - 1]) as seen:
@@ -241,14 +245,16 @@ class Adapter:
         return calls, seen[self.num_layers - 1]  # type: ignore[return-value]
 
     def capture(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> tuple[list[LayerCall], torch.Tensor]:
         """One dense forward; return every layer's call and the last layer's output (pre-norm)."""
         calls, outputs = self._record(input_ids, attention_mask, position_ids, run_layers=True)
         return calls, outputs[-1]
 
     def layer_calls(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> list[LayerCall]:
         """Every layer's call arguments without running any layer (each ``hidden`` is layer 0's input).
 

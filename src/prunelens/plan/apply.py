@@ -67,7 +67,8 @@ def compress_with_plan(loaded: Any, plan: Plan, *, calib_samples: int = 32, cali
     """Compress ``loaded`` in memory as the plan says (one method: ``compress_model``; mixed:
     ``compress_mixed``, unit by unit on compressed activations); return the compression summary.
 
-    With ``work_dir``, finished layers are kept there (``prunelens.compression.resume``) and a rerun continues after them.
+    With ``work_dir``, finished layers are kept there (``prunelens.compression.resume``) and a rerun continues after
+    them.
     """
     from prunelens.compression.per_unit import compress_mixed
     from prunelens.compression.sequential import compress_model

@@ -66,7 +66,8 @@ def _number(key: str, text: str) -> float:
 
 
 def parse_budget_spec(value: Any) -> Budget:
-    """``"sparsity=0.6"``, ``"bits=3.5"``, ``"bytes=400MB"``, ``"units=4"``, ``4`` (units), ``0.1`` (params fraction)."""
+    """``"sparsity=0.6"``, ``"bits=3.5"``, ``"bytes=400MB"``, ``"units=4"``, ``4`` (units), ``0.1``
+    (params fraction)."""
     if isinstance(value, Budget):
         return value
     if isinstance(value, bool) or value is None:
@@ -120,7 +121,8 @@ class UnitSizes:
 
 
 def unit_sizes(model: Any, bytes_per_param: int | None = None) -> UnitSizes:
-    """Sizes of every unit (blocks and sublayers) of ``model``: a LoadedModel, or a model id (meta model from its config)."""
+    """Sizes of every unit (blocks and sublayers) of ``model``: a LoadedModel, or a model id (meta model from its
+    config)."""
     if isinstance(model, str):
         from prunelens.model.adapters import get_adapter
         from prunelens.model.info import model_config
@@ -194,7 +196,8 @@ def saving(budget: Budget, unit: Unit | str, effect: Effect | None, sizes: UnitS
     if budget.kind == "sparsity":
         return effect.zero_fraction * n
     if budget.kind == "bits":
-        after = 0.0 if effect.removed else (dense_bits if effect.bits is None else effect.bits) * (1 - effect.zero_fraction)
+        bits = dense_bits if effect.bits is None else effect.bits
+        after = 0.0 if effect.removed else bits * (1 - effect.zero_fraction)
         return (dense_bits - after) * n
     if budget.kind == "bytes":
         return float(sizes.params[name] * sizes.bytes_per_param) if effect.removed and kind == "block" else 0.0
@@ -236,5 +239,6 @@ def option_level(budget: Budget, effect: Effect | None, dense_bits: float = DENS
     if budget.kind == "bits":
         if effect is None:
             return dense_bits
-        return 0.0 if effect.removed else (dense_bits if effect.bits is None else effect.bits) * (1 - effect.zero_fraction)
+        bits = dense_bits if effect.bits is None else effect.bits
+        return 0.0 if effect.removed else bits * (1 - effect.zero_fraction)
     raise PrunelensError(f"a level band applies to sparsity or bits budgets, not {budget.text}")

@@ -285,7 +285,8 @@ def parse_budget(value: Any) -> int | float:
             try:
                 value = float(text)
             except ValueError:
-                raise PrunelensError(f"bad budget {text!r}: a unit count (e.g. 4) or a parameter fraction (e.g. 0.1)") from None
+                raise PrunelensError(f"bad budget {text!r}: a unit count (e.g. 4) or a parameter fraction "
+                                     "(e.g. 0.1)") from None
     if isinstance(value, float) and value.is_integer() and value >= 1:
         value = int(value)
     if isinstance(value, int):

@@ -150,7 +150,8 @@ def nonfinite_units(df: Any) -> list[str]:
         return []
     vals = df[cols].to_numpy(dtype=np.float64)
     probed = set(df.attrs.get("probed_units", []))
-    return [str(u) for u, row in zip(df["unit"], vals) if np.isinf(row).any() or (np.isnan(row).any() and str(u) in probed)]
+    return [str(u) for u, row in zip(df["unit"], vals)
+            if np.isinf(row).any() or (np.isnan(row).any() and str(u) in probed)]
 
 
 def nonfinite_note(ds: Any, df: Any = None) -> str:

@@ -36,7 +36,8 @@ class DenseBatch:
     calls: list[LayerCall]
     final: torch.Tensor  # [B, P + S - 1, d] last layer output (pre-norm)
     candidates: torch.Tensor | None  # [B, K] or None
-    mid: tuple[int, torch.Tensor] | None = None  # (layer, [B * S, d] dense stream after its attention), one layer cached
+    # (layer, [B * S, d] dense stream after its attention), one layer cached
+    mid: tuple[int, torch.Tensor] | None = None
     free: dict = field(default_factory=dict)  # (layer, mid) -> [B * S, d] from the dense KV-cached decode
 
     @property

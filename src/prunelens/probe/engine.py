@@ -11,8 +11,9 @@ dense forward over prompt + continuation that caches every layer's input (teache
 * free-running: lets the perturbed model generate its own tokens with its own KV cache,
   watching layer ``i`` (local), its mid stream (sublayer) and the last layer (propagated) at
   each step's last position, against the dense model's own KV-cached decode of its greedy
-  history (= the teacher-forced sequence; a change that does nothing compares exactly equal). With ``decode="sample"`` both decode by seeded sampling at
-  ``decode_temperature`` (one shared noise stream, ``freerun.Sampler``).
+  history (= the teacher-forced sequence; a change that does nothing compares exactly equal). With
+  ``decode="sample"`` both decode by seeded sampling at ``decode_temperature`` (one shared noise stream,
+  ``freerun.Sampler``).
 
 Metrics (``metrics.row_metrics``) are computed on the step positions only, in float32/64.
 """
@@ -72,7 +73,8 @@ class ProbeSettings:
         for name, vals, allowed in (("locality", self.localities, LOCALITIES), ("timing", self.timings, TIMINGS)):
             bad = [v for v in vals if v not in allowed]
             if bad or not vals or len(set(vals)) != len(vals):
-                raise PrunelensError(f"{name} must be a list of distinct values from {', '.join(allowed)}; got {', '.join(vals) or 'nothing'}")
+                raise PrunelensError(f"{name} must be a list of distinct values from {', '.join(allowed)}; "
+                                     f"got {', '.join(vals) or 'nothing'}")
         if self.readout not in ("norm", "raw"):
             raise PrunelensError(f"readout must be 'norm' or 'raw', not {self.readout!r}")
         if self.batch_size < 1:
@@ -80,7 +82,8 @@ class ProbeSettings:
         if self.decode not in DECODES:
             raise PrunelensError(f"decode must be 'greedy' or 'sample', not {self.decode!r}")
         if not (self.decode_temperature > 0 and math.isfinite(self.decode_temperature)):
-            raise PrunelensError(f"the sampling temperature must be a positive finite number, not {self.decode_temperature}")
+            raise PrunelensError("the sampling temperature must be a positive finite number, "
+                                 f"not {self.decode_temperature}")
 
     @property
     def sampler(self) -> Sampler | None:
@@ -181,9 +184,9 @@ class ProbeEngine:
                 lo = starts[b]
                 p_mask = mask[lo : lo + bs].to(self.device) if padded else None
                 layers = list(range(self.adapter.num_layers)) if free else []
-                decoded[b] = greedy_decode(self.adapter, ids[lo : lo + bs].to(self.device), p_mask, steps, watch=layers,
-                                           mid=self._mid_layers() if free else (), sampler=self.settings.sampler, offset=lo,
-                                           logits_fn=self.decode_logits)
+                decoded[b] = greedy_decode(self.adapter, ids[lo : lo + bs].to(self.device), p_mask, steps,
+                                           watch=layers, mid=self._mid_layers() if free else (),
+                                           sampler=self.settings.sampler, offset=lo, logits_fn=self.decode_logits)
                 if progress and ranks.world == 1:
                     progress(len(decoded[b].tokens))
         except Exception as exc:  # tell the other ranks before raising (they would wait for this share)
@@ -257,7 +260,8 @@ class ProbeEngine:
         key = (b, layer, mid, free)
         if key in self._dense_z:
             return self._dense_z[key]
-        rows = self.kernel.dense_rows(self.readout(self._dense_h(b, layer, mid, free)), list(self.settings.temperatures))
+        rows = self.kernel.dense_rows(self.readout(self._dense_h(b, layer, mid, free)),
+                                      list(self.settings.temperatures))
         if (layer == last and not mid) or self._inner_cache_fits():
             self._dense_z[key] = rows
         return rows

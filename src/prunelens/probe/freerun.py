@@ -24,7 +24,8 @@ from prunelens.probe.capture import MidStream, position_ids_for
 
 @dataclass(frozen=True)
 class Sampler:
-    """Seeded sampling at ``temperature``: row ``r`` of a decode that starts at sample ``offset`` uses seed (seed, offset + r)."""
+    """Seeded sampling at ``temperature``: row ``r`` of a decode that starts at sample ``offset`` uses seed
+    (seed, offset + r)."""
 
     temperature: float
     seed: int

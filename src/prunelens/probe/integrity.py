@@ -55,7 +55,8 @@ def tensor_digest(t: torch.Tensor) -> tuple[Any, ...]:
 
 def word_sums(flat: torch.Tensor) -> tuple[int, int]:
     """Σ w and Σ (i + 1)·w over the 32-bit words ``w`` of a contiguous 1-d tensor's bytes (bytes if their count is
-    not a multiple of 4), in wrapping int64, computed where the tensor lives: one change or a swap of two words shows."""
+    not a multiple of 4), in wrapping int64, computed where the tensor lives: one change or a swap of two words
+    shows."""
     raw = flat.view(torch.uint8)
     words = raw.view(torch.int32) if raw.numel() % 4 == 0 else raw
     acc = torch.zeros(2, dtype=torch.int64, device=flat.device)  # int64 sums wrap: exact and order-free

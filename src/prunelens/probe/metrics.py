@@ -59,12 +59,13 @@ def vector_parts(x: torch.Tensor, dx: torch.Tensor) -> dict[str, torch.Tensor]:
     return _vector_from_sums(xx, xd, (perp * perp).sum(-1), (dx * dx).sum(-1))
 
 
-def _vector_from_sums(xx: torch.Tensor, xd: torch.Tensor, perp_sq: torch.Tensor, dd: torch.Tensor) -> dict[str, torch.Tensor]:
+def _vector_from_sums(xx: torch.Tensor, xd: torch.Tensor, perp_sq: torch.Tensor,
+                      dd: torch.Tensor) -> dict[str, torch.Tensor]:
     """The vector-space metrics from ``Σx², Σx·dx, ‖dx⊥‖², Σdx²`` (float64)."""
     norm_x = xx.sqrt()
     par = torch.where(norm_x > 0, xd / norm_x, torch.zeros_like(xd))
-    return {"cos_dev": one_minus_cos(norm_x, par, perp_sq), "cos_dev_pred": perp_sq / (2 * xx), "rel_norm": dd.sqrt() / norm_x,
-            "rel_par": par.abs() / norm_x, "rel_perp": perp_sq.sqrt() / norm_x}
+    return {"cos_dev": one_minus_cos(norm_x, par, perp_sq), "cos_dev_pred": perp_sq / (2 * xx),
+            "rel_norm": dd.sqrt() / norm_x, "rel_par": par.abs() / norm_x, "rel_perp": perp_sq.sqrt() / norm_x}
 
 
 # RowMetrics fields are the schema's metrics, shaped like their store dims after (method, unit, locality,
@@ -120,7 +121,8 @@ def probability_metrics(z: torch.Tensor, dz: torch.Tensor, temperature: float) -
     return {k: v[0] for k, v in out.items()}
 
 
-def _probability_from_sums(dense: DenseRows, per: torch.Tensor, z: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tensor]:
+def _probability_from_sums(dense: DenseRows, per: torch.Tensor, z: torch.Tensor,
+                           z2: torch.Tensor) -> dict[str, torch.Tensor]:
     """``[T, rows]`` probability-space metrics from the kernel's per-temperature sums (float64);
     rows with a large or non-finite result are recomputed directly from p and q."""
     sd, sw, eb, eh, ebb, wb, wbb, wg, wgg, bmax = (x.double() for x in per)
@@ -136,7 +138,8 @@ def _probability_from_sums(dense: DenseRows, per: torch.Tensor, z: torch.Tensor,
     p_dp = swd / (sd * sd * (1 + m))
     dpdp = (swdd / (sd * sd * (1 + m) ** 2)).clamp_min(0)
     perp_sq = (dpdp - p_dp * p_dp / pp).clamp_min(0)
-    out = {k: v.clone() for k, v in _vector_from_sums(pp, p_dp, perp_sq, dpdp).items()}  # own storage: rows may be replaced
+    # own storage: rows may be replaced
+    out = {k: v.clone() for k, v in _vector_from_sums(pp, p_dp, perp_sq, dpdp).items()}
     r_mean = wb / sw
     out["cos_dev_pred"] = (wbb / sw - r_mean * r_mean) / 2
     out["kl"], out["kl_pred"] = kl, kl_pred
@@ -144,7 +147,8 @@ def _probability_from_sums(dense: DenseRows, per: torch.Tensor, z: torch.Tensor,
     if bool(bad.any()):
         for k, t in enumerate(dense.inv_t.tolist()):
             bad_rows = bad[k].nonzero().view(-1)
-            step = max(1, DIRECT_CHUNK_BYTES // (8 * z.shape[-1]))  # float64 temporaries stay in cache: 4x faster than 8 MB
+            # float64 temporaries stay in cache: 4x faster than 8 MB
+            step = max(1, DIRECT_CHUNK_BYTES // (8 * z.shape[-1]))
             for lo in range(0, bad_rows.numel(), step):
                 idx = bad_rows[lo : lo + step]
                 direct = _probability_direct(z[idx], z2[idx] - z[idx], t)
@@ -163,11 +167,13 @@ def _probability_direct(z: torch.Tensor, dz: torch.Tensor, inv_t: float) -> dict
     b = (dz - mu) * inv_t
     r = p * p / (p * p).sum(-1, keepdim=True)
     br = b - (r * b).sum(-1, keepdim=True)
-    out.update(cos_dev_pred=(r * br * br).sum(-1) / 2, kl=(p * (lp - lq)).sum(-1).clamp_min(0), kl_pred=(p * b * b).sum(-1) / 2)
+    out.update(cos_dev_pred=(r * br * br).sum(-1) / 2, kl=(p * (lp - lq)).sum(-1).clamp_min(0),
+               kl_pred=(p * b * b).sum(-1) / 2)
     return out
 
 
-def candidate_metrics(z: torch.Tensor, z2: torch.Tensor, cands: torch.Tensor, temperatures: list[float]) -> dict[str, torch.Tensor]:
+def candidate_metrics(z: torch.Tensor, z2: torch.Tensor, cands: torch.Tensor,
+                      temperatures: list[float]) -> dict[str, torch.Tensor]:
     """Multiple-choice view per row: ``[T, rows]`` KL / argmax agreement over the renormalised
     candidates, candidates' mass in q and the best candidate's rank in q (0 = top). NaN where a
     row has no candidates. ``cands`` is [rows, K] token ids padded with -1."""

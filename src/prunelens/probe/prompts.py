@@ -137,7 +137,8 @@ def check_vocab(prompts: Prompts, vocab_size: int) -> None:
         for i, row in enumerate(rows, 1):
             for t in row:
                 if not 0 <= int(t) < vocab_size:
-                    raise PrunelensError(f"{what} {i}: token id {t} is outside the model's vocabulary (0..{vocab_size - 1})")
+                    raise PrunelensError(f"{what} {i}: token id {t} is outside the model's vocabulary "
+                                         f"(0..{vocab_size - 1})")
 
 
 def _candidate_id(c: Any, tokenizer: Any, path: Any, n: int) -> int:

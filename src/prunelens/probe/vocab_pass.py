@@ -110,8 +110,8 @@ def _sums(z, z2, zmax, zz, inv_t, hb: Callable[[torch.Tensor], torch.Tensor]) ->
         g = b + h
         w = e * e
         eb, wb, wg = e * b, w * b, w * g
-        per_t.append(torch.stack([s, dot(e, e), eb.sum(-1), dot(e, h), dot(eb, b), wb.sum(-1), dot(wb, b), wg.sum(-1), dot(wg, g),
-                                  b.amax(-1)]))
+        per_t.append(torch.stack([s, dot(e, e), eb.sum(-1), dot(e, h), dot(eb, b), wb.sum(-1), dot(wb, b), wg.sum(-1),
+                                  dot(wg, g), b.amax(-1)]))
     return torch.stack(per_t, 1), torch.stack(once)
 
 
@@ -198,7 +198,8 @@ class SumsKernel:
         here when it can be: a run's dense rows come from one path from its first layer on)."""
         zf = _metric_dtype(z)
         empty = zf.new_empty(0)
-        self._entry(DenseRows(zf, empty, empty, empty.long(), empty.long(), _inverse_temperatures(temperatures, zf)))  # shape only
+        # shape only
+        self._entry(DenseRows(zf, empty, empty, empty.long(), empty.long(), _inverse_temperatures(temperatures, zf)))
         return DenseRows.of(zf, temperatures, self._native_lib if self._compile else None)
 
     def _entry(self, dense: DenseRows) -> tuple[tuple[Any, ...], tuple[Callable[..., Any], int] | None]:
@@ -234,7 +235,8 @@ class SumsKernel:
         except Exception as exc:  # a kernel that does not run here: stay correct, just slower
             if not compiled:
                 raise
-            warnings.warn(f"the compiled probe metric kernel failed ({type(exc).__name__}); using eager mode", stacklevel=2)
+            warnings.warn(f"the compiled probe metric kernel failed ({type(exc).__name__}); using eager mode",
+                          stacklevel=2)
             self._fns[sig], compiled = None, False
             t0 = time.perf_counter()
             with denormals_flushed(z.device):
@@ -278,7 +280,8 @@ class SumsKernel:
         z = dense.z
         if compiled is not None:
             fn, step = compiled  # step 0: any rows in one call (the native kernel walks rows itself)
-            spans = [(lo, min(z.shape[0], lo + step)) for lo in range(0, z.shape[0], step)] if step else [(0, z.shape[0])]
+            spans = ([(lo, min(z.shape[0], lo + step)) for lo in range(0, z.shape[0], step)] if step
+                     else [(0, z.shape[0])])
         else:
             fn, step = chunk_sums_eager, 0
             spans = _chunks(z.shape[0], z.shape[1], z.element_size(), z.device)
@@ -364,8 +367,10 @@ _DIGEST = ""
 def _example_args(dense: DenseRows) -> tuple[torch.Tensor, ...]:
     """Zero inputs of the compiled kernel's one shape for ``dense``."""
     z = dense.z
-    rows = _kernel_rows(z.shape[1], z.element_size(), z.device)  # five distinct tensors: export must not see two inputs as one
-    return (z.new_zeros(rows, z.shape[1]), z.new_zeros(rows, z.shape[1]), z.new_zeros(rows), z.new_ones(rows), dense.inv_t)
+    rows = _kernel_rows(z.shape[1], z.element_size(), z.device)
+    # five distinct tensors: export must not see two inputs as one
+    return (z.new_zeros(rows, z.shape[1]), z.new_zeros(rows, z.shape[1]), z.new_zeros(rows), z.new_ones(rows),
+            dense.inv_t)
 
 
 def _source_digest() -> str:

@@ -170,9 +170,11 @@ static void row_sums(const float *z, const float *z2, float zmax, float zz, cons
             int64_t hi = lo + BLOCK < v ? lo + BLOCK : v, full = lo + (hi - lo) / 8 * 8;
             sums_b c = {{0}, {0}, {0}, {0}, {0}, {0}, {0}, ninf, {0}, {0}};
             if (k == 0) {
-                for (int64_t j = lo; j < full; j += 8) pass_b(ld(z + j), ld(z2 + j), all, zmax, it, mu, coef, mean, 1, &c);
+                for (int64_t j = lo; j < full; j += 8)
+                    pass_b(ld(z + j), ld(z2 + j), all, zmax, it, mu, coef, mean, 1, &c);
             } else {
-                for (int64_t j = lo; j < full; j += 8) pass_b(ld(z + j), ld(z2 + j), all, zmax, it, mu, coef, mean, 0, &c);
+                for (int64_t j = lo; j < full; j += 8)
+                    pass_b(ld(z + j), ld(z2 + j), all, zmax, it, mu, coef, mean, 0, &c);
             }
             if (full < hi)
                 pass_b(ld_tail(z + full, hi - full), ld_tail(z2 + full, hi - full), tail_mask(hi - full), zmax, it, mu,
@@ -238,7 +240,8 @@ static int sums_rows(const void *arg, int64_t lo, int64_t hi) {
     double *acc = malloc(sizeof(double) * (NPER * c->nt + NONCE));
     if (!acc) return 1;
     for (int64_t r = lo; r < hi; r++) {
-        row_sums(c->z + r * c->v, c->z2 + r * c->v, c->zmax[r], c->zz[r], c->inv_t, c->nt, c->v, acc, acc + NPER * c->nt);
+        row_sums(c->z + r * c->v, c->z2 + r * c->v, c->zmax[r], c->zz[r], c->inv_t, c->nt, c->v, acc,
+                 acc + NPER * c->nt);
         for (int64_t f = 0; f < NPER * c->nt; f++) c->per[f * c->rows + r] = (float)acc[f];
         for (int64_t f = 0; f < NONCE; f++) c->once[f * c->rows + r] = (float)acc[NPER * c->nt + f];
     }
@@ -304,7 +307,8 @@ int prunelens_dense(const float *z, int64_t rows, int64_t v, int64_t k, float *z
 """
 
 NPER, NONCE = 10, 7
-_FLAGS = {"AVX512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw"], "AVX2": ["-mavx2", "-mfma"]}
+_FLAGS = {"AVX512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw"],
+          "AVX2": ["-mavx2", "-mfma"]}
 _LIB: dict[str, ctypes.CDLL] = {}
 
 

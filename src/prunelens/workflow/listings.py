@@ -30,7 +30,8 @@ def tasks_table(registry: dict[str, tuple[str, Any]]) -> Table:
 
     table = Table("task", "plugin", "parameters (default)", "description")
     for name, (owner, cls) in sorted(registry.items()):
-        table.add_row(name, owner, _defaults(cls), cls.description + (" [needs --reference]" if cls.needs_reference else ""))
+        needs = " [needs --reference]" if cls.needs_reference else ""
+        table.add_row(name, owner, _defaults(cls), cls.description + needs)
     return table
 
 

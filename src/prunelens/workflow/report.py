@@ -309,7 +309,8 @@ def _plan_section(plan: Any, methods: list[str] | None = None, plan_labels: dict
     """The plan's units and predicted vs measured KL; flagged when its method is not among ``methods``."""
     md = ["## Plan", "",
           f"{_code(plan.method)} on {len(plan.units)} unit(s) chosen by {_code(plan.strategy)}"
-          f"{' (iterative)' if plan.iterative else ''} at T = {float(plan.temperature):g}, budget {_md(plan.budget)}.", ""]
+          f"{' (iterative)' if plan.iterative else ''} at T = {float(plan.temperature):g}, "
+          f"budget {_md(plan.budget)}.", ""]
     other = [] if methods is None or plan_labels is None else \
         sorted({spec for (u, spec) in plan.unit_methods() if plan_labels.get(u.name) not in methods})
     if methods and other:

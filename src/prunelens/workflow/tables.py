@@ -149,7 +149,8 @@ def probe_summary_table(ds: Any, spearman: dict) -> Table:
     means = {v: ds[v].mean(dim=("unit", "sample", "step"), skipna=True).compute()
              for v in ("cos_dev", "kl", "kl_pred", "top1_agree")}
     table = Table(title="means over units, samples and steps", title_justify="left")
-    for col in ("method", "where", "timing", "T", "1-cos h", "1-cos z", "1-cos p", "KL", "KL pred", "top-1", "ρ(pred,KL)"):
+    for col in ("method", "where", "timing", "T", "1-cos h", "1-cos z", "1-cos p", "KL", "KL pred", "top-1",
+                "ρ(pred,KL)"):
         table.add_column(col, justify="left" if col in ("method", "where", "timing") else "right")
     for m in ds["method"].values:
         for loc in ds["locality"].values:
