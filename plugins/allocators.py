@@ -25,7 +25,7 @@ from prunelens.plan.allocation import (
     Allocator,
     AllocContext,
     Choice,
-    covers_layer,
+    choice_covers_layer,
     layer_choices,
     layer_combinations,
     solve_mckp,
@@ -33,7 +33,7 @@ from prunelens.plan.allocation import (
     within_band,
 )
 from prunelens.plan.budgets import option_effect, requirement, saving
-from prunelens.units import Unit
+from prunelens.units import Unit, overlaps
 
 MAX_RESOLUTION = 1_000_000  # 16 bytes per grid step and layer: 0.5 GB for 32 layers
 
@@ -254,7 +254,7 @@ class Ranked(Allocator):
                 break
             u = Unit.parse(str(name))
             kinds = taken.get(u.layer, set())
-            if "block" in kinds or (u.kind == "block" and kinds) or u.kind in kinds or u.kind not in method.unit_kinds:
+            if overlaps(u, kinds) or u.kind not in method.unit_kinds:
                 continue
             s = saving(ctx.budget, u, effect, sizes, ctx.dense_bits)
             if s <= 0:
@@ -326,7 +326,7 @@ class IterativeKnapsack(Knapsack):
     @staticmethod
     def _combos(opts: list, dense_ok: bool) -> list:
         cs = layer_combinations(opts)
-        return cs if dense_ok else ([c for c in cs if covers_layer(c)] or cs)
+        return cs if dense_ok else ([c for c in cs if choice_covers_layer(c)] or cs)
 
     @staticmethod
     def _reprobe(ctx: AllocContext, work: Any, remaining: dict[int, list], calib: Any) -> dict[int, list]:

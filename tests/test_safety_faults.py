@@ -734,12 +734,12 @@ def kernel_env(tmp_path, monkeypatch):
     if vocab_pass_c.compiler() is None:
         pytest.skip("no C compiler")
     monkeypatch.setenv("PRUNELENS_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(native, "_LIB", {})
+    monkeypatch.setattr(vocab_pass_c, "_LIB", {})
     monkeypatch.setattr(kernel_cache, "_PRIVATE", [])
-    return native
+    return vocab_pass_c
 
 
-def _plant(native, target: Path, marker: Path) -> None:
+def _plant(vocab_pass_c, target: Path, marker: Path) -> None:
     """Compile a library whose constructor creates ``marker`` to ``target``."""
     src = target.with_name("planted.c")
     src.write_text(PLANTED.replace("MARKER", str(marker)))
@@ -747,7 +747,7 @@ def _plant(native, target: Path, marker: Path) -> None:
     src.unlink()
 
 
-def _sums_work(native, lib) -> None:
+def _sums_work(vocab_pass_c, lib) -> None:
     z = torch.randn(3, 50)
     per, once = vocab_pass_c.native_sums(lib, z, z + 0.1, z.amax(-1), (z * z).sum(-1), torch.tensor([1.0]))
     assert per.shape == (10, 1, 3) and bool(torch.isfinite(once).all())
@@ -758,11 +758,11 @@ def _sums_work(native, lib) -> None:
 def test_a_planted_kernel_library_never_runs(tmp_path, kernel_env, how):
     from prunelens.probe import kernel_cache
 
-    native = kernel_env
+    vocab_pass_c = kernel_env
     path = vocab_pass_c.library_path()
     marker = tmp_path / "PLANTED_RAN"
     planted = path if how != "symlink to a planted file" else tmp_path / "elsewhere.so"
-    _plant(native, planted, marker)
+    _plant(vocab_pass_c, planted, marker)
     if how == "symlink to a planted file":
         path.symlink_to(planted)
         kernel_cache.digest_path(path).write_text(kernel_cache.sha256_of(planted))
@@ -780,7 +780,7 @@ def test_a_planted_kernel_library_never_runs(tmp_path, kernel_env, how):
         lib, built_s = vocab_pass_c.load_library()
     assert not marker.exists(), "the planted constructor ran"
     assert built_s > 0  # rebuilt, not loaded
-    _sums_work(native, lib)
+    _sums_work(vocab_pass_c, lib)
     used = vocab_pass_c.library_path()
     assert kernel_cache.trusted(used) and (used == path) == ("folder" not in how)
     assert (used.parent.stat().st_mode & 0o077) == 0  # rebuilt into a private folder (0700)
@@ -802,7 +802,7 @@ class _no_warning:
 def test_a_corrupt_kernel_library_is_rebuilt_once_then_loaded(kernel_env, damage):
     from prunelens.probe import kernel_cache
 
-    native = kernel_env
+    vocab_pass_c = kernel_env
     vocab_pass_c.load_library()
     path = vocab_pass_c.library_path()
     raw = path.read_bytes()
@@ -818,7 +818,7 @@ def test_a_corrupt_kernel_library_is_rebuilt_once_then_loaded(kernel_env, damage
     with _no_warning():
         lib, built_s = vocab_pass_c.load_library()
     assert built_s > 0 and kernel_cache.trusted(path)
-    _sums_work(native, lib)
+    _sums_work(vocab_pass_c, lib)
     vocab_pass_c._LIB.clear()
     assert vocab_pass_c.load_library()[1] == 0.0  # the next process loads it without building
 

@@ -68,3 +68,29 @@ def test_masks_shapes():
     assert topk_mask(s, 0.5, dim=1).sum(1).tolist() == [4] * 6
     with pytest.raises(PrunelensError, match="multiple of 3"):
         nm_mask(s, 1, 3)
+
+
+def test_the_overlap_rule_against_brute_force_over_every_set_of_two_layers_units():
+    """``first_overlap``/``max_disjoint``/``covers_layer`` (the one home of the rules) against the rule written
+    out directly: two units overlap when they are equal, or in one layer with one of them its block."""
+    import itertools
+
+    from prunelens.units import Unit, covers_layer, first_overlap, max_disjoint
+
+    pool = [Unit(i, k) for i in range(2) for k in ("block", "attn", "mlp")]
+
+    def clash(a: Unit, b: Unit) -> bool:
+        return a == b or (a.layer == b.layer and "block" in (a.kind, b.kind))
+
+    for n in range(len(pool) + 1):
+        for combo in itertools.permutations(pool, n) if n <= 3 else itertools.combinations(pool, n):
+            disjoint = not any(clash(a, b) for a, b in itertools.combinations(combo, 2))
+            hit = first_overlap(combo)
+            assert (hit is None) == disjoint, combo
+            if hit is not None:
+                assert clash(*hit) and combo.index(hit[1]) < combo.index(hit[0])
+    best = max(n for n in range(len(pool) + 1) for c in itertools.combinations(pool, n)
+               if not any(clash(a, b) for a, b in itertools.combinations(c, 2)))
+    assert max_disjoint(pool) == best == 4
+    assert first_overlap([Unit(0, "mlp"), Unit(0, "mlp")]) == (Unit(0, "mlp"), Unit(0, "mlp"))
+    assert covers_layer(["attn", "mlp"]) and covers_layer(["block"]) and not covers_layer(["attn"])

@@ -43,6 +43,38 @@ def all_units(num_layers: int, kinds: Iterable[str] = KINDS) -> list[Unit]:
     return [Unit(i, k) for i in range(num_layers) for k in KINDS if k in kinds]
 
 
+def overlaps(unit: Unit, taken: set[str]) -> bool:
+    """The one overlap rule: ``unit`` overlaps the kinds already taken in its layer when it is taken again,
+    or when a block meets any of its own sublayers (either way round)."""
+    return unit.kind in taken or "block" in taken or (unit.kind == "block" and bool(taken))
+
+
+def first_overlap(units: Iterable[Unit]) -> tuple[Unit, Unit] | None:
+    """The first unit that overlaps an earlier one, with that earlier unit; None when all are disjoint."""
+    taken: dict[int, list[Unit]] = {}
+    for u in units:
+        earlier = taken.setdefault(u.layer, [])
+        if overlaps(u, {e.kind for e in earlier}):
+            return u, next(e for e in earlier if e.kind == u.kind or "block" in (e.kind, u.kind))
+        earlier.append(u)
+    return None
+
+
+def covers_layer(kinds: Iterable[str]) -> bool:
+    """Whether units of these kinds cover their whole layer: its block, or both its attention and its MLP
+    (so removing both sublayers removes the block)."""
+    k = set(kinds)
+    return "block" in k or {"attn", "mlp"} <= k
+
+
+def max_disjoint(units: Iterable[Unit]) -> int:
+    """The most of ``units`` that can be taken together: per layer its attention and MLP, or its block."""
+    kinds: dict[int, set[str]] = {}
+    for u in units:
+        kinds.setdefault(u.layer, set()).add(u.kind)
+    return sum(max(len(k - {"block"}), 1) for k in kinds.values())
+
+
 def select_units(spec: str, num_layers: int) -> list[Unit]:
     """Parse ``all``, ``attn``, ``mlp,block``, ``L3,L4.attn`` or ``L0-5.mlp`` into units."""
     out: list[Unit] = []

@@ -22,7 +22,7 @@ import torch
 
 from prunelens.compression.methods import Method, WeightMethod
 from prunelens.errors import PrunelensError
-from prunelens.units import Unit
+from prunelens.units import Unit, first_overlap
 
 if TYPE_CHECKING:
     from prunelens.compression.resume import LayerWork
@@ -32,12 +32,9 @@ KIND_ORDER = {"attn": 0, "mlp": 1, "block": 2}
 
 def mixed_order(assignments: list[tuple[Unit, Method]]) -> list[tuple[Unit, Method]]:
     """Layer by layer, attention before MLP; rejects a unit twice or a block with its own sublayer."""
-    seen: dict[int, set[str]] = {}
-    for u, _ in assignments:
-        kinds = seen.setdefault(u.layer, set())
-        if u.kind in kinds or (u.kind == "block" and kinds) or "block" in kinds:
-            raise PrunelensError(f"the plan compresses overlapping units in layer {u.layer} ({u})")
-        kinds.add(u.kind)
+    hit = first_overlap(u for u, _ in assignments)
+    if hit is not None:
+        raise PrunelensError(f"the plan compresses overlapping units in layer {hit[0].layer} ({hit[0]})")
     return sorted(assignments, key=lambda a: (a[0].layer, KIND_ORDER[a[0].kind]))
 
 

@@ -30,7 +30,7 @@ from prunelens.compression.calibration import Stats, StatsCollector, unit_linear
 from prunelens.compression.methods import Method, WeightMethod
 from prunelens.errors import PrunelensError
 from prunelens.model.adapters import Adapter, LayerCall, _get, _set, is_linear, linear_weight, set_linear_weight
-from prunelens.units import Unit
+from prunelens.units import Unit, covers_layer
 
 if TYPE_CHECKING:
     from prunelens.compression.resume import LayerWork
@@ -224,7 +224,7 @@ def drop_units(loaded: Any, units: list[Unit]) -> dict:
     kinds: dict[int, set[str]] = {}
     for u in units:
         kinds.setdefault(u.layer, set()).add(u.kind)
-    blocks = sorted(i for i, k in kinds.items() if "block" in k or {"attn", "mlp"} <= k)
+    blocks = sorted(i for i, k in kinds.items() if covers_layer(k))
     subs = sorted(Unit(i, k) for i, ks in kinds.items() if i not in blocks for k in ks)
     if len(blocks) >= n:
         raise PrunelensError(f"cannot drop all {n} layers")

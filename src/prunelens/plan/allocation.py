@@ -36,7 +36,7 @@ from prunelens.plan.budgets import (
     requirement,
     saving,
 )
-from prunelens.units import KINDS, Unit
+from prunelens.units import KINDS, Unit, covers_layer, first_overlap
 
 
 # -- the solver ----------------------------------------------------------------------------
@@ -306,10 +306,9 @@ def within_band(ctx: AllocContext, options: dict[int, list[UnitOption]],
     return {i: opts for i, opts in kept.items() if opts}, dense_ok
 
 
-def covers_layer(combo: tuple[UnitOption, ...]) -> bool:
-    """Whether a layer's choice compresses every weight of it: its block, or both its sublayers."""
-    kinds = {Unit.parse(o.unit).kind for o in combo}
-    return "block" in kinds or {"attn", "mlp"} <= kinds
+def choice_covers_layer(combo: tuple[UnitOption, ...]) -> bool:
+    """Whether a layer's choice compresses every weight of it (``units.covers_layer``)."""
+    return covers_layer(Unit.parse(o.unit).kind for o in combo)
 
 
 def layer_choices(ctx: AllocContext, options: dict[int, list[UnitOption]],
@@ -321,7 +320,7 @@ def layer_choices(ctx: AllocContext, options: dict[int, list[UnitOption]],
         options, dense_ok = within_band(ctx, options, band)
     combos = [layer_combinations(options.get(i, [])) for i in range(ctx.sizes().num_layers)]
     if not dense_ok:
-        combos = [[c for c in cs if covers_layer(c)] or cs for cs in combos]
+        combos = [[c for c in cs if choice_covers_layer(c)] or cs for cs in combos]
     return combos
 
 # -- the public entry point ----------------------------------------------------------------------
@@ -334,13 +333,9 @@ def apply_order(choices: list[Choice]) -> list[Choice]:
 
 def check_choices(choices: list[Choice]) -> None:
     """No unit twice, and never a block together with one of its sublayers."""
-    seen: dict[int, set[str]] = {}
-    for c in choices:
-        u = Unit.parse(c.unit)
-        kinds = seen.setdefault(u.layer, set())
-        if u.kind in kinds or (u.kind == "block" and kinds) or "block" in kinds:
-            raise PrunelensError(f"allocation chose overlapping units in layer {u.layer} ({c.unit})")
-        kinds.add(u.kind)
+    hit = first_overlap(Unit.parse(c.unit) for c in choices)
+    if hit is not None:
+        raise PrunelensError(f"allocation chose overlapping units in layer {hit[0].layer} ({hit[0]})")
 
 
 def allocate_plan(ds: Any, *, allocator: str = "knapsack", budget: Any, temperature: float,

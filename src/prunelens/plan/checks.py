@@ -8,27 +8,19 @@ from typing import Any
 from prunelens.errors import PrunelensError
 from prunelens.model.info import num_layers_of
 from prunelens.plan.document import Plan
-from prunelens.units import Unit
+from prunelens.units import Unit, covers_layer, first_overlap
 
 
 def check_units_disjoint(names: Iterable[str]) -> None:
     """One-line error when a unit is listed twice or a block is listed with one of its sublayers."""
-    seen: dict[str, str] = {}
-    blocks: set[int] = set()
-    subs: dict[int, str] = {}
-    for name in names:
-        unit = Unit.parse(str(name))
-        if unit.name in seen:
-            raise PrunelensError(f"the plan lists unit {unit.name} twice; each unit may appear once")
-        seen[unit.name] = unit.name
-        if unit.kind == "block":
-            if unit.layer in subs:
-                raise PrunelensError(f"the plan lists block {unit.name} and its sublayer {subs[unit.layer]}; they overlap")
-            blocks.add(unit.layer)
-        else:
-            if unit.layer in blocks:
-                raise PrunelensError(f"the plan lists block L{unit.layer} and its sublayer {unit.name}; they overlap")
-            subs.setdefault(unit.layer, unit.name)
+    hit = first_overlap(Unit.parse(str(name)) for name in names)
+    if hit is None:
+        return
+    unit, earlier = hit
+    if unit == earlier:
+        raise PrunelensError(f"the plan lists unit {unit.name} twice; each unit may appear once")
+    block, sub = (unit, earlier) if unit.kind == "block" else (earlier, unit)
+    raise PrunelensError(f"the plan lists block {block.name} and its sublayer {sub.name}; they overlap")
 
 
 def removed_layers(units: Iterable[tuple[Unit, str]]) -> set[int]:
@@ -36,16 +28,11 @@ def removed_layers(units: Iterable[tuple[Unit, str]]) -> set[int]:
     and layers whose attention and MLP are both removed."""
     from prunelens.compression.methods import removes_unit
 
-    gone: set[int] = set()
-    parts: dict[int, set[str]] = {}
+    removed: dict[int, set[str]] = {}
     for unit, method in units:
-        if not removes_unit(str(method)):
-            continue
-        if unit.kind == "block":
-            gone.add(unit.layer)
-        else:
-            parts.setdefault(unit.layer, set()).add(unit.kind)
-    return gone | {layer for layer, kinds in parts.items() if {"attn", "mlp"} <= kinds}
+        if removes_unit(str(method)):
+            removed.setdefault(unit.layer, set()).add(unit.kind)
+    return {layer for layer, kinds in removed.items() if covers_layer(kinds)}
 
 
 def check_plan_sane(plan: Plan, ds: Any = None) -> None:

@@ -99,10 +99,24 @@ def llmcompressor_recipe(plan: Any, adapter: Any = None) -> dict[str, Any]:
     if adapter is None:
         adapter = _meta_adapter(plan.model_id)
     order = {name: i for i, (name, _) in enumerate(adapter.model.named_modules())}
+    stage: dict[str, Any] = {}
+    counters: dict[str, int] = {}
+    for key, members in _modifier_groups(methods).items():
+        name = key[0]
+        first = members[0][1]
+        k = counters.get(name, 0)
+        counters[name] = k + 1
+        group = f"{name}{'' if k == 0 else f'_{k}'}_modifiers"
+        if first.llmcompressor_family == "pruning":
+            args = _pruning_args(members, first, key[1], adapter, order)
+        else:
+            args = _quantization_args(members, first, adapter, order)
+        stage[group] = {first.llmcompressor_modifier: args}
+    return {"oneshot_stage": stage}
 
-    def unit_name(u: Unit) -> str:
-        return adapter.module_name(u)
 
+def _modifier_groups(methods: list[tuple[Unit, Any]]) -> dict[tuple, list[tuple[Unit, Any]]]:
+    """(unit, method) pairs by modifier group: one per method name and fixed parameters (pattern, solver)."""
     groups: dict[tuple, list[tuple[Unit, Any]]] = {}
     for unit, m in methods:
         v = dict(m.values)
@@ -112,41 +126,39 @@ def llmcompressor_recipe(plan: Any, adapter: Any = None) -> dict[str, Any]:
         else:
             key = (m.name, v.get("blocksize"), v.get("percdamp"))
         groups.setdefault(key, []).append((unit, m))
+    return groups
 
-    stage: dict[str, Any] = {}
-    counters: dict[str, int] = {}
-    for key, members in groups.items():
-        name = key[0]
-        first = members[0][1]
-        modifier = first.llmcompressor_modifier
-        k = counters.get(name, 0)
-        counters[name] = k + 1
-        group = f"{name}{'' if k == 0 else f'_{k}'}_modifiers"
-        if first.llmcompressor_family == "pruning":
-            members = sorted(members, key=lambda um: order[unit_name(um[0])])
-            sparsities = [float(m.values["sparsity"]) for _, m in members]
-            args: dict[str, Any] = {
-                "targets": [_exact(unit_name(u)) for u, _ in members],
-                "sparsity": sparsities[0] if len(set(sparsities)) == 1 else sparsities,
-                "mask_structure": key[1],
-            }
-            args.update(_solver_args(dict(first.values)))
-            stage[group] = {modifier: args}
-        else:
-            config_groups: dict[str, Any] = {}
-            schemes: dict[tuple, list[str]] = {}
-            for u, m in members:
-                scheme = _weights_scheme(dict(m.values))
-                schemes.setdefault(tuple(sorted(scheme.items())), []).extend(adapter.linears(u))
-            for i, (scheme_key, linears) in enumerate(schemes.items()):
-                config_groups[f"group_{i}"] = {"targets": [_exact(n) for n in sorted(linears, key=order.__getitem__)],
-                                               "weights": dict(scheme_key), "input_activations": None,
-                                               "output_activations": None}
-            args = {"config_groups": config_groups, "ignore": ["lm_head"]}
-            if solver := _solver_args(dict(first.values)):
-                args.update(solver, actorder=None)
-            stage[group] = {modifier: args}
-    return {"oneshot_stage": stage}
+
+def _pruning_args(members: list[tuple[Unit, Any]], first: Any, mask_structure: str, adapter: Any,
+                  order: dict[str, int]) -> dict[str, Any]:
+    """A pruning modifier's arguments: the units as targets in model order, one sparsity or one per target."""
+    members = sorted(members, key=lambda um: order[adapter.module_name(um[0])])
+    sparsities = [float(m.values["sparsity"]) for _, m in members]
+    args: dict[str, Any] = {
+        "targets": [_exact(adapter.module_name(u)) for u, _ in members],
+        "sparsity": sparsities[0] if len(set(sparsities)) == 1 else sparsities,
+        "mask_structure": mask_structure,
+    }
+    args.update(_solver_args(dict(first.values)))
+    return args
+
+
+def _quantization_args(members: list[tuple[Unit, Any]], first: Any, adapter: Any,
+                       order: dict[str, int]) -> dict[str, Any]:
+    """A quantization modifier's arguments: one config group per weight scheme, targets the units' linears."""
+    config_groups: dict[str, Any] = {}
+    schemes: dict[tuple, list[str]] = {}
+    for u, m in members:
+        scheme = _weights_scheme(dict(m.values))
+        schemes.setdefault(tuple(sorted(scheme.items())), []).extend(adapter.linears(u))
+    for i, (scheme_key, linears) in enumerate(schemes.items()):
+        config_groups[f"group_{i}"] = {"targets": [_exact(n) for n in sorted(linears, key=order.__getitem__)],
+                                       "weights": dict(scheme_key), "input_activations": None,
+                                       "output_activations": None}
+    args: dict[str, Any] = {"config_groups": config_groups, "ignore": ["lm_head"]}
+    if solver := _solver_args(dict(first.values)):
+        args.update(solver, actorder=None)
+    return args
 
 
 def recipe_yaml(plan: Any, adapter: Any = None) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 from prunelens.errors import PrunelensError
 from prunelens.model.info import model_config, unit_param_counts
 from prunelens.plan.document import Plan, PlanUnit, parse_budget
-from prunelens.units import Unit
+from prunelens.units import Unit, max_disjoint, overlaps
 
 
 def safest_units(ranked: list[str], budget: int | float, counts: dict[str, int] | None = None,
@@ -30,8 +30,7 @@ def safest_units(ranked: list[str], budget: int | float, counts: dict[str, int] 
     taken: dict[int, set[str]] = {}
     for name in ranked:
         u = Unit.parse(name)
-        kinds = taken.get(u.layer, set())
-        if "block" in kinds or (u.kind == "block" and kinds) or u.kind in kinds:
+        if overlaps(u, taken.get(u.layer, set())):
             continue
         if isinstance(budget, int):
             if len(chosen) >= budget:
@@ -50,7 +49,7 @@ def safest_units(ranked: list[str], budget: int | float, counts: dict[str, int] 
 def check_count_reached(budget: int | float, chosen: list[str], reach: int) -> None:
     """A unit-count budget that is not filled is an error, as a knapsack budget that cannot be met is.
 
-    ``reach``: the most units that fit together (``max_disjoint``); ``chosen``: what the selection took.
+    ``reach``: the most units that fit together (``units.max_disjoint``); ``chosen``: what the selection took.
     """
     if not isinstance(budget, int) or len(chosen) >= budget:
         return
@@ -60,15 +59,6 @@ def check_count_reached(budget: int | float, chosen: list[str], reach: int) -> N
     raise PrunelensError(f"the budget asks for {budget} units; taken safest first (a block excludes its own "
                          f"sublayers) this ranking reaches {len(chosen)}: ask for at most {len(chosen)} or choose "
                          "one --kind")
-
-
-def max_disjoint(names: list[str]) -> int:
-    """The most units of ``names`` a plan can hold together (per layer: attention and MLP, or the block)."""
-    kinds: dict[int, set[str]] = {}
-    for name in names:
-        u = Unit.parse(name)
-        kinds.setdefault(u.layer, set()).add(u.kind)
-    return sum(max(len(k - {"block"}), 1) for k in kinds.values())
 
 
 def check_ranking(ranking: Any, *, by: str, temperature: float, locality: str, timing: str,
@@ -124,7 +114,7 @@ def plan_from_store(ds: Any, *, method: str, kind: str | None, temperature: floa
         chosen = ranker.consecutive_blocks(ctx, budget)
     else:
         chosen = safest_units(list(df["unit"]), budget, counts, total)
-    check_count_reached(budget, chosen, max_disjoint(list(df["unit"])))
+    check_count_reached(budget, chosen, max_disjoint(Unit.parse(u) for u in df["unit"]))
     return make_plan(ds, chosen, df.set_index("unit"), method=df.attrs["method"], kind=kind, temperature=temperature,
                      by=by, budget=budget, locality=locality, timing=timing, store_path=store_path, loaded=loaded,
                      counts=counts)
@@ -212,7 +202,7 @@ def iterative_plan(ds: Any, *, method: str, kind: str | None, temperature: float
     settings = ProbeSettings(steps=int(ds.sizes["step"]), temperatures=(float(temperature),), localities=("propagated",),
                              timings=("teacher_forced",), readout=str(ds.attrs.get("readout", "norm")))
     pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer is not None and loaded.tokenizer.pad_token_id is not None else 0
-    reach = max_disjoint([u.name for u in candidates])
+    reach = max_disjoint(candidates)
     if isinstance(budget, int) and reach < budget:  # before any re-probing
         check_count_reached(budget, [], reach)
     chosen: list[str] = []
