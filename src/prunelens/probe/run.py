@@ -56,14 +56,16 @@ def prompts_hash(prompts: Prompts) -> str:
 
 
 def run_identity(loaded: Any, methods: list[Method], units: list[Unit], prompts: Prompts, settings: ProbeSettings,
-                 seed: int, dtype: str, calibration: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
+                 seed: int, dtype: str, calibration: dict[str, Any],
+                 base: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a store must match for a run to resume into it."""
     from prunelens.model.loading import weights_fingerprint
     from prunelens_store.schema import KL_CONVENTION, SCHEMA_VERSION
 
     ident = {
-        "schema_version": SCHEMA_VERSION, "model_id": loaded.model_id, "config_hash": loaded.config_hash, "dtype": dtype,
-        "readout": settings.readout, "kl_convention": KL_CONVENTION, "prompts_hash": prompts_hash(prompts), "seed": seed,
+        "schema_version": SCHEMA_VERSION, "model_id": loaded.model_id, "config_hash": loaded.config_hash,
+        "dtype": dtype, "readout": settings.readout, "kl_convention": KL_CONVENTION,
+        "prompts_hash": prompts_hash(prompts), "seed": seed,
         "samples": len(prompts), "steps": settings.steps, "temperatures": list(settings.temperatures),
         "localities": list(settings.localities), "timings": list(settings.timings),
         "methods": [m.spec for m in methods], "units": [u.name for u in units],
@@ -104,7 +106,8 @@ class StatsCache:
             try:
                 from prunelens.compression.calibration import LayerwiseStats
             except ImportError as exc:  # pragma: no cover - calibration ships with the core
-                raise PrunelensError(f"method {method.name!r} needs calibration, and prunelens.compression.calibration is unavailable ({exc})") from exc
+                raise PrunelensError(f"method {method.name!r} needs calibration, and prunelens.compression.calibration "
+                                     f"is unavailable ({exc})") from exc
             import torch
 
             from prunelens.text.corpora import token_windows
@@ -139,36 +142,18 @@ def run_probe(loaded: Any, methods: list[Method], units: list[Unit], prompts: Pr
         lock.release()
 
 
-def _run_probe(
-    loaded: Any,
-    methods: list[Method],
-    units: list[Unit],
-    prompts: Prompts,
-    settings: ProbeSettings,
-    out: str | Path,
-    *,
-    lock: Any = None,
-    seed: int = 0,
-    dtype: str = "float32",
-    device: str = "cpu",
-    calib_samples: int = 32,
-    calib_len: int = 256,
-    ranks: Ranks | None = None,
-    progress: bool = True,
-    on_cell: Callable[[str, str], None] | None = None,
-    base: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+def _run_probe(loaded: Any, methods: list[Method], units: list[Unit], prompts: Prompts, settings: ProbeSettings,
+               out: str | Path, *, lock: Any = None, seed: int = 0, dtype: str = "float32", device: str = "cpu",
+               calib_samples: int = 32, calib_len: int = 256, ranks: Ranks | None = None, progress: bool = True,
+               on_cell: Callable[[str, str], None] | None = None, base: dict[str, Any] | None = None,
+               ) -> dict[str, Any]:
     """``run_probe``'s body; ``lock`` (the store's ``StoreLock``) is taken by rank 0 before it touches the store."""
-    from prunelens_store.writer import StoreWriter, build_template, create_store
+    from prunelens_store.writer import StoreWriter, create_store
 
     ranks = ranks or Ranks()
     out = Path(out)
     t0 = time.time()
-    for m in methods:
-        for u in units:
-            if u.kind not in m.unit_kinds:
-                raise PrunelensError(f"method {m.name!r} cannot act on {u.kind} units ({u}); choose units of kind "
-                                     f"{', '.join(m.unit_kinds)}")
+    _check_unit_kinds(methods, units)
     from prunelens.probe.prompts import check_vocab
 
     check_vocab(prompts, int(loaded.model.get_input_embeddings().num_embeddings))  # before any store exists
@@ -189,37 +174,11 @@ def _run_probe(
                 lock.acquire()
                 remove_stale_temps(out, any_owner=True)  # we hold the lock: every temporary of out is stale
             if out.exists():
-                writer = StoreWriter.open_for_resume(out, identity)
-                stored = np.asarray(writer.group["tokens"][:])
-                if stored.shape != tokens.shape or not np.array_equal(stored, tokens):
-                    raise PrunelensError(f"{out}: the dense continuation differs from the store's (different weights or device?); "
-                                         "refusing to mix results; use another --out")
+                _check_resume(out, identity, tokens)
             else:
-                attrs = {
-                    "model_id": loaded.model_id, "config_hash": loaded.config_hash, "dtype": dtype, "device": device,
-                    "weights_fingerprint": identity["weights"],
-                    "versions": json.dumps({**versions(), **plugin_versions(methods)}), "readout": settings.readout, "prompts_hash": identity["prompts_hash"],
-                    "prompts_source": prompts.source, "seed": seed, "data_splits": json.dumps(data_splits()),
-                    "tokenization": json.dumps(convention(loaded.tokenizer).as_attrs()),
-                    "methods": json.dumps({m.spec: {"name": m.name, **m.values, "plugin": method_provenance(m.name)}
-                                           for m in methods}, default=str),
-                    "calibration": json.dumps(calibration), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "step_convention": "step s = prediction of continuation token s, at position prompt_len - 1 + s",
-                    "readout_convention": "norm: z = lm_head(final_norm(h)); raw: z = lm_head(h)",
-                    "local_convention": "local = output of the unit's layer i read out through the readout",
-                    "sublayer_convention": "sublayer = the unit's own residual-stream output: x + attn(x) before the MLP "
-                                           "for an attention unit, the layer output for an MLP or block unit",
-                    "decode": json.dumps(decode_attrs(settings)),
-                    **({"base_plan": json.dumps(base)} if base is not None else {}),
-                    "world_size": ranks.world,
-                }
-                ds = build_template(
-                    [m.spec for m in methods], [u.name for u in units], [u.layer for u in units], [u.kind for u in units],
-                    len(prompts), settings.steps, list(settings.temperatures), list(settings.localities), list(settings.timings),
-                    tokens=tokens, prompt_len=np.asarray([len(r) for r in prompts.ids]), dense_free_tokens=cont,
-                    candidates=prompts.candidate_array(), attrs=attrs,
-                )
-                create_store(out, ds, identity)
+                attrs = _store_attrs(loaded, methods, prompts, settings, identity, calibration, seed=seed, dtype=dtype,
+                                     device=device, base=base, world=ranks.world)
+                create_store(out, _template(methods, units, prompts, settings, tokens, cont, attrs), identity)
         except Exception as exc:  # tell the other ranks before raising
             error = exc
     if not ranks.broadcast_ok(error is None):
@@ -227,6 +186,79 @@ def _run_probe(
     ranks.barrier()
 
     writer = StoreWriter(out)
+    _probe_cells(loaded, engine, writer, methods, units, ranks, calib_samples=calib_samples, calib_len=calib_len,
+                 seed=seed, progress=progress, on_cell=on_cell)
+    ranks.barrier()
+    result: dict[str, Any] = {}
+    if ranks.is_main:
+        result = writer.finalise({"seconds_last_run": round(time.time() - t0, 2)})
+    ranks.barrier()
+    return result
+
+
+def _check_unit_kinds(methods: list[Method], units: list[Unit]) -> None:
+    """Refuse a (method, unit) pair whose unit kind the method cannot act on."""
+    for m in methods:
+        for u in units:
+            if u.kind not in m.unit_kinds:
+                raise PrunelensError(f"method {m.name!r} cannot act on {u.kind} units ({u}); choose units of kind "
+                                     f"{', '.join(m.unit_kinds)}")
+
+
+def _check_resume(out: Path, identity: dict[str, Any], tokens: np.ndarray) -> None:
+    """Refuse to resume into the store at ``out`` unless its identity and dense continuation match."""
+    from prunelens_store.writer import StoreWriter
+
+    writer = StoreWriter.open_for_resume(out, identity)
+    stored = np.asarray(writer.group["tokens"][:])
+    if stored.shape != tokens.shape or not np.array_equal(stored, tokens):
+        raise PrunelensError(f"{out}: the dense continuation differs from the store's (different weights or "
+                             "device?); refusing to mix results; use another --out")
+
+
+def _store_attrs(loaded: Any, methods: list[Method], prompts: Prompts, settings: ProbeSettings,
+                 identity: dict[str, Any], calibration: dict[str, Any], *, seed: int, dtype: str, device: str,
+                 base: dict[str, Any] | None, world: int) -> dict[str, Any]:
+    """The attrs of a new store: provenance, versions and the conventions its values follow."""
+    return {
+        "model_id": loaded.model_id, "config_hash": loaded.config_hash, "dtype": dtype, "device": device,
+        "weights_fingerprint": identity["weights"],
+        "versions": json.dumps({**versions(), **plugin_versions(methods)}), "readout": settings.readout,
+        "prompts_hash": identity["prompts_hash"],
+        "prompts_source": prompts.source, "seed": seed, "data_splits": json.dumps(data_splits()),
+        "tokenization": json.dumps(convention(loaded.tokenizer).as_attrs()),
+        "methods": json.dumps({m.spec: {"name": m.name, **m.values, "plugin": method_provenance(m.name)}
+                               for m in methods}, default=str),
+        "calibration": json.dumps(calibration),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "step_convention": "step s = prediction of continuation token s, at position prompt_len - 1 + s",
+        "readout_convention": "norm: z = lm_head(final_norm(h)); raw: z = lm_head(h)",
+        "local_convention": "local = output of the unit's layer i read out through the readout",
+        "sublayer_convention": "sublayer = the unit's own residual-stream output: x + attn(x) before the MLP "
+                               "for an attention unit, the layer output for an MLP or block unit",
+        "decode": json.dumps(decode_attrs(settings)),
+        **({"base_plan": json.dumps(base)} if base is not None else {}),
+        "world_size": world,
+    }
+
+
+def _template(methods: list[Method], units: list[Unit], prompts: Prompts, settings: ProbeSettings,
+              tokens: np.ndarray, cont: Any, attrs: dict[str, Any]) -> Any:
+    """The empty dataset of a new store (``build_template``): every cell's shape, the dense tokens, ``attrs``."""
+    from prunelens_store.writer import build_template
+
+    return build_template(
+        [m.spec for m in methods], [u.name for u in units], [u.layer for u in units], [u.kind for u in units],
+        len(prompts), settings.steps, list(settings.temperatures), list(settings.localities), list(settings.timings),
+        tokens=tokens, prompt_len=np.asarray([len(r) for r in prompts.ids]), dense_free_tokens=cont,
+        candidates=prompts.candidate_array(), attrs=attrs,
+    )
+
+
+def _probe_cells(loaded: Any, engine: ProbeEngine, writer: Any, methods: list[Method], units: list[Unit],
+                 ranks: Ranks, *, calib_samples: int, calib_len: int, seed: int, progress: bool,
+                 on_cell: Callable[[str, str], None] | None) -> None:
+    """Measure and write this rank's cells not yet done, then free the engine's and the statistics' memory."""
     done = writer.done()
     cells = [(mi, ui) for ui in range(len(units)) for mi in range(len(methods))]  # layer order: dense logits reused
     # whole layers per rank, round-robin (early and late layers balance): a layer's dense readout is made once
@@ -257,12 +289,6 @@ def _run_probe(
             bar.close()
     engine.release()
     stats.release()
-    ranks.barrier()
-    result: dict[str, Any] = {}
-    if ranks.is_main:
-        result = writer.finalise({"seconds_last_run": round(time.time() - t0, 2)})
-    ranks.barrier()
-    return result
 
 
 def _progress(total: int, ranks: Ranks, enabled: bool, skipped: int) -> Any:
@@ -273,4 +299,5 @@ def _progress(total: int, ranks: Ranks, enabled: bool, skipped: int) -> Any:
     desc = "probe" + (f" (rank 0 of {ranks.world})" if ranks.world > 1 else "")
     if skipped:
         desc += f", {skipped} cells already done"
-    return tqdm(total=total, desc=desc, unit="cell", dynamic_ncols=True, disable=os.environ.get("PRUNELENS_NO_PROGRESS") == "1")
+    return tqdm(total=total, desc=desc, unit="cell", dynamic_ncols=True,
+                disable=os.environ.get("PRUNELENS_NO_PROGRESS") == "1")
