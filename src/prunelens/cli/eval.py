@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -25,7 +26,8 @@ DEFAULT_TASKS = "perplexity,mc_nextline,mc_letters"
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write the results (lm-eval's shape, with run details) to this JSON file; '-' prints JSON only.")
+              help="Also write the results (lm-eval's shape, with run details) to this JSON file; '-' prints "
+                   "JSON only.")
 @click.option("--log-samples", is_flag=True, help="Also record per-item logs in the JSON (\"samples\", as lm-eval).")
 @click.option("--lm-eval", "lm_eval_tasks", default=None, metavar="TASKS",
               help="Also run these lm-evaluation-harness tasks (comma-separated) on the loaded model through "
@@ -49,27 +51,54 @@ def command(model: str | None, task_list: str | None, reference: str | None, sam
     results: "acc,none", "acc_stderr,none", integer "n-samples", "versions", "configs",
     "config"; `prunelens report --eval FILE` reads it.
     """
-    from prunelens.evaluation.task_runner import split_task_list, task_registry
+    from prunelens.evaluation.task_runner import task_registry
 
     if list_only:
         _print_tasks(task_registry())
         return
     from prunelens.errors import PrunelensError
-    from prunelens.evaluation.task_runner import build_tasks, run_tasks
-    from prunelens.model.loading import load_model
 
     if not model:
-        raise PrunelensError("name a model to evaluate (a bundled alias such as smollm2-135m, or a checkpoint directory)")
+        raise PrunelensError("name a model to evaluate (a bundled alias such as smollm2-135m, or a checkpoint "
+                             "directory)")
     if json_path and json_path != "-":
         from prunelens.paths import check_writable_file
 
         check_writable_file(json_path, flag="--json")  # before the evaluation, not after it
 
+    tasks = _checked_tasks(task_list, reference, lm_eval_tasks, n_samples=samples, seed=seed, batch_size=batch_size)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    from prunelens.evaluation.results import read_results
+
+    record = _evaluate(model, reference, tasks, dtype=dtype, device=device, batch_size=batch_size, seed=seed,
+                       samples=samples, log_samples=log_samples, lm_eval_tasks=lm_eval_tasks,
+                       lm_eval_include=lm_eval_include)
+    text = json.dumps(record, indent=2, default=str)
+    if json_path == "-":
+        click.echo(text)
+        return
+    _print_results(model, next(iter(read_results(record).values())), record.get("seconds", {}))
+    if json_path:
+        from prunelens.fileio import atomic_write
+
+        atomic_write(json_path, text + "\n")
+        click.echo(f"wrote {json_path}")
+
+
+def _checked_tasks(task_list: str | None, reference: str | None, lm_eval_tasks: str | None,
+                   **params: Any) -> list[Any]:
+    """The prunelens tasks to run, their names and parameters checked (and the lm-eval extra present when asked
+    for) before anything is loaded."""
+    from prunelens.errors import PrunelensError
+    from prunelens.evaluation.task_runner import build_tasks, split_task_list
+
     if lm_eval_tasks and reference:
         raise PrunelensError("--reference is for prunelens tasks (gen_agreement); lm-eval tasks score one model")
     default = DEFAULT_TASKS + (",gen_agreement" if reference else "")
     specs = split_task_list(task_list if task_list is not None else ("" if lm_eval_tasks else default))
-    params = {"n_samples": samples, "seed": seed, "batch_size": batch_size}
     tasks = build_tasks(specs, **params) if specs else []  # validate names and parameters before loading anything
     needs = [t.name for t in tasks if t.needs_reference]
     if needs and not reference:
@@ -78,12 +107,17 @@ def command(model: str | None, task_list: str | None, reference: str | None, sam
         from prunelens.evaluation.lm_eval_harness import require_lm_eval
 
         require_lm_eval()  # one clear line before loading anything
-    if threads:
-        import torch
+    return tasks
 
-        torch.set_num_threads(threads)
-    from prunelens.evaluation.results import read_results, results_record
+
+def _evaluate(model: str, reference: str | None, tasks: list[Any], *, dtype: str, device: str,
+              batch_size: int | None, seed: int | None, samples: int | None, log_samples: bool,
+              lm_eval_tasks: str | None, lm_eval_include: str | None) -> dict[str, Any]:
+    """Load the model (and the reference), run the tasks and the lm-eval tasks; the results record."""
+    from prunelens.evaluation.results import results_record
+    from prunelens.evaluation.task_runner import run_tasks
     from prunelens.model.devices import resolve_device
+    from prunelens.model.loading import load_model
 
     device = resolve_device(device)[0]
     loaded = load_model(model, dtype=dtype, device=device)
@@ -103,17 +137,7 @@ def command(model: str | None, task_list: str | None, reference: str | None, sam
         lm_record = run_lm_eval(loaded, lm_eval_tasks, include_path=lm_eval_include, limit=samples,
                                 batch_size=batch_size or 1, log_samples=log_samples)
         record = merge_records(record, lm_record)
-    text = json.dumps(record, indent=2, default=str)
-    if json_path == "-":
-        click.echo(text)
-        return
-    _print_results(model, next(iter(read_results(record).values())), record.get("seconds", {}))
-    if json_path:
-        from prunelens.fileio import atomic_write
-
-        atomic_write(json_path, text + "\n")
-        click.echo(f"wrote {json_path}")
-
+    return record
 
 
 def _print_results(model: str, results: dict[str, dict[str, float]], timings: dict[str, float]) -> None:
