@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from prunelens.cli.rank import store_options
@@ -44,8 +46,10 @@ def check_export_targets(out: str | None, mergekit: str | None, llmc: str | None
 @click.option("--mergekit", type=click.Path(dir_okay=False), default=None,
               help="Also write a mergekit passthrough YAML (block drops only); '-' prints it.")
 @click.option("--llmcompressor", "llmc", type=click.Path(dir_okay=False), default=None,
-              help="Also write an llm-compressor recipe YAML (wanda, sparsegpt, rtn, gptq units); '-' prints it.")
-@click.option("--json", "as_json", is_flag=True, help="Print the plan JSON instead of the table (the file is written too).")
+              help="Also write an llm-compressor recipe YAML (wanda, sparsegpt, rtn, gptq units); '-' prints "
+                   "it.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the plan JSON instead of the table (the file is written too).")
 def command(store, method, kind, temperature, by, locality, timing, budget, allocator, dense_bits, seed, iterative, out,
             mergekit, llmc, as_json) -> None:
     """Write a plan: the safest units of STORE under --budget, at --temperature."""
@@ -56,7 +60,6 @@ def command(store, method, kind, temperature, by, locality, timing, budget, allo
     from prunelens.paths import check_writable_file
     from prunelens.plan.ranking import load_store
     from prunelens.plan.unit_selection import iterative_plan, plan_from_store
-    from prunelens.safe_text import esc
 
     check_export_targets(out, mergekit, llmc, as_json)
     check_writable_file(None if is_stdout(out) else out, flag="--out")  # before any work
@@ -71,50 +74,66 @@ def command(store, method, kind, temperature, by, locality, timing, budget, allo
     if allocator is None and is_allocation_budget(budget):
         allocator = "knapsack"
     if allocator is not None:
-        from prunelens.plan.allocation import allocate_plan, parse_allocator_spec
-
         if iterative:
             raise click.UsageError("--iterative and --allocator do not combine")
-        name, params = parse_allocator_spec(allocator)
-        methods = None if method is None else [m for m in method.split("+") if m]
-        if seed is not None:
-            from prunelens.plan.allocation import allocator_registry
-
-            reg = allocator_registry()
-            if name in reg and "seed" not in reg[name][1].params:
-                raise click.UsageError(f"--seed: allocator {name!r} has no seed")
-            params.setdefault("seed", str(seed))
-        from contextlib import nullcontext
-
-        # the search draws its own progress bar (best fitness); a spinner would fight it
-        busy = nullcontext() if name == "search" else console.status(f"allocating ({name})...")
-        with busy:
-            plan = allocate_plan(ds, allocator=name, budget=budget, temperature=temperature, methods=methods,
-                                 kind=kind_, locality=locality, timing=timing, store_path=str(Path(store).resolve()),
-                                 dense_bits=dense_bits, **params)
+        plan = _allocated_plan(ds, console, allocator, method, seed, budget=budget, temperature=temperature,
+                               kind=kind_, locality=locality, timing=timing, store_path=str(Path(store).resolve()),
+                               dense_bits=dense_bits)
     elif iterative:
         if by != "kl_pred":
             raise click.UsageError("--iterative re-probes predicted KL; use it with --by kl_pred")
         with console.status("iterative plan: re-probing after each choice...") as status:
             plan = iterative_plan(ds, method=method, kind=kind_, temperature=temperature, budget=budget,
-                                  store_path=str(Path(store).resolve()), progress=lambda msg: status.update(f"re-probing {msg}"))
+                                  store_path=str(Path(store).resolve()),
+                                  progress=lambda msg: status.update(f"re-probing {msg}"))
     else:
         plan = plan_from_store(ds, method=method, kind=kind_, temperature=temperature, by=by, budget=budget,
                                locality=locality, timing=timing, store_path=str(Path(store).resolve()))
     from prunelens.workflow.export import export_plan, prepare_plan
-    from prunelens.workflow.tables import allocation_line, plan_table
 
     prepare_plan(plan, ds)  # the data record; 0 units or every layer removed: refused before writing (as the TUI)
     export_plan(plan, out, mergekit, llmc)  # every text is built (and checked) before anything is written
     if as_json and not is_stdout(out):
         write_output("-", plan.to_json())
-    if quiet:
-        return
+    if not quiet:
+        _print_plan(console, plan, ds, (out, mergekit, llmc))
+
+
+def _allocated_plan(ds: Any, console: Any, allocator: str, method: str | None, seed: int | None, *, budget: str,
+                    temperature: float, kind: str | None, locality: str, timing: str, store_path: str,
+                    dense_bits: float) -> Any:
+    """The plan of ``--allocator`` (its parameters, ``--seed`` where it takes one) over the store's methods."""
+    from prunelens.plan.allocation import allocate_plan, parse_allocator_spec
+
+    name, params = parse_allocator_spec(allocator)
+    methods = None if method is None else [m for m in method.split("+") if m]
+    if seed is not None:
+        from prunelens.plan.allocation import allocator_registry
+
+        reg = allocator_registry()
+        if name in reg and "seed" not in reg[name][1].params:
+            raise click.UsageError(f"--seed: allocator {name!r} has no seed")
+        params.setdefault("seed", str(seed))
+    from contextlib import nullcontext
+
+    # the search draws its own progress bar (best fitness); a spinner would fight it
+    busy = nullcontext() if name == "search" else console.status(f"allocating ({name})...")
+    with busy:
+        return allocate_plan(ds, allocator=name, budget=budget, temperature=temperature, methods=methods, kind=kind,
+                             locality=locality, timing=timing, store_path=store_path, dense_bits=dense_bits, **params)
+
+
+def _print_plan(console: Any, plan: Any, ds: Any, written: tuple[str | None, ...]) -> None:
+    """The plan's table, its allocation line, the files written and a note on non-finite results."""
+    from prunelens.console import make_console
+    from prunelens.safe_text import esc
+    from prunelens.workflow.tables import allocation_line, plan_table
+
     console.print(plan_table(plan))
     line = allocation_line(plan)
     if line:
         console.print(line)
-    console.print(esc("wrote " + " and ".join(str(p) for p in (out, mergekit, llmc) if p)))
+    console.print(esc("wrote " + " and ".join(str(p) for p in written if p)))
     from prunelens.plan.ranking import nonfinite_note
 
     note = nonfinite_note(ds)
