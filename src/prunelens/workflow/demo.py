@@ -12,7 +12,8 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,12 +45,14 @@ class DemoSettings:
 def probe_command(s: DemoSettings, store: Path) -> list[str]:
     return [sys.executable, "-m", "prunelens", "probe", "--model", s.model, "--method", s.method, "--units", s.units,
             "--samples", str(s.samples), "--steps", str(s.steps), "--prompt-len", str(s.prompt_len),
-            "--temperature", s.temperatures, "--locality", "local,propagated", "--timing", s.timing, "--out", str(store)]
+            "--temperature", s.temperatures, "--locality", "local,propagated", "--timing", s.timing,
+            "--out", str(store)]
 
 
 def sweep_command(s: DemoSettings, store: Path) -> list[str]:
     return [sys.executable, "-m", "prunelens", "probe", "--model", s.model, "--method", s.sweep_method, "--units",
-            "block", "--samples", str(s.sweep_samples), "--steps", str(s.sweep_steps), "--prompt-len", str(s.prompt_len),
+            "block", "--samples", str(s.sweep_samples), "--steps", str(s.sweep_steps),
+            "--prompt-len", str(s.prompt_len),
             "--temperature", f"{s.temperature:g}", "--locality", "propagated", "--timing", "teacher_forced",
             "--out", str(store)]
 
@@ -69,15 +72,11 @@ def eval_tasks(s: DemoSettings) -> list[str]:
 def run_demo(out: str | Path, settings: DemoSettings | None = None, say: Callable[[Any], None] = print,
              overwrite: bool = False) -> dict[str, Any]:
     """Run every step into ``out``; returns paths and headline numbers. A rerun resumes the probe."""
-    from prunelens.evaluation.task_runner import run_tasks
-    from prunelens.fileio import atomic_write
     from prunelens.model.loading import load_model
     from prunelens.plan.apply import apply_plan, validate_plan
     from prunelens.plan.ranking import load_store, rank_units
-    from prunelens.plan.unit_selection import plan_from_store
-    from prunelens.workflow.export import export_plan
     from prunelens.workflow.report import write_report
-    from prunelens.workflow.tables import eval_comparison_table, ranking_table, validation_table
+    from prunelens.workflow.tables import ranking_table, validation_table
 
     s = settings or DemoSettings()
     out = Path(out)
@@ -85,40 +84,71 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, say: Callabl
     store, plan_path, model_dir, report_dir = out / "probe.zarr", out / "plan.json", out / "model", out / "report"
     timings: dict[str, float] = {}
 
-    def step(name: str) -> Callable[[], None]:
+    @contextmanager
+    def step(name: str) -> Iterator[None]:
         t0 = time.perf_counter()
         say(f"\n[bold cyan]== {name}[/]")
-        return lambda: timings.__setitem__(name, round(time.perf_counter() - t0, 1))
+        yield
+        timings[name] = round(time.perf_counter() - t0, 1)
 
-    done = step("1/8 probe")
-    _run_probe(probe_command(s, store), say)
-    done()
+    with step("1/8 probe"):
+        _run_probe(probe_command(s, store), say)
 
-    done = step("2/8 rank")
-    ds = load_store(store)
-    df = rank_units(ds, method=s.method, kind=s.kind, temperature=s.temperature, by="kl_pred")
-    say(ranking_table(df.head(10), f"{s.kind} units by predicted KL at T={s.temperature:g} (10 safest)"))
-    done()
+    with step("2/8 rank"):
+        ds = load_store(store)
+        df = rank_units(ds, method=s.method, kind=s.kind, temperature=s.temperature, by="kl_pred")
+        say(ranking_table(df.head(10), f"{s.kind} units by predicted KL at T={s.temperature:g} (10 safest)"))
 
-    done = step("3/8 plan")
+    with step("3/8 plan"):
+        plan = _plan_step(s, ds, df, store, plan_path, say)
+
+    with step("4/8 apply"):
+        path, _ = apply_plan(plan, model_dir, overwrite=True, progress=False)
+        say(f"checkpoint -> {path} (loads with AutoModelForCausalLM.from_pretrained)")
+
+    with step("5/8 validate: predicted vs measured KL on the store's prompts"):
+        dense = load_model(s.model)
+        rows = validate_plan(plan, ds, dense=dense, checkpoint=path)
+        say(validation_table(plan, rows))
+
+    with step("6/8 eval: dense vs applied"):
+        results = _eval_step(s, plan, path, out, plan_path, say)
+
+    with step(f"7/8 decision: a level sweep, then knapsack beside uniform at {s.sweep_budget}"):
+        decision = decide(s, out, say)
+
+    with step("8/8 report"):
+        md = write_report(ds, report_dir, plan=plan, eval_results=results, store_path=str(store), kind=None)
+        say(f"report -> {md}")
+    per_step = ", ".join(f"{k.split()[0]} {v:.0f}s" for k, v in timings.items())
+    say(f"\nDone in {sum(timings.values()):.0f} s ({per_step}).")
+    say(f"Browse the probe store:  [bold]prunelens tui {store}[/]")
+    return {"store": str(store), "plan": str(plan_path), "model": str(path), "report": str(md), "timings": timings,
+            "predicted_kl": plan.predicted_kl_total, "measured_kl": plan.measured_kl_total, "eval": results,
+            "decision": decision}
+
+
+def _plan_step(s: DemoSettings, ds: Any, df: Any, store: Path, plan_path: Path, say: Callable[[Any], None]) -> Any:
+    """The plan of the ``budget`` safest units by predicted KL (the ranking ``df``), written to ``plan_path``."""
+    from prunelens.plan.unit_selection import plan_from_store
+    from prunelens.workflow.export import export_plan
+
     plan = plan_from_store(ds, method=s.method, kind=s.kind, temperature=s.temperature, by="kl_pred", budget=s.budget,
                            store_path=str(store), ranking=df)
     export_plan(plan, plan_path)
     say(f"plan: {s.method} {', '.join(plan.unit_names)} (predicted KL {plan.predicted_kl_total:.4g}) -> {plan_path}")
-    done()
+    return plan
 
-    done = step("4/8 apply")
-    path, _ = apply_plan(plan, model_dir, overwrite=True, progress=False)
-    say(f"checkpoint -> {path} (loads with AutoModelForCausalLM.from_pretrained)")
-    done()
 
-    done = step("5/8 validate: predicted vs measured KL on the store's prompts")
-    dense = load_model(s.model)
-    rows = validate_plan(plan, ds, dense=dense, checkpoint=path)
-    say(validation_table(plan, rows))
-    done()
+def _eval_step(s: DemoSettings, plan: Any, path: Path, out: Path, plan_path: Path,
+               say: Callable[[Any], None]) -> dict[str, Any]:
+    """Evaluate the dense model and the applied checkpoint; the results go into the plan and ``eval.json``."""
+    from prunelens.evaluation.task_runner import run_tasks
+    from prunelens.fileio import atomic_write
+    from prunelens.model.loading import load_model
+    from prunelens.workflow.export import export_plan
+    from prunelens.workflow.tables import eval_comparison_table
 
-    done = step("6/8 eval: dense vs applied")
     applied = load_model(str(path))
     tasks = eval_tasks(s)
     dense = load_model(s.model)  # the replay above left it intact, but load fresh: a clean reference
@@ -128,21 +158,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, say: Callabl
     export_plan(plan, plan_path)
     atomic_write(out / "eval.json", json.dumps(results, indent=2))
     say(eval_comparison_table(results))
-    done()
-
-    done = step(f"7/8 decision: a level sweep, then knapsack beside uniform at {s.sweep_budget}")
-    decision = decide(s, out, say)
-    done()
-
-    done = step("8/8 report")
-    md = write_report(ds, report_dir, plan=plan, eval_results=results, store_path=str(store), kind=None)
-    say(f"report -> {md}")
-    done()
-    say(f"\nDone in {sum(timings.values()):.0f} s ({', '.join(f'{k.split()[0]} {v:.0f}s' for k, v in timings.items())}).")
-    say(f"Browse the probe store:  [bold]prunelens tui {store}[/]")
-    return {"store": str(store), "plan": str(plan_path), "model": str(path), "report": str(md), "timings": timings,
-            "predicted_kl": plan.predicted_kl_total, "measured_kl": plan.measured_kl_total, "eval": results,
-            "decision": decision}
+    return results
 
 
 def decide(s: DemoSettings, out: Path, say: Callable[[Any], None]) -> dict[str, Any]:
