@@ -60,8 +60,8 @@ def inverse_hessian_cholesky(h: torch.Tensor, percdamp: float = 0.01, name: str 
                 return upper
         damp = max(damp, 1e-6) * 10
     raise PrunelensError(
-        f"Hessian{' of ' + name if name else ''} is not positive definite even with damping {damp / 10:g}·mean(diag H); "
-        "use more calibration samples or a larger percdamp"
+        f"Hessian{' of ' + name if name else ''} is not positive definite even with damping "
+        f"{damp / 10:g}·mean(diag H); use more calibration samples or a larger percdamp"
     )
 
 
@@ -107,36 +107,50 @@ def obs_compress(
     out = torch.zeros_like(w)
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
-        count = i2 - i1
         w1 = w[:, i1:i2].clone()
-        q1 = torch.zeros_like(w1)
-        err1 = torch.zeros_like(w1)
         u1 = u[i1:i2, i1:i2]
         d1 = torch.diag(u1)
         if prune_mask is not None:
             mask1 = prune_mask[:, i1:i2].clone()
-        elif nm is None and sparsity > 0:
-            score = w1**2 / d1.unsqueeze(0) ** 2
-            k = int(score.numel() * sparsity)
-            mask1 = torch.zeros_like(w1, dtype=torch.bool)
-            if k:
-                mask1.view(-1)[torch.topk(score.flatten(), k, largest=False).indices] = True
         else:
-            mask1 = torch.zeros_like(w1, dtype=torch.bool)
-        for i in range(count):
-            col = w1[:, i]
-            if nm is not None and i % nm[1] == 0:
-                m = nm[1]
-                score = w1[:, i : i + m] ** 2 / d1[i : i + m].unsqueeze(0) ** 2
-                mask1.scatter_(1, i + torch.topk(score, m - nm[0], dim=1, largest=False).indices, True)
-            q = torch.where(mask1[:, i], torch.zeros_like(col), col)  # no boolean indexing: no host sync per column
-            if quantize is not None:
-                qcol = quantize(w1[:, i:], i1 + i)
-                q = torch.where(mask1[:, i], q, qcol)
-            q1[:, i] = q
-            e = (col - q) / u1[i, i]
-            w1[:, i:] -= e.unsqueeze(1) @ u1[i, i:].unsqueeze(0)
-            err1[:, i] = e
+            mask1 = _unstructured_mask(w1, d1, sparsity if nm is None else 0.0)
+        q1, err1 = _solve_block(w1, u1, d1, mask1, i1, nm, quantize)
         out[:, i1:i2] = q1
         w[:, i2:] -= err1 @ u[i1:i2, i2:]
     return out
+
+
+def _unstructured_mask(w1: torch.Tensor, d1: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """A block's prune mask (True = prune): the ``sparsity`` fraction of lowest OBS scores ``w² / d²``; all
+    False for no sparsity."""
+    mask1 = torch.zeros_like(w1, dtype=torch.bool)
+    if sparsity > 0:
+        score = w1**2 / d1.unsqueeze(0) ** 2
+        k = int(score.numel() * sparsity)
+        if k:
+            mask1.view(-1)[torch.topk(score.flatten(), k, largest=False).indices] = True
+    return mask1
+
+
+def _solve_block(w1: torch.Tensor, u1: torch.Tensor, d1: torch.Tensor, mask1: torch.Tensor, i1: int,
+                 nm: tuple[int, int] | None, quantize: Quantize | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Visit a block's columns in order (block starting at global column ``i1``): choose each N:M group's pruned
+    weights, prune and/or quantize the column and spread its error over the block's later columns (``w1`` and
+    ``mask1`` are updated in place). Returns the block's new weights and its scaled errors."""
+    q1 = torch.zeros_like(w1)
+    err1 = torch.zeros_like(w1)
+    for i in range(w1.shape[1]):
+        col = w1[:, i]
+        if nm is not None and i % nm[1] == 0:
+            m = nm[1]
+            score = w1[:, i : i + m] ** 2 / d1[i : i + m].unsqueeze(0) ** 2
+            mask1.scatter_(1, i + torch.topk(score, m - nm[0], dim=1, largest=False).indices, True)
+        q = torch.where(mask1[:, i], torch.zeros_like(col), col)  # no boolean indexing: no host sync per column
+        if quantize is not None:
+            qcol = quantize(w1[:, i:], i1 + i)
+            q = torch.where(mask1[:, i], q, qcol)
+        q1[:, i] = q
+        e = (col - q) / u1[i, i]
+        w1[:, i:] -= e.unsqueeze(1) @ u1[i, i:].unsqueeze(0)
+        err1[:, i] = e
+    return q1, err1
