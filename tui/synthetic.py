@@ -58,8 +58,23 @@ def synthetic_dataset(
         "complete": bool(done_fraction >= 1.0),
     }
     ds = template(methods, units, layers, unit_kinds, samples, steps, temperatures, attrs=attrs)
-    M, U, S, N = len(methods), len(units), steps, samples
-    temps = np.asarray(temperatures, dtype=np.float64)
+    cell = _cell_scale(rng, len(methods), layers, unit_kinds, num_layers, samples, steps)
+    _fill_measurements(ds, rng, cell, temperatures, candidates)
+    fill_schema_2(ds, np.random.default_rng(seed + 1))  # its own stream: the numbers above stay as they were
+    U = len(units)
+    n_done = int(round(done_fraction * U))
+    ds["done"].values[:, :n_done] = True
+    for name in ds.data_vars:
+        if name not in ("done", "candidates") and n_done < U:
+            ds[name].values[:, n_done:] = -1 if name == "free_tokens" else np.nan
+    return ds
+
+
+def _cell_scale(rng: np.random.Generator, M: int, layers: list[int], unit_kinds: list[str], num_layers: int,
+                N: int, S: int) -> np.ndarray:
+    """Each cell's scale ``[method, unit, locality, timing, sample, step]``: by unit kind and depth (middle layers
+    safest), later methods milder, propagated and free-running larger, growing over the steps."""
+    U = len(layers)
     depth = np.asarray(layers) / max(1, num_layers - 1)
     unit_scale = np.asarray([KIND_SCALE[k] for k in unit_kinds]) * (0.3 + 2.5 * (depth - 0.45) ** 2)
     unit_scale = unit_scale * rng.lognormal(0.0, 0.4, U)
@@ -67,9 +82,17 @@ def synthetic_dataset(
     growth = np.stack([1 + 0.02 * np.arange(S), 1 + 0.08 * np.arange(S)]).astype(np.float32)  # timing x step
     local_prop = np.asarray([1.0, 1.6], dtype=np.float32)
     # cell scale [M, U, loc, timing, sample, step]
-    cell = (base[:, :, None, None, None, None] * local_prop[None, None, :, None, None, None]
+    return (base[:, :, None, None, None, None] * local_prop[None, None, :, None, None, None]
             * growth[None, None, None, :, None, :]
             * rng.lognormal(0.0, 0.25, (M, U, 1, 1, N, S)).astype(np.float32))
+
+
+def _fill_measurements(ds: xr.Dataset, rng: np.random.Generator, cell: np.ndarray, temperatures: Sequence[float],
+                       candidates: bool) -> None:
+    """The 1-cos, KL, agreement, candidate and free-token variables from the cell scales (drawn from ``rng`` in a
+    fixed order)."""
+    M, U, samples = cell.shape[0], cell.shape[1], cell.shape[4]
+    temps = np.asarray(temperatures, dtype=np.float64)
     inv_t2 = (1.0 / temps**2).astype(np.float32)
 
     def noisy(x: np.ndarray, sigma: float) -> np.ndarray:
@@ -98,13 +121,6 @@ def synthetic_dataset(
         ds["cand_rank"].values[:] = np.floor(np.minimum(kl * 10, 20)).astype(np.float32)
         ds["candidates"] = (("sample", "candidate"), np.tile(np.arange(4, dtype=np.int64) + 10, (samples, 1)))
     ds["free_tokens"].values[:] = rng.integers(0, 96, ds["free_tokens"].shape)
-    fill_schema_2(ds, np.random.default_rng(seed + 1))  # its own stream: the numbers above stay as they were
-    n_done = int(round(done_fraction * U))
-    ds["done"].values[:, :n_done] = True
-    for name in ds.data_vars:
-        if name not in ("done", "candidates") and n_done < U:
-            ds[name].values[:, n_done:] = -1 if name == "free_tokens" else np.nan
-    return ds
 
 
 def fill_schema_2(ds: xr.Dataset, rng: np.random.Generator) -> None:
