@@ -76,6 +76,11 @@ def main() -> None:
         clock("dense statistics, 1 T (once per layer)", lambda: DenseRows.of(z, [1.0]))
         if native_lib is not None:
             clock("dense statistics, C pass", lambda: DenseRows.of(z, [1.0], native_lib))
+    print_medians(times, modes, args)
+
+
+def print_medians(times: dict[str, list[float]], modes: list[str], args: argparse.Namespace) -> None:
+    """Each timing's median beside the LM-head projection's, and the cost of three temperatures vs one."""
     proj = statistics.median(times["LM-head projection"])
     print(f"rows {args.rows}, vocab {args.vocab}, hidden {args.hidden}, threads {args.threads}, "
           f"medians of {args.repeats}")
