@@ -4,6 +4,8 @@
 layer 0; for each layer the statistics of its linears are gathered on the inputs produced
 by the already-compressed layers before it, the layer is compressed, and its compressed
 outputs become the next layer's inputs. Only one layer's statistics exist at a time.
+``layer_loop`` is that walk, shared with ``per_unit.compress_mixed`` (a method per unit) and with resuming
+a killed run (``resume.LayerWork``).
 
 ``drop_units`` removes whole blocks physically (renumbering ``layer_idx``, updating
 ``config.num_hidden_layers`` and ``config.layer_types``) and drops an attention or MLP
@@ -19,7 +21,8 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +37,9 @@ from prunelens.units import Unit, covers_layer
 
 if TYPE_CHECKING:
     from prunelens.compression.resume import LayerWork
+
+LayerStep = Callable[[int], dict[str, nn.Module]]  # compress layer i; the modules it wrote, by name
+LayerRestore = Callable[[int, Callable[[int], dict[str, torch.Tensor]]], None]  # (i, the saved tensors of a layer)
 
 
 # -- whole-model compression ------------------------------------------------------------------
@@ -54,13 +60,14 @@ class SequentialInputs:
     adapter: Adapter
     hidden: list[torch.Tensor]
     calls: list[list[LayerCall]]
+    last_layer: int  # the last layer whose statistics are needed: its outputs feed nothing
 
     @classmethod
-    def capture(cls, adapter: Adapter, ids: torch.Tensor, batch_size: int) -> SequentialInputs:
+    def capture(cls, adapter: Adapter, ids: torch.Tensor, batch_size: int, last_layer: int) -> SequentialInputs:
         """Layer 0's inputs for ``ids`` [n, len] in batches of ``batch_size``, on the model's device."""
         device = next(adapter.model.parameters()).device
         calls = [adapter.layer_calls(ids[s : s + batch_size].to(device)) for s in range(0, ids.shape[0], batch_size)]
-        return cls(adapter, [c[0].hidden for c in calls], calls)
+        return cls(adapter, [c[0].hidden for c in calls], calls, last_layer)
 
     @property
     def samples(self) -> int:
@@ -102,6 +109,118 @@ def compress_linears(method: WeightMethod, linears: dict[str, nn.Module], stats:
         set_linear_weight(mod, method.compress_weight(w, None if stats is None else stats[name]))
 
 
+def layer_loop(layers: Sequence[int], inputs: SequentialInputs | None, compress_layer: LayerStep,
+               restore_layer: LayerRestore, info: list[dict], work: LayerWork | None = None,
+               bar: Any = None) -> list[dict]:
+    """The one layer-by-layer loop of ``compress`` and ``apply``.
+
+    For each layer in order: ``compress_layer(i)`` rewrites it and returns the modules it wrote (by the names a
+    resumed run restores them under); the layer's outputs, as compressed, become the next layer's calibration
+    inputs (up to the last layer that needs them); with ``work`` the layer is kept on disk. A resumed run calls
+    ``restore_layer(i, saved)`` for each finished layer instead, takes the rows of ``info`` and the next layer's
+    inputs from disk, and continues. Returns ``info`` with the rows ``compress_layer`` appended."""
+    from prunelens.compression.resume import weights_of
+
+    done = -1 if work is None else work.done
+    if work is not None and done >= 0:
+        for i in layers:
+            if i <= done:
+                restore_layer(i, work.layer)
+        info[:] = work.info
+    last_input = inputs.last_layer if inputs is not None else -1
+    if work is not None and inputs is not None and done >= 0 and done < last_input:
+        inputs.hidden = work.hidden(inputs.hidden[0].device)
+    if bar is not None:
+        bar.update(sum(i <= done for i in layers))
+    with torch.no_grad():
+        for i in layers:
+            if i <= done:
+                continue
+            written = compress_layer(i)
+            next_inputs = None
+            if inputs is not None and i < last_input:
+                inputs.advance(i)
+                next_inputs = inputs.hidden
+            if work is not None:
+                work.save(i, weights_of(written), next_inputs, info)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return info
+
+
+def progress_bar(progress: bool, total: int, desc: str) -> Any:
+    """A tqdm bar over layers, or None without ``progress``."""
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="layer")
+
+
+def _compress_whole_model(loaded: Any, method: Method, units: list[Unit] | None, t0: float) -> dict:
+    """A ``whole_model`` method (``drop``) compresses with its own ``apply(loaded, units)``."""
+    if not method.whole_model:
+        raise PrunelensError(f"method {method.name!r} cannot compress a whole model (it has no apply())")
+    if not units:
+        raise PrunelensError(f"method {method.name!r} needs explicit units (e.g. --units L5,L7.attn)")
+    _validate_units(loaded.adapter, method, units)
+    summary = method.apply(loaded, units)
+    return {"method": method.spec, "seconds": round(time.time() - t0, 3), **summary}
+
+
+def _weight_units(adapter: Adapter, method: WeightMethod, units: list[Unit] | None) -> list[Unit]:
+    """The units a weight method compresses: those given (checked), or every block (every unit of its kinds)."""
+    if units is None:
+        units = [Unit(i, "block") for i in range(adapter.num_layers)] if "block" in method.unit_kinds \
+            else adapter.units(method.unit_kinds)
+    if not units:
+        raise PrunelensError("no units to compress")
+    _validate_units(adapter, method, units)
+    return units
+
+
+@dataclass
+class _OneMethodPass:
+    """The steps of ``layer_loop`` for one weight method on every chosen unit of a layer at once (the reference
+    order: the layer's statistics gathered in one pass, then each linear rewritten), with zero counts."""
+
+    adapter: Adapter
+    method: WeightMethod
+    by_layer: dict[int, list[Unit]]
+    inputs: SequentialInputs | None
+    zeros: int = 0
+    weights: int = 0
+    info: list[dict] = field(default_factory=list)
+
+    def _count(self, lin: dict[str, nn.Module]) -> tuple[int, int]:
+        z, n = zero_count(lin)
+        self.zeros += z
+        self.weights += n
+        return z, n
+
+    def restore(self, i: int, saved: Callable[[int], dict[str, torch.Tensor]]) -> None:
+        from prunelens.compression.resume import restore_weights
+
+        lin = unit_linears(self.adapter, self.by_layer.get(i, []))
+        if lin:
+            restore_weights(lin, saved(i))
+            self._count(lin)
+
+    def step(self, i: int) -> dict[str, nn.Module]:
+        tl = time.time()
+        lin = unit_linears(self.adapter, self.by_layer.get(i, []))
+        stats = self.inputs.stats(i, lin, self.method.calibration) if lin and self.inputs is not None else None
+        compress_linears(self.method, lin, stats)
+        del stats
+        if lin:
+            z, n = self._count(lin)
+            self.info.append({"layer": i, "units": [u.name for u in self.by_layer[i]], "linears": len(lin),
+                              "sparsity": z / n, "seconds": round(time.time() - tl, 3)})
+        return lin
+
+
 def compress_model(
     loaded: Any,
     method: Method,
@@ -121,20 +240,8 @@ def compress_model(
     adapter: Adapter = loaded.adapter
     t0 = time.time()
     if not isinstance(method, WeightMethod):
-        if not method.whole_model:
-            raise PrunelensError(f"method {method.name!r} cannot compress a whole model (it has no apply())")
-        if not units:
-            raise PrunelensError(f"method {method.name!r} needs explicit units (e.g. --units L5,L7.attn)")
-        _validate_units(adapter, method, units)
-        summary = method.apply(loaded, units)
-        return {"method": method.spec, "seconds": round(time.time() - t0, 3), **summary}
-
-    if units is None:
-        units = [Unit(i, "block") for i in range(adapter.num_layers)] if "block" in method.unit_kinds \
-            else adapter.units(method.unit_kinds)
-    if not units:
-        raise PrunelensError("no units to compress")
-    _validate_units(adapter, method, units)
+        return _compress_whole_model(loaded, method, units, t0)
+    units = _weight_units(adapter, method, units)
     by_layer: dict[int, list[Unit]] = {}
     for u in units:
         by_layer.setdefault(u.layer, []).append(u)
@@ -142,56 +249,14 @@ def compress_model(
     if needs_stats and calib_ids is None:
         calib_ids = _default_calibration(loaded)
 
-    layers_info: list[dict] = []
-    zeros_all = total_all = 0
-    inputs = SequentialInputs.capture(adapter, torch.as_tensor(calib_ids), batch_size) if needs_stats else None
     last = max(by_layer)
-    layer_range = range(last + 1) if needs_stats else sorted(by_layer)
-    done = -1 if work is None else work.done
-    if work is not None and done >= 0:  # finished layers as they were written, and the next layer's inputs
-        from prunelens.compression.resume import restore_weights
-
-        for i in layer_range:
-            lin = unit_linears(adapter, by_layer.get(i, [])) if i <= done else {}
-            if lin:
-                restore_weights(lin, work.layer(i))
-                z, t = zero_count(lin)
-                zeros_all += z
-                total_all += t
-        layers_info = work.info
-        if inputs is not None and done < last:
-            inputs.hidden = work.hidden(inputs.hidden[0].device)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(layer_range), initial=sum(i <= done for i in layer_range),
-                   desc=f"compress {method.spec}", unit="layer")
-    with torch.no_grad():
-        for i in layer_range:
-            if i <= done:
-                continue
-            tl = time.time()
-            lin = unit_linears(adapter, by_layer.get(i, []))
-            stats = inputs.stats(i, lin, method.calibration) if lin and inputs is not None else None
-            compress_linears(method, lin, stats)
-            del stats
-            if inputs is not None and i < last:  # next layer's inputs come from this compressed layer
-                inputs.advance(i)
-            if lin:
-                z, t = zero_count(lin)
-                zeros_all += z
-                total_all += t
-                layers_info.append({"layer": i, "units": [u.name for u in by_layer[i]], "linears": len(lin),
-                                    "sparsity": z / t, "seconds": round(time.time() - tl, 3)})
-            if work is not None:
-                from prunelens.compression.resume import weights_of
-
-                work.save(i, weights_of(lin), inputs.hidden if inputs is not None and i < last else None, layers_info)
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+    inputs = SequentialInputs.capture(adapter, torch.as_tensor(calib_ids), batch_size, last) if needs_stats else None
+    layers = range(last + 1) if needs_stats else sorted(by_layer)
+    one = _OneMethodPass(adapter, method, by_layer, inputs)
+    layer_loop(layers, inputs, one.step, one.restore, one.info, work,
+               progress_bar(progress, len(layers), f"compress {method.spec}"))
+    zeros_all, total_all = one.zeros, one.weights
+    layers_info = one.info
     return {
         "method": method.spec,
         "units": [u.name for u in units],
@@ -236,7 +301,8 @@ def drop_units(loaded: Any, units: list[Unit]) -> dict:
                 proj.bias.zero_()
     if blocks:
         if getattr(model.config, "scale_attn_by_inverse_layer_idx", False):
-            raise PrunelensError("this model scales attention by 1/layer_idx; removing blocks would change the kept layers")
+            raise PrunelensError("this model scales attention by 1/layer_idx; "
+                                 "removing blocks would change the kept layers")
         keep = [i for i in range(n) if i not in blocks]
         new_layers = nn.ModuleList([adapter.layers[i] for i in keep])
         for new_idx, layer in enumerate(new_layers):
