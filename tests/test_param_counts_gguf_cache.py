@@ -1,4 +1,4 @@
-"""Parameter counts by unique storage (issue 11 item 3) and the GGUF cache keyed by file hash (item 5)."""
+"""Parameter counts by unique storage and the GGUF cache keyed by file hash."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Plugin provenance and hygiene (issue 11 item 6) and a torch-free ``prunelens plugins`` (issue 12)."""
+"""Plugin provenance and hygiene and a torch-free ``prunelens plugins``."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return _py(f"from prunelens.cli import main; main({args!r})", env)
 
 
-# -- issue 12: listing built-ins imports no torch ------------------------------------------------
+# -- listing built-ins imports no torch ------------------------------------------------
 def test_plugins_listing_imports_no_torch():
     code = ("import sys, json\n"
             "from prunelens.cli import main\n"

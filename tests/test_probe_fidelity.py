@@ -1,4 +1,4 @@
-"""Fidelity to the paper (issue 10): the sublayer locality, sampled decoding, probing on a base plan.
+"""Fidelity to the paper: the sublayer locality, sampled decoding, probing on a base plan.
 
 The sublayer check is an independent re-implementation of the paper's per-layer measurement
 (CASE-Lab-UMD/Pruning-on-Representations, ``transition_layerwise_compare.py``): the residual is

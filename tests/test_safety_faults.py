@@ -1,4 +1,4 @@
-"""Issue 15 (safety) and issue 11's hardening list: no data destroyed, no code run from a store,
+"""Safety under faults: no data destroyed, no code run from a store,
 no NaN ranked as safe, no silent mix of weights, corruption never silent.
 
 Fault injection against the store writer (delete / truncate / flip a chunk, a held lock, weights
@@ -110,7 +110,7 @@ def cli(*args, **kw):
     return CliRunner().invoke(main, [str(a) for a in args], **kw)
 
 
-# -- item 1: overwrite never destroys a directory that is not a checkpoint -------------------------
+# -- overwrite never destroys a directory that is not a checkpoint -------------------------
 def test_apply_overwrite_refuses_the_working_directory_and_its_parent(tmp_path, monkeypatch):
     work = tmp_path / "work"
     work.mkdir()
@@ -180,7 +180,7 @@ def test_apply_out_onto_a_foreign_directory_needs_force(tmp_path):
     assert (out / "keep.txt").is_file()
 
 
-# -- item 2: non-finite results propagate, are counted, never rank or plan as safe ----------------
+# -- non-finite results propagate, are counted, never rank or plan as safe ----------------
 def test_one_minus_cos_of_nan_or_inf_is_not_zero():
     from prunelens.probe.metrics import one_minus_cos, vector_metrics
 
@@ -236,7 +236,7 @@ def test_a_store_without_any_finite_score_does_not_crash_rank_or_report(tmp_path
     assert not (tmp_path / "plan.json").exists()
 
 
-# -- item 3: a resume never mixes cells measured on different weights ----------------------------
+# -- a resume never mixes cells measured on different weights ----------------------------
 def test_weights_changed_between_runs_are_refused(tmp_path, tiny):
     path, _ = tiny
     loaded = load_model(str(path))
@@ -250,7 +250,7 @@ def test_weights_changed_between_runs_are_refused(tmp_path, tiny):
         probe(loaded, out, units="L0")
 
 
-# -- item 4: no code run from a store; every string escaped -------------------------------------
+# -- no code run from a store; every string escaped -------------------------------------
 def test_every_transformers_load_passes_trust_remote_code():
     """A source scan: every from_pretrained / from_config call in the package says trust_remote_code."""
     import ast
@@ -366,7 +366,7 @@ def test_a_plugin_file_named_like_a_builtin_is_loaded(tmp_path):
     assert "mine_from_drop_py" in methods and "drop" in methods
 
 
-# -- item 5 + issue 11: corruption is an error naming the cell, and resume recomputes it ----------
+# -- corruption is an error naming the cell, and resume recomputes it ----------
 @pytest.fixture(scope="module")
 def good_store(tmp_path_factory, tiny):
     _, loaded = tiny
@@ -434,7 +434,7 @@ def test_truncated_metadata_is_a_one_line_error(tmp_path, good_store, target):
         one_line_error(res)
 
 
-# -- item 6 + issue 11: one line before the work, never a half-written store ----------------------
+# -- one line before the work, never a half-written store ----------------------
 def test_a_held_lock_refuses_a_second_probe(tmp_path, tiny):
     _, loaded = tiny
     out = tmp_path / "locked.zarr"

@@ -1,4 +1,4 @@
-"""Every path that builds token ids follows the tokenizer's own convention (issue 11, item 1).
+"""Every path that builds token ids follows the tokenizer's own convention.
 
 Two tokenizers that add a BOS, built offline: a Gemma-style one (a post-processor template
 ``<bos> $A``, as Gemma's tokenizer.json has) over a tiny random Gemma-3, and a llama-like one
