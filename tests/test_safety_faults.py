@@ -321,7 +321,7 @@ def test_safe_text_removes_escapes_and_escapes_markup():
 
 
 async def test_tui_launches_on_a_hostile_store(tmp_path):
-    """Issue 15 item 4: ``[/]`` in a store crashed the TUI at launch."""
+    """``[/]`` in a store crashed the TUI at launch."""
     from prunelens_tui.app import PrunelensApp
 
     store = _hostile_store(tmp_path)
@@ -1089,7 +1089,7 @@ def test_plan_with_a_sub_byte_budget_is_one_line(tmp_path):
     assert not (tmp_path / "p.json").exists()
 
 
-def test_the_issue_reproduction_end_to_end_exports_parse_and_run_nothing(tmp_path, tiny):
+def test_a_hostile_model_path_end_to_end_exports_parse_and_run_nothing(tmp_path, tiny):
     """A model directory named ``m\\nx: !!python/object/apply:os.system [...]\\n#``: probe, plan with both exports,
     report with the plan; every YAML parses with ``safe_load`` with no tag, the Markdown keeps it on one line."""
     import yaml
