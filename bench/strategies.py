@@ -145,7 +145,7 @@ def ground_truth(model_id: str, kinds: list[str], args) -> dict:
     return truth
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", default=None, help="Probe store with drop on attn/mlp (needed for the comparison).")
     ap.add_argument("--model", default="smollm2-135m", help="Model for --truth-only (else the store's).")
@@ -166,14 +166,15 @@ def main() -> None:
     ap.add_argument("--signals", default=None,
                     help="Also rank every store signal (variable x locality x timing x T) by Spearman against the "
                          "generation ground truth; write the table as Markdown to this file.")
-    args = ap.parse_args()
+    return ap.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
     from rich.console import Console
-    from rich.table import Table
 
     from prunelens.model.loading import load_model
-    from prunelens.plan.ranking import load_store, rank_units
-    from prunelens_store import spearman
+    from prunelens.plan.ranking import load_store
 
     console = Console()
     kinds = args.kinds.split(",")
@@ -195,26 +196,9 @@ def main() -> None:
     base = truth.get("dense", {})
     measured = {r["unit"]: r for r in truth["rows"]}
     dense = load_model(model_id)
-    from prunelens.plan.ranking import store_means, store_units
-
-    units = [u for k in kinds for u in store_units(ds, k)]
-    means = store_means(ds, method="drop", temperature=args.temperature, locality=args.locality,
-                        timing="teacher_forced", units=units)
-    agree = ds["top1_agree"].sel({"method": "drop", "locality": args.locality, "timing": "teacher_forced"})
-    agree = agree.sel(unit=[u.name for u in units]).astype("float64").mean(dim=["sample", "step"]).values
-    rows = []
-    for i, u in enumerate(units):  # the store's own measurements of each dropped model, next to the bench's
-        rows.append({"unit": u.name, "kind": u.kind, "layer": u.layer, "store_kl": float(means["kl"][i]),
-                     "store_top1_disagree": 1.0 - float(agree[i]), **measured.get(u.name, {})})
+    rows = store_rows(ds, kinds, measured, args)
     t0 = time.perf_counter()
-    for by in STRATEGIES:
-        scores: dict[str, float] = {}
-        for k in kinds:
-            df = rank_units(ds, method="drop", kind=k, temperature=args.temperature, by=by, locality=args.locality,
-                            timing="teacher_forced", loaded=dense)
-            scores.update(dict(zip(df["unit"], df["score"])))
-        for r in rows:
-            r[f"score_{by}"] = scores.get(r["unit"], float("nan"))
+    add_strategy_scores(ds, rows, kinds, dense, args)
     t_rank = time.perf_counter() - t0
 
     targets = [("store_kl", "store: measured KL"), ("store_top1_disagree", "store: 1 − top-1 agree"),
@@ -226,11 +210,62 @@ def main() -> None:
         if "first_divergence" in r:
             r["early_divergence"] = steps - r["first_divergence"]
     targets = [t for t in targets if any(t[0] in r for r in rows)]
+    corr = correlation_tables(console, rows, kinds, targets, args.temperature)
+    if args.signals:
+        print_signals(console, ds, rows, kinds, args)
+    n_gen = sum("gen_degradation" in r for r in rows)
+    console.print(f"units: {len(rows)} with store measurements, {n_gen} with measured generation; "
+                  f"dense {json.dumps(base)}; "
+                  f"rankings {t_rank:.1f} s, ground truth {truth['seconds']} s")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"args": vars(args), "dense": base, "rows": rows, "spearman": corr},
+                                             indent=2))
+        console.print(f"wrote {args.out}")
+
+
+def store_rows(ds, kinds: list[str], measured: dict[str, dict], args: argparse.Namespace) -> list[dict]:
+    """One row per unit: the store's own measurements of its drop, next to the bench's (``measured``)."""
+    from prunelens.plan.ranking import store_means, store_units
+
+    units = [u for k in kinds for u in store_units(ds, k)]
+    means = store_means(ds, method="drop", temperature=args.temperature, locality=args.locality,
+                        timing="teacher_forced", units=units)
+    agree = ds["top1_agree"].sel({"method": "drop", "locality": args.locality, "timing": "teacher_forced"})
+    agree = agree.sel(unit=[u.name for u in units]).astype("float64").mean(dim=["sample", "step"]).values
+    rows = []
+    for i, u in enumerate(units):  # the store's own measurements of each dropped model, next to the bench's
+        rows.append({"unit": u.name, "kind": u.kind, "layer": u.layer, "store_kl": float(means["kl"][i]),
+                     "store_top1_disagree": 1.0 - float(agree[i]), **measured.get(u.name, {})})
+    return rows
+
+
+def add_strategy_scores(ds, rows: list[dict], kinds: list[str], dense, args: argparse.Namespace) -> None:
+    """Each strategy's score of each unit, as ``score_<strategy>`` in its row (NaN where it gives none)."""
+    from prunelens.plan.ranking import rank_units
+
+    for by in STRATEGIES:
+        scores: dict[str, float] = {}
+        for k in kinds:
+            df = rank_units(ds, method="drop", kind=k, temperature=args.temperature, by=by, locality=args.locality,
+                            timing="teacher_forced", loaded=dense)
+            scores.update(dict(zip(df["unit"], df["score"])))
+        for r in rows:
+            r[f"score_{by}"] = scores.get(r["unit"], float("nan"))
+
+
+def correlation_tables(console, rows: list[dict], kinds: list[str], targets: list[tuple[str, str]],
+                       temperature: float) -> dict[str, dict[str, dict[str, float]]]:
+    """Print, per unit kind and over all units, each strategy's Spearman ρ against every harm target; return them."""
+    from rich.table import Table
+
+    from prunelens_store import spearman
+
     groups = [(k, [r for r in rows if r["kind"] == k]) for k in kinds] + [("all", rows)]
     corr: dict[str, dict[str, dict[str, float]]] = {}
     for gname, grows in groups:
         t = Table(title=f"Spearman ρ of strategy score vs real harm · {gname} ({len(grows)} single drops) · "
-                        f"T={args.temperature:g}", title_justify="left")
+                        f"T={temperature:g}", title_justify="left")
         t.add_column("strategy")
         for _, label in targets:
             t.add_column(label, justify="right")
@@ -241,27 +276,22 @@ def main() -> None:
             corr[gname][by] = vals
             t.add_row(by, *[f"{vals[key]:+.3f}" for key, _ in targets])
         console.print(t)
-    if args.signals:
-        table = signal_table(ds, rows, kinds)
-        md = signal_markdown(table, kinds)
-        Path(args.signals).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.signals).write_text(md + "\n")
-        console.print(md)
-        best = table[0]
-        kp = [r for r in table if r["signal"] == "kl_pred" and r["locality"] == args.locality
-              and r["timing"] == "teacher_forced" and r["T"] == f"{args.temperature:g}"]
-        console.print(f"best signal vs 1 − token agreement: {best['signal']} {best['locality']}/{best['timing']} "
-                      f"T={best['T']} ρ={best['rho_degradation']:+.3f}; kl_pred ({args.locality}, teacher_forced, "
-                      f"T={args.temperature:g}) ρ={kp[0]['rho_degradation']:+.3f}" if kp else "")
-    n_gen = sum("gen_degradation" in r for r in rows)
-    console.print(f"units: {len(rows)} with store measurements, {n_gen} with measured generation; "
-                  f"dense {json.dumps(base)}; "
-                  f"rankings {t_rank:.1f} s, ground truth {truth['seconds']} s")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"args": vars(args), "dense": base, "rows": rows, "spearman": corr},
-                                             indent=2))
-        console.print(f"wrote {args.out}")
+    return corr
+
+
+def print_signals(console, ds, rows: list[dict], kinds: list[str], args: argparse.Namespace) -> None:
+    """Write the every-signal table as Markdown to ``args.signals``, print it, and the best signal beside kl_pred."""
+    table = signal_table(ds, rows, kinds)
+    md = signal_markdown(table, kinds)
+    Path(args.signals).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.signals).write_text(md + "\n")
+    console.print(md)
+    best = table[0]
+    kp = [r for r in table if r["signal"] == "kl_pred" and r["locality"] == args.locality
+          and r["timing"] == "teacher_forced" and r["T"] == f"{args.temperature:g}"]
+    console.print(f"best signal vs 1 − token agreement: {best['signal']} {best['locality']}/{best['timing']} "
+                  f"T={best['T']} ρ={best['rho_degradation']:+.3f}; kl_pred ({args.locality}, teacher_forced, "
+                  f"T={args.temperature:g}) ρ={kp[0]['rho_degradation']:+.3f}" if kp else "")
 
 
 if __name__ == "__main__":
