@@ -47,7 +47,8 @@ class Knapsack(Allocator):
                                   check=lambda v: None if 10 <= v <= MAX_RESOLUTION else
                                   f"resolution must lie in [10, {MAX_RESOLUTION}] (the programme keeps 16 bytes per "
                                   "grid step and layer)"),
-              "score": Param(str, "kl_pred", "store variable summed per unit: kl_pred (predicted) or kl (measured alone)",
+              "score": Param(str, "kl_pred",
+                             "store variable summed per unit: kl_pred (predicted) or kl (measured alone)",
                              check=lambda v: None if v in ("kl_pred", "kl") else "score must be kl_pred or kl"),
               "band": Param(float, None, "only levels within the budget's target +- band (sparsity fraction or bits), "
                                          "like OWL's lambda; dense and drop then only when inside it",
@@ -140,7 +141,8 @@ def _choices(ctx: AllocContext, units: list[Unit], specs: list[str]) -> list[Cho
 
 class Uniform(Allocator):
     name = "uniform"
-    description = "Every block at the budget's level: --budget sparsity=0.6 -> <method>:sparsity=0.6; bits=4 -> <method>:bits=4."
+    description = ("Every block at the budget's level: --budget sparsity=0.6 -> <method>:sparsity=0.6; "
+                   "bits=4 -> <method>:bits=4.")
     needs = "none"
     params = {}
 
@@ -194,10 +196,12 @@ def owl_outlier_ratios(loaded: Any, calib_ids: Any, m: float = 5.0, batch_size: 
 
 class OWL(Allocator):
     name = "owl"
-    description = "Outlier Weighed Layerwise sparsity (Yin et al. 2024): block sparsity from Wanda-score outlier ratios."
+    description = ("Outlier Weighed Layerwise sparsity (Yin et al. 2024): block sparsity from Wanda-score "
+                   "outlier ratios.")
     needs = "model"
     params = {
-        "M": Param(float, 5.0, "outlier threshold: scores above M x the layer mean", check=lambda v: None if v > 0 else "M must be positive"),
+        "M": Param(float, 5.0, "outlier threshold: scores above M x the layer mean",
+                   check=lambda v: None if v > 0 else "M must be positive"),
         "lmbda": Param(float, 0.08, "band: layer sparsities lie within target +- lmbda",
                        check=lambda v: None if 0 <= v < 0.5 else "lmbda must lie in [0, 0.5)"),
         "calib_samples": Param(int, 32, "calibration windows"),
@@ -218,7 +222,8 @@ class OWL(Allocator):
         # levels to 4 decimals, rounded up: their (size-weighted) mean never falls below the budget's target
         sp = np.ceil(owl_sparsities(ratios, ctx.budget.value, self.lmbda) * 1e4 - 1e-6) / 1e4
         if sp.min() < 0 or sp.max() >= 1:
-            raise PrunelensError(f"owl gives layer sparsities outside [0, 1) ({sp.min():.3f}..{sp.max():.3f}); lower lmbda")
+            raise PrunelensError(f"owl gives layer sparsities outside [0, 1) ({sp.min():.3f}..{sp.max():.3f}); "
+                                 "lower lmbda")
         units = [Unit(i, "block") for i in range(len(sp))]
         specs = [parse_method(f"{name}:sparsity={float(s):.4f}").spec for s in sp]
         return Allocation(_choices(ctx, units, specs), {"outlier_ratios": [round(r, 4) for r in ratios],
@@ -227,7 +232,8 @@ class OWL(Allocator):
 
 class Ranked(Allocator):
     name = "ranked"
-    description = "A ranking strategy's order (--by-style: kl_pred, block_influence, angular...) taken until the budget is met."
+    description = ("A ranking strategy's order (--by-style: kl_pred, block_influence, angular...) taken until "
+                   "the budget is met.")
     needs = "store"
     params = {"by": Param(str, "kl_pred", "ranking strategy (prunelens rank --list-strategies)")}
 

@@ -32,7 +32,8 @@ class Param:
                 return value.lower() in ("1", "true", "yes")
             return self.type(value)
         except (TypeError, ValueError):
-            raise PrunelensError(f"parameter {name}={value!r}: expected {getattr(self.type, '__name__', self.type)}") from None
+            expected = getattr(self.type, "__name__", self.type)
+            raise PrunelensError(f"parameter {name}={value!r}: expected {expected}") from None
 
     def option(self, name: str, users: Sequence[str] = ()) -> Any:
         """This parameter as a ``click.Option`` named ``name`` (``group_size`` -> ``--group-size``) whose value
@@ -147,7 +148,8 @@ class Parameterized:
         unknown = set(values) - set(self.params)
         if unknown:
             known = ", ".join(self.params) or "none"
-            raise PrunelensError(f"{self.kind} {self.name!r} has no parameter {', '.join(sorted(unknown))} (parameters: {known})")
+            raise PrunelensError(f"{self.kind} {self.name!r} has no parameter {', '.join(sorted(unknown))} "
+                                 f"(parameters: {known})")
         self.values: dict[str, Any] = {}
         for pname, p in self.params.items():
             v = p.coerce(pname, values.get(pname))

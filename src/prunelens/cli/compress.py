@@ -67,11 +67,15 @@ def method_options(taken: set[str | None]) -> list[click.Parameter]:
 
 
 @click.command("compress", cls=MethodOptionsCommand)
-@click.option("--model", "model_spec", required=True, help="Bundled alias (smollm2-135m), HF directory, .gguf or hub id.")
-@click.option("--method", required=True, shell_complete=complete_method, help="Method name or spec, e.g. wanda or wanda:sparsity=0.5,pattern=2:4.")
+@click.option("--model", "model_spec", required=True,
+              help="Bundled alias (smollm2-135m), HF directory, .gguf or hub id.")
+@click.option("--method", required=True, shell_complete=complete_method,
+              help="Method name or spec, e.g. wanda or wanda:sparsity=0.5,pattern=2:4.")
 @click.option("--param", "extra", multiple=True, metavar="KEY=VALUE",
-              help="Any method parameter (repeatable); the installed methods' parameters are also the options that follow.")
-@click.option("--units", default=None, help="Units to compress: all, attn, mlp, L0-5.mlp,L7 ... (default: every block; required for drop).")
+              help="Any method parameter (repeatable); the installed methods' parameters are also the options "
+                   "that follow.")
+@click.option("--units", default=None,
+              help="Units to compress: all, attn, mlp, L0-5.mlp,L7 ... (default: every block; required for drop).")
 @click.option("--calib-samples", type=int, default=32, show_default=True, help="Calibration windows (split=calib).")
 @click.option("--calib-len", type=int, default=256, show_default=True, help="Tokens per calibration window.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration windows.")
@@ -81,7 +85,8 @@ def method_options(taken: set[str | None]) -> list[click.Parameter]:
               help="With --device map: memory per GPU, e.g. 0=20GiB,1=40GiB (a placement that offloads is refused).")
 @click.option("--eval-ppl", "eval_ppl", type=int, default=0, show_default=True,
               help="Also report held-out perplexity before and after on this many 256-token windows (0 = skip).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Checkpoint directory to write.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Checkpoint directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT when it holds a prunelens checkpoint.")
 @click.option("--force", is_flag=True,
               help="Also replace a non-empty OUT that is not a prunelens checkpoint (never the current "
@@ -182,7 +187,8 @@ def command(model_spec, method, extra, units, calib_samples, calib_len, seed,
 
         summary["heldout_ppl_before"] = before
         summary["heldout_ppl_after"] = perplexity(loaded, ppl_ids)
-    meta = {"method": m.spec, "units": units or "all blocks", "calib_samples": calib_samples if calib_ids is not None else 0,
+    meta = {"method": m.spec, "units": units or "all blocks",
+            "calib_samples": calib_samples if calib_ids is not None else 0,
             "calib_len": calib_len if calib_ids is not None else 0, "seed": seed, "compress": summary}
     path = save_checkpoint(loaded, out, meta, overwrite=overwrite, force=force)
     if work is not None:

@@ -38,7 +38,8 @@ class Method(Parameterized, ABC):
     params: ClassVar[dict[str, Param]] = {}
     # capabilities (a third-party method gets these defaults):
     removes_unit: ClassVar[bool] = False  # the unit is removed, not rewritten (drop): plans map to kept layer ranges
-    whole_model: ClassVar[bool] = False  # compresses a whole model with its own ``apply`` (set when a subclass defines it)
+    # compresses a whole model with its own ``apply`` (set when a subclass defines it)
+    whole_model: ClassVar[bool] = False
     # the llm-compressor modifier this method exports to (``prunelens plan --llmcompressor``); None: it has none.
     # ``llmcompressor_family`` says how its parameters map: "pruning" (sparsity, pattern) or "quantization"
     # (bits, sym, group_size); blocksize/percdamp, when the method has them, become block_size/dampening_frac.
@@ -52,7 +53,8 @@ class Method(Parameterized, ABC):
 
     def check_unit(self, unit: Unit) -> None:
         if unit.kind not in self.unit_kinds:
-            raise PrunelensError(f"method {self.name!r} cannot act on {unit.kind} units ({unit}); it acts on: {', '.join(self.unit_kinds)}")
+            raise PrunelensError(f"method {self.name!r} cannot act on {unit.kind} units ({unit}); "
+                                 f"it acts on: {', '.join(self.unit_kinds)}")
 
     @abstractmethod
     @contextmanager
@@ -206,7 +208,8 @@ def match_spec(text: str, labels: list[str]) -> str | None:
 
 
 def expand_method_specs(text: str) -> list[str]:
-    """A level sweep -> one spec per level: ``wanda:sparsity=0.3,0.5`` -> ``["wanda:sparsity=0.3", "wanda:sparsity=0.5"]``.
+    """A level sweep -> one spec per level: ``wanda:sparsity=0.3,0.5`` -> ``["wanda:sparsity=0.3",
+    "wanda:sparsity=0.5"]``.
 
     A comma-separated item without ``=`` is another value of the parameter before it; only
     numeric (int/float) parameters sweep. Several swept parameters give their cartesian

@@ -279,7 +279,8 @@ def load_model(spec: str, dtype: str = "float32", device: str = "cpu", trust_rem
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "offline" in str(exc).lower() or "connect" in str(exc).lower() or "couldn't" in str(exc).lower():
-            raise PrunelensError(f"cannot load {spec!r}: not a local path, and the model hub is unreachable ({first})") from None
+            raise PrunelensError(f"cannot load {spec!r}: not a local path, and the model hub is unreachable "
+                                 f"({first})") from None
         raise PrunelensError(f"cannot load {spec!r}: {first}") from None
     except (ValueError, KeyError, RuntimeError, MemoryError) as exc:
         if is_out_of_memory(exc):
@@ -300,7 +301,8 @@ def _umask() -> int:
 def list_models() -> list[dict[str, Any]]:
     """The bundled aliases (and whether each is prepared), then every GGUF file converted into the cache."""
     rows = [
-        {"alias": b.alias, "prepared": is_prepared(b.alias), "path": str(prepared_path(b.alias)), "description": b.description}
+        {"alias": b.alias, "prepared": is_prepared(b.alias), "path": str(prepared_path(b.alias)),
+         "description": b.description}
         for b in BUNDLED.values()
     ]
     root = gguf_cache_dir()

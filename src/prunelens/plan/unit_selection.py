@@ -70,7 +70,8 @@ def check_ranking(ranking: Any, *, by: str, temperature: float, locality: str, t
         if key in a and a[key] != value:
             raise PrunelensError(f"the ranking was made with {key}={a[key]!r}; the plan asks for {key}={value!r}")
     if kind is not None and len(ranking) and set(ranking["kind"]) != {kind}:
-        raise PrunelensError(f"the ranking holds {', '.join(sorted(set(ranking['kind'])))} units; the plan asks for {kind}")
+        held = ", ".join(sorted(set(ranking["kind"])))
+        raise PrunelensError(f"the ranking holds {held} units; the plan asks for {kind}")
 
 
 def plan_from_store(ds: Any, *, method: str, kind: str | None, temperature: float, by: str,
@@ -93,7 +94,8 @@ def plan_from_store(ds: Any, *, method: str, kind: str | None, temperature: floa
                              timing=timing, loaded=loaded, calib_ids=calib_ids, **ranker_params)
     else:
         check_ranking(ranking, by=by, temperature=temperature, locality=locality, timing=timing, kind=kind)
-    df = ranking[ranking["rank"].notna() & ~ranking["unit"].isin(nonfinite_units(ranking))]  # never plan a non-finite unit
+    # never plan a non-finite unit
+    df = ranking[ranking["rank"].notna() & ~ranking["unit"].isin(nonfinite_units(ranking))]
     if df.empty:
         raise PrunelensError("no unit has a score (is the store's probe complete for this method?)")
     model_id = str(ds.attrs.get("model_id")) if ds is not None else loaded.model_id
@@ -164,6 +166,33 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def _reprobe(ds: Any, loaded: Any, method: Any, chosen: list[str], fits: list[Unit], temperature: float,
+             progress: Any) -> dict[str, float]:
+    """One round of ``iterative_plan``: each unit of ``fits`` probed on the model with ``chosen`` already
+    compressed (whose own greedy continuation is the reference); unit name -> mean predicted KL."""
+    import numpy as np
+
+    from prunelens.plan.apply import perturbed, store_prompt_ids
+    from prunelens.probe.engine import ProbeEngine, ProbeSettings
+    from prunelens.probe.prompts import Prompts
+
+    prompts = Prompts(store_prompt_ids(ds), source="store")
+    settings = ProbeSettings(steps=int(ds.sizes["step"]), temperatures=(float(temperature),),
+                             localities=("propagated",), timings=("teacher_forced",),
+                             readout=str(ds.attrs.get("readout", "norm")))
+    tokenizer = loaded.tokenizer
+    pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
+    scores: dict[str, float] = {}
+    with perturbed(method, loaded.adapter, [Unit.parse(c) for c in chosen]):
+        engine = ProbeEngine(loaded.adapter, prompts, settings, pad_id=pad_id)
+        engine.prepare()
+        for u in fits:
+            if progress:
+                progress(f"round {len(chosen) + 1}: {u.name}")
+            scores[u.name] = float(np.nanmean(engine.measure(method, u).arrays["kl_pred"]))
+    return scores
+
+
 def iterative_plan(ds: Any, *, method: str, kind: str | None, temperature: float, budget: int | float | str,
                    store_path: str | None = None, loaded: Any = None,
                    progress: Any = None) -> Plan:
@@ -176,14 +205,9 @@ def iterative_plan(ds: Any, *, method: str, kind: str | None, temperature: float
     ``predicted_kl`` is its increment when chosen; the cumulative sum is the plan's prediction.
     Methods that need calibration statistics are not supported here (use the one-shot plan).
     """
-    import numpy as np
-
     from prunelens.compression.methods import parse_method
     from prunelens.model.loading import load_model
-    from prunelens.plan.apply import perturbed, store_prompt_ids
     from prunelens.plan.ranking import resolve_method, store_units
-    from prunelens.probe.engine import ProbeEngine, ProbeSettings
-    from prunelens.probe.prompts import Prompts
 
     budget = parse_budget(budget)
     label = resolve_method(ds, method)
@@ -198,33 +222,22 @@ def iterative_plan(ds: Any, *, method: str, kind: str | None, temperature: float
     counts = total = None
     if isinstance(budget, float):
         counts, total = unit_param_counts(loaded.model_id, candidates, loaded)
-    prompts = Prompts(store_prompt_ids(ds), source="store")
-    settings = ProbeSettings(steps=int(ds.sizes["step"]), temperatures=(float(temperature),), localities=("propagated",),
-                             timings=("teacher_forced",), readout=str(ds.attrs.get("readout", "norm")))
-    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer is not None and loaded.tokenizer.pad_token_id is not None else 0
     reach = max_disjoint(candidates)
     if isinstance(budget, int) and reach < budget:  # before any re-probing
         check_count_reached(budget, [], reach)
     chosen: list[str] = []
     rows: dict[str, dict[str, float]] = {}
     while True:
-        remaining = [u for u in candidates if u.name not in chosen]
-        fits = [u for u in remaining if safest_units(chosen + [u.name], budget if isinstance(budget, float) else len(chosen) + 1,
-                                                     counts, total) == chosen + [u.name]]
+        step = len(chosen) + 1
+        fits = [u for u in candidates if u.name not in chosen
+                and safest_units(chosen + [u.name], budget if isinstance(budget, float) else step,
+                                 counts, total) == chosen + [u.name]]
         if not fits or (isinstance(budget, int) and len(chosen) >= budget):
             break
-        with perturbed(m, loaded.adapter, [Unit.parse(c) for c in chosen]):
-            engine = ProbeEngine(loaded.adapter, prompts, settings, pad_id=pad_id)
-            engine.prepare()  # the already-compressed model's own greedy continuation is the new reference
-            scores = {}
-            for u in fits:
-                if progress:
-                    progress(f"round {len(chosen) + 1}: {u.name}")
-                kl_pred = engine.measure(m, u).arrays["kl_pred"]
-                scores[u.name] = {"kl_pred": float(np.nanmean(kl_pred))}
-        best = min(fits, key=lambda u: scores[u.name]["kl_pred"])
+        scores = _reprobe(ds, loaded, m, chosen, fits, temperature, progress)
+        best = min(fits, key=lambda u: scores[u.name])
         chosen.append(best.name)
-        rows[best.name] = {"score": scores[best.name]["kl_pred"], "kl_pred": scores[best.name]["kl_pred"]}
+        rows[best.name] = {"score": scores[best.name], "kl_pred": scores[best.name]}
     if not chosen:
         raise PrunelensError("no unit fits the budget")
     check_count_reached(budget, chosen, reach)
