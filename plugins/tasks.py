@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from prunelens.evaluation.task_runner import Param, Task, positive
 from prunelens.evaluation import scoring as T
+from prunelens.evaluation.task_runner import Param, Task, positive
 from prunelens.hookspecs import hookimpl
 from prunelens.text.corpora import hash_tokens, token_windows
 

@@ -114,7 +114,7 @@ def test_a_later_process_loads_the_kept_kernel_without_building(kernel_home, ker
         "import json, sys, torch\n"
         f"torch.set_num_threads({torch.get_num_threads()})\n"
         "sys.path[:0] = " + repr(sys.path) + "\n"
-        "from prunelens.probe import kernel as K\n"
+        "from prunelens.probe import vocab_pass as K\n"
         "K.AUTO_MIN_VOCAB = 0\n"  # this toy vocabulary may use the kept kernel
         "import test_probe_kernel as T\n"
         "z, z2, _ = T.sweep_rows()\n"

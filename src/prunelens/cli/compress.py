@@ -13,6 +13,7 @@ from prunelens.model.devices import DEVICE_HELP, DTYPE_AUTO_HELP
 if TYPE_CHECKING:
     from prunelens.compression.methods import Method
 
+
 def method_from_options(method: str, options: dict, extra: tuple[str, ...]) -> Method:
     """``--method wanda:sparsity=0.5`` plus ``--sparsity``/``--param k=v`` -> a validated method.
 
@@ -113,8 +114,6 @@ def command(model_spec, method, extra, units, calib_samples, calib_len, seed,
     """
     from pathlib import Path
 
-    from prunelens.errors import PrunelensError
-
     m = method_from_options(method, method_params, extra)
     if dry_run:
         from prunelens.cli.probe import _device_class
@@ -123,23 +122,82 @@ def command(model_spec, method, extra, units, calib_samples, calib_len, seed,
         show(estimate_compress(model_spec, m, units, dtype, _device_class(device_class, device),
                                calib_samples=calib_samples, calib_len=calib_len), as_json)
         return
-    from prunelens.paths import guard_output_dir
-
     out = Path(out_dir)
-    from prunelens.fileio import refuse_stdout_dir
-
-    refuse_stdout_dir(out_dir, "--out")
-    guard_output_dir(out, overwrite=overwrite, force=force)  # before any work
-    if calib_samples < 1 or calib_len < 2:
-        raise PrunelensError("--calib-samples must be >= 1 and --calib-len >= 2")
+    _check_before_work(out_dir, overwrite, force, calib_samples, calib_len)
 
     import torch
 
+    from prunelens.compression.resume import tensor_digest
     from prunelens.compression.sequential import compress_model, save_checkpoint
+    from prunelens.evaluation.perplexity import perplexity
+    from prunelens.text.corpora import token_windows
+
+    loaded, dtype = _load_writable(model_spec, dtype, device, max_memory)
+    unit_list = _checked_units(m, units, loaded)
+    ppl_ids = _heldout_ids(loaded, eval_ppl, seed) if eval_ppl else None
+    before = perplexity(loaded, ppl_ids) if ppl_ids is not None else None
+    calib_ids = None
+    if m.calibration != "none":
+        calib_ids = torch.as_tensor(token_windows(loaded.tokenizer, calib_samples, calib_len, split="calib", seed=seed))
+    work = None
+    if hasattr(m, "compress_weight"):  # layer by layer: finished layers kept beside --out, a rerun resumes
+        work = _open_work(out, {
+            "command": "compress", "model": model_spec, "config_hash": getattr(loaded, "config_hash", None),
+            "method": m.spec, "units": None if unit_list is None else [u.name for u in unit_list],
+            "calibration": None if calib_ids is None else tensor_digest(calib_ids), "dtype": dtype,
+            "device": device})
+    summary = compress_model(loaded, m, unit_list, calib_ids=calib_ids, progress=True, work=work)
+    if ppl_ids is not None:
+        summary["heldout_ppl_before"] = before
+        summary["heldout_ppl_after"] = perplexity(loaded, ppl_ids)
+    meta = {"method": m.spec, "units": units or "all blocks",
+            "calib_samples": calib_samples if calib_ids is not None else 0,
+            "calib_len": calib_len if calib_ids is not None else 0, "seed": seed, "compress": summary}
+    path = save_checkpoint(loaded, out, meta, overwrite=overwrite, force=force)
+    if work is not None:
+        work.remove_at(work.path)
+    _print_result(m.spec, path, summary, as_json)
+
+
+def _check_before_work(out_dir: str, overwrite: bool, force: bool, calib_samples: int, calib_len: int) -> None:
+    """Refuse a bad ``--out`` or calibration size in one line, before loading anything."""
+    from pathlib import Path
+
+    from prunelens.errors import PrunelensError
+    from prunelens.fileio import refuse_stdout_dir
+    from prunelens.paths import guard_output_dir
+
+    refuse_stdout_dir(out_dir, "--out")
+    guard_output_dir(Path(out_dir), overwrite=overwrite, force=force)
+    if calib_samples < 1 or calib_len < 2:
+        raise PrunelensError("--calib-samples must be >= 1 and --calib-len >= 2")
+
+
+def _print_result(spec: str, path: Any, summary: dict[str, Any], as_json: bool) -> None:
+    """The written checkpoint and what compression did: JSON, or one line."""
+    if as_json:
+        click.echo(json.dumps({"out": str(path), **summary}, indent=2, default=str))
+        return
+    from prunelens.workflow.summaries import compress_line
+
+    click.echo(compress_line(spec, path, summary))
+
+
+def _heldout_ids(loaded: Any, windows: int, seed: int) -> Any:
+    """``windows`` held-out windows of 256 tokens (the perplexity before and after, ``--eval-ppl``)."""
+    import torch
+
+    from prunelens.text.corpora import token_windows
+
+    return torch.as_tensor(token_windows(loaded.tokenizer, windows, 256, split="heldout", seed=seed))
+
+
+def _load_writable(model_spec: str, dtype: str, device: str, max_memory: str | None) -> tuple[Any, str]:
+    """The model loaded for writing its weights (refused in one line when a weight would be offloaded)."""
+    from prunelens.errors import PrunelensError
     from prunelens.model.devices import parse_max_memory, resolve_device
     from prunelens.model.loading import load_model, resolve_dtype
     from prunelens.model.offload import has_offload
-    from prunelens.units import select_units
 
     target = resolve_device(device)[0]
     memory = parse_max_memory(max_memory)
@@ -150,52 +208,29 @@ def command(model_spec, method, extra, units, calib_samples, calib_len, seed,
     if has_offload(loaded.model):  # compression writes the weights: an offloaded weight would be reloaded unchanged
         raise PrunelensError("compress cannot write offloaded weights: the model does not fit the devices; "
                              "give more --max-memory, use --dtype bfloat16, or more GPUs")
+    return loaded, dtype
+
+
+def _checked_units(m: Method, units: str | None, loaded: Any) -> list[Any] | None:
+    """``--units`` parsed and checked against the method (None: every block, for a weight method)."""
+    from prunelens.errors import PrunelensError
+    from prunelens.units import select_units
+
     unit_list = select_units(units, loaded.adapter.num_layers) if units else None
     if unit_list is None and not hasattr(m, "compress_weight"):
         raise PrunelensError(f"method {m.name!r} needs --units (e.g. --units L20,L22.attn)")
     for u in unit_list or []:
         m.check_unit(u)
-    ppl_ids = None
-    before = None
-    if eval_ppl:
-        from prunelens.evaluation.perplexity import perplexity
-        from prunelens.text.corpora import token_windows
+    return unit_list
 
-        ppl_ids = torch.as_tensor(token_windows(loaded.tokenizer, eval_ppl, 256, split="heldout", seed=seed))
-        before = perplexity(loaded, ppl_ids)
-    calib_ids = None
-    if m.calibration != "none":
-        from prunelens.text.corpora import token_windows
 
-        calib_ids = torch.as_tensor(token_windows(loaded.tokenizer, calib_samples, calib_len, split="calib", seed=seed))
-    work = None
-    if hasattr(m, "compress_weight"):  # layer by layer: finished layers kept beside --out, a rerun resumes
-        from prunelens.cli._interrupt import mark_resumable
-        from prunelens.compression.resume import LayerWork, tensor_digest, work_dir_for
+def _open_work(out: Any, key: dict[str, Any]) -> Any:
+    """The work folder beside ``--out`` (finished layers kept, so that a rerun resumes), announced."""
+    from prunelens.cli._interrupt import mark_resumable
+    from prunelens.compression.resume import LayerWork, work_dir_for
 
-        work = LayerWork.open(work_dir_for(out), {
-            "command": "compress", "model": model_spec, "config_hash": getattr(loaded, "config_hash", None),
-            "method": m.spec, "units": None if unit_list is None else [u.name for u in unit_list],
-            "calibration": None if calib_ids is None else tensor_digest(calib_ids), "dtype": dtype,
-            "device": device})
-        mark_resumable(f"rerun the same command to resume after the last finished layer (kept in {work.path})")
-        if work.done >= 0:
-            click.echo(f"resuming after layer {work.done} (finished layers kept in {work.path})", err=True)
-    summary = compress_model(loaded, m, unit_list, calib_ids=calib_ids, progress=True, work=work)
-    if ppl_ids is not None:
-        from prunelens.evaluation.perplexity import perplexity
-
-        summary["heldout_ppl_before"] = before
-        summary["heldout_ppl_after"] = perplexity(loaded, ppl_ids)
-    meta = {"method": m.spec, "units": units or "all blocks",
-            "calib_samples": calib_samples if calib_ids is not None else 0,
-            "calib_len": calib_len if calib_ids is not None else 0, "seed": seed, "compress": summary}
-    path = save_checkpoint(loaded, out, meta, overwrite=overwrite, force=force)
-    if work is not None:
-        work.remove_at(work.path)
-    if as_json:
-        click.echo(json.dumps({"out": str(path), **summary}, indent=2, default=str))
-        return
-    from prunelens.workflow.summaries import compress_line
-
-    click.echo(compress_line(m.spec, path, summary))
+    work = LayerWork.open(work_dir_for(out), key)
+    mark_resumable(f"rerun the same command to resume after the last finished layer (kept in {work.path})")
+    if work.done >= 0:
+        click.echo(f"resuming after layer {work.done} (finished layers kept in {work.path})", err=True)
+    return work
