@@ -18,7 +18,7 @@ def test_gpu_check_script_is_valid_bash():
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize("script", ["probe_whole.py", "sparsegpt_ref.py", "evopress_compare.py"])
+@pytest.mark.parametrize("script", ["probe_whole.py", "sparsegpt_ref.py", "evopress_compare.py", "rss_stages.py"])
 def test_bench_help(script):
     proc = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "usage" in proc.stdout, proc.stderr
