@@ -18,7 +18,27 @@ def test_gpu_check_script_is_valid_bash():
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize("script", ["probe_whole.py", "sparsegpt_ref.py", "evopress_compare.py"])
+@pytest.mark.parametrize("script", ["probe_whole.py", "sparsegpt_ref.py", "evopress_compare.py", "rss_stages.py"])
 def test_bench_help(script):
     proc = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "usage" in proc.stdout, proc.stderr
+
+
+def test_run_measured_reports_the_commands_peak_not_the_callers():
+    """A caller that once held 400 MB measures a child that holds 64 MB: the peak is the child's (>= 64 MB, well
+    under 400 MB). An exec'd child started straight from the caller reports at least the caller's 400 MB."""
+    script = f"""
+import sys
+sys.path.insert(0, {str(BENCH)!r})
+from peak import run_measured
+big = b"x" * (400 << 20)
+del big
+child = "import sys; a = b'y' * (64 << 20); sys.exit(3)"
+m = run_measured([sys.executable, "-c", child], lock=False)
+print(m.returncode, m.peak_bytes)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    code, peak = map(int, proc.stdout.split())
+    assert code == 3
+    assert (64 << 20) <= peak < (200 << 20), peak
