@@ -266,7 +266,6 @@ def build_wanda_db(out: Path, args: argparse.Namespace, ids: dict[str, Any]) -> 
 
     from prunelens.calibration import collect_stats
     from prunelens.models import load_model
-    from prunelens.sparsity import topk_mask
     from prunelens_plugins.wanda import wanda_scores
 
     db = out / "evo-db"
@@ -284,9 +283,13 @@ def build_wanda_db(out: Path, args: argparse.Namespace, ids: dict[str, Any]) -> 
             continue
         w = mod.weight.data
         score = wanda_scores(w, stats[name].value)
+        # each weight's rank within its row, lowest score first: level s keeps rank >= int(columns * s), which is
+        # Wanda's per-row top-k mask (prunelens.sparsity.topk_mask) for every level from one sort
+        rank = torch.empty_like(score, dtype=torch.long)
+        rank.scatter_(1, score.argsort(dim=1), torch.arange(w.shape[1]).expand_as(rank).contiguous())
         (tmp / name).mkdir(parents=True, exist_ok=True)
         for level, s in evo_levels(w.numel(), args.sparsity, args.evo_weights_diff, args.evo_levels).items():
-            torch.save((w * topk_mask(score, s, dim=1)).clone(), tmp / name / f"{level}.pth")
+            torch.save(w * (rank >= int(w.shape[1] * s)), tmp / name / f"{level}.pth")
             count += 1
     torch.save({"sparsity": args.sparsity, "weights_diff": args.evo_weights_diff, "num_levels": args.evo_levels,
                 "method": "wanda (prunelens)"}, tmp / "metadata.pth")

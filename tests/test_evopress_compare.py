@@ -14,6 +14,7 @@ from conftest import make_tiny_model
 
 from prunelens.adapters import get_adapter
 from prunelens.models import LoadedModel
+from prunelens.sparsity import topk_mask
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "evopress_compare.py"
 
@@ -79,8 +80,6 @@ def test_wanda_db_levels_and_scores(bench, tmp_path, monkeypatch):
     for level, s in bench.evo_levels(w.numel(), 0.5, 64, 2).items():
         saved = torch.load(db / "model.layers.0.self_attn.q_proj" / f"{level}.pth", weights_only=True)
         k = int(w.shape[1] * s)
-        score = w.abs() * norms.sqrt()
-        keep = torch.ones_like(w, dtype=torch.bool)
-        keep.scatter_(1, score.argsort(dim=1)[:, :k], False)
+        keep = topk_mask(w.abs() * norms.sqrt(), s, dim=1)  # Wanda's mask, through torch.topk
         assert torch.equal(saved, w * keep), level
         assert int((saved == 0).sum()) == w.shape[0] * k
