@@ -270,7 +270,7 @@ def build_wanda_db(out: Path, args: argparse.Namespace, ids: dict[str, Any]) -> 
 
     db = out / "evo-db"
     if (db / "metadata.pth").exists():
-        return {}
+        return json.loads((db / "build.json").read_text()) if (db / "build.json").exists() else {}
     t0 = time.time()
     work = load_model(MODEL)
     calib = torch.as_tensor(np.asarray(ids["calib"], dtype=np.int64))
@@ -293,8 +293,10 @@ def build_wanda_db(out: Path, args: argparse.Namespace, ids: dict[str, Any]) -> 
             count += 1
     torch.save({"sparsity": args.sparsity, "weights_diff": args.evo_weights_diff, "num_levels": args.evo_levels,
                 "method": "wanda (prunelens)"}, tmp / "metadata.pth")
+    info = {"db_seconds": round(time.time() - t0, 1), "db_files": count}
+    (tmp / "build.json").write_text(json.dumps(info))
     tmp.rename(db)
-    return {"db_seconds": round(time.time() - t0, 1), "db_files": count}
+    return info
 
 
 def evo_side(args: argparse.Namespace) -> None:
