@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 MODEL = "smollm2-135m"
+BITS_FAMILIES = ("rtn", "gptq")
 LINEARS = r".*layers.*((q|k|v|o|gate|up|down)_proj)$"
 
 
@@ -91,31 +92,54 @@ def prepare(out: Path, args: argparse.Namespace, tok: Any) -> dict[str, Any]:
 
 
 # -- evaluation ------------------------------------------------------------------------------------
-def perplexity(model: Any, windows: list[list[int]], batch: int = 4) -> float:
+def window_nll(model: Any, windows: list[list[int]], batch: int = 4) -> list[float]:
+    """Mean next-token negative log-likelihood of each window."""
     import torch
 
     x = torch.as_tensor(windows, dtype=torch.long)
-    nll, count = 0.0, 0
+    out: list[float] = []
     with torch.no_grad():
         for s in range(0, len(x), batch):
             ids = x[s : s + batch]
             logp = torch.log_softmax(model(input_ids=ids, use_cache=False).logits[:, :-1].float(), dim=-1)
-            nll -= float(logp.gather(-1, ids[:, 1:, None]).sum())
-            count += ids[:, 1:].numel()
-    return math.exp(nll / count)
+            out += (-logp.gather(-1, ids[:, 1:, None]).squeeze(-1).mean(dim=1)).tolist()
+    return out
 
 
-def evaluate(model: Any, ids: dict[str, Any]) -> dict[str, float]:
-    row = {f"ppl_{k}": perplexity(model, v) for k, v in ids["eval"].items()}
+def evaluate(model: Any, ids: dict[str, Any]) -> dict[str, Any]:
+    """Perplexity per source (equal-length windows: exp of the mean window NLL), their geometric mean, window NLLs."""
+    nll = {k: window_nll(model, v) for k, v in ids["eval"].items()}
+    row: dict[str, Any] = {f"ppl_{k}": math.exp(sum(v) / len(v)) for k, v in nll.items()}
     row["ppl_mean"] = math.exp(sum(math.log(v) for v in row.values()) / len(row))  # geometric mean
+    row["nll_windows"] = nll
     return row
+
+
+def ratio_ci(a: dict[str, list[float]], b: dict[str, list[float]], reps: int = 2000,
+             seed: int = 0) -> tuple[float, float, float]:
+    """Geo-mean perplexity ratio a/b over the sources, with a 95 % paired bootstrap interval over windows.
+
+    Each replicate resamples every source's windows with replacement (the same windows for a and b).
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    diff = {k: np.asarray(a[k]) - np.asarray(b[k]) for k in a}
+    point = math.exp(float(np.mean([d.mean() for d in diff.values()])))
+    reps_ = np.zeros(reps)
+    for d in diff.values():
+        reps_ += d[rng.integers(0, len(d), size=(reps, len(d)))].mean(axis=1)
+    reps_ /= len(diff)
+    lo, hi = np.exp(np.percentile(reps_, [2.5, 97.5]))
+    return point, float(lo), float(hi)
 
 
 # -- prunelens' side --------------------------------------------------------------------------------
 def probe_store(out: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     cn, cl = parse_size(args.calib)
     store = out / "store.zarr"
-    cmd = [sys.executable, "-m", "prunelens", "probe", "--model", MODEL, "--method", f"{args.family}:sparsity={args.levels}",
+    param = "bits" if args.family in BITS_FAMILIES else "sparsity"
+    cmd = [sys.executable, "-m", "prunelens", "probe", "--model", MODEL, "--method", f"{args.family}:{param}={args.levels}",
            "--units", "block", "--samples", str(args.probe_samples), "--steps", str(args.probe_steps),
            "--prompt-len", "32", "--temperature", "1", "--locality", "propagated", "--timing", "teacher_forced",
            "--calib-samples", str(cn), "--calib-len", str(cl), "--batch-size", "8", "--no-compile", "--out", str(store),
@@ -131,7 +155,16 @@ def probe_store(out: Path, args: argparse.Namespace) -> tuple[Path, dict[str, An
     return store, cost
 
 
-def run_ours(name: str, ds: Any, ids: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+def budget_of(args: argparse.Namespace) -> str:
+    return args.budget or f"sparsity={args.sparsity}"
+
+
+def run_ours(name: str, ds: Any, ids: dict[str, Any], args: argparse.Namespace, replay: Any = None) -> dict[str, Any]:
+    """One allocation: plan, apply (``compress_mixed``), evaluate; ``name`` is an allocator, ``@budget`` overrides.
+
+    With a store and its ``replay`` (the probe prompts' dense logits), the row also has the plan's Σ single-unit
+    predicted KL at T=1, the applied model's KL on those prompts and their ratio (``validate``'s interaction ratio).
+    """
     import numpy as np
     import torch
 
@@ -143,6 +176,7 @@ def run_ours(name: str, ds: Any, ids: dict[str, Any], args: argparse.Namespace) 
     work = load_model(MODEL)
     calib = torch.as_tensor(np.asarray(ids["calib"], dtype=np.int64))
     kw: dict[str, Any] = {}
+    name, _, budget = name.partition("@")
     if name == "owl":
         kw.update(calib_samples=calib.shape[0], calib_len=calib.shape[1])
     if name == "search":
@@ -150,15 +184,23 @@ def run_ours(name: str, ds: Any, ids: dict[str, Any], args: argparse.Namespace) 
                   tokens=args.tokens, windows=args.windows, window_len=args.window_len, seed=args.seed,
                   calib_samples=calib.shape[0], calib_len=calib.shape[1])
     t0 = time.time()
-    plan = allocate_plan(ds, allocator=name, budget=f"sparsity={args.sparsity}", temperature=1.0,
+    plan = allocate_plan(ds, allocator=name, budget=budget or budget_of(args), temperature=1.0,
                          methods=[args.family], kind="block", loaded=work, calib_ids=calib, **kw)
     t_alloc = time.time() - t0
-    plan.save(Path(args.out) / "plans" / f"{name}.json")
+    plan.save(Path(args.out) / "plans" / f"{name}{'@' + budget if budget else ''}.json")
     compress_mixed(work, [(u, parse_method(s)) for u, s in plan.unit_methods()], calib_ids=calib, progress=False)
     zeros, total = linear_zeros(work.adapter)
     row = evaluate(work.model, ids)
+    param = "bits" if args.family in BITS_FAMILIES else "sparsity"
     row.update({"zero_fraction": zeros / total, "seconds_alloc": round(t_alloc, 1),
-                "levels": [parse_method(s).values.get("sparsity") for _, s in plan.unit_methods()]})
+                "achieved": plan.allocation.get("achieved"),
+                "levels": [parse_method(s).values.get(param) for _, s in plan.unit_methods()]})
+    if replay is not None:
+        from allocation import _predicted_at  # bench/allocation.py: Σ single-unit predicted KL of a plan
+
+        pred = _predicted_at(plan, ds, 1.0)
+        meas = replay.compare(work.model, 1.0)["kl"]
+        row.update({"pred_sum_kl": pred, "kl_store": meas, "interaction_ratio": meas / pred if pred else None})
     if name == "search":
         info = plan.allocation
         row.update({"search_cost": info["search_cost"], "fitness": info["fitness"],
@@ -199,6 +241,62 @@ def prepare_evo(out: Path, args: argparse.Namespace, ids: dict[str, Any]) -> Pat
         torch.save([torch.as_tensor([r], dtype=torch.long) for r in ids[key]], out / f"evo_{key}.pt")
     torch.save([torch.as_tensor([ids["eval"]["gsm8k"][0]], dtype=torch.long)], out / "evo_eval_small.pt")
     return model
+
+
+def evo_levels(numel: int, sparsity: float, weights_diff: int, num_levels: int) -> dict[int, float]:
+    """EvoPress's levels of one linear (its ``FastOBCPruner._prune_group``): level l prunes sparsity + l·diff/numel."""
+    step = weights_diff / numel
+    lo = min(int(sparsity // step), num_levels)
+    hi = min(int((1 - sparsity) // step), num_levels)
+    return {level: sparsity + level * step for level in range(-lo, hi + 1)}
+
+
+def build_wanda_db(out: Path, args: argparse.Namespace, ids: dict[str, Any]) -> dict[str, Any]:
+    """A Wanda level database in EvoPress's format (``DB/<linear>/<level>.pth`` + ``metadata.pth``).
+
+    EvoPress's ``prune.py`` builds SparseGPT levels only; for a Wanda budget its search runs on this database
+    instead: the same level rule (:func:`evo_levels`: every level step moves ``--evo-weights-diff`` weights of any
+    linear), each level pruned by prunelens' Wanda (per-row top-k of |W|·sqrt(S)) with input norms from one dense
+    pass over the calibration ids (as EvoPress's database, every linear on dense inputs).
+    """
+    import re
+
+    import numpy as np
+    import torch
+
+    from prunelens.calibration import collect_stats
+    from prunelens.models import load_model
+    from prunelens_plugins.wanda import wanda_scores
+
+    db = out / "evo-db"
+    if (db / "metadata.pth").exists():
+        return json.loads((db / "build.json").read_text()) if (db / "build.json").exists() else {}
+    t0 = time.time()
+    work = load_model(MODEL)
+    calib = torch.as_tensor(np.asarray(ids["calib"], dtype=np.int64))
+    stats = collect_stats(work, work.adapter.units(("block",)), "input_norms", calib)
+    tmp = out / "evo-db.part"
+    pattern = re.compile(LINEARS)
+    count = 0
+    for name, mod in work.model.named_modules():
+        if not pattern.fullmatch(name):
+            continue
+        w = mod.weight.data
+        score = wanda_scores(w, stats[name].value)
+        # each weight's rank within its row, lowest score first: level s keeps rank >= int(columns * s), which is
+        # Wanda's per-row top-k mask (prunelens.sparsity.topk_mask) for every level from one sort
+        rank = torch.empty_like(score, dtype=torch.long)
+        rank.scatter_(1, score.argsort(dim=1), torch.arange(w.shape[1]).expand_as(rank).contiguous())
+        (tmp / name).mkdir(parents=True, exist_ok=True)
+        for level, s in evo_levels(w.numel(), args.sparsity, args.evo_weights_diff, args.evo_levels).items():
+            torch.save(w * (rank >= int(w.shape[1] * s)), tmp / name / f"{level}.pth")
+            count += 1
+    torch.save({"sparsity": args.sparsity, "weights_diff": args.evo_weights_diff, "num_levels": args.evo_levels,
+                "method": "wanda (prunelens)"}, tmp / "metadata.pth")
+    info = {"db_seconds": round(time.time() - t0, 1), "db_files": count}
+    (tmp / "build.json").write_text(json.dumps(info))
+    tmp.rename(db)
+    return info
 
 
 def evo_side(args: argparse.Namespace) -> None:
@@ -299,19 +397,25 @@ def table(res: dict[str, Any]) -> str:
     probe = res.get("probe", {})
     lines = [f"dense: ppl gsm8k {f(res['dense']['ppl_gsm8k'])}, gpqa {f(res['dense']['ppl_gpqa'])}   "
              f"setup: {json.dumps(res['setup'])}", "",
-             "| allocation | zeros | ppl GSM8K | ppl GPQA | ppl geo-mean | fitness KL | allocation forward tokens | "
-             "allocation seconds |", "|---|---|---|---|---|---|---|---|"]
+             "| allocation | zeros | ppl GSM8K | ppl GPQA | ppl geo-mean | vs knapsack [95 % CI] | fitness KL | "
+             "pred ΣKL | meas KL@probe | ratio | allocation forward tokens | allocation seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    base = res.get("rows", {}).get("knapsack", {}).get("nll_windows")
     for name, r in res.get("rows", {}).items():
-        if name in ("knapsack", "search"):
+        if name.partition("@")[0] in ("knapsack", "search"):
             tokens = probe.get("forward_tokens", 0) + (r.get("search_cost", {}).get("tokens", 0))
             secs = probe.get("seconds", 0) + r.get("seconds_alloc", 0)
         elif name.startswith("evopress"):
             tokens, secs = r.get("fitness_tokens"), r.get("seconds")
         else:
-            tokens, secs = 0 if name == "uniform" else None, r.get("seconds_alloc")
+            tokens, secs = 0 if name.startswith("uniform") else None, r.get("seconds_alloc")
         fit = r.get("fitness")
+        ci = "-"
+        if base and r.get("nll_windows") and name != "knapsack":
+            ci = "{:.3f} [{:.3f}, {:.3f}]".format(*ratio_ci(r["nll_windows"], base))
         lines.append(f"| {name} | {f(r.get('zero_fraction'), 3)} | {f(r['ppl_gsm8k'])} | {f(r['ppl_gpqa'])} | "
-                     f"{f(r['ppl_mean'])} | {f(fit, 4)} | {f(tokens)} | {f(secs, 1)} |")
+                     f"{f(r['ppl_mean'])} | {ci} | {f(fit, 4)} | {f(r.get('pred_sum_kl'), 3)} | "
+                     f"{f(r.get('kl_store'), 3)} | {f(r.get('interaction_ratio'), 2)} | {f(tokens)} | {f(secs, 1)} |")
     text = "\n".join(lines)
     print(text, flush=True)
     return text
@@ -322,9 +426,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("side", nargs="?", default="ours", choices=["ours", "evo"], help="evo: EvoPress's venv (internal)")
     ap.add_argument("--out", default="bench/out/evopress")
-    ap.add_argument("--family", default="sparsegpt", choices=["sparsegpt", "wanda"],
-                    help="pruning method of every allocation (EvoPress's database is SparseGPT only)")
+    ap.add_argument("--family", default="sparsegpt", choices=["sparsegpt", "wanda", *BITS_FAMILIES],
+                    help="pruning method of every allocation (EvoPress's database: its prune.py for sparsegpt, "
+                         "build_wanda_db in its format for wanda)")
     ap.add_argument("--sparsity", type=float, default=0.6)
+    ap.add_argument("--budget", default=None, help="budget of every allocation (default sparsity=--sparsity), e.g. "
+                                                    "bits=3.5 with --family gptq --levels 2,3,4")
     ap.add_argument("--levels", default="0.4,0.5,0.6,0.7,0.8", help="levels probed per block")
     ap.add_argument("--calib", default="16x128", help="calibration windows NxLEN (split calib, seed 0)")
     ap.add_argument("--eval", default="8x128", help="evaluation windows NxLEN per source (GSM8K, GPQA)")
@@ -337,7 +444,8 @@ def main() -> None:
     ap.add_argument("--survivors", default="2")
     ap.add_argument("--tokens", default="128")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--only", default="uniform,owl,knapsack,search", help="our allocators to run")
+    ap.add_argument("--only", default="uniform,owl,knapsack,search",
+                    help="our allocators to run; NAME@BUDGET overrides the budget (uniform@bits=4)")
     ap.add_argument("--evopress", action="store_true", help="also run EvoPress's own code (--evo-python)")
     ap.add_argument("--evo-python", default="/tmp/evo-venv/bin/python")
     ap.add_argument("--evo-src", default="/tmp/evopress-src", help="EvoPress's repository (a checkout)")
@@ -363,10 +471,12 @@ def main() -> None:
     (out / "plans").mkdir(parents=True, exist_ok=True)
     cache = out / "results.json"
     res: dict[str, Any] = json.loads(cache.read_text()) if cache.is_file() else {}
-    if args.evopress and args.family != "sparsegpt":
-        raise SystemExit("EvoPress's level database (prune.py) is SparseGPT: use --family sparsegpt with --evopress")
     setup = {k: getattr(args, k) for k in ("family", "sparsity", "levels", "calib", "eval", "probe_samples", "probe_steps",
                                            "windows", "window_len", "seed")}
+    if args.evopress and args.family in BITS_FAMILIES:
+        raise SystemExit("--evopress compares pruning (its evo_prune_search.py): use --family sparsegpt or wanda")
+    if args.budget:
+        setup["budget"] = args.budget
     if res and res.get("setup") != setup:
         raise SystemExit(f"{cache} was made with other settings: {res.get('setup')}")
     res["setup"] = setup
@@ -385,28 +495,34 @@ def main() -> None:
     if "dense" not in res:
         res["dense"] = evaluate(dense.model, ids)
         save()
-    del dense
     rows = res.setdefault("rows", {})
     wanted = [n for n in args.only.split(",") if n]
     if {"knapsack", "search"} & set(wanted) and "probe" not in res:
         store, cost = probe_store(out, args)
         res["probe"] = cost
         save()
+    ds = load_store(str(out / "store.zarr")) if (out / "store.zarr").exists() else None
+    replay = None
+    if ds is not None and any(n not in rows for n in wanted):
+        from prunelens.apply import PromptReplay
+
+        replay = PromptReplay(ds, dense.model)
     for name in wanted:
         if name in rows:
             continue
         print(f"[ours] {name}", flush=True)
-        ds = load_store(str(out / "store.zarr")) if (out / "store.zarr").exists() else None
-        rows[name] = run_ours(name, ds, ids, args)
+        rows[name] = run_ours(name, ds, ids, args, replay)
         save()
+    del dense, replay
     if args.evopress:
         if "evopress" not in rows:
             prepare_evo(out, args, ids)
+            wanda_db = build_wanda_db(out, args, ids) if args.family == "wanda" else {}
             cmd = [args.evo_python, str(Path(__file__).resolve()), "evo", *sys.argv[1:]]
             cmd = [c for c in cmd if c != "--evopress"]
             t0 = time.time()
             subprocess.run(cmd, check=True)
-            evo = json.loads((out / "evo_result.json").read_text())
+            evo = {**wanda_db, **json.loads((out / "evo_result.json").read_text())}
             rows["evopress"] = {**evaluate_evo(out, ids, uniform=False), **evo,
                                 "seconds": round(evo.get("db_seconds", 0) + evo["search_seconds"], 1),
                                 "wall_seconds": round(time.time() - t0, 1)}
