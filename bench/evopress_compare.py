@@ -264,8 +264,8 @@ def build_wanda_db(out: Path, args: argparse.Namespace, ids: dict[str, Any]) -> 
     import numpy as np
     import torch
 
-    from prunelens.calibration import collect_stats
-    from prunelens.models import load_model
+    from prunelens.compression.calibration import collect_stats
+    from prunelens.model.loading import load_model
     from prunelens_plugins.wanda import wanda_scores
 
     db = out / "evo-db"
@@ -284,7 +284,7 @@ def build_wanda_db(out: Path, args: argparse.Namespace, ids: dict[str, Any]) -> 
         w = mod.weight.data
         score = wanda_scores(w, stats[name].value)
         # each weight's rank within its row, lowest score first: level s keeps rank >= int(columns * s), which is
-        # Wanda's per-row top-k mask (prunelens.sparsity.topk_mask) for every level from one sort
+        # Wanda's per-row top-k mask (prunelens.compression.sparsity_masks.topk_mask) for every level from one sort
         rank = torch.empty_like(score, dtype=torch.long)
         rank.scatter_(1, score.argsort(dim=1), torch.arange(w.shape[1]).expand_as(rank).contiguous())
         (tmp / name).mkdir(parents=True, exist_ok=True)
@@ -504,7 +504,7 @@ def main() -> None:
     ds = load_store(str(out / "store.zarr")) if (out / "store.zarr").exists() else None
     replay = None
     if ds is not None and any(n not in rows for n in wanted):
-        from prunelens.apply import PromptReplay
+        from prunelens.plan.apply import PromptReplay
 
         replay = PromptReplay(ds, dense.model)
     for name in wanted:

@@ -12,9 +12,9 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
-from prunelens.adapters import get_adapter
-from prunelens.models import LoadedModel
-from prunelens.sparsity import topk_mask
+from prunelens.compression.sparsity_masks import topk_mask
+from prunelens.model.adapters import get_adapter
+from prunelens.model.loading import LoadedModel
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "evopress_compare.py"
 
@@ -59,7 +59,7 @@ def test_wanda_db_levels_and_scores(bench, tmp_path, monkeypatch):
     """Every linear gets EvoPress's levels; each level file is Wanda's per-row top-k mask of |W|·sqrt(S)."""
     model = make_tiny_model("llama", layers=2, hidden=32)
     loaded = LoadedModel(model, None, get_adapter(model), "tiny", "0")
-    monkeypatch.setattr("prunelens.models.load_model", lambda *a, **k: loaded)
+    monkeypatch.setattr("prunelens.model.loading.load_model", lambda *a, **k: loaded)
     calib = torch.randint(0, 96, (4, 16), generator=torch.Generator().manual_seed(0))
     args = argparse.Namespace(sparsity=0.5, evo_weights_diff=64, evo_levels=2)
     info = bench.build_wanda_db(tmp_path, args, {"calib": calib.tolist()})
