@@ -129,7 +129,7 @@ class Evaluator:
         self.replays: dict[str, Any] = {}
 
     def add_store(self, family: str, ds: Any) -> None:
-        """The store's prompts (calibration split), dense logits cached once."""
+        """The store's prompts (probe split), dense logits cached once."""
         from prunelens.plan.apply import PromptReplay
 
         if family not in self.replays:
@@ -184,7 +184,8 @@ def probe_store(out: Path, family: str, args: argparse.Namespace) -> Path:
     store = out / f"store-{family}.zarr"
     cmd = [sys.executable, "-m", "prunelens", "probe", "--model", MODEL, "--method", f"{family}:"
            + ("sparsity=" if family in ("wanda", "sparsegpt") else "bits=") + LEVELS[family],
-           "--units", args.units, "--samples", str(args.probe_samples), "--steps", str(args.probe_steps), "--prompt-len", "32",
+           "--units", args.units, "--samples", str(args.probe_samples), "--steps", str(args.probe_steps),
+           "--prompt-len", "32",
            "--temperature", "0.7,1.0", "--locality", args.probe_locality, "--timing", "teacher_forced",
            "--prompts", str(out / "probe_prompts.jsonl"), "--calib-samples", str(cn), "--calib-len", str(cl),
            "--batch-size", "8", "--no-compile", "--out", str(store), "--quiet"]
@@ -234,7 +235,8 @@ def run_condition(cond: dict[str, Any], ds: Any, ids: dict[str, Any], ev: Evalua
     t_apply = time.time() - t0 - t_alloc
     row = ev.evaluate(work.model, cond["family"], T_EVAL)
     pred = _predicted_at(plan, ds, T_EVAL)
-    levels = [parse_method(s).values.get("sparsity", parse_method(s).values.get("bits")) for _, s in plan.unit_methods()]
+    values = [parse_method(s).values for _, s in plan.unit_methods()]
+    levels = [v.get("sparsity", v.get("bits")) for v in values]
     row.update({
         "allocator": cond["allocator"], "family": cond["family"], "budget": cond["budget"],
         "alloc_temperature": temp, "locality": cond.get("locality", "propagated"),
@@ -283,11 +285,12 @@ def print_tables(res: dict[str, Any]) -> str:
     d = res.get("dense", {})
     lines.append(f"dense: ppl {fmt(d.get('ppl'), 2)}   (setup: {json.dumps(res.get('setup', {}))})")
     lines.append("")
-    lines.append("| condition | achieved | zeros | ppl | agree@32 | first div | KL held-out | pred ΣKL | meas KL@store | ratio |")
+    lines.append("| condition | achieved | zeros | ppl | agree@32 | first div | KL held-out | pred ΣKL "
+                 "| meas KL@store | ratio |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in res.get("conditions", {}).items():
-        lines.append(f"| {name} | {fmt(r.get('achieved'), 3)} | {fmt(r.get('zero_fraction'), 3)} | {fmt(r['ppl'], 2)} | "
-                     f"{fmt(r['agree'], 3)} | {fmt(r['first_div'], 1)} | {fmt(r['kl'], 3)} | "
+        lines.append(f"| {name} | {fmt(r.get('achieved'), 3)} | {fmt(r.get('zero_fraction'), 3)} | "
+                     f"{fmt(r['ppl'], 2)} | {fmt(r['agree'], 3)} | {fmt(r['first_div'], 1)} | {fmt(r['kl'], 3)} | "
                      f"{fmt(r.get('pred_sum_kl'), 3)} | {fmt(r.get('kl_store'), 3)} | {fmt(r.get('ratio'), 2)} |")
     if res.get("llmc"):
         lines.append("")
@@ -299,7 +302,8 @@ def print_tables(res: dict[str, Any]) -> str:
             ours = res.get("conditions", {}).get(r.get("ours", ""), {})
             ratio = ours.get("ppl") / r["ppl"] if ours.get("ppl") else None
             lines.append(f"| {name} | {fmt(r.get('zero_fraction'), 3)} | {fmt(r['ppl'], 2)} | {fmt(r['agree'], 3)} | "
-                         f"{fmt(r['first_div'], 1)} | {fmt(r['kl'], 3)} | {fmt(ours.get('ppl'), 2)} | {fmt(ratio, 3)} |")
+                         f"{fmt(r['first_div'], 1)} | {fmt(r['kl'], 3)} | {fmt(ours.get('ppl'), 2)} | "
+                         f"{fmt(ratio, 3)} |")
     text = "\n".join(lines)
     print(text, flush=True)
     return text
@@ -329,7 +333,7 @@ def main() -> None:
     ap.add_argument("--calib", default="16x128", help="calibration windows NxLEN (split=calib, seed 0)")
     ap.add_argument("--eval", default="4x256", help="held-out perplexity/KL windows NxLEN (seed 1)")
     ap.add_argument("--gen", type=int, default=8, help="held-out prompts for greedy agreement (32 + 32 tokens)")
-    ap.add_argument("--probe-samples", type=int, default=2, help="probe prompts (calibration split, seed 3)")
+    ap.add_argument("--probe-samples", type=int, default=2, help="probe prompts (probe split, seed 3)")
     ap.add_argument("--probe-steps", type=int, default=16, help="teacher-forced steps per probe prompt")
     ap.add_argument("--probe-locality", default="propagated", help="local and/or propagated (local: --remedies "
                     "adds a knapsack on local predictions)")
@@ -341,7 +345,8 @@ def main() -> None:
     ap.add_argument("--merge", default="", help="with --table: also the rows of these OUT folders (comma-separated; "
                     "the same settings, e.g. remedies run in a second process)")
     ap.add_argument("--baselines-without-store", action="store_true",
-                    help="run uniform/owl rows without probing the store first (their pred ΣKL and KL@store stay empty)")
+                    help="run uniform/owl rows without probing the store first "
+                         "(their pred ΣKL and KL@store stay empty)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
     out = Path(args.out)

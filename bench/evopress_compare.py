@@ -139,7 +139,8 @@ def probe_store(out: Path, args: argparse.Namespace) -> tuple[Path, dict[str, An
     cn, cl = parse_size(args.calib)
     store = out / "store.zarr"
     param = "bits" if args.family in BITS_FAMILIES else "sparsity"
-    cmd = [sys.executable, "-m", "prunelens", "probe", "--model", MODEL, "--method", f"{args.family}:{param}={args.levels}",
+    cmd = [sys.executable, "-m", "prunelens", "probe", "--model", MODEL,
+           "--method", f"{args.family}:{param}={args.levels}",
            "--units", "block", "--samples", str(args.probe_samples), "--steps", str(args.probe_steps),
            "--prompt-len", "32", "--temperature", "1", "--locality", "propagated", "--timing", "teacher_forced",
            "--calib-samples", str(cn), "--calib-len", str(cl), "--batch-size", "8", "--no-compile", "--out", str(store),
@@ -471,8 +472,8 @@ def main() -> None:
     (out / "plans").mkdir(parents=True, exist_ok=True)
     cache = out / "results.json"
     res: dict[str, Any] = json.loads(cache.read_text()) if cache.is_file() else {}
-    setup = {k: getattr(args, k) for k in ("family", "sparsity", "levels", "calib", "eval", "probe_samples", "probe_steps",
-                                           "windows", "window_len", "seed")}
+    setup = {k: getattr(args, k) for k in ("family", "sparsity", "levels", "calib", "eval", "probe_samples",
+                                           "probe_steps", "windows", "window_len", "seed")}
     if args.evopress and args.family in BITS_FAMILIES:
         raise SystemExit("--evopress compares pruning (its evo_prune_search.py): use --family sparsegpt or wanda")
     if args.budget:

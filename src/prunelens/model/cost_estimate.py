@@ -211,7 +211,8 @@ def estimate_probe(spec: str, methods: list[Any], units_spec: str, dtype: str, d
     per_cell = sum(samples * t_len * flops_tok * (shape.layers - u.layer) / shape.layers for u in units) / len(units)
     per_cell = per_cell * len(timings) + localities * len(timings) * rows * head_flops
     solver = sum(_solver_flops(shape, units, m) for m in methods)
-    calib = calib_samples * calib_len * (flops_tok + sum(2 * w * w for u in units for w in shape.inputs[u])) if kinds else 0
+    hessian_flops = sum(2 * w * w for u in units for w in shape.inputs[u]) if kinds else 0
+    calib = calib_samples * calib_len * (flops_tok + hessian_flops) if kinds else 0
     rate = dev.flops["float32" if b == 4 else "bfloat16"]
     reads = (steps * (1 + (cells if free else 0))) * shape.params * b / dev.bandwidth  # decoding reads every weight
     load = STARTUP_SECONDS + shape.params * b / dev.load

@@ -302,7 +302,8 @@ class SearchSettings:
         prev = self.offspring
         for s, t in zip(self.survivors, self.tokens):
             if not 1 <= s <= prev:
-                raise PrunelensError(f"survivors must shrink from the offspring count ({self.offspring}): {self.survivors}")
+                raise PrunelensError(f"survivors must shrink from the offspring count ({self.offspring}): "
+                                     f"{self.survivors}")
             if t < 1:
                 raise PrunelensError(f"every selection stage needs at least one token: {self.tokens}")
             prev = s
