@@ -22,7 +22,7 @@ def _csv(value: str) -> list[str]:
 @click.option("--units", default="all", show_default=True,
               help="all, attn, mlp, block, L3, L0-5.mlp, ... (comma-separated).")
 @click.option("--samples", default=16, show_default=True, type=click.IntRange(1),
-              help="Prompts (held-out Shakespeare unless --prompts).")
+              help="Prompts (the probe split of Shakespeare unless --prompts).")
 @click.option("--steps", default=32, show_default=True, type=click.IntRange(1), help="Decoding steps per prompt.")
 @click.option("--prompt-len", default=32, show_default=True, type=click.IntRange(1), help="Prompt length in tokens.")
 @click.option("--temperature", "temperatures", default="0.5,0.7,1.0", show_default=True,
