@@ -1,4 +1,4 @@
-"""Issue 9: level sweeps, budgets, the knapsack allocator (vs brute force), OWL, plan schema 2, mixed apply."""
+"""Level sweeps, budgets, the knapsack allocator (vs brute force), OWL, plan schema 2, mixed apply."""
 
 from __future__ import annotations
 

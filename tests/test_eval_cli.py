@@ -64,7 +64,7 @@ def test_eval_cli_json_matches_direct_perplexity(tiny_dir, tmp_path):
 
 
 def test_report_reads_what_eval_json_writes(tiny_dir, tmp_path):
-    """Issue 11 item 4: `report --eval` on the file `eval --json` wrote (it crashed with AttributeError)."""
+    """`report --eval` on the file `eval --json` wrote (it crashed with AttributeError)."""
     from rank_helpers import synthetic_store
 
     path, _ = tiny_dir

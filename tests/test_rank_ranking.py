@@ -39,7 +39,7 @@ def test_store_ranking_equals_numpy_sort(by, kind):
 
 
 def test_unprobed_units_come_last_and_a_nan_step_is_never_skipped():
-    """Issue 15 item 2: a probed unit NaN on one step must not rank as safe (its NaN steps were skipped)."""
+    """a probed unit NaN on one step must not rank as safe (its NaN steps were skipped)."""
     from prunelens.plan.ranking import nonfinite_note, nonfinite_units
 
     ds = synthetic_store(num_layers=4, kinds=("attn",))

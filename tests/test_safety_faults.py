@@ -168,7 +168,7 @@ def _umask() -> int:
 
 
 def test_apply_out_onto_a_foreign_directory_needs_force(tmp_path):
-    """Issue 11: apply --out onto a non-empty directory that is not a checkpoint is refused unless --force."""
+    """apply --out onto a non-empty directory that is not a checkpoint is refused unless --force."""
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("x")
