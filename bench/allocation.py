@@ -327,7 +327,7 @@ def merge_results(res: dict[str, Any], other: dict[str, Any], where: str) -> dic
 
 
 # -- main ----------------------------------------------------------------------------------------
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="bench/out/allocation")
     ap.add_argument("--calib", default="16x128", help="calibration windows NxLEN (split=calib, seed 0)")
@@ -348,7 +348,11 @@ def main() -> None:
                     help="run uniform/owl rows without probing the store first "
                          "(their pred ΣKL and KL@store stay empty)")
     ap.add_argument("--threads", type=int, default=0)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     out = Path(args.out)
     (out / "plans").mkdir(parents=True, exist_ok=True)
     cache = out / "results.json"

@@ -423,7 +423,7 @@ def table(res: dict[str, Any]) -> str:
 
 
 # -- main ------------------------------------------------------------------------------------------------
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("side", nargs="?", default="ours", choices=["ours", "evo"], help="evo: EvoPress's venv (internal)")
     ap.add_argument("--out", default="bench/out/evopress")
@@ -461,7 +461,11 @@ def main() -> None:
     ap.add_argument("--evo-tokens", default="128/512")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--table", action="store_true")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args.side == "evo":
         evo_side(args)
         return
