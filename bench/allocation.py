@@ -52,6 +52,8 @@ T_EVAL = 1.0
 SPARSITY = [("wanda", 0.6), ("wanda", 0.7), ("sparsegpt", 0.6), ("sparsegpt", 0.7), ("wanda", 0.5)]  # run order
 LEVELS = {"wanda": "0.5,0.6,0.7,0.8,0.9", "sparsegpt": "0.5,0.6,0.7,0.8,0.9",
           "rtn": "2,3,4,8", "gptq": "2,3,4"}
+MILD_SPARSITY = [("wanda", 0.3), ("wanda", 0.4)]  # --mild: budgets where generation survives
+MILD_LEVELS = "0.1,0.2,0.3,0.4,0.5,0.6"
 
 
 def conditions(remedies: bool, local: bool = False) -> list[dict[str, Any]]:
@@ -159,9 +161,13 @@ class Evaluator:
             nll -= float(lp.gather(-1, target[..., None]).sum())
             kl += float((dense_lp.exp() * (dense_lp - lp)).sum())
             count += target.numel()
-        agree = T.agreement(self._generate(model), self.dense_gen, 32)
+        generated = self._generate(model)
+        agree = T.agreement(generated, self.dense_gen, 32)
+        per_prompt = [T.agreement([g], [d], 32) for g, d in zip(generated, self.dense_gen)]
         row = {"ppl": math.exp(nll / count), "kl": kl / count, "agree": agree["token_match"],
-               "first_div": agree["first_divergence"]}
+               "first_div": agree["first_divergence"],
+               "agree_per_prompt": [r["token_match"] for r in per_prompt],
+               "first_div_per_prompt": [r["first_divergence"] for r in per_prompt]}
         if family in self.replays:
             m = self.replays[family].compare(model, temperature)
             row.update(kl_store=m["kl"], top1_store=m["top1_agree"])
@@ -280,6 +286,42 @@ def fmt(v: Any, nd: int = 3) -> str:
     return str(v)
 
 
+def bootstrap_ci(values: list[float], reps: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of the mean of ``values`` (resampled with replacement)."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    means = v[np.random.default_rng(seed).integers(0, len(v), size=(reps, len(v)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def agreement_table(res: dict[str, Any]) -> list[str]:
+    """Generation agreement per condition with 95 % bootstrap CIs over prompts, and each condition's paired
+    difference to the same budget's uniform plan (prompt by prompt)."""
+    rows = {k: r for k, r in res.get("conditions", {}).items() if r.get("agree_per_prompt")}
+    if not rows:
+        return []
+    lines = ["", f"Generation over {len(next(iter(rows.values()))['agree_per_prompt'])} held-out prompts "
+             "(95 % bootstrap CIs over prompts; Δ = paired difference to the budget's uniform plan):", "",
+             "| condition | agree@32 [CI] | first divergence [CI] | Δ agree vs uniform [CI] | Δ first div [CI] |",
+             "|---|---|---|---|---|"]
+    for name, r in rows.items():
+        base = rows.get(name.rsplit("-", 1)[0] + "-uniform")
+        cells = [name]
+        for key in ("agree_per_prompt", "first_div_per_prompt"):
+            lo, hi = bootstrap_ci(r[key])
+            cells.append(f"{sum(r[key]) / len(r[key]):.3f} [{lo:.3f}, {hi:.3f}]")
+        for key in ("agree_per_prompt", "first_div_per_prompt"):
+            if base is None or base is r:
+                cells.append("–")
+                continue
+            diff = [a - b for a, b in zip(r[key], base[key])]
+            lo, hi = bootstrap_ci(diff)
+            cells.append(f"{sum(diff) / len(diff):+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def print_tables(res: dict[str, Any]) -> str:
     lines = []
     d = res.get("dense", {})
@@ -292,6 +334,7 @@ def print_tables(res: dict[str, Any]) -> str:
         lines.append(f"| {name} | {fmt(r.get('achieved'), 3)} | {fmt(r.get('zero_fraction'), 3)} | "
                      f"{fmt(r['ppl'], 2)} | {fmt(r['agree'], 3)} | {fmt(r['first_div'], 1)} | {fmt(r['kl'], 3)} | "
                      f"{fmt(r.get('pred_sum_kl'), 3)} | {fmt(r.get('kl_store'), 3)} | {fmt(r.get('ratio'), 2)} |")
+    lines += agreement_table(res)
     if res.get("llmc"):
         lines.append("")
         lines.append("llm-compressor's own implementation (bench/llmc_compare.py), same evaluation:")
@@ -314,7 +357,7 @@ def merge_results(res: dict[str, Any], other: dict[str, Any], where: str) -> dic
     if other.get("setup") != res.get("setup"):
         raise SystemExit(f"{where} was made with other settings: {other.get('setup')}")
     conds = {**other.get("conditions", {}), **res.get("conditions", {})}
-    families = ["wanda50", "wanda60", "wanda70", "sparsegpt60", "sparsegpt70", "rtn", "gptq"]
+    families = ["wanda30", "wanda40", "wanda50", "wanda60", "wanda70", "sparsegpt60", "sparsegpt70", "rtn", "gptq"]
     kinds = ["uniform", "uniform4", "uniform3", "owl", "knapsack", "knapsack3.5", "knapsack-T0.7", "knapsack-band0.1",
              "iterative", "knapsack-local"]
 
@@ -348,11 +391,16 @@ def parse_args() -> argparse.Namespace:
                     help="run uniform/owl rows without probing the store first "
                          "(their pred ΣKL and KL@store stay empty)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--mild", action="store_true",
+                    help=f"Wanda at 30/40 %% instead, over levels {MILD_LEVELS} (use its own --out)")
     return ap.parse_args()
 
 
 def main() -> None:
     args = parse_args()
+    if args.mild:
+        SPARSITY[:] = MILD_SPARSITY
+        LEVELS["wanda"] = MILD_LEVELS
     out = Path(args.out)
     (out / "plans").mkdir(parents=True, exist_ok=True)
     cache = out / "results.json"
@@ -369,7 +417,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     setup = {"model": MODEL, "calib": args.calib, "eval": args.eval, "gen": args.gen,
              "probe_samples": args.probe_samples, "probe_steps": args.probe_steps,
-             "probe_locality": args.probe_locality, "units": args.units}
+             "probe_locality": args.probe_locality, "units": args.units, **({"mild": True} if args.mild else {})}
     if res.get("setup", setup) != setup:
         raise SystemExit(f"{cache} was made with {res['setup']}; use another --out or the same settings")
     res["setup"] = setup

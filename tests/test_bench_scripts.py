@@ -42,3 +42,22 @@ print(m.returncode, m.peak_bytes)
     code, peak = map(int, proc.stdout.split())
     assert code == 3
     assert (64 << 20) <= peak < (200 << 20), peak
+
+
+def test_allocation_agreement_cis_match_a_normal_interval_and_pair_prompts(monkeypatch):
+    """bench/allocation.py's bootstrap CI of a mean against the normal interval (64 values), and its paired
+    difference to the budget's uniform plan computed prompt by prompt."""
+    import numpy as np
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import allocation as A
+
+    v = np.random.default_rng(1).random(64)
+    lo, hi = A.bootstrap_ci(list(v))
+    half = 1.96 * v.std(ddof=1) / np.sqrt(len(v))
+    assert abs(lo - (v.mean() - half)) < 0.01 and abs(hi - (v.mean() + half)) < 0.01
+    res = {"conditions": {"w30-uniform": {"agree_per_prompt": [0.5, 1.0], "first_div_per_prompt": [3, 32]},
+                          "w30-knapsack": {"agree_per_prompt": [1.0, 1.0], "first_div_per_prompt": [32, 32]}}}
+    rows = A.agreement_table(res)
+    assert rows[-1].startswith("| w30-knapsack | 1.000 [1.000, 1.000] | 32.000")
+    assert "+0.250 [+0.000, +0.500]" in rows[-1] and "+14.500 [+0.000, +29.000]" in rows[-1]
