@@ -111,14 +111,14 @@ def compress_linears(method: WeightMethod, linears: dict[str, nn.Module], stats:
 
 def layer_loop(layers: Sequence[int], inputs: SequentialInputs | None, compress_layer: LayerStep,
                restore_layer: LayerRestore, info: list[dict], work: LayerWork | None = None,
-               bar: Any = None) -> list[dict]:
+               bar: Any = None) -> None:
     """The one layer-by-layer loop of ``compress`` and ``apply``.
 
     For each layer in order: ``compress_layer(i)`` rewrites it and returns the modules it wrote (by the names a
     resumed run restores them under); the layer's outputs, as compressed, become the next layer's calibration
     inputs (up to the last layer that needs them); with ``work`` the layer is kept on disk. A resumed run calls
     ``restore_layer(i, saved)`` for each finished layer instead, takes the rows of ``info`` and the next layer's
-    inputs from disk, and continues. Returns ``info`` with the rows ``compress_layer`` appended."""
+    inputs from disk, and continues (``info``, filled in place, holds every finished layer's rows)."""
     from prunelens.compression.resume import weights_of
 
     done = -1 if work is None else work.done
@@ -147,7 +147,6 @@ def layer_loop(layers: Sequence[int], inputs: SequentialInputs | None, compress_
                 bar.update(1)
     if bar is not None:
         bar.close()
-    return info
 
 
 def progress_bar(progress: bool, total: int, desc: str) -> Any:

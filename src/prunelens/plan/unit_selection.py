@@ -166,14 +166,10 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _reprobe(ds: Any, loaded: Any, method: Any, chosen: list[str], fits: list[Unit], temperature: float,
-             progress: Any) -> dict[str, float]:
-    """One round of ``iterative_plan``: each unit of ``fits`` probed on the model with ``chosen`` already
-    compressed (whose own greedy continuation is the reference); unit name -> mean predicted KL."""
-    import numpy as np
-
-    from prunelens.plan.apply import perturbed, store_prompt_ids
-    from prunelens.probe.engine import ProbeEngine, ProbeSettings
+def _reprobe_inputs(ds: Any, loaded: Any, temperature: float) -> tuple[Any, Any, int]:
+    """What every round of ``iterative_plan`` probes with: the store's prompts, its settings, the pad id."""
+    from prunelens.plan.apply import store_prompt_ids
+    from prunelens.probe.engine import ProbeSettings
     from prunelens.probe.prompts import Prompts
 
     prompts = Prompts(store_prompt_ids(ds), source="store")
@@ -182,6 +178,19 @@ def _reprobe(ds: Any, loaded: Any, method: Any, chosen: list[str], fits: list[Un
                              readout=str(ds.attrs.get("readout", "norm")))
     tokenizer = loaded.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
+    return prompts, settings, pad_id
+
+
+def _reprobe(loaded: Any, method: Any, chosen: list[str], fits: list[Unit], inputs: tuple[Any, Any, int],
+             progress: Any) -> dict[str, float]:
+    """One round of ``iterative_plan``: each unit of ``fits`` probed on the model with ``chosen`` already
+    compressed (whose own greedy continuation is the reference); unit name -> mean predicted KL."""
+    import numpy as np
+
+    from prunelens.plan.apply import perturbed
+    from prunelens.probe.engine import ProbeEngine
+
+    prompts, settings, pad_id = inputs
     scores: dict[str, float] = {}
     with perturbed(method, loaded.adapter, [Unit.parse(c) for c in chosen]):
         engine = ProbeEngine(loaded.adapter, prompts, settings, pad_id=pad_id)
@@ -225,6 +234,7 @@ def iterative_plan(ds: Any, *, method: str, kind: str | None, temperature: float
     reach = max_disjoint(candidates)
     if isinstance(budget, int) and reach < budget:  # before any re-probing
         check_count_reached(budget, [], reach)
+    probe_inputs = _reprobe_inputs(ds, loaded, temperature)
     chosen: list[str] = []
     rows: dict[str, dict[str, float]] = {}
     while True:
@@ -234,7 +244,7 @@ def iterative_plan(ds: Any, *, method: str, kind: str | None, temperature: float
                                  counts, total) == chosen + [u.name]]
         if not fits or (isinstance(budget, int) and len(chosen) >= budget):
             break
-        scores = _reprobe(ds, loaded, m, chosen, fits, temperature, progress)
+        scores = _reprobe(loaded, m, chosen, fits, probe_inputs, progress)
         best = min(fits, key=lambda u: scores[u.name])
         chosen.append(best.name)
         rows[best.name] = {"score": scores[best.name], "kl_pred": scores[best.name]}
