@@ -47,7 +47,8 @@ from typing import Any
 
 import numpy as np
 
-MODEL = "smollm2-135m"
+MODEL = "smollm2-135m"  # --model
+DTYPE = "float32"  # --dtype
 T_EVAL = 1.0
 SPARSITY = [("wanda", 0.6), ("wanda", 0.7), ("sparsegpt", 0.6), ("sparsegpt", 0.7), ("wanda", 0.5)]  # run order
 LEVELS = {"wanda": "0.5,0.6,0.7,0.8,0.9", "sparsegpt": "0.5,0.6,0.7,0.8,0.9",
@@ -56,13 +57,17 @@ MILD_SPARSITY = [("wanda", 0.3), ("wanda", 0.4)]  # --mild: budgets where genera
 MILD_LEVELS = "0.1,0.2,0.3,0.4,0.5,0.6"
 
 
-def conditions(remedies: bool, local: bool = False) -> list[dict[str, Any]]:
-    """Every condition: name, allocator, method family, budget, allocation temperature, locality."""
+def conditions(remedies: bool, local: bool = False, search: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every condition: name, allocator, method family, budget, allocation temperature, locality; with
+    ``search`` (the search allocator's parameters) also a ``search`` row at every sparsity and the 3.5-bit budget."""
     out = []
     for fam, s in SPARSITY:
         tag = f"{fam}{round(s * 100)}"
         for alloc in ("uniform", "owl", "knapsack"):
             out.append({"name": f"{tag}-{alloc}", "family": fam, "allocator": alloc, "budget": f"sparsity={s}"})
+        if search is not None:
+            out.append({"name": f"{tag}-search", "family": fam, "allocator": "search", "budget": f"sparsity={s}",
+                        "params": dict(search)})
         if remedies and s >= 0.6:
             out.append({"name": f"{tag}-knapsack-T0.7", "family": fam, "allocator": "knapsack",
                         "budget": f"sparsity={s}", "temperature": 0.7})
@@ -77,6 +82,9 @@ def conditions(remedies: bool, local: bool = False) -> list[dict[str, Any]]:
         for b in bits:
             out.append({"name": f"{fam}-uniform{b}", "family": fam, "allocator": "uniform", "budget": f"bits={b}"})
         out.append({"name": f"{fam}-knapsack3.5", "family": fam, "allocator": "knapsack", "budget": "bits=3.5"})
+        if search is not None:
+            out.append({"name": f"{fam}-search3.5", "family": fam, "allocator": "search", "budget": "bits=3.5",
+                        "params": dict(search)})
     return out
 
 
@@ -92,9 +100,17 @@ def prepare(out: Path, args: argparse.Namespace, tokenizer: Any) -> dict[str, An
 
     cn, cl = parse_size(args.calib)
     en, el = parse_size(args.eval)
+    if args.eval_source == "gsm8k-gpqa":  # another source than calibration, probe and search (half each)
+        from evopress_compare import eval_texts, text_windows
+
+        texts = eval_texts()
+        eval_ids = text_windows(tokenizer, texts["gsm8k"], en // 2, el) + text_windows(
+            tokenizer, texts["gpqa"], en - en // 2, el)
+    else:
+        eval_ids = token_windows(tokenizer, en, el, split="heldout", seed=1).tolist()
     ids = {
         "calib": token_windows(tokenizer, cn, cl, split="calib", seed=0).tolist(),  # = prunelens' default windows
-        "eval": token_windows(tokenizer, en, el, split="heldout", seed=1).tolist(),
+        "eval": eval_ids,
         "gen": token_windows(tokenizer, args.gen, 32, split="heldout", seed=2).tolist(),
         "probe": token_windows(tokenizer, args.probe_samples, 32, split="probe", seed=3).tolist(),
     }
@@ -157,15 +173,22 @@ class Evaluator:
         t0 = time.time()
         nll = kl = 0.0
         count = 0
+        nll_w: list[float] = []  # per window: mean next-token NLL and KL (equal-length windows)
+        kl_w: list[float] = []
         for dense_lp, (lp, target) in zip(self.dense_logp, self._logp(model)):
-            nll -= float(lp.gather(-1, target[..., None]).sum())
-            kl += float((dense_lp.exp() * (dense_lp - lp)).sum())
+            tok_nll = -lp.gather(-1, target[..., None]).squeeze(-1)
+            tok_kl = (dense_lp.exp() * (dense_lp - lp)).sum(-1)
+            nll += float(tok_nll.sum())
+            kl += float(tok_kl.sum())
             count += target.numel()
+            nll_w += tok_nll.mean(dim=1).tolist()
+            kl_w += tok_kl.mean(dim=1).tolist()
         per_prompt = [T.agreement([g], [d], 32) for g, d in zip(self._generate(model), self.dense_gen)]
         agree = [r["token_match"] for r in per_prompt]  # each over 32 steps: their mean is the overall rate
         first = [r["first_divergence"] for r in per_prompt]
         row = {"ppl": math.exp(nll / count), "kl": kl / count, "agree": sum(agree) / len(agree),
-               "first_div": sum(first) / len(first), "agree_per_prompt": agree, "first_div_per_prompt": first}
+               "first_div": sum(first) / len(first), "agree_per_prompt": agree, "first_div_per_prompt": first,
+               "nll_per_window": nll_w, "kl_per_window": kl_w}
         if family in self.replays:
             m = self.replays[family].compare(model, temperature)
             row.update(kl_store=m["kl"], top1_store=m["top1_agree"])
@@ -186,7 +209,7 @@ def probe_store(out: Path, family: str, args: argparse.Namespace) -> Path:
     """Probe every block at every level of ``family`` (resumable: prunelens probe resumes its store)."""
     cn, cl = parse_size(args.calib)
     store = out / f"store-{family}.zarr"
-    cmd = [sys.executable, "-m", "prunelens", "probe", "--model", MODEL, "--method", f"{family}:"
+    cmd = [sys.executable, "-m", "prunelens", "probe", "--model", MODEL, "--dtype", DTYPE, "--method", f"{family}:"
            + ("sparsity=" if family in ("wanda", "sparsegpt") else "bits=") + LEVELS[family],
            "--units", args.units, "--samples", str(args.probe_samples), "--steps", str(args.probe_steps),
            "--prompt-len", "32",
@@ -216,11 +239,11 @@ def run_condition(cond: dict[str, Any], ds: Any, ids: dict[str, Any], ev: Evalua
     from prunelens.plan.allocation import allocate_plan
 
     t0 = time.time()
-    work = load_model(MODEL)
+    work = load_model(MODEL, dtype=DTYPE)
     calib = torch.as_tensor(np.asarray(ids["calib"], dtype=np.int64))
     temp = float(cond.get("temperature", T_EVAL))
     kw: dict[str, Any] = dict(cond.get("params", {}))
-    if cond["allocator"] in ("owl", "iterative"):  # the same calibration windows as the compression
+    if cond["allocator"] in ("owl", "iterative", "search"):  # the same calibration windows as the compression
         kw.update(calib_samples=calib.shape[0], calib_len=calib.shape[1])
     plan = allocate_plan(ds, allocator=cond["allocator"],
                          budget=cond["budget"], temperature=temp, methods=[cond["family"]], kind="block",
@@ -250,6 +273,10 @@ def run_condition(cond: dict[str, Any], ds: Any, ids: dict[str, Any], ev: Evalua
         "gap": plan.allocation.get("gap"), "seconds_alloc": round(t_alloc, 1), "seconds_apply": round(t_apply, 1),
         "seconds_compress": summary.get("seconds"),
     })
+    if cond["allocator"] == "search":
+        info = plan.allocation
+        row.update({"search_cost": info["search_cost"], "fitness": info["fitness"],
+                    "seed_fitness": info["seed"]["fitness"], "fitness_trace": info["fitness_trace"]})
     return row
 
 
@@ -304,7 +331,7 @@ def agreement_table(res: dict[str, Any]) -> list[str]:
              "| condition | agree@32 [CI] | first divergence [CI] | Δ agree vs uniform [CI] | Δ first div [CI] |",
              "|---|---|---|---|---|"]
     for name, r in rows.items():
-        base = rows.get(name.rsplit("-", 1)[0] + "-uniform")
+        base = rows.get(name.rsplit("-", 1)[0] + "-uniform") or rows.get(budget_reference(name, rows, "knapsack") or "")
         cells = [name]
         for key in ("agree_per_prompt", "first_div_per_prompt"):
             lo, hi = bootstrap_ci(r[key])
@@ -320,6 +347,57 @@ def agreement_table(res: dict[str, Any]) -> list[str]:
     return lines
 
 
+def paired_ppl_ratio(a: list[float], b: list[float], reps: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Perplexity ratio a/b of equal-length windows (exp of the mean NLL difference) and its 95 % paired bootstrap
+    interval over windows."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    means = d[np.random.default_rng(seed).integers(0, len(d), size=(reps, len(d)))].mean(axis=1)
+    return float(math.exp(d.mean())), float(math.exp(np.percentile(means, 2.5))), float(
+        math.exp(np.percentile(means, 97.5)))
+
+
+def budget_reference(name: str, rows: dict[str, Any], kind: str) -> str | None:
+    """The same budget's ``kind`` row (``knapsack`` or ``uniform``): wanda60-search -> wanda60-knapsack,
+    rtn-search3.5 -> rtn-knapsack3.5 (bit budgets have no uniform plan at 3.5 bits)."""
+    fam, _, rest = name.partition("-")
+    ref = f"{fam}-{kind}3.5" if rest.endswith("3.5") else f"{fam}-{kind}"
+    return ref if ref in rows and ref != name else None
+
+
+def window_table(res: dict[str, Any]) -> list[str]:
+    """Perplexity and KL per condition with 95 % bootstrap CIs over evaluation windows, and the paired perplexity
+    ratio to the same budget's knapsack and uniform plans."""
+    rows = {k: r for k, r in res.get("conditions", {}).items() if r.get("nll_per_window")}
+    if not rows:
+        return []
+    lines = ["", f"Held-out perplexity and KL over {len(next(iter(rows.values()))['nll_per_window'])} windows "
+             "(95 % bootstrap CIs over windows; ratios paired window by window):", "",
+             "| condition | ppl [CI] | KL [CI] | ppl / knapsack [CI] | ppl / uniform [CI] |", "|---|---|---|---|---|"]
+    for name, r in rows.items():
+        nll, kl = np.asarray(r["nll_per_window"]), r["kl_per_window"]
+        lo, hi = bootstrap_ci(list(nll))
+        klo, khi = bootstrap_ci(kl)
+        cells = [name, f"{math.exp(nll.mean()):.2f} [{math.exp(lo):.2f}, {math.exp(hi):.2f}]",
+                 f"{float(np.mean(kl)):.3f} [{klo:.3f}, {khi:.3f}]"]
+        for kind in ("knapsack", "uniform"):
+            ref = budget_reference(name, rows, kind)
+            if ref is None:
+                cells.append("–")
+                continue
+            ratio, rlo, rhi = paired_ppl_ratio(r["nll_per_window"], rows[ref]["nll_per_window"])
+            cells.append(f"{ratio:.3f} [{rlo:.3f}, {rhi:.3f}]")
+        lines.append("| " + " | ".join(cells) + " |")
+    searched = {k: r for k, r in rows.items() if r.get("search_cost")}
+    if searched:
+        lines += ["", "| search row | fitness: knapsack seed → search | forward tokens | variants | seconds |",
+                  "|---|---|---:|---:|---:|"]
+        for name, r in searched.items():
+            c = r["search_cost"]
+            lines.append(f"| {name} | {r['seed_fitness']:.4f} → {r['fitness']:.4f} | {c.get('tokens', 0):,} | "
+                         f"{c.get('variants_built', 0)} | {c.get('seconds_total', 0):.0f} |")
+    return lines
+
+
 def print_tables(res: dict[str, Any]) -> str:
     lines = []
     d = res.get("dense", {})
@@ -332,6 +410,7 @@ def print_tables(res: dict[str, Any]) -> str:
         lines.append(f"| {name} | {fmt(r.get('achieved'), 3)} | {fmt(r.get('zero_fraction'), 3)} | "
                      f"{fmt(r['ppl'], 2)} | {fmt(r['agree'], 3)} | {fmt(r['first_div'], 1)} | {fmt(r['kl'], 3)} | "
                      f"{fmt(r.get('pred_sum_kl'), 3)} | {fmt(r.get('kl_store'), 3)} | {fmt(r.get('ratio'), 2)} |")
+    lines += window_table(res)
     lines += agreement_table(res)
     if res.get("llmc"):
         lines.append("")
@@ -356,8 +435,8 @@ def merge_results(res: dict[str, Any], other: dict[str, Any], where: str) -> dic
         raise SystemExit(f"{where} was made with other settings: {other.get('setup')}")
     conds = {**other.get("conditions", {}), **res.get("conditions", {})}
     families = ["wanda30", "wanda40", "wanda50", "wanda60", "wanda70", "sparsegpt60", "sparsegpt70", "rtn", "gptq"]
-    kinds = ["uniform", "uniform4", "uniform3", "owl", "knapsack", "knapsack3.5", "knapsack-T0.7", "knapsack-band0.1",
-             "iterative", "knapsack-local"]
+    kinds = ["uniform", "uniform4", "uniform3", "owl", "knapsack", "knapsack3.5", "search", "search3.5",
+             "knapsack-T0.7", "knapsack-band0.1", "iterative", "knapsack-local"]
 
     def order(name: str) -> tuple[int, int, str]:
         fam, _, kind = name.partition("-")
@@ -389,6 +468,17 @@ def parse_args() -> argparse.Namespace:
                     help="run uniform/owl rows without probing the store first "
                          "(their pred ΣKL and KL@store stay empty)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--model", default=MODEL, help="model spec (alias, folder or .gguf)")
+    ap.add_argument("--dtype", default=DTYPE, help="dtype of every model (probe, compression, evaluation)")
+    ap.add_argument("--eval-source", choices=["shakespeare", "gsm8k-gpqa"], default="shakespeare",
+                    help="held-out windows: the Shakespeare held-out split, or half GSM8K and half GPQA text "
+                         "(another source than calibration, probe and search)")
+    ap.add_argument("--sparsities", default="", help="FAMILY=S1,S2,... instead of the default sparsity budgets "
+                    "(e.g. wanda=0.3,0.4,0.5,0.6,0.7)")
+    ap.add_argument("--levels", action="append", default=[], help="FAMILY=L1,L2,... probe levels (repeatable)")
+    ap.add_argument("--search", action="store_true", help="also a search-allocator row at every budget")
+    ap.add_argument("--search-params", default="generations=8,offspring=6,survivors=2,tokens=128,windows=4,"
+                    "window_len=128", help="the search allocator's parameters (key=value,...)")
     ap.add_argument("--mild", action="store_true",
                     help=f"Wanda at 30/40 %% instead, over levels {MILD_LEVELS} (use its own --out)")
     return ap.parse_args()
@@ -396,9 +486,17 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    global MODEL, DTYPE
+    MODEL, DTYPE = args.model, args.dtype
     if args.mild:
         SPARSITY[:] = MILD_SPARSITY
         LEVELS["wanda"] = MILD_LEVELS
+    if args.sparsities:
+        fam, _, vals = args.sparsities.partition("=")
+        SPARSITY[:] = [(fam, float(v)) for v in vals.split(",")]
+    for item in args.levels:
+        fam, _, vals = item.partition("=")
+        LEVELS[fam] = vals
     out = Path(args.out)
     (out / "plans").mkdir(parents=True, exist_ok=True)
     cache = out / "results.json"
@@ -415,7 +513,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     setup = {"model": MODEL, "calib": args.calib, "eval": args.eval, "gen": args.gen,
              "probe_samples": args.probe_samples, "probe_steps": args.probe_steps,
-             "probe_locality": args.probe_locality, "units": args.units, **({"mild": True} if args.mild else {})}
+             "probe_locality": args.probe_locality, "units": args.units, **({"mild": True} if args.mild else {}),
+             **({"dtype": DTYPE} if DTYPE != "float32" else {}),
+             **({"eval_source": args.eval_source} if args.eval_source != "shakespeare" else {}),
+             **({"sparsities": args.sparsities} if args.sparsities else {}),
+             **({"levels": args.levels} if args.levels else {})}
     if res.get("setup", setup) != setup:
         raise SystemExit(f"{cache} was made with {res['setup']}; use another --out or the same settings")
     res["setup"] = setup
@@ -425,9 +527,16 @@ def main() -> None:
 
     from prunelens.model.loading import load_model
 
-    dense = load_model(MODEL)
+    dense = load_model(MODEL, dtype=DTYPE)
     ids = prepare(out, args, dense.tokenizer)
-    every = conditions(args.remedies, "local" in args.probe_locality)
+    search = None
+    if args.search:
+        from prunelens.params import spec_items
+
+        search = dict(spec_items("search:" + args.search_params)[1])
+        search.setdefault("cache", str(out / "variants"))
+        search.setdefault("progress", "false")
+    every = conditions(args.remedies, "local" in args.probe_locality, search)
     prefixes = [p for p in args.only.split(",") if p] or [""]
     wanted = []  # in --only's order
     for p in prefixes:

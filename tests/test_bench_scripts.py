@@ -61,3 +61,31 @@ def test_allocation_agreement_cis_match_a_normal_interval_and_pair_prompts(monke
     rows = A.agreement_table(res)
     assert rows[-1].startswith("| w30-knapsack | 1.000 [1.000, 1.000] | 32.000")
     assert "+0.250 [+0.000, +0.500]" in rows[-1] and "+14.500 [+0.000, +29.000]" in rows[-1]
+
+
+def test_allocation_window_ppl_ratio_against_direct_computation(monkeypatch):
+    """bench/allocation.py's paired perplexity ratio over windows: the point value is the ratio of the two
+    perplexities computed directly, the interval is the normal interval of the paired NLL differences
+    (exponentiated), and each row is paired with its own budget's knapsack and uniform plans."""
+    import math
+
+    import numpy as np
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import allocation as A
+
+    rng = np.random.default_rng(2)
+    b = rng.normal(3.0, 0.3, 64)
+    a = b + rng.normal(-0.1, 0.05, 64)  # a is about 10 % better, window by window
+    ratio, lo, hi = A.paired_ppl_ratio(list(a), list(b))
+    assert abs(ratio - math.exp(a.mean()) / math.exp(b.mean())) < 1e-12
+    d = a - b
+    half = 1.96 * d.std(ddof=1) / np.sqrt(len(d))
+    assert abs(math.log(lo) - (d.mean() - half)) < 0.003 and abs(math.log(hi) - (d.mean() + half)) < 0.003
+    rows = {n: {} for n in ("wanda60-uniform", "wanda60-knapsack", "wanda60-search", "rtn-knapsack3.5",
+                            "rtn-search3.5", "rtn-uniform4")}
+    assert A.budget_reference("wanda60-search", rows, "knapsack") == "wanda60-knapsack"
+    assert A.budget_reference("wanda60-search", rows, "uniform") == "wanda60-uniform"
+    assert A.budget_reference("rtn-search3.5", rows, "knapsack") == "rtn-knapsack3.5"
+    assert A.budget_reference("rtn-search3.5", rows, "uniform") is None  # no uniform plan at 3.5 bits
+    assert A.budget_reference("wanda60-knapsack", rows, "knapsack") is None  # not paired with itself

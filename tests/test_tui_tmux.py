@@ -34,11 +34,13 @@ class Tmux:
     def keys(self, *keys: str) -> None:
         self.run("send-keys", "-t", "t", *keys)
 
-    def wait_for(self, *texts: str, timeout: float = 30.0) -> str:
+    def wait_for(self, *texts: str, timeout: float = 30.0, settled=None) -> str:
+        """The first screen that shows every text (and passes ``settled``, when given: a screen caught
+        mid-redraw can show the new texts before every line is drawn)."""
         deadline = time.monotonic() + timeout
         while True:
             screen = self.screen()
-            if all(t in screen for t in texts):
+            if all(t in screen for t in texts) and (settled is None or settled(screen)):
                 return screen
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {texts!r}; the screen:\n{screen}")
@@ -90,8 +92,11 @@ def test_plan_screen_after_a_method_switch(tmp_path, mono):
         tmux.keys("2")
         tmux.wait_for("kl_pred T=1", "mean of 2 samples")
         tmux.keys("m", "m", "k")  # drop -> magnitude:sparsity=0.3 -> 0.5; kind all -> block
-        heatmap = tmux.wait_for("magnitude:sparsity=0.5 ·", "k block")
-        assert heatmap.splitlines()[1].rstrip().endswith("k block")  # the selection bar: one line
+        def bar_on_one_line(screen: str) -> bool:  # the selection bar: one line, ending with the kind
+            return screen.splitlines()[1].rstrip().endswith("k block")
+
+        heatmap = tmux.wait_for("magnitude:sparsity=0.5 ·", "k block", settled=bar_on_one_line)
+        assert bar_on_one_line(heatmap)
         tmux.keys("5")
         tmux.wait_for("magnitude:sparsity=0.5 · kl_pred · block", "r ranks", timeout=60)
         tmux.keys("r")
