@@ -327,7 +327,8 @@ def agreement_table(res: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     lines = ["", f"Generation over {len(next(iter(rows.values()))['agree_per_prompt'])} held-out prompts "
-             "(95 % bootstrap CIs over prompts; Δ = paired difference to the budget's uniform plan):", "",
+             "(95 % bootstrap CIs over prompts; Δ = paired difference to the budget's uniform plan, for a bit "
+             "budget to its knapsack):", "",
              "| condition | agree@32 [CI] | first divergence [CI] | Δ agree vs uniform [CI] | Δ first div [CI] |",
              "|---|---|---|---|---|"]
     for name, r in rows.items():
@@ -434,16 +435,17 @@ def merge_results(res: dict[str, Any], other: dict[str, Any], where: str) -> dic
     if other.get("setup") != res.get("setup"):
         raise SystemExit(f"{where} was made with other settings: {other.get('setup')}")
     conds = {**other.get("conditions", {}), **res.get("conditions", {})}
+    return {**res, "conditions": {k: conds[k] for k in sorted(conds, key=condition_order)},
+            "llmc": {**other.get("llmc", {}), **res.get("llmc", {})}}
+
+
+def condition_order(name: str) -> tuple[int, int, str]:
+    """Tables list conditions by budget, then allocator (uniform, OWL, knapsack, search, remedies)."""
     families = ["wanda30", "wanda40", "wanda50", "wanda60", "wanda70", "sparsegpt60", "sparsegpt70", "rtn", "gptq"]
     kinds = ["uniform", "uniform4", "uniform3", "owl", "knapsack", "knapsack3.5", "search", "search3.5",
              "knapsack-T0.7", "knapsack-band0.1", "iterative", "knapsack-local"]
-
-    def order(name: str) -> tuple[int, int, str]:
-        fam, _, kind = name.partition("-")
-        return (families.index(fam) if fam in families else 99, kinds.index(kind) if kind in kinds else 99, name)
-
-    return {**res, "conditions": {k: conds[k] for k in sorted(conds, key=order)},
-            "llmc": {**other.get("llmc", {}), **res.get("llmc", {})}}
+    fam, _, kind = name.partition("-")
+    return (families.index(fam) if fam in families else 99, kinds.index(kind) if kind in kinds else 99, name)
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -504,6 +506,8 @@ def main() -> None:
     if args.table:
         for extra in filter(None, args.merge.split(",")):
             res = merge_results(res, json.loads((Path(extra) / "results.json").read_text()), extra)
+        conds = res.get("conditions", {})
+        res["conditions"] = {k: conds[k] for k in sorted(conds, key=condition_order)}
         (out / "tables.md").write_text(print_tables(res) + "\n")
         return
 
