@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU readiness check for the probe (issue 14). One short script:
+# GPU readiness check for the probe. One short script:
 #   bash bench/gpu_check.sh            # on a CUDA machine: cuda fp32, cuda bf16, --device auto, vs a CPU fp32 store
 #   GPU_CHECK_FORCE_CPU=1 bash bench/gpu_check.sh   # the CPU fallback (what runs when no GPU is visible)
 # Environment: GPU_CHECK_UNITS (default attn,mlp), GPU_CHECK_SAMPLES (8), GPU_CHECK_STEPS (32),
