@@ -171,22 +171,15 @@ class Evaluator:
         from prunelens.evaluation import scoring as T
 
         t0 = time.time()
-        nll = kl = 0.0
-        count = 0
         nll_w: list[float] = []  # per window: mean next-token NLL and KL (equal-length windows)
         kl_w: list[float] = []
         for dense_lp, (lp, target) in zip(self.dense_logp, self._logp(model)):
-            tok_nll = -lp.gather(-1, target[..., None]).squeeze(-1)
-            tok_kl = (dense_lp.exp() * (dense_lp - lp)).sum(-1)
-            nll += float(tok_nll.sum())
-            kl += float(tok_kl.sum())
-            count += target.numel()
-            nll_w += tok_nll.mean(dim=1).tolist()
-            kl_w += tok_kl.mean(dim=1).tolist()
+            nll_w += (-lp.gather(-1, target[..., None]).squeeze(-1)).mean(dim=1).tolist()
+            kl_w += (dense_lp.exp() * (dense_lp - lp)).sum(-1).mean(dim=1).tolist()
         per_prompt = [T.agreement([g], [d], 32) for g, d in zip(self._generate(model), self.dense_gen)]
         agree = [r["token_match"] for r in per_prompt]  # each over 32 steps: their mean is the overall rate
         first = [r["first_divergence"] for r in per_prompt]
-        row = {"ppl": math.exp(nll / count), "kl": kl / count, "agree": sum(agree) / len(agree),
+        row = {"ppl": math.exp(float(np.mean(nll_w))), "kl": float(np.mean(kl_w)), "agree": sum(agree) / len(agree),
                "first_div": sum(first) / len(first), "agree_per_prompt": agree, "first_div_per_prompt": first,
                "nll_per_window": nll_w, "kl_per_window": kl_w}
         if family in self.replays:
@@ -322,7 +315,7 @@ def bootstrap_ci(values: list[float], reps: int = 2000, seed: int = 0) -> tuple[
 
 def agreement_table(res: dict[str, Any]) -> list[str]:
     """Generation agreement per condition with 95 % bootstrap CIs over prompts, and each condition's paired
-    difference to the same budget's uniform plan (prompt by prompt)."""
+    difference to the same budget's uniform plan, or for a bit budget its knapsack (prompt by prompt)."""
     rows = {k: r for k, r in res.get("conditions", {}).items() if r.get("agree_per_prompt")}
     if not rows:
         return []
@@ -332,13 +325,14 @@ def agreement_table(res: dict[str, Any]) -> list[str]:
              "| condition | agree@32 [CI] | first divergence [CI] | Δ agree vs uniform [CI] | Δ first div [CI] |",
              "|---|---|---|---|---|"]
     for name, r in rows.items():
-        base = rows.get(name.rsplit("-", 1)[0] + "-uniform") or rows.get(budget_reference(name, rows, "knapsack") or "")
+        ref = budget_reference(name, rows, "knapsack" if name.endswith("3.5") else "uniform")
+        base = rows.get(ref) if ref else None
         cells = [name]
         for key in ("agree_per_prompt", "first_div_per_prompt"):
             lo, hi = bootstrap_ci(r[key])
             cells.append(f"{sum(r[key]) / len(r[key]):.3f} [{lo:.3f}, {hi:.3f}]")
         for key in ("agree_per_prompt", "first_div_per_prompt"):
-            if base is None or base is r:
+            if base is None:
                 cells.append("–")
                 continue
             diff = [a - b for a, b in zip(r[key], base[key])]
@@ -431,11 +425,10 @@ def print_tables(res: dict[str, Any]) -> str:
 
 
 def merge_results(res: dict[str, Any], other: dict[str, Any], where: str) -> dict[str, Any]:
-    """``res`` with ``other``'s conditions and llm-compressor rows added, rows ordered by family and allocator."""
+    """``res`` with ``other``'s conditions and llm-compressor rows added (``--table`` orders the rows)."""
     if other.get("setup") != res.get("setup"):
         raise SystemExit(f"{where} was made with other settings: {other.get('setup')}")
-    conds = {**other.get("conditions", {}), **res.get("conditions", {})}
-    return {**res, "conditions": {k: conds[k] for k in sorted(conds, key=condition_order)},
+    return {**res, "conditions": {**other.get("conditions", {}), **res.get("conditions", {})},
             "llmc": {**other.get("llmc", {}), **res.get("llmc", {})}}
 
 
