@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
+from textual.widgets import DataTable
 
 from prunelens.workflow.export import prepare_plan
 from prunelens_tui.app import SCREENS, PrunelensApp
+from prunelens_tui.screens.heatmap import HeatmapScreen
 from prunelens_tui.screens.help import HelpScreen, binding_rows
 from prunelens_tui.synthetic import make_store, synthetic_dataset
 from prunelens_tui.widgets.heatmap import HeatmapGrid
@@ -75,6 +78,81 @@ async def test_every_screen_and_switches(store):
         await pilot.press("q")
         await pilot.pause()
     assert app.return_code == 0
+
+
+async def test_a_slow_older_load_never_overwrites_a_newer_one(tmp_path, monkeypatch):
+    """Two quick ``m`` presses: the first method's load is slow and ends last; the heatmap still shows the
+    second method (CI once drew the first method's grid under the second method's bar)."""
+    methods = ("drop", "magnitude:sparsity=0.3", "magnitude:sparsity=0.5")
+    kw = dict(KW, methods=methods)
+    store = make_store(tmp_path / "run.zarr", **kw)
+    mem = synthetic_dataset(**kw)
+    real_load = HeatmapScreen.load
+    slow = threading.Event()
+
+    def load(self, ds, sel):
+        data = real_load(self, ds, sel)
+        if sel.method == methods[1]:
+            slow.wait(5.0)  # released once the newer load has been drawn
+        return data
+
+    monkeypatch.setattr(HeatmapScreen, "load", load)
+    app = PrunelensApp([store], cwd=tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("2")
+        await settle(pilot)
+        await pilot.press("m", "m")  # drop -> 0.3 (slow) -> 0.5
+        grid = app.screen.query_one(HeatmapGrid)
+        want = mem["kl_pred"].values[2, :, 1, 0, 1].mean(axis=1)  # 0.5, T=1.0, propagated, teacher_forced
+        for _ in range(200):  # the newer load lands first
+            await pilot.pause(0.02)
+            if grid.values.shape == want.shape and np.allclose(grid.values, want, rtol=1e-6):
+                break
+        np.testing.assert_allclose(grid.values, want, rtol=1e-6)
+        slow.set()  # now the older load ends
+        for _ in range(25):
+            await pilot.pause(0.02)
+        await settle(pilot)
+        assert app.selection.method == methods[2]
+        np.testing.assert_allclose(grid.values, want, rtol=1e-6)
+        assert methods[2] in str(app.screen.query_one("#title").render())
+
+
+async def test_a_rescan_during_a_scan_lists_each_store_once(tmp_path, monkeypatch):
+    """F5 while the first scan is still reading: the table lists every store once, not twice."""
+    import prunelens_tui.screens.runs as runs_module
+
+    for name in ("a.zarr", "b.zarr"):
+        make_store(tmp_path / name, **KW)
+    real_summarize, first = runs_module.summarize, threading.Event()
+    calls = []
+
+    def summarize(path):
+        calls.append(path)
+        if len(calls) == 1:
+            first.wait(5.0)  # the first scan stalls on its first store until the rescan has finished
+        return real_summarize(path)
+
+    monkeypatch.setattr(runs_module, "summarize", summarize)
+    app = PrunelensApp([str(tmp_path)], cwd=tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        for _ in range(100):
+            await pilot.pause(0.02)
+            if calls:
+                break
+        await pilot.press("f5")
+        for _ in range(200):
+            await pilot.pause(0.02)
+            if app.screen.query_one(DataTable).row_count == 2:
+                break
+        first.set()
+        for _ in range(25):
+            await pilot.pause(0.02)
+        await settle(pilot)
+        table = app.screen.query_one(DataTable)
+        assert table.row_count == 2 and len(app.screen.summaries) == 2
+        assert sorted(s.path.name for s in app.screen.summaries) == ["a.zarr", "b.zarr"]
 
 
 async def test_rank_and_export_equal_plan_from_store(store, tmp_path):

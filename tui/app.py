@@ -23,6 +23,7 @@ from .screens.runs import RunsScreen
 from .screens.theory import TheoryScreen
 from .selection import Selection, default_selection
 from .widgets.heatmap import HeatmapGrid
+from .workers import deliver
 
 SCREENS: dict[str, type[Screen]] = {"runs": RunsScreen, "heatmap": HeatmapScreen, "curves": CurvesScreen,
                                     "theory": TheoryScreen, "plan": PlanScreen}
@@ -111,7 +112,7 @@ class PrunelensApp(App):
             ds = backend.open_store(path, verify=False)  # verify reads every chunk: too slow every few seconds
         except Exception:  # noqa: BLE001 - a cell half-way through its write: tried again at the next tick
             return
-        self.call_from_thread(self._refreshed, path, ds, progress, watch, seen)
+        deliver(self, self._refreshed, path, ds, progress, watch, seen)
 
     def _refreshed(self, path: Path, ds, progress: live.Progress, watch: live.StoreWatch, seen: tuple) -> None:
         """New cells landed: show them on the current screen, keeping the selection and the cursor."""

@@ -18,6 +18,7 @@ from prunelens.safe_text import esc
 from .. import selection as S
 from ..selection import SWITCHES
 from ..widgets.plot import Plot
+from ..workers import deliver
 
 
 def switch_bindings(fields: tuple[str, ...]) -> list[Binding]:
@@ -131,9 +132,9 @@ class DataScreen(Screen):
         try:
             data = self.load(ds, sel)
         except Exception as exc:  # a damaged chunk is a message, not a crash
-            self.app.call_from_thread(self.app.notify, esc(f"cannot read the store: {exc}"), severity="error")
+            deliver(self.app, self.app.notify, esc(f"cannot read the store: {exc}"), severity="error")
             return
-        self.app.call_from_thread(self.show, data)
+        deliver(self.app, self.show, data)
 
     def action_cycle(self, field: str) -> None:
         if self.app.ds is None:

@@ -21,6 +21,7 @@ from prunelens.safe_text import clean, esc
 from .. import backend
 from .. import selection as S
 from ..widgets.scale import fmt
+from ..workers import deliver
 
 RESULT_COLUMNS = (("#", "rank"), ("unit", "unit"), ("score", "score"), ("kl_pred", "kl_pred"), ("kl", "kl"),
                   ("1-cos p", "cos_p"), ("plan", "chosen"))
@@ -217,7 +218,8 @@ class PlanScreen(Screen):
 
     @work(thread=True, exclusive=True, group="rank")
     def _rank(self, ds, choices: Choices, store_path: str) -> None:
-        call = self.app.call_from_thread
+        def call(show, *args) -> None:  # a newer ranking (r again) replaces this one's results
+            deliver(self.app, show, *args)
         try:
             df = backend.rank_units(ds, **choices.as_kwargs())
             call(self.query_one(ProgressBar).advance, 1)

@@ -10,10 +10,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
+from textual.worker import get_current_worker
 
 from prunelens.safe_text import clean, esc
 
 from ..discover import StoreSummary, find_stores, provenance_lines, summarize
+from ..workers import deliver
 
 COLUMNS = (("store", "store"), ("status", "status"), ("model", "model"), ("units", "units"),
            ("samples x steps", "shape"), ("T", "temps"), ("methods", "methods"))
@@ -45,10 +47,12 @@ class RunsScreen(Screen):
     def _scan(self, paths: list[str]) -> None:
         stores = find_stores(paths)
         if not stores:
-            self.app.call_from_thread(self._show_details, None)
+            deliver(self.app, self._show_details, None)
         for path in stores:
-            self.app.call_from_thread(self._add, summarize(path))
-        self.app.call_from_thread(self._scanned)
+            if get_current_worker().is_cancelled:  # a rescan started: its rows replace these
+                return
+            deliver(self.app, self._add, summarize(path))
+        deliver(self.app, self._scanned)
 
     def _add(self, s: StoreSummary) -> None:
         self.summaries.append(s)
