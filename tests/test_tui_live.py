@@ -119,3 +119,29 @@ def test_store_watch_sees_a_cell_and_the_final_attrs(tmp_path):
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+
+async def test_a_read_slower_than_the_poll_interval_still_shows_its_cells(tmp_path, monkeypatch):
+    """Each read of the store takes 5 poll intervals: the next ticks wait for it instead of replacing it (a
+    replaced read's cells would never reach the screen)."""
+    from prunelens_tui import backend
+
+    path = running_store(tmp_path / "probe.zarr")
+    writer = StoreWriter(path)
+    app = PrunelensApp([path], cwd=tmp_path, poll_seconds=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("2")
+        await settle(pilot)
+        real_open = backend.open_store
+
+        def slow_open(p, **kwargs):
+            time.sleep(0.5)
+            return real_open(p, **kwargs)
+
+        monkeypatch.setattr(backend, "open_store", slow_open)
+        arrays = cell(writer, 3)
+        await write(writer, 2, arrays)  # L1
+        grid = app.screen.query_one(HeatmapGrid)
+        await wait_until(pilot, lambda: np.isfinite(grid.values[2]).all())
+        np.testing.assert_allclose(grid.values[2], kl_pred_row(arrays), rtol=1e-6)

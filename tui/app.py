@@ -10,6 +10,7 @@ from textual import work
 from textual.app import App
 from textual.binding import Binding
 from textual.screen import Screen
+from textual.worker import Worker
 
 from prunelens.errors import PrunelensError
 from prunelens.safe_text import esc
@@ -57,6 +58,7 @@ class PrunelensApp(App):
         self.progress: live.Progress | None = None  # of the open store; refreshed while a probe writes it
         self._watch: live.StoreWatch | None = None
         self.poll_seconds = self.POLL_SECONDS if poll_seconds is None else poll_seconds
+        self._polling: Worker | None = None
 
     def on_mount(self) -> None:
         self.set_interval(self.poll_seconds, self.poll_store)
@@ -100,7 +102,9 @@ class PrunelensApp(App):
         """Timer: while the open store is still being written, look for new cells (in a worker thread)."""
         if self.store_path is None or self._watch is None or (self.progress is not None and self.progress.finished):
             return
-        self._poll(self.store_path, self._watch)
+        if self._polling is not None and not self._polling.is_finished:
+            return  # a slow read is still under way: a new one would cancel it and its cells would never show
+        self._polling = self._poll(self.store_path, self._watch)
 
     @work(thread=True, exclusive=True, group="poll")
     def _poll(self, path: Path, watch: live.StoreWatch) -> None:
