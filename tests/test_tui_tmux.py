@@ -95,8 +95,8 @@ def test_plan_screen_after_a_method_switch(tmp_path, mono):
         def bar_on_one_line(screen: str) -> bool:  # the selection bar: one line, ending with the kind
             return screen.splitlines()[1].rstrip().endswith("k block")
 
+        # the heatmap's title names the method switched to; a bar that wraps times out here and fails
         heatmap = tmux.wait_for("magnitude:sparsity=0.5 ·", "k block", settled=bar_on_one_line)
-        assert bar_on_one_line(heatmap)
         tmux.keys("5")
         tmux.wait_for("magnitude:sparsity=0.5 · kl_pred · block", "r ranks", timeout=60)
         tmux.keys("r")

@@ -4,6 +4,7 @@ rank in a worker; review; export."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from rich.text import Text
@@ -218,8 +219,7 @@ class PlanScreen(Screen):
 
     @work(thread=True, exclusive=True, group="rank")
     def _rank(self, ds, choices: Choices, store_path: str) -> None:
-        def call(show, *args) -> None:  # a newer ranking (r again) replaces this one's results
-            deliver(self.app, show, *args)
+        call = partial(deliver, self.app)  # a newer ranking (r again) replaces this one's results
         try:
             df = backend.rank_units(ds, **choices.as_kwargs())
             call(self.query_one(ProgressBar).advance, 1)
